@@ -1,0 +1,100 @@
+/* prefixd/engine.h — the batched forward step of the frozen base model.
+ *
+ * One call of pd_engine_step() runs one forward pass over a batch of tokens
+ * taken from any number of sequences: prefill chunks of new sequences and the
+ * next token of running ones, mixed. Every weight matmul is done once for all
+ * tokens of the step (cblas_sgemm, [T, in] x [out, in]^T); attention is per
+ * token over its own sequence's prefix slots and KV cache. The products are
+ * batch-invariant (prefixd/matmul.h): a sequence's logits are the same bits
+ * whatever else shares its step.
+ *
+ * Sequences (pd_seq) own their KV cache and are owned by one thread (the
+ * scheduler's). A sequence may carry a prefix: per layer, P key and P value
+ * vectors per kv head ([n_layers][n_kv_heads][P][head_dim], borrowed, shared
+ * read-only between sequences). Prefix semantics (ARCHITECTURE.md):
+ *   - prefix keys get no rotary embedding;
+ *   - the token at cache index i sits at rotary position P + i;
+ *   - every token attends to all P prefix slots, then causally to cache
+ *     entries 0..i of its own sequence.
+ *
+ * All scratch is allocated once by pd_engine_create() for at most
+ * max_tokens tokens per step: pd_engine_step() never allocates. An engine is
+ * used by one thread at a time.
+ */
+#ifndef PREFIXD_ENGINE_H
+#define PREFIXD_ENGINE_H
+
+#include <stdint.h>
+
+#include "prefixd/common.h"
+#include "prefixd/model.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct pd_seq {
+    float *k_cache;  /* (n_layers, cap, kv_dim), rotary applied (owned) */
+    float *v_cache;  /* (n_layers, cap, kv_dim) (owned) */
+    int cap;         /* capacity in tokens */
+    int len;         /* tokens in the cache (real tokens, not prefix slots) */
+    int n_prefix;    /* P, 0 when none */
+    const float *prefix_k; /* (n_layers, n_kv_heads, P, head_dim), borrowed */
+    const float *prefix_v; /* (n_layers, n_kv_heads, P, head_dim), borrowed */
+} pd_seq;
+
+/* Allocates a sequence whose cache holds cap tokens. Returns PD_OK, or
+ * PD_ENOMEM / PD_EINVAL (cap < 1 or cap + P later exceeding the model's
+ * context is checked at pd_seq_set_prefix time). Free with pd_seq_free. */
+int pd_seq_create(const pd_model *m, int cap, pd_seq **out, pd_err *err);
+void pd_seq_free(pd_seq *s);
+
+/* Points the sequence at a prefix (borrowed: the caller keeps it alive while
+ * the sequence uses it; NULL keys/values with P = 0 clears it) and empties
+ * the cache. */
+void pd_seq_set_prefix(pd_seq *s, int n_prefix, const float *prefix_k,
+                       const float *prefix_v);
+
+/* Empties the cache (keeps the prefix). */
+void pd_seq_reset(pd_seq *s);
+
+typedef struct pd_engine pd_engine;
+
+typedef struct pd_engine_params {
+    int max_tokens; /* tokens per step at most (default 256) */
+    int n_threads;  /* threads for the step's loops; <= 0: online CPUs (default) */
+} pd_engine_params;
+
+pd_engine_params pd_engine_default_params(void);
+
+/* Creates an engine for model m (borrowed: must outlive the engine) that runs
+ * at most params->max_tokens tokens per step (params NULL: defaults), with
+ * its own thread pool. */
+int pd_engine_create(const pd_model *m, const pd_engine_params *params,
+                     pd_engine **out, pd_err *err);
+void pd_engine_free(pd_engine *e);
+int pd_engine_max_tokens(const pd_engine *e);
+
+typedef struct pd_batch {
+    int n;                 /* tokens in this step, 1..max_tokens */
+    const int32_t *tokens; /* (n) token ids */
+    pd_seq *const *seqs;   /* (n) the sequence of each token */
+    const int32_t *pos;    /* (n) cache index of each token in its sequence */
+    const uint8_t *want_logits; /* (n) 1: return logits for this token; NULL: all */
+} pd_batch;
+
+/* Runs one forward step. Within one sequence the tokens of a step must have
+ * consecutive cache indices, in order, starting at or before seq->len (an
+ * index below len overwrites and truncates); each pos + 1 <= cap. Writes
+ * each token's K/V into its cache and sets seq->len to its last pos + 1.
+ * On success *logits points at (n_out, vocab_size) floats, one row per token
+ * with want_logits set, in batch order (engine-owned, valid until the next
+ * step); returns n_out. Returns PD_EINVAL (err says which token) on a bad
+ * batch, without touching any cache. */
+int pd_engine_step(pd_engine *e, const pd_batch *b, const float **logits,
+                   pd_err *err);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* PREFIXD_ENGINE_H */

@@ -1,0 +1,24 @@
+/* prefixd/half.h — IEEE half (F16) and bfloat16 (BF16) conversions. */
+#ifndef PREFIXD_HALF_H
+#define PREFIXD_HALF_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+float pd_f16_to_f32(uint16_t h);
+uint16_t pd_f32_to_f16(float f);   /* round to nearest even; overflow -> inf */
+float pd_bf16_to_f32(uint16_t h);
+uint16_t pd_f32_to_bf16(float f);  /* round to nearest even; NaN stays NaN */
+
+/* Widens n values from src (little-endian, possibly unaligned) into dst. */
+void pd_f16_to_f32_n(const void *src, float *dst, size_t n);
+void pd_bf16_to_f32_n(const void *src, float *dst, size_t n);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* PREFIXD_HALF_H */

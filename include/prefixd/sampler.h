@@ -1,0 +1,54 @@
+/* prefixd/sampler.h — turning logits into the next token.
+ *
+ * Greedy (temperature 0: the first index of the maximum, as llama2.c), or
+ * temperature sampling restricted by top-k (k most likely) and top-p (the
+ * smallest set whose probability reaches p). The random stream is
+ * xorshift64* from a seed, so a seed makes a run reproducible. A sampler is
+ * owned by one sequence; its scratch is allocated once at init.
+ */
+#ifndef PREFIXD_SAMPLER_H
+#define PREFIXD_SAMPLER_H
+
+#include <stdint.h>
+
+#include "prefixd/common.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct pd_sampler_params {
+    float temperature; /* 0: greedy */
+    float top_p;       /* in (0, 1]; 1: off */
+    int top_k;         /* 0: off */
+    uint64_t seed;
+} pd_sampler_params;
+
+pd_sampler_params pd_sampler_default_params(void); /* greedy, top_p 1, top_k 0, seed 42 */
+
+typedef struct pd_sampler {
+    pd_sampler_params p;
+    uint64_t rng;
+    int vocab_size;
+    float *probs;    /* (vocab_size) scratch (owned) */
+    int32_t *index;  /* (vocab_size) scratch (owned) */
+} pd_sampler;
+
+/* Validates params (temperature >= 0 and finite, top_p in (0,1], top_k >= 0)
+ * and allocates scratch. Returns PD_OK, PD_EINVAL or PD_ENOMEM. */
+int pd_sampler_init(pd_sampler *s, int vocab_size, const pd_sampler_params *p,
+                    pd_err *err);
+void pd_sampler_release(pd_sampler *s);
+
+/* Returns the next token id for logits (vocab_size floats, not modified).
+ * If logprob is not NULL it receives log softmax(logits)[token] at
+ * temperature 1. */
+int pd_sampler_sample(pd_sampler *s, const float *logits, float *logprob);
+
+/* Uniform float in [0, 1) from the sampler's stream. */
+float pd_sampler_rand(pd_sampler *s);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* PREFIXD_SAMPLER_H */

@@ -1,0 +1,79 @@
+/* cmd_inspect.c — `prefixd inspect PATH`: loads a model (any format) and
+ * prints its format, hyper-parameters, tokenizer ids, tensor list, total
+ * weight bytes and fingerprint, one "key: value" per line. */
+#include <inttypes.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "cli.h"
+#include "commands.h"
+#include "prefixd/model.h"
+#include "prefixd/tokenizer.h"
+
+static void print_shape(const pd_tensor_info *t)
+{
+    char buf[96];
+    size_t at = 0;
+    buf[at++] = '[';
+    for (int d = 0; d < t->n_dims && d < 4 && at < sizeof buf; d++)
+        at += (size_t)snprintf(buf + at, sizeof buf - at, "%s%" PRId64, d ? ", " : "",
+                               t->shape[d]);
+    if (at < sizeof buf) snprintf(buf + at, sizeof buf - at, "]");
+    printf("%-20s", buf);
+}
+
+int cmd_inspect(int argc, char **argv)
+{
+    const char *path = NULL, *tokenizer = NULL;
+    for (int i = 1; i < argc; i++) {
+        int r;
+        if ((r = cli_opt(argc, argv, &i, "--tokenizer", &tokenizer))) {
+            if (r < 0) return 2;
+        } else if (argv[i][0] == '-' && argv[i][1]) {
+            return cli_fail("inspect: unknown option '%s'", argv[i]) + 1;
+        } else if (path) {
+            return cli_fail("inspect: one model path only ('%s' and '%s')", path, argv[i]) + 1;
+        } else {
+            path = argv[i];
+        }
+    }
+    if (!path) return cli_fail("inspect: usage: prefixd inspect PATH [--tokenizer TOK]") + 1;
+    pd_model *m = cli_load_model(path, tokenizer);
+    if (!m) return 1;
+
+    const pd_config *c = &m->cfg;
+    printf("path: %s\n", path);
+    printf("id: %s\n", m->id);
+    printf("format: %s\n", m->format == PD_FORMAT_GGUF ? "gguf" : "llama2c");
+    printf("dtype: %s\n", pd_dtype_name(m->dtype));
+    printf("dim: %d\n", c->dim);
+    printf("hidden_dim: %d\n", c->hidden_dim);
+    printf("n_layers: %d\n", c->n_layers);
+    printf("n_heads: %d\n", c->n_heads);
+    printf("n_kv_heads: %d\n", c->n_kv_heads);
+    printf("head_dim: %d\n", c->head_dim);
+    printf("kv_dim: %d\n", c->kv_dim);
+    printf("vocab_size: %d\n", c->vocab_size);
+    printf("seq_len: %d\n", c->seq_len);
+    printf("rope_base: %g\n", (double)c->rope_base);
+    printf("norm_eps: %g\n", (double)c->norm_eps);
+    printf("tied_classifier: %s\n", m->tied_classifier ? "yes" : "no");
+    printf("tokenizer_vocab: %d\n", pd_tokenizer_vocab_size(m->tok));
+    printf("bos: %d\n", pd_tokenizer_bos(m->tok));
+    printf("eos: %d\n", pd_tokenizer_eos(m->tok));
+    printf("tensors: %d\n", m->n_tensors);
+    uint64_t file_bytes = 0;
+    for (int i = 0; i < m->n_tensors; i++) {
+        const pd_tensor_info *t = &m->tensors[i];
+        printf("  %-28s ", t->name);
+        print_shape(t);
+        printf(" %-5s offset %-12" PRIu64 " bytes %" PRIu64 "\n", pd_dtype_name(t->dtype),
+               t->offset, t->nbytes);
+        file_bytes += t->nbytes;
+    }
+    printf("tensor_bytes: %" PRIu64 "\n", file_bytes);
+    printf("weight_bytes: %" PRIu64 "\n", m->weight_bytes);
+    printf("fingerprint: %s\n", m->fingerprint_hex);
+    pd_model_free(m);
+    return 0;
+}

@@ -1,0 +1,33 @@
+/* main.c — the prefixd binary: dispatches to the subcommands. */
+#include <stdio.h>
+#include <string.h>
+
+#include "commands.h"
+#include "prefixd/log.h"
+
+static const char usage[] =
+    "usage: prefixd <command> [options]\n"
+    "\n"
+    "commands:\n"
+    "  generate  --model PATH [--tokenizer PATH] --prompt TEXT [--max-tokens N]\n"
+    "            [--temperature T] [--top-k K] [--top-p P] [--seed S] [--threads N] [--ids]\n"
+    "            write the generated text (not the prompt) to stdout\n"
+    "  inspect   PATH [--tokenizer PATH]   hyper-parameters, tensors, fingerprint\n"
+    "  convert   --model IN [--tokenizer TOK] --out OUT.gguf [--dtype f32|f16|bf16]\n"
+    "            write a model as GGUF v3\n";
+
+int main(int argc, char **argv)
+{
+    pd_log_set_callback(pd_log_stderr, NULL);
+    if (argc < 2 || !strcmp(argv[1], "help") || !strcmp(argv[1], "--help") ||
+        !strcmp(argv[1], "-h")) {
+        fputs(usage, argc < 2 ? stderr : stdout);
+        return argc < 2 ? 2 : 0;
+    }
+    const char *cmd = argv[1];
+    if (!strcmp(cmd, "generate")) return cmd_generate(argc - 1, argv + 1);
+    if (!strcmp(cmd, "inspect")) return cmd_inspect(argc - 1, argv + 1);
+    if (!strcmp(cmd, "convert")) return cmd_convert(argc - 1, argv + 1);
+    fprintf(stderr, "prefixd: unknown command '%s'\n%s", cmd, usage);
+    return 2;
+}

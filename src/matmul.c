@@ -1,0 +1,92 @@
+/* matmul.c — pd_matmul: splits the outputs into blocks that fit in cache,
+ * spreads the blocks over the pool, and runs the AVX2 kernel where the CPU
+ * has it, else the portable one (same bits, see matmul.h). */
+#include "prefixd/matmul.h"
+
+#include <math.h>
+#include <stddef.h>
+
+void pd__matmul_block_portable(float *out, const float *in, const float *W, int K, int N,
+                               int t0, int t1, int n0, int n1)
+{
+    for (int t = t0; t < t1; t++) {
+        const float *x = in + (size_t)t * K;
+        for (int n = n0; n < n1; n++) {
+            const float *w = W + (size_t)n * K;
+            float l[8] = {0};
+            int k = 0;
+            for (; k + 8 <= K; k += 8)
+                for (int j = 0; j < 8; j++) l[j] = fmaf(x[k + j], w[k + j], l[j]);
+            for (int j = 0; k + j < K; j++) l[j] = fmaf(x[k + j], w[k + j], l[j]);
+            float s0 = l[0] + l[4], s1 = l[1] + l[5], s2 = l[2] + l[6], s3 = l[3] + l[7];
+            float u0 = s0 + s2, u1 = s1 + s3;
+            out[(size_t)t * N + n] = u0 + u1;
+        }
+    }
+}
+
+int pd_matmul_uses_avx2(void)
+{
+    static int cached = -1; /* benign race: every thread computes the same value */
+    if (cached < 0) {
+        __builtin_cpu_init();
+        cached = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    }
+    return cached;
+}
+
+typedef struct job {
+    float *out;
+    const float *in, *W;
+    int T, K, N;
+    int rows_per_task; /* outputs per task */
+    int avx2;
+} job;
+
+/* Outputs per block: about 256 KB of weights, a multiple of 4. */
+static int block_rows(int K, int N)
+{
+    int r = (int)((256 * 1024) / ((size_t)K * sizeof(float)));
+    r &= ~3;
+    if (r < 4) r = 4;
+    return r < N ? r : N;
+}
+
+static void run_task(void *ctx, int task, int thread)
+{
+    (void)thread;
+    const job *j = ctx;
+    int n0 = task * j->rows_per_task;
+    int n1 = n0 + j->rows_per_task < j->N ? n0 + j->rows_per_task : j->N;
+    /* token tiles inside the block keep the weight block hot in cache */
+    const int TB = 48;
+    for (int t0 = 0; t0 < j->T; t0 += TB) {
+        int t1 = t0 + TB < j->T ? t0 + TB : j->T;
+        if (j->avx2)
+            pd__matmul_block_avx2(j->out, j->in, j->W, j->K, j->N, t0, t1, n0, n1);
+        else
+            pd__matmul_block_portable(j->out, j->in, j->W, j->K, j->N, t0, t1, n0, n1);
+    }
+}
+
+void pd_matmul(pd_pool *pool, float *out, const float *in, const float *W, int T, int K, int N)
+{
+    job j = {out, in, W, T, K, N, block_rows(K, N), pd_matmul_uses_avx2()};
+    int n_tasks = (N + j.rows_per_task - 1) / j.rows_per_task;
+    int threads = pd_pool_threads(pool);
+    /* small products: not worth waking the workers */
+    if ((double)T * K * N < 65536.0) pool = NULL;
+    else if (n_tasks < 4 * threads) {
+        /* more, smaller tasks so every thread gets a share */
+        int r = (N + 4 * threads - 1) / (4 * threads);
+        r = (r + 3) & ~3;
+        j.rows_per_task = r > 4 ? r : 4;
+        n_tasks = (N + j.rows_per_task - 1) / j.rows_per_task;
+    }
+    pd_pool_run(pool, run_task, &j, n_tasks);
+}
+
+void pd_matmul_portable(float *out, const float *in, const float *W, int T, int K, int N)
+{
+    pd__matmul_block_portable(out, in, W, K, N, 0, T, 0, N);
+}

@@ -1,0 +1,217 @@
+/* model.c — pd_model_load dispatch by file magic, validation of the
+ * hyper-parameters, the fingerprint, and pd_model_free. The per-format
+ * readers live in model_llama2c.c and model_gguf.c. */
+#include "prefixd/model.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "prefixd/fsutil.h"
+
+pd_model_params pd_model_default_params(void)
+{
+    pd_model_params p = {0};
+    return p;
+}
+
+int pd_config_validate(const pd_config *c, const char *path, pd_err *err)
+{
+#define CHECK_RANGE(field, lo, hi)                                                       \
+    if (c->field < (lo) || c->field > (hi))                                              \
+        return pd_err_set(err, PD_EFORMAT, "%s: %s = %d is out of range [%d, %d]", path, \
+                          #field, c->field, (int)(lo), (int)(hi));
+    CHECK_RANGE(dim, 1, 1 << 16);
+    CHECK_RANGE(hidden_dim, 1, 1 << 18);
+    CHECK_RANGE(n_layers, 1, 1024);
+    CHECK_RANGE(n_heads, 1, 1024);
+    CHECK_RANGE(n_kv_heads, 1, 1024);
+    CHECK_RANGE(vocab_size, 1, 1 << 22);
+    CHECK_RANGE(seq_len, 1, 1 << 22);
+#undef CHECK_RANGE
+    if (c->dim % c->n_heads != 0)
+        return pd_err_set(err, PD_EFORMAT, "%s: dim %d is not a multiple of n_heads %d", path,
+                          c->dim, c->n_heads);
+    if (c->n_heads % c->n_kv_heads != 0)
+        return pd_err_set(err, PD_EFORMAT, "%s: n_heads %d is not a multiple of n_kv_heads %d",
+                          path, c->n_heads, c->n_kv_heads);
+    if (c->head_dim != c->dim / c->n_heads || c->head_dim % 2 != 0)
+        return pd_err_set(err, PD_EFORMAT, "%s: head_dim %d must be dim/n_heads and even", path,
+                          c->head_dim);
+    if (c->kv_dim != c->n_kv_heads * c->head_dim)
+        return pd_err_set(err, PD_EFORMAT, "%s: kv_dim %d != n_kv_heads * head_dim", path,
+                          c->kv_dim);
+    if (!(c->rope_base > 0.0f) || !isfinite(c->rope_base))
+        return pd_err_set(err, PD_EFORMAT, "%s: rope base %g must be positive", path,
+                          (double)c->rope_base);
+    if (!(c->norm_eps > 0.0f) || !(c->norm_eps < 1.0f))
+        return pd_err_set(err, PD_EFORMAT, "%s: RMSNorm epsilon %g must be in (0, 1)", path,
+                          (double)c->norm_eps);
+    return PD_OK;
+}
+
+/* The fingerprint hash: four 64-bit lanes over 8-byte words, each lane a
+ * multiply-rotate accumulator (xxh64-like), then a final avalanche. Fast
+ * enough to hash gigabytes at load. */
+typedef struct fp_state {
+    uint64_t lane[4];
+    uint64_t total;
+} fp_state;
+
+#define FP_P1 0x9E3779B185EBCA87ULL
+#define FP_P2 0xC2B2AE3D27D4EB4FULL
+#define FP_P3 0x165667B19E3779F9ULL
+
+static uint64_t rotl(uint64_t x, int r) { return (x << r) | (x >> (64 - r)); }
+
+static uint64_t fp_round(uint64_t acc, uint64_t v)
+{
+    acc += v * FP_P2;
+    acc = rotl(acc, 31);
+    return acc * FP_P1;
+}
+
+static void fp_init(fp_state *s)
+{
+    s->lane[0] = FP_P1 + FP_P2;
+    s->lane[1] = FP_P2;
+    s->lane[2] = 0;
+    s->lane[3] = (uint64_t)0 - FP_P1;
+    s->total = 0;
+}
+
+/* Hashes n floats; word boundaries restart per call so calls are canonical. */
+static void fp_floats(fp_state *s, const float *x, size_t n)
+{
+    size_t i = 0;
+    uint64_t w[4];
+    for (; i + 8 <= n; i += 8) {
+        memcpy(w, x + i, 32);
+        s->lane[0] = fp_round(s->lane[0], w[0]);
+        s->lane[1] = fp_round(s->lane[1], w[1]);
+        s->lane[2] = fp_round(s->lane[2], w[2]);
+        s->lane[3] = fp_round(s->lane[3], w[3]);
+    }
+    for (; i < n; i++) {
+        uint32_t u;
+        memcpy(&u, x + i, 4);
+        s->lane[i & 3] = fp_round(s->lane[i & 3], u);
+    }
+    s->total += n;
+}
+
+static uint64_t fp_final(fp_state *s)
+{
+    uint64_t h = rotl(s->lane[0], 1) + rotl(s->lane[1], 7) + rotl(s->lane[2], 12) +
+                 rotl(s->lane[3], 18);
+    h ^= s->total * FP_P3;
+    h ^= h >> 33;
+    h *= FP_P2;
+    h ^= h >> 29;
+    h *= FP_P3;
+    h ^= h >> 32;
+    return h;
+}
+
+static uint64_t model_fingerprint(const pd_model *m)
+{
+    const pd_config *c = &m->cfg;
+    fp_state s;
+    fp_init(&s);
+    float hp[9] = {(float)c->dim,        (float)c->hidden_dim, (float)c->n_layers,
+                   (float)c->n_heads,    (float)c->n_kv_heads, (float)c->vocab_size,
+                   c->rope_base,         c->norm_eps,          (float)m->tied_classifier};
+    fp_floats(&s, hp, 9);
+    size_t D = (size_t)c->dim, KV = (size_t)c->kv_dim, H = (size_t)c->hidden_dim;
+    fp_floats(&s, m->w.token_embedding, (size_t)c->vocab_size * D);
+    for (int l = 0; l < c->n_layers; l++) {
+        const pd_layer_weights *L = &m->w.layers[l];
+        fp_floats(&s, L->rms_att, D);
+        fp_floats(&s, L->wq, D * D);
+        fp_floats(&s, L->wk, KV * D);
+        fp_floats(&s, L->wv, KV * D);
+        fp_floats(&s, L->wo, D * D);
+        fp_floats(&s, L->rms_ffn, D);
+        fp_floats(&s, L->w1, H * D);
+        fp_floats(&s, L->w2, D * H);
+        fp_floats(&s, L->w3, H * D);
+    }
+    fp_floats(&s, m->w.rms_final, D);
+    if (!m->tied_classifier) fp_floats(&s, m->w.wcls, (size_t)c->vocab_size * D);
+    return fp_final(&s);
+}
+
+int pd__model_finish(pd_model *m, pd_err *err)
+{
+    const pd_config *c = &m->cfg;
+    PD_ASSERT(m->w.layers && m->w.token_embedding && m->w.rms_final && m->w.wcls && m->tok);
+    if (pd_tokenizer_vocab_size(m->tok) != c->vocab_size)
+        return pd_err_set(err, PD_EMISMATCH, "tokenizer has %d tokens but the model has %d",
+                          pd_tokenizer_vocab_size(m->tok), c->vocab_size);
+    uint64_t D = (uint64_t)c->dim, KV = (uint64_t)c->kv_dim, H = (uint64_t)c->hidden_dim;
+    uint64_t per_layer = 2 * D + 2 * D * D + 2 * KV * D + 3 * H * D;
+    /* bytes read per decoded token: every layer, final norm, classifier (the
+     * embedding row read is negligible) */
+    m->weight_bytes = 4 * (per_layer * (uint64_t)c->n_layers + D + (uint64_t)c->vocab_size * D);
+    m->fingerprint = model_fingerprint(m);
+    snprintf(m->fingerprint_hex, sizeof m->fingerprint_hex, "%016llx",
+             (unsigned long long)m->fingerprint);
+    return PD_OK;
+}
+
+static void set_id(pd_model *m, const char *path)
+{
+    const char *base = strrchr(path, '/');
+    base = base ? base + 1 : path;
+    size_t n = strlen(base);
+    const char *dot = strrchr(base, '.');
+    if (dot && dot != base) n = (size_t)(dot - base);
+    if (n >= sizeof m->id) n = sizeof m->id - 1;
+    memcpy(m->id, base, n);
+    m->id[n] = 0;
+}
+
+int pd_model_load(const pd_model_params *params, pd_model **out, pd_err *err)
+{
+    *out = NULL;
+    pd_err_clear(err);
+    if (!params || !params->path) return pd_err_set(err, PD_EINVAL, "no model path given");
+    const char *path = params->path;
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return pd_err_set(err, PD_EIO, "%s: cannot open model: %s", path, strerror(errno));
+    unsigned char magic[4] = {0};
+    ssize_t got = read(fd, magic, 4);
+    close(fd);
+    if (got < 0) return pd_err_set(err, PD_EIO, "%s: cannot read: %s", path, strerror(errno));
+
+    pd_model *m = calloc(1, sizeof *m);
+    if (!m) return pd_err_set(err, PD_ENOMEM, "%s: out of memory", path);
+    int rc;
+    if (got == 4 && memcmp(magic, "GGUF", 4) == 0)
+        rc = pd__model_load_gguf(m, path, err);
+    else
+        rc = pd__model_load_llama2c(m, path, params->tokenizer_path, err);
+    if (rc == PD_OK) rc = pd__model_finish(m, err);
+    if (rc < 0) {
+        pd_model_free(m);
+        return rc;
+    }
+    set_id(m, path);
+    *out = m;
+    return PD_OK;
+}
+
+void pd_model_free(pd_model *m)
+{
+    if (!m) return;
+    pd_tokenizer_free(m->tok);
+    free(m->tensors);
+    free(m->w.layers);
+    free(m->owned);
+    pd_unmap(m->map, m->map_size);
+    free(m);
+}

@@ -1,0 +1,252 @@
+/* test_engine.c — the forward step on the shipped model: the reference
+ * greedy generation of llama2.c run.c, batched steps equal to single steps,
+ * chunked prefill equal to token-by-token, and bad batches refused. */
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "prefixd/engine.h"
+#include "prefixd/generate.h"
+
+#define MODEL "models/stories260K/stories260K.bin"
+#define TOKENIZER "models/stories260K/tok512.bin"
+
+/* llama2.c run.c -t 0 -n 200 -i "Once upon a time" on stories260K */
+static const int32_t ref_prompt[] = {1, 403, 407, 261, 378};
+static const int32_t ref_out[196] = {
+    432, 383, 286, 261, 376, 298, 315, 421, 395, 317, 426, 338, 401, 396, 267, 337, 410, 408,
+    419, 292, 411, 322, 265, 282, 295, 433, 426, 385, 328, 432, 358, 394, 261, 370, 432, 352,
+    266, 268, 388, 426, 338, 391, 266, 267, 337, 335, 312, 432, 398, 312, 286, 267, 414, 270,
+    333, 415, 426, 13,  438, 310, 439, 419, 357, 336, 432, 313, 438, 310, 432, 278, 316, 439,
+    419, 298, 414, 267, 265, 282, 295, 433, 426, 436, 317, 286, 296, 418, 269, 279, 292, 416,
+    439, 413, 409, 416, 327, 263, 415, 294, 267, 400, 426, 338, 336, 432, 313, 442, 391, 267,
+    337, 335, 364, 420, 268, 388, 432, 398, 359, 280, 303, 439, 413, 272, 417, 264, 312, 426,
+    436, 13,  438, 310, 286, 296, 418, 269, 279, 292, 416, 439, 413, 409, 416, 327, 263, 415,
+    294, 267, 400, 426, 338, 336, 432, 313, 442, 439, 423, 262, 304, 420, 422, 432, 317, 426,
+    359, 279, 292, 416, 439, 413, 409, 416, 327, 263, 415, 294, 267, 400, 426, 436, 13,  438,
+    310, 279, 292, 416, 439, 413, 391, 267, 281, 421, 427, 311, 357, 432, 384, 358};
+
+static pd_model *model;
+
+static int setup(void **state)
+{
+    (void)state;
+    pd_model_params mp = pd_model_default_params();
+    mp.path = MODEL;
+    mp.tokenizer_path = TOKENIZER;
+    pd_err err;
+    if (pd_model_load(&mp, &model, &err) < 0) {
+        fprintf(stderr, "%s\n", err.msg);
+        return -1;
+    }
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    (void)state;
+    pd_model_free(model);
+    return 0;
+}
+
+static float max_abs_diff(const float *a, const float *b, int n)
+{
+    float d = 0.0f;
+    for (int i = 0; i < n; i++) {
+        float x = fabsf(a[i] - b[i]);
+        if (!(x <= d)) d = x; /* NaN propagates as a failure */
+    }
+    return d;
+}
+
+static void test_reference_greedy(void **state)
+{
+    (void)state;
+    int32_t toks[16];
+    int n = pd_tokenizer_encode(model->tok, "Once upon a time", 16, 1, 0, toks, 16);
+    assert_int_equal(n, 5);
+    assert_memory_equal(toks, ref_prompt, sizeof ref_prompt);
+    pd_engine *e;
+    pd_seq *s;
+    assert_int_equal(pd_engine_create(model, &(pd_engine_params){64, 0}, &e, NULL), PD_OK);
+    assert_int_equal(pd_seq_create(model, 5 + 196, &s, NULL), PD_OK);
+    pd_gen_params gp = {0};
+    gp.max_tokens = 196;
+    gp.sampling = pd_sampler_default_params();
+    int32_t out[196];
+    int n_out;
+    int rc = pd_generate(e, model, s, toks, n, &gp, out, 196, &n_out, NULL);
+    assert_int_equal(rc, PD_FINISH_LENGTH);
+    assert_int_equal(n_out, 196);
+    assert_memory_equal(out, ref_out, sizeof ref_out);
+    pd_seq_free(s);
+    pd_engine_free(e);
+}
+
+/* Runs tokens one at a time through a fresh sequence; logits (n, V) out. */
+static void run_single(const int32_t *toks, int n, float *logits)
+{
+    const int V = model->cfg.vocab_size;
+    pd_engine *e;
+    pd_seq *s;
+    assert_int_equal(pd_engine_create(model, &(pd_engine_params){1, 0}, &e, NULL), PD_OK);
+    assert_int_equal(pd_seq_create(model, n, &s, NULL), PD_OK);
+    for (int i = 0; i < n; i++) {
+        pd_seq *seqs[1] = {s};
+        int32_t pos[1] = {i};
+        pd_batch b = {1, toks + i, seqs, pos, NULL};
+        const float *lg;
+        assert_int_equal(pd_engine_step(e, &b, &lg, NULL), 1);
+        memcpy(logits + (size_t)i * V, lg, (size_t)V * sizeof(float));
+    }
+    pd_seq_free(s);
+    pd_engine_free(e);
+}
+
+#define NSEQ 4
+#define NTOK 24
+
+/* Several sequences advanced together in mixed steps: prefill chunks of
+ * different lengths next to single decode tokens. Each token's logits must
+ * equal the sequence run alone, token by token. */
+static void test_batched_equals_single(void **state)
+{
+    (void)state;
+    const int V = model->cfg.vocab_size;
+    int32_t toks[NSEQ][NTOK];
+    uint64_t r = 12345;
+    for (int s = 0; s < NSEQ; s++)
+        for (int i = 0; i < NTOK; i++) {
+            r = r * 6364136223846793005ULL + 1442695040888963407ULL;
+            toks[s][i] = i == 0 ? 1 : (int32_t)((r >> 33) % (uint64_t)V);
+        }
+    float *alone = malloc((size_t)NSEQ * NTOK * V * sizeof(float));
+    float *mixed = malloc((size_t)NSEQ * NTOK * V * sizeof(float));
+    assert_non_null(alone);
+    assert_non_null(mixed);
+    for (int s = 0; s < NSEQ; s++) run_single(toks[s], NTOK, alone + (size_t)s * NTOK * V);
+
+    pd_engine *e;
+    pd_seq *seqs[NSEQ];
+    assert_int_equal(pd_engine_create(model, &(pd_engine_params){NSEQ * NTOK, 0}, &e, NULL), PD_OK);
+    for (int s = 0; s < NSEQ; s++) assert_int_equal(pd_seq_create(model, NTOK, &seqs[s], NULL), PD_OK);
+    /* sequence s advances by chunk[s][step] tokens per step */
+    static const int chunk[NSEQ][4] = {{NTOK, 0, 0, 0}, {1, 7, 16, 0}, {10, 1, 1, 12}, {3, 3, 3, 15}};
+    int done[NSEQ] = {0};
+    for (int step = 0; step < 4; step++) {
+        int32_t bt[NSEQ * NTOK], bp[NSEQ * NTOK];
+        pd_seq *bs[NSEQ * NTOK];
+        int owner[NSEQ * NTOK], n = 0;
+        /* interleave: sequences in reverse order on odd steps */
+        for (int k = 0; k < NSEQ; k++) {
+            int s = step % 2 ? NSEQ - 1 - k : k;
+            for (int i = 0; i < chunk[s][step]; i++) {
+                bt[n] = toks[s][done[s] + i];
+                bp[n] = done[s] + i;
+                bs[n] = seqs[s];
+                owner[n] = s;
+                n++;
+            }
+        }
+        if (n == 0) continue;
+        pd_batch b = {n, bt, bs, bp, NULL};
+        const float *lg;
+        assert_int_equal(pd_engine_step(e, &b, &lg, NULL), n);
+        for (int i = 0; i < n; i++)
+            memcpy(mixed + ((size_t)owner[i] * NTOK + (size_t)bp[i]) * V, lg + (size_t)i * V,
+                   (size_t)V * sizeof(float));
+        for (int s = 0; s < NSEQ; s++) done[s] += chunk[s][step];
+    }
+    for (int s = 0; s < NSEQ; s++) {
+        assert_int_equal(done[s], NTOK);
+        assert_int_equal(seqs[s]->len, NTOK);
+        float d = max_abs_diff(alone + (size_t)s * NTOK * V, mixed + (size_t)s * NTOK * V, NTOK * V);
+        /* the contract is <= 1e-5; the batch-invariant products give 0 */
+        if (d != 0.0f) fail_msg("sequence %d: max abs diff %g, expected bit-identical", s, (double)d);
+        pd_seq_free(seqs[s]);
+    }
+    pd_engine_free(e);
+    free(alone);
+    free(mixed);
+}
+
+/* want_logits selects rows; the returned rows are those of the full run. */
+static void test_want_logits_rows(void **state)
+{
+    (void)state;
+    const int V = model->cfg.vocab_size;
+    int32_t toks[6] = {1, 403, 407, 261, 378, 432};
+    float *alone = malloc(6 * (size_t)V * sizeof(float));
+    assert_non_null(alone);
+    run_single(toks, 6, alone);
+    pd_engine *e;
+    pd_seq *s;
+    assert_int_equal(pd_engine_create(model, &(pd_engine_params){6, 0}, &e, NULL), PD_OK);
+    assert_int_equal(pd_seq_create(model, 6, &s, NULL), PD_OK);
+    pd_seq *ss[6] = {s, s, s, s, s, s};
+    int32_t pos[6] = {0, 1, 2, 3, 4, 5};
+    uint8_t want[6] = {0, 1, 0, 0, 0, 1};
+    pd_batch b = {6, toks, ss, pos, want};
+    const float *lg;
+    assert_int_equal(pd_engine_step(e, &b, &lg, NULL), 2);
+    assert_true(max_abs_diff(lg, alone + (size_t)1 * V, V) <= 1e-5f);
+    assert_true(max_abs_diff(lg + V, alone + (size_t)5 * V, V) <= 1e-5f);
+    pd_seq_free(s);
+    pd_engine_free(e);
+    free(alone);
+}
+
+static void test_bad_batches(void **state)
+{
+    (void)state;
+    pd_engine *e;
+    pd_seq *s;
+    assert_int_equal(pd_engine_create(model, &(pd_engine_params){4, 0}, &e, NULL), PD_OK);
+    assert_int_equal(pd_seq_create(model, 4, &s, NULL), PD_OK);
+    pd_seq *ss[4] = {s, s, s, s};
+    const float *lg;
+    pd_err err;
+    int32_t t_ok[4] = {1, 2, 3, 4}, t_bad[1] = {512}, t_neg[1] = {-1};
+    int32_t p_gap[1] = {2}, p_cap[1] = {4}, p_jump[2] = {0, 2};
+    pd_batch b_vocab = {1, t_bad, ss, (int32_t[]){0}, NULL};
+    assert_int_equal(pd_engine_step(e, &b_vocab, &lg, &err), PD_EINVAL);
+    assert_non_null(strstr(err.msg, "vocabulary"));
+    pd_batch b_neg = {1, t_neg, ss, (int32_t[]){0}, NULL};
+    assert_int_equal(pd_engine_step(e, &b_neg, &lg, &err), PD_EINVAL);
+    pd_batch b_gap = {1, t_ok, ss, p_gap, NULL};
+    assert_int_equal(pd_engine_step(e, &b_gap, &lg, &err), PD_EINVAL);
+    assert_non_null(strstr(err.msg, "does not follow"));
+    pd_batch b_cap = {1, t_ok, ss, p_cap, NULL};
+    assert_int_equal(pd_engine_step(e, &b_cap, &lg, &err), PD_EINVAL);
+    pd_batch b_jump = {2, t_ok, ss, p_jump, NULL};
+    assert_int_equal(pd_engine_step(e, &b_jump, &lg, &err), PD_EINVAL);
+    pd_batch b_big = {5, t_ok, ss, p_jump, NULL};
+    assert_int_equal(pd_engine_step(e, &b_big, &lg, &err), PD_EINVAL);
+    assert_int_equal(s->len, 0); /* nothing was touched */
+    pd_seq *none[1] = {NULL};
+    pd_batch b_null = {1, t_ok, none, (int32_t[]){0}, NULL};
+    assert_int_equal(pd_engine_step(e, &b_null, &lg, &err), PD_EINVAL);
+    pd_seq *tmp;
+    assert_int_equal(pd_seq_create(model, 0, &tmp, &err), PD_EINVAL);
+    assert_int_equal(pd_seq_create(model, model->cfg.seq_len + 1, &tmp, &err), PD_EINVAL);
+    pd_seq_free(s);
+    pd_engine_free(e);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_reference_greedy),
+        cmocka_unit_test(test_batched_equals_single),
+        cmocka_unit_test(test_want_logits_rows),
+        cmocka_unit_test(test_bad_batches),
+    };
+    return cmocka_run_group_tests_name("engine", tests, setup, teardown);
+}
