@@ -9,6 +9,8 @@
 #include "cli.h"
 #include "commands.h"
 #include "prefixd/generate.h"
+#include "prefixd/prefix.h"
+#include "prefixd/registry.h"
 
 typedef struct out_state {
     int ids;   /* print ids instead of text */
@@ -30,6 +32,7 @@ static int on_token(int token, const char *bytes, size_t len, void *user_data)
 int cmd_generate(int argc, char **argv)
 {
     const char *model = NULL, *tokenizer = NULL, *prompt = NULL, *v;
+    const char *prefix_path = NULL, *registry_dir = NULL, *task = NULL;
     long max_tokens = 256, top_k = 0, threads = 0;
     double temperature = 1.0, top_p = 1.0;
     uint64_t seed = (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32);
@@ -51,6 +54,9 @@ int cmd_generate(int argc, char **argv)
             if (r > 0 && cli_u64("--seed", v, &seed) < 0) return 2;
         } else if ((r = cli_opt(argc, argv, &i, "--threads", &v))) {
             if (r > 0 && cli_int("--threads", v, 1, 256, &threads) < 0) return 2;
+        } else if ((r = cli_opt(argc, argv, &i, "--prefix", &prefix_path))) {
+        } else if ((r = cli_opt(argc, argv, &i, "--registry", &registry_dir))) {
+        } else if ((r = cli_opt(argc, argv, &i, "--task", &task))) {
         } else if (!strcmp(argv[i], "--ids")) {
             o.ids = 1;
         } else {
@@ -59,6 +65,9 @@ int cmd_generate(int argc, char **argv)
         if (r < 0) return 2;
     }
     if (!prompt) prompt = "";
+    if ((registry_dir != NULL) != (task != NULL))
+        return cli_fail("--registry and --task go together") + 1;
+    if (prefix_path && task) return cli_fail("give either --prefix or --registry/--task") + 1;
     cli_set_threads((int)threads);
     pd_model *m = cli_load_model(model, tokenizer);
     if (!m) return 1;
@@ -66,8 +75,26 @@ int cmd_generate(int argc, char **argv)
     int status = 1;
     pd_engine *e = NULL;
     pd_seq *seq = NULL;
+    pd_prefix *prefix = NULL;
+    pd_registry *reg = NULL;
     int32_t *toks = NULL, *out = NULL;
     pd_err err;
+    if (prefix_path && pd_prefix_load(prefix_path, m, &prefix, &err) < 0) {
+        cli_fail("%s", err.msg);
+        goto done;
+    }
+    if (task) {
+        pd_registry_params rp = pd_registry_default_params();
+        rp.dir = registry_dir;
+        if (pd_registry_create(&rp, m, &reg, &err) < 0 ||
+            pd_registry_acquire(reg, task, &prefix, &err) < 0) {
+            cli_fail("%s", err.msg);
+            goto done;
+        }
+    }
+    /* a prompt-built prefix already holds BOS: the request continues it */
+    int bos = !(prefix && prefix->has_bos);
+    int P = prefix ? prefix->n_tokens : 0;
     size_t plen = strlen(prompt);
     int cap = (int)plen + 3;
     toks = malloc((size_t)cap * sizeof *toks);
@@ -75,14 +102,19 @@ int cmd_generate(int argc, char **argv)
         cli_fail("out of memory");
         goto done;
     }
-    int n = pd_tokenizer_encode(m->tok, prompt, plen, 1, 0, toks, cap);
+    int n = pd_tokenizer_encode(m->tok, prompt, plen, bos, 0, toks, cap);
     if (n < 0 || n > cap) {
         cli_fail("cannot encode the prompt");
         goto done;
     }
-    if (n + max_tokens > m->cfg.seq_len) {
-        cli_fail("prompt (%d tokens) + max tokens (%ld) exceed the context of %d tokens", n,
-                 max_tokens, m->cfg.seq_len);
+    if (n == 0) {
+        cli_fail("the prompt is empty: a prompt-built prefix needs at least one request token");
+        goto done;
+    }
+    if (P + n + max_tokens > m->cfg.seq_len) {
+        cli_fail("prefix (%d) + prompt (%d tokens) + max tokens (%ld) exceed the context of %d "
+                 "tokens",
+                 P, n, max_tokens, m->cfg.seq_len);
         goto done;
     }
     out = malloc(((size_t)max_tokens + 1) * sizeof *out);
@@ -91,6 +123,7 @@ int cmd_generate(int argc, char **argv)
         cli_fail("%s", out ? err.msg : "out of memory");
         goto done;
     }
+    if (prefix) pd_seq_set_prefix(seq, P, prefix->keys, prefix->values);
     pd_gen_params gp = {0};
     gp.max_tokens = (int)max_tokens;
     gp.sampling = pd_sampler_default_params();
@@ -112,6 +145,8 @@ int cmd_generate(int argc, char **argv)
     status = 0;
 done:
     pd_seq_free(seq);
+    pd_prefix_release(prefix);
+    pd_registry_free(reg);
     pd_engine_free(e);
     free(out);
     free(toks);

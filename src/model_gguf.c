@@ -81,7 +81,7 @@ typedef struct loader {
 /* Reads an integer key into an int in [1, INT_MAX]; def < 0 means required. */
 static int get_dim(loader *L, const char *key, int def, int *out)
 {
-    int64_t v;
+    int64_t v = 0;
     if (def >= 0 && !pd_gguf_find_kv(L->g, key)) {
         *out = def;
         return PD_OK;
@@ -96,7 +96,7 @@ static int get_dim(loader *L, const char *key, int def, int *out)
 
 static int get_real(loader *L, const char *key, float def, float *out)
 {
-    double v;
+    double v = 0;
     if (!pd_gguf_find_kv(L->g, key)) {
         *out = def;
         return PD_OK;
@@ -158,7 +158,7 @@ static int check_variant(loader *L)
                                            "llama.attention.key_length",
                                            "llama.attention.value_length"};
     for (int i = 0; i < 3; i++) {
-        int v;
+        int v = 0;
         if ((rc = get_dim(L, per_head[i], c->head_dim, &v)) < 0) return rc;
         if (v != c->head_dim)
             return pd_err_set(L->err, PD_EUNSUPPORTED,
@@ -381,6 +381,7 @@ static int load_tokenizer(loader *L, const pd_gguf_str *tokens, uint64_t n)
                                L->err)) < 0))
         goto done;
     pd_err terr;
+    pd_err_clear(&terr);
     rc = pd_tokenizer_create((int)n, pieces, lens, scores, types, (int)bos, (int)eos, &L->m->tok,
                              &terr);
     if (rc < 0) pd_err_set(L->err, rc, "%s: %s", L->path, terr.msg);
@@ -421,10 +422,9 @@ int pd__model_load_gguf(pd_model *m, const char *path, pd_err *err)
         goto done;
     }
     m->cfg.vocab_size = (int)vocab;
-    if ((rc = pd_config_validate(&m->cfg, path, err)) < 0 || (rc = check_variant(&L)) < 0 ||
-        (rc = bind_weights(&L)) < 0 ||
-        (rc = list_tensors(&L)) < 0 || (rc = load_tokenizer(&L, tokens, n_tokens)) < 0)
-        goto done;
+    if ((rc = pd_config_validate(&m->cfg, path, err)) >= 0 && (rc = check_variant(&L)) >= 0 &&
+        (rc = bind_weights(&L)) >= 0 && (rc = list_tensors(&L)) >= 0)
+        rc = load_tokenizer(&L, tokens, n_tokens);
 done:
     free(L.b);
     pd_gguf_free(g);
@@ -514,19 +514,18 @@ static int add_tokenizer(pd_gguf_writer *w, const pd_tokenizer *tok, const char 
         scores[i] = pd_tokenizer_score(tok, i);
         types[i] = pd_tokenizer_type(tok, i);
     }
-    if ((rc = pd_gguf_add_str(w, "tokenizer.ggml.model", "llama", err)) < 0 ||
+    if ((rc = pd_gguf_add_str(w, "tokenizer.ggml.model", "llama", err)) >= 0 &&
         (rc = pd_gguf_add_arr_str(w, "tokenizer.ggml.tokens", sp.ptr, sp.len, (uint64_t)n,
-                                  err)) < 0 ||
-        (rc = pd_gguf_add_arr_f32(w, "tokenizer.ggml.scores", scores, (uint64_t)n, err)) < 0 ||
-        (rc = pd_gguf_add_arr_i32(w, "tokenizer.ggml.token_type", types, (uint64_t)n, err)) <
-            0 ||
+                                  err)) >= 0 &&
+        (rc = pd_gguf_add_arr_f32(w, "tokenizer.ggml.scores", scores, (uint64_t)n, err)) >= 0 &&
+        (rc = pd_gguf_add_arr_i32(w, "tokenizer.ggml.token_type", types, (uint64_t)n, err)) >=
+            0 &&
         (rc = pd_gguf_add_u32(w, "tokenizer.ggml.bos_token_id",
-                              (uint32_t)pd_tokenizer_bos(tok), err)) < 0 ||
+                              (uint32_t)pd_tokenizer_bos(tok), err)) >= 0 &&
         (rc = pd_gguf_add_u32(w, "tokenizer.ggml.eos_token_id",
-                              (uint32_t)pd_tokenizer_eos(tok), err)) < 0 ||
-        (rc = pd_gguf_add_bool(w, "tokenizer.ggml.add_bos_token", 1, err)) < 0 ||
-        (rc = pd_gguf_add_bool(w, "tokenizer.ggml.add_eos_token", 0, err)) < 0)
-        goto done;
+                              (uint32_t)pd_tokenizer_eos(tok), err)) >= 0 &&
+        (rc = pd_gguf_add_bool(w, "tokenizer.ggml.add_bos_token", 1, err)) >= 0)
+        rc = pd_gguf_add_bool(w, "tokenizer.ggml.add_eos_token", 0, err);
 done:
     free(sp.blob);
     free(sp.ptr);

@@ -1,0 +1,90 @@
+/* prefix_prompt.c — prefixes built from a prompt's own key/value cache.
+ *
+ * The prompt runs through a fresh sequence with no prefix, at positions
+ * 0..n-1, so its cached keys already carry their rotary embedding. Those
+ * keys and values, moved from the cache layout (layer, pos, kv_dim) into the
+ * prefix layout (layer, kv_head, pos, head_dim), are a prefix whose request
+ * tokens sit at positions n, n+1, ... and see exactly what they would see
+ * after the prompt itself (ARCHITECTURE.md "Prompt equivalence").
+ */
+#include "prefixd/prefix.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "prefix_internal.h"
+#include "prefixd/generate.h"
+#include "prefixd/tokenizer.h"
+
+int pd_prefix_from_tokens(pd_engine *e, const pd_model *m, const char *task,
+                          const int32_t *tokens, int n, pd_prefix **out, pd_err *err)
+{
+    PD_ASSERT(e && m && out && (tokens || n <= 0));
+    *out = NULL;
+    const pd_config *c = &m->cfg;
+    if (!pd_task_name_valid(task))
+        return pd_err_set(err, PD_EINVAL,
+                          "invalid task name: want 1 to %d characters of [A-Za-z0-9._-], "
+                          "starting with a letter or digit",
+                          PD_TASK_NAME_MAX);
+    if (n < 1 || n > c->seq_len - 1)
+        return pd_err_set(err, PD_ERANGE,
+                          "task '%s': a prompt of %d tokens cannot be a prefix (1 to %d tokens)",
+                          task, n, c->seq_len - 1);
+    for (int i = 0; i < n; i++)
+        if (tokens[i] < 0 || tokens[i] >= c->vocab_size)
+            return pd_err_set(err, PD_EINVAL,
+                              "task '%s': prompt token %d is %d, outside the vocabulary [0, %d)",
+                              task, i, tokens[i], c->vocab_size);
+
+    pd_seq *s;
+    int rc = pd_seq_create(m, n, &s, err);
+    if (rc < 0) return rc;
+    pd_seq_set_prefix(s, 0, NULL, NULL);
+    rc = pd_prefill(e, m, s, tokens, n, NULL, err);
+    pd_prefix *p = NULL;
+    if (rc == PD_OK) rc = pd_prefix_create(m, task, n, &p, err);
+    if (rc == PD_OK) {
+        const int L = c->n_layers, KVH = c->n_kv_heads, hd = c->head_dim, KV = c->kv_dim;
+        for (int l = 0; l < L; l++)
+            for (int h = 0; h < KVH; h++)
+                for (int pos = 0; pos < n; pos++) {
+                    size_t src = ((size_t)l * s->cap + (size_t)pos) * KV + (size_t)h * hd;
+                    size_t dst = (((size_t)l * KVH + h) * n + pos) * hd;
+                    memcpy(p->keys + dst, s->k_cache + src, (size_t)hd * sizeof(float));
+                    memcpy(p->values + dst, s->v_cache + src, (size_t)hd * sizeof(float));
+                }
+        p->has_bos = tokens[0] == pd_tokenizer_bos(m->tok);
+        rc = pd__prefix_stamp(p, "prompt", err);
+    }
+    pd_seq_free(s);
+    if (rc < 0) {
+        pd_prefix_release(p);
+        return rc;
+    }
+    *out = p;
+    return PD_OK;
+}
+
+int pd_prefix_from_text(pd_engine *e, const pd_model *m, const char *task, const char *text,
+                        pd_prefix **out, pd_err *err)
+{
+    PD_ASSERT(e && m && text && out);
+    *out = NULL;
+    const int max = m->cfg.seq_len - 1;
+    int32_t *toks = malloc((size_t)max * sizeof *toks);
+    if (!toks) return pd_err_set(err, PD_ENOMEM, "task '%s': out of memory", task ? task : "");
+    int n = pd_tokenizer_encode(m->tok, text, strlen(text), 1, 0, toks, max);
+    int rc;
+    if (n < 0)
+        rc = pd_err_set(err, n, "task '%s': cannot encode the prompt text", task ? task : "");
+    else if (n > max)
+        rc = pd_err_set(err, PD_ERANGE,
+                        "task '%s': the prompt text encodes to %d tokens; a prefix holds at most "
+                        "%d",
+                        task ? task : "", n, max);
+    else
+        rc = pd_prefix_from_tokens(e, m, task, toks, n, out, err);
+    free(toks);
+    return rc;
+}

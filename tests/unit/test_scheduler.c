@@ -1,0 +1,196 @@
+/* test_scheduler.c — continuous batching: many concurrent greedy requests
+ * give exactly what each gives alone; cancel frees the sequence; a full
+ * queue refuses; context overflow is refused with the numbers; shutdown
+ * finishes or cancels everything. */
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "prefixd/generate.h"
+#include "prefixd/scheduler.h"
+
+static pd_model *model;
+
+static int setup(void **state)
+{
+    (void)state;
+    pd_model_params mp = pd_model_default_params();
+    mp.path = "models/stories260K/stories260K.bin";
+    mp.tokenizer_path = "models/stories260K/tok512.bin";
+    return pd_model_load(&mp, &model, NULL) == PD_OK ? 0 : -1;
+}
+
+static int teardown(void **state)
+{
+    (void)state;
+    pd_model_free(model);
+    return 0;
+}
+
+static const char *const prompts[] = {"Once upon a time", "The little dog", "Tom and Sue went",
+                                      "One day", "A big red ball", "She was happy because",
+                                      "The sun", "Lily saw a bird"};
+#define NP (int)(sizeof prompts / sizeof *prompts)
+
+static int encode(const char *text, int32_t *toks, int cap)
+{
+    int n = pd_tokenizer_encode(model->tok, text, strlen(text), 1, 0, toks, cap);
+    assert_true(n > 0 && n <= cap);
+    return n;
+}
+
+static void test_concurrent_equals_alone(void **state)
+{
+    (void)state;
+    enum { NR = 24 };
+    pd_sched_params sp = pd_sched_default_params();
+    sp.max_seqs = 9; /* fewer slots than requests: some wait in the queue */
+    sp.max_step_tokens = 16; /* prompts arrive in several prefill chunks */
+    pd_sched *s;
+    assert_int_equal(pd_sched_create(model, &sp, &s, NULL), PD_OK);
+    pd_request *rq[NR];
+    int32_t toks[64];
+    for (int i = 0; i < NR; i++) {
+        int n = encode(prompts[i % NP], toks, 64);
+        assert_int_equal(pd_request_create(toks, n, 20 + 7 * i, &rq[i], NULL), PD_OK);
+        if (i % 3 == 2) { /* some sampled with a seed: reproducible too */
+            rq[i]->sampling.temperature = 0.8f;
+            rq[i]->sampling.seed = (uint64_t)i;
+        }
+        assert_int_equal(pd_sched_submit(s, rq[i], NULL), PD_OK);
+    }
+    pd_engine *e;
+    assert_int_equal(pd_engine_create(model, NULL, &e, NULL), PD_OK);
+    for (int i = 0; i < NR; i++) {
+        while (pd_request_wait(rq[i], 1 << 30, 1000) >= 0 && rq[i]->state != PD_REQ_DONE) {
+        }
+        int n = encode(prompts[i % NP], toks, 64);
+        pd_seq *seq;
+        assert_int_equal(pd_seq_create(model, n + rq[i]->max_tokens, &seq, NULL), PD_OK);
+        pd_gen_params gp = {0};
+        gp.max_tokens = rq[i]->max_tokens;
+        gp.sampling = rq[i]->sampling;
+        int32_t out[256];
+        int n_out;
+        int fin = pd_generate(e, model, seq, toks, n, &gp, out, 256, &n_out, NULL);
+        assert_int_equal(rq[i]->n_out, n_out);
+        for (int k = 0; k < n_out; k++) assert_int_equal(rq[i]->out[k].id, out[k]);
+        assert_int_equal(rq[i]->finish,
+                         fin == PD_FINISH_STOP ? PD_FINISH_REASON_STOP : PD_FINISH_REASON_LENGTH);
+        assert_true(rq[i]->t_first >= rq[i]->t_submit);
+        pd_seq_free(seq);
+        pd_request_release(rq[i]);
+    }
+    pd_sched_stats st;
+    pd_sched_stats_get(s, &st);
+    assert_int_equal(st.seqs_freed, NR);
+    assert_int_equal(st.running, 0);
+    uint64_t multi = 0;
+    for (int b = 1; b < 8; b++) multi += st.batch_hist[b];
+    assert_true(multi > 0); /* some steps really batched several tokens */
+    pd_engine_free(e);
+    pd_sched_free(s, 1000);
+}
+
+static void test_cancel_frees_sequence(void **state)
+{
+    (void)state;
+    pd_sched *s;
+    assert_int_equal(pd_sched_create(model, NULL, &s, NULL), PD_OK);
+    int32_t toks[64];
+    int n = encode("Once upon a time", toks, 64);
+    pd_request *rq;
+    assert_int_equal(pd_request_create(toks, n, 400, &rq, NULL), PD_OK);
+    rq->sampling.temperature = 1.0f; /* keep going past story ends less often */
+    rq->top_logprobs = 3;
+    assert_int_equal(pd_sched_submit(s, rq, NULL), PD_OK);
+    assert_true(pd_request_wait(rq, 0, 5000) >= 1);
+    /* top logprobs are sorted and the sampled token's logprob is finite */
+    assert_int_equal(rq->out[0].n_top, 3);
+    assert_true(rq->out[0].top_logprobs[0] >= rq->out[0].top_logprobs[1]);
+    assert_true(rq->out[0].top_logprobs[0] <= 0.0f);
+    pd_request_cancel(rq);
+    while (rq->state != PD_REQ_DONE) pd_request_wait(rq, 1 << 30, 100);
+    assert_true(rq->finish == PD_FINISH_REASON_CANCELLED || rq->finish == PD_FINISH_REASON_STOP);
+    pd_sched_stats st;
+    pd_sched_stats_get(s, &st);
+    assert_int_equal(st.seqs_freed, 1);
+    assert_int_equal(st.running, 0);
+    pd_request_release(rq);
+    pd_sched_free(s, 0);
+}
+
+static void test_queue_full_and_context(void **state)
+{
+    (void)state;
+    pd_sched_params sp = pd_sched_default_params();
+    sp.max_seqs = 1;
+    sp.queue_limit = 2;
+    pd_sched *s;
+    assert_int_equal(pd_sched_create(model, &sp, &s, NULL), PD_OK);
+    int32_t toks[64];
+    int n = encode("Once upon a time", toks, 64);
+    pd_request *rq[4];
+    for (int i = 0; i < 4; i++) {
+        assert_int_equal(pd_request_create(toks, n, 500, &rq[i], NULL), PD_OK);
+        rq[i]->sampling.temperature = 1.0f;
+    }
+    assert_int_equal(pd_sched_submit(s, rq[0], NULL), PD_OK);
+    while (rq[0]->state == PD_REQ_QUEUED) pd_request_wait(rq[0], 0, 10);
+    assert_int_equal(pd_sched_submit(s, rq[1], NULL), PD_OK);
+    assert_int_equal(pd_sched_submit(s, rq[2], NULL), PD_OK);
+    pd_err err;
+    assert_int_equal(pd_sched_submit(s, rq[3], &err), PD_EBUSY);
+    assert_non_null(strstr(err.msg, "queue is full"));
+    for (int i = 0; i < 3; i++) pd_request_cancel(rq[i]);
+    pd_request *big;
+    assert_int_equal(pd_request_create(toks, n, 510, &big, NULL), PD_OK);
+    assert_int_equal(pd_sched_submit(s, big, &err), PD_EINVAL);
+    assert_non_null(strstr(err.msg, "context is 512"));
+    pd_request_release(big);
+    pd_sched_free(s, 2000);
+    for (int i = 0; i < 4; i++) {
+        if (i < 3) assert_int_equal(rq[i]->state, PD_REQ_DONE);
+        pd_request_release(rq[i]);
+    }
+}
+
+static void test_shutdown_cancels_leftovers(void **state)
+{
+    (void)state;
+    pd_sched_params sp = pd_sched_default_params();
+    sp.max_seqs = 2;
+    pd_sched *s;
+    assert_int_equal(pd_sched_create(model, &sp, &s, NULL), PD_OK);
+    int32_t toks[64];
+    int n = encode("One day", toks, 64);
+    pd_request *rq[6];
+    for (int i = 0; i < 6; i++) {
+        assert_int_equal(pd_request_create(toks, n, 500, &rq[i], NULL), PD_OK);
+        rq[i]->sampling.temperature = 1.0f;
+        rq[i]->sampling.seed = (uint64_t)i + 1;
+        assert_int_equal(pd_sched_submit(s, rq[i], NULL), PD_OK);
+    }
+    pd_sched_free(s, 0); /* no grace: everything ends now */
+    for (int i = 0; i < 6; i++) {
+        assert_int_equal(rq[i]->state, PD_REQ_DONE);
+        pd_request_release(rq[i]);
+    }
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_concurrent_equals_alone),
+        cmocka_unit_test(test_cancel_frees_sequence),
+        cmocka_unit_test(test_queue_full_and_context),
+        cmocka_unit_test(test_shutdown_cancels_leftovers),
+    };
+    return cmocka_run_group_tests_name("scheduler", tests, setup, teardown);
+}
