@@ -167,16 +167,18 @@ static void publish_done(pd_request *rq, int finish, const char *error)
 static void retire(pd_sched *s, int i, int finish, const char *error)
 {
     slot *sl = &s->slots[i];
-    publish_done(sl->rq, finish, error);
+    pd_request *rq = sl->rq;
     pd_seq_free(sl->seq);
     pd_sampler_release(&sl->sampler);
-    pd_request_release(sl->rq);
+    s->slots[i] = s->slots[--s->n_running];
+    /* stats first: whoever sees the request done also sees it counted */
     pthread_mutex_lock(&s->mu);
     s->stats.seqs_freed++;
     if (finish == PD_FINISH_REASON_CANCELLED) s->stats.cancelled++;
-    s->stats.running = s->n_running - 1;
+    s->stats.running = s->n_running;
     pthread_mutex_unlock(&s->mu);
-    s->slots[i] = s->slots[--s->n_running];
+    publish_done(rq, finish, error);
+    pd_request_release(rq);
 }
 
 /* Moves queued requests into free slots. Called with s->mu held. */

@@ -1,0 +1,92 @@
+/* prefixd/trainer.h — learning a new prefix: data, optimiser, schedule,
+ * checkpoints (ARCHITECTURE.md "Training").
+ *
+ * A pd_trainer runs one job: it tokenizes the JSONL data, initialises the
+ * prefix (small random, or from a text prompt's KV), optionally through
+ * PEFT's prefix_projection MLP, and runs AdamW steps with warm-up and decay
+ * and gradient clipping, using pd_backprop for gradients. It checkpoints
+ * (parameters, optimiser state, step, RNG, data order) atomically every N
+ * steps and resumes from a checkpoint. On success it returns a pd_prefix
+ * (source "trained", job id and final losses in its metadata). It runs on the
+ * calling thread, in steps; the caller may pause between steps (serving has
+ * priority) through the yield callback, and cancel through the flag.
+ */
+#ifndef PREFIXD_TRAINER_H
+#define PREFIXD_TRAINER_H
+
+#include <stdatomic.h>
+#include <stdint.h>
+
+#include "prefixd/model.h"
+#include "prefixd/prefix.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct pd_train_params {
+    const char *task;             /* the new task's name */
+    const char *job_id;           /* recorded in the prefix metadata ("" for offline) */
+    const char *train_path;       /* JSONL: {"prompt","completion"} or {"text"} per line */
+    const char *valid_path;       /* optional JSONL; NULL: split valid_fraction off train */
+    double valid_fraction;        /* used when valid_path is NULL (default 0.1; 0: none) */
+    int skip_bad_lines;           /* 1: skip (and report) bad lines; 0: fail on the first */
+    int num_virtual_tokens;       /* P (default 10) */
+    int prefix_projection;        /* 1: PEFT's Embedding -> Linear -> tanh -> Linear */
+    int encoder_hidden_size;      /* h of the projection (default 128) */
+    const char *init_text;        /* optional: initialise from this prompt's KV */
+    int n_epochs;                 /* default 3 */
+    int batch_size;               /* examples per step (default 4) */
+    double learning_rate;         /* default 1e-2 (direct) */
+    double weight_decay;          /* AdamW decoupled decay (default 0) */
+    double beta1, beta2, eps;     /* default 0.9, 0.999, 1e-8 */
+    double warmup_fraction;       /* of all steps (default 0.1) */
+    int cosine;                   /* 1: cosine decay, 0: linear (default) */
+    double max_grad_norm;         /* default 1.0; 0: no clipping */
+    uint64_t seed;                /* makes a run reproducible bit for bit */
+    int eval_every;               /* steps between validation losses (default 10) */
+    int checkpoint_every;         /* steps between checkpoints (default 20) */
+    const char *checkpoint_path;  /* NULL: no checkpoints */
+    int n_threads;                /* <= 0: online CPUs */
+} pd_train_params;
+
+pd_train_params pd_train_default_params(void);
+
+/* Progress, called on the training thread after every step and evaluation.
+ * valid_loss is NaN when not evaluated at this step. */
+typedef struct pd_train_progress {
+    int step, total_steps, epoch;
+    double train_loss;            /* mean over the step's targets */
+    double valid_loss;
+    double learning_rate;
+    uint64_t trained_tokens;      /* tokens processed so far (all epochs) */
+    double tokens_per_second;
+    int resumed_from;             /* step a checkpoint resumed from, or -1 */
+} pd_train_progress;
+
+typedef void (*pd_train_progress_fn)(const pd_train_progress *p, void *user_data);
+/* Called between steps; may sleep while serving is busy. */
+typedef void (*pd_train_yield_fn)(void *user_data);
+
+typedef struct pd_train_hooks {
+    pd_train_progress_fn on_progress;
+    pd_train_yield_fn yield;
+    void *user_data;
+    atomic_int *cancel;           /* set to 1 to stop at the next step boundary */
+} pd_train_hooks;
+
+/* Validates the data only (for upload / validating_files): returns PD_OK and
+ * the number of usable examples in *n_examples, or PD_EFORMAT with err naming
+ * the file and the line number and what is wrong. */
+int pd_train_validate_file(const pd_model *m, const char *path, int num_virtual_tokens,
+                           int *n_examples, pd_err *err);
+
+/* Runs the whole job. Returns PD_OK and a new prefix (one reference), or
+ * PD_ECANCELLED, or a negative status with err. */
+int pd_train_run(const pd_model *m, const pd_train_params *p, const pd_train_hooks *hooks,
+                 pd_prefix **out, pd_err *err);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* PREFIXD_TRAINER_H */

@@ -1,0 +1,497 @@
+/* backprop.c — forward with saved activations and backward into the prefix
+ * (contract in prefixd/backprop.h).
+ *
+ * Letters: R rows of the packed batch, C = dim, KV = kv_dim, H = hidden_dim,
+ * V = vocab, hd = head_dim, P prefix slots, L layers. The forward pass repeats
+ * the engine's float operations (pd_matmul, the same RMSNorm, rotary and
+ * attention loops), so its logits are the engine's. The backward pass keeps
+ * the weights frozen: only activation gradients flow, through
+ *   loss -> final RMSNorm -> for each layer, last first:
+ *     FFN:  dx += RMSNormᵀ(W1ᵀ·(dg ⊙ h3 ⊙ silu'(h1)) + W3ᵀ·(dg ⊙ silu(h1))), dg = W2ᵀ·dx
+ *     attn: dao = Woᵀ·dx; softmax backward per head into dq, dk, dv of the
+ *           real rows and into d(prefix keys), d(prefix values); rotary
+ *           transposed on dq, dk; dx += RMSNormᵀ(Wqᵀdq + Wkᵀdk + Wvᵀdv).
+ * Backward products use cblas_sgemm (dY·W, no batch-invariance needed). */
+#include "prefixd/backprop.h"
+
+#include <cblas.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "prefixd/matmul.h"
+#include "prefixd/threadpool.h"
+
+#define LOGIT_CHUNK 64
+
+struct pd_backprop {
+    const pd_model *m;
+    int max_rows, max_prefix, max_ctx; /* max_ctx: real tokens one row may see */
+    pd_pool *pool;
+    /* per-row layout of the current batch */
+    int *row_start;   /* (R) first row of the row's example */
+    int *row_pos;     /* (R) position of the row within its example */
+    size_t *att_off;  /* (R) offset of the row's probabilities in one layer */
+    size_t att_layer; /* floats of probabilities per layer (capacity) */
+    /* saved activations */
+    float *x_in;      /* (L, R, C) residual entering each layer */
+    float *rs1;       /* (L, R) 1/rms of x_in */
+    float *xn1;       /* (L, R, C) attention RMSNorm output */
+    float *q;         /* (L, R, C) rotated queries */
+    float *k, *v;     /* (L, R, KV) rotated keys, values */
+    float *att;       /* (L, att_layer) softmax probabilities, per row: heads x (P + pos + 1) */
+    float *ao;        /* (L, R, C) attention output before wo */
+    float *x_mid;     /* (L, R, C) residual after attention */
+    float *rs2;       /* (L, R) */
+    float *xn2;       /* (L, R, C) */
+    float *h1, *h3;   /* (L, R, H) gate and up projections */
+    float *x_fin;     /* (R, C) */
+    float *rsf;       /* (R) */
+    float *xnf;       /* (R, C) */
+    /* scratch */
+    float *rope;      /* (R, hd) cos, sin pairs */
+    float *g;         /* (R, H) silu(h1) * h3, then dg */
+    float *dh1;       /* (R, H) */
+    float *x;         /* (R, C) running residual / gradient */
+    float *dn;        /* (R, C) gradient at a norm output */
+    float *tmp;       /* (R, C) */
+    float *dq;        /* (R, C) */
+    float *dk, *dv;   /* (R, KV) */
+    float *lg;        /* (LOGIT_CHUNK, V) logits, then their gradient */
+    float *lx;        /* (LOGIT_CHUNK, C) */
+    int *tgt_row;     /* (R) row predicting each target */
+    int *tgt_tok;     /* (R) the target token */
+    void *block;
+};
+
+int pd_backprop_create(const pd_model *m, int max_rows, int max_prefix, int n_threads,
+                       pd_backprop **out, pd_err *err)
+{
+    *out = NULL;
+    const pd_config *c = &m->cfg;
+    if (max_rows < 2 || max_rows > (1 << 16) || max_prefix < 0 || max_prefix >= c->seq_len)
+        return pd_err_set(err, PD_EINVAL, "backprop limits out of range: rows %d, prefix %d",
+                          max_rows, max_prefix);
+    pd_backprop *b = calloc(1, sizeof *b);
+    if (!b) return pd_err_set(err, PD_ENOMEM, "out of memory for backprop");
+    b->m = m;
+    b->max_rows = max_rows;
+    b->max_prefix = max_prefix;
+    b->max_ctx = max_rows < c->seq_len ? max_rows : c->seq_len;
+    int rc = pd_pool_create(n_threads, &b->pool, err);
+    if (rc < 0) {
+        free(b);
+        return rc;
+    }
+    size_t R = (size_t)max_rows, L = (size_t)c->n_layers, C = (size_t)c->dim;
+    size_t KV = (size_t)c->kv_dim, H = (size_t)c->hidden_dim, V = (size_t)c->vocab_size;
+    b->att_layer = R * (size_t)c->n_heads * ((size_t)max_prefix + (size_t)b->max_ctx);
+    size_t sizes[] = {L * R * C, L * R,  L * R * C,    L * R * C,     L * R * KV,
+                      L * R * KV, L * b->att_layer, L * R * C, L * R * C, L * R,
+                      L * R * C, L * R * H, L * R * H, R * C, R,
+                      R * C,     R * (size_t)c->head_dim, R * H, R * H, R * C,
+                      R * C,     R * C,     R * C,      R * KV, R * KV,
+                      LOGIT_CHUNK * V, LOGIT_CHUNK * C};
+    float **slots[] = {&b->x_in, &b->rs1, &b->xn1, &b->q,   &b->k,  &b->v,  &b->att,
+                       &b->ao,   &b->x_mid, &b->rs2, &b->xn2, &b->h1, &b->h3, &b->x_fin,
+                       &b->rsf,  &b->xnf, &b->rope, &b->g,   &b->dh1, &b->x, &b->dn,
+                       &b->tmp,  &b->dq,  &b->dk,  &b->dv,  &b->lg,  &b->lx};
+    const size_t n_slots = sizeof sizes / sizeof *sizes;
+    size_t total = 0;
+    for (size_t i = 0; i < n_slots; i++) total += (sizes[i] + 15) & ~(size_t)15;
+    b->block = aligned_alloc(64, total * sizeof(float));
+    b->row_start = malloc(R * sizeof(int));
+    b->row_pos = malloc(R * sizeof(int));
+    b->att_off = malloc(R * sizeof(size_t));
+    b->tgt_row = malloc(R * sizeof(int));
+    b->tgt_tok = malloc(R * sizeof(int));
+    if (!b->block || !b->row_start || !b->row_pos || !b->att_off || !b->tgt_row || !b->tgt_tok) {
+        pd_backprop_free(b);
+        return pd_err_set(err, PD_ENOMEM, "out of memory for training activations (%zu MB)",
+                          total * 4 >> 20);
+    }
+    float *p = b->block;
+    for (size_t i = 0; i < n_slots; i++) {
+        *slots[i] = p;
+        p += (sizes[i] + 15) & ~(size_t)15;
+    }
+    *out = b;
+    return PD_OK;
+}
+
+void pd_backprop_free(pd_backprop *b)
+{
+    if (!b) return;
+    pd_pool_free(b->pool);
+    free(b->block);
+    free(b->row_start);
+    free(b->row_pos);
+    free(b->att_off);
+    free(b->tgt_row);
+    free(b->tgt_tok);
+    free(b);
+}
+
+/* ---- pieces shared by forward and backward ------------------------------ */
+
+/* o = w ⊙ x·r per row, r = 1/sqrt(mean(x²) + eps) stored in rs; as the engine. */
+static void rmsnorm_fwd(float *o, float *rs, const float *x, const float *w, int R, int C,
+                        float eps)
+{
+    for (int t = 0; t < R; t++) {
+        const float *xr = x + (size_t)t * C;
+        float ss = 0.0f;
+        for (int j = 0; j < C; j++) ss += xr[j] * xr[j];
+        ss /= C;
+        ss += eps;
+        ss = 1.0f / sqrtf(ss);
+        rs[t] = ss;
+        for (int j = 0; j < C; j++) o[(size_t)t * C + j] = w[j] * (ss * xr[j]);
+    }
+}
+
+/* dx += RMSNormᵀ(dy): dx_c += r w_c dy_c − (r³/C) x_c Σ_j w_j dy_j x_j. */
+static void rmsnorm_bwd(float *dx, const float *dy, const float *x, const float *rs,
+                        const float *w, int R, int C)
+{
+    for (int t = 0; t < R; t++) {
+        const float *xr = x + (size_t)t * C, *dyr = dy + (size_t)t * C;
+        float *dxr = dx + (size_t)t * C;
+        double dot = 0.0;
+        for (int j = 0; j < C; j++) dot += (double)w[j] * dyr[j] * xr[j];
+        float r = rs[t];
+        float coef = (float)(dot * (double)r * r * r / C);
+        for (int j = 0; j < C; j++) dxr[j] += r * w[j] * dyr[j] - coef * xr[j];
+    }
+}
+
+/* Rotates (sign +1) or rotates back (sign -1) adjacent pairs of n floats. */
+static void rope_rows(float *x, int R, int n, int hd, const float *rope, float sign)
+{
+    for (int t = 0; t < R; t++) {
+        float *vec = x + (size_t)t * n;
+        const float *cs = rope + (size_t)t * hd;
+        for (int i = 0; i < n; i += 2) {
+            int j = (i % hd) / 2;
+            float fcr = cs[2 * j], fci = sign * cs[2 * j + 1];
+            float v0 = vec[i], v1 = vec[i + 1];
+            vec[i] = v0 * fcr - v1 * fci;
+            vec[i + 1] = v0 * fci + v1 * fcr;
+        }
+    }
+}
+
+/* dX (R, K) (+)= dY (R, N) · W (N, K). */
+static void mm_back(float *dX, const float *dY, const float *W, int R, int N, int K, float beta)
+{
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, R, K, N, 1.0f, dY, N, W, K, beta, dX,
+                K);
+}
+
+typedef struct attn_ctx {
+    pd_backprop *b;
+    int l, P;
+    const float *pk, *pv; /* prefix keys/values of this layer: (n_kv_heads, P, hd) */
+    float *dpk, *dpv;     /* their gradients, or NULL */
+} attn_ctx;
+
+/* Forward attention of row t (all heads); as the engine's attend_token. */
+static void attn_fwd_row(void *vctx, int t, int thread)
+{
+    (void)thread;
+    const attn_ctx *a = vctx;
+    pd_backprop *b = a->b;
+    const pd_config *c = &b->m->cfg;
+    const int C = c->dim, KV = c->kv_dim, hd = c->head_dim, P = a->P, l = a->l;
+    const int n_rep = c->n_heads / c->n_kv_heads, n_ctx = b->row_pos[t] + 1;
+    const size_t R = (size_t)b->max_rows;
+    const float scale = 1.0f / sqrtf((float)hd);
+    const float *Q = b->q + (size_t)l * R * C, *K = b->k + (size_t)l * R * KV;
+    const float *Vv = b->v + (size_t)l * R * KV;
+    const int s0 = b->row_start[t];
+    float *probs = b->att + (size_t)l * b->att_layer + b->att_off[t];
+    float *out = b->ao + (size_t)l * R * C + (size_t)t * C;
+    for (int h = 0; h < c->n_heads; h++) {
+        const int g = h / n_rep;
+        const float *q = Q + (size_t)t * C + (size_t)h * hd;
+        float *att = probs + (size_t)h * (P + n_ctx);
+        for (int p = 0; p < P; p++) {
+            const float *kk = a->pk + ((size_t)g * P + p) * hd;
+            float score = 0.0f;
+            for (int i = 0; i < hd; i++) score += q[i] * kk[i];
+            att[p] = score * scale;
+        }
+        for (int j = 0; j < n_ctx; j++) {
+            const float *kk = K + (size_t)(s0 + j) * KV + (size_t)g * hd;
+            float score = 0.0f;
+            for (int i = 0; i < hd; i++) score += q[i] * kk[i];
+            att[P + j] = score * scale;
+        }
+        float max = att[0];
+        for (int i = 1; i < P + n_ctx; i++)
+            if (att[i] > max) max = att[i];
+        float sum = 0.0f;
+        for (int i = 0; i < P + n_ctx; i++) {
+            att[i] = expf(att[i] - max);
+            sum += att[i];
+        }
+        for (int i = 0; i < P + n_ctx; i++) att[i] /= sum;
+        float *o = out + (size_t)h * hd;
+        memset(o, 0, (size_t)hd * sizeof(float));
+        for (int p = 0; p < P; p++) {
+            const float *vv = a->pv + ((size_t)g * P + p) * hd;
+            for (int i = 0; i < hd; i++) o[i] += att[p] * vv[i];
+        }
+        for (int j = 0; j < n_ctx; j++) {
+            const float *vv = Vv + (size_t)(s0 + j) * KV + (size_t)g * hd;
+            for (int i = 0; i < hd; i++) o[i] += att[P + j] * vv[i];
+        }
+    }
+}
+
+/* Backward attention for kv group g (task): every row, every query head of
+ * the group. Writes dq of those heads, dk/dv of the group's slice, and the
+ * group's prefix gradients, so groups never race. b->tmp holds dao. */
+static void attn_bwd_group(void *vctx, int g, int thread)
+{
+    (void)thread;
+    const attn_ctx *a = vctx;
+    pd_backprop *b = a->b;
+    const pd_config *c = &b->m->cfg;
+    const int C = c->dim, KV = c->kv_dim, hd = c->head_dim, P = a->P, l = a->l;
+    const int n_rep = c->n_heads / c->n_kv_heads;
+    const size_t R = (size_t)b->max_rows;
+    const float scale = 1.0f / sqrtf((float)hd);
+    const float *Q = b->q + (size_t)l * R * C, *K = b->k + (size_t)l * R * KV;
+    const float *Vv = b->v + (size_t)l * R * KV;
+    for (int t = 0; t < b->max_rows; t++) {
+        if (b->row_pos[t] < 0) break; /* past the batch */
+        const int n_ctx = b->row_pos[t] + 1, s0 = b->row_start[t];
+        const float *probs = b->att + (size_t)l * b->att_layer + b->att_off[t];
+        for (int h = g * n_rep; h < (g + 1) * n_rep; h++) {
+            const float *att = probs + (size_t)h * (P + n_ctx);
+            const float *dao = b->tmp + (size_t)t * C + (size_t)h * hd;
+            const float *q = Q + (size_t)t * C + (size_t)h * hd;
+            float *dq = b->dq + (size_t)t * C + (size_t)h * hd;
+            /* dp_j = dao · V_j ; s = Σ p_j dp_j (dp recomputed below, no scratch) */
+            double s = 0.0;
+            for (int j = 0; j < P + n_ctx; j++) {
+                const float *vv = j < P ? a->pv + ((size_t)g * P + j) * hd
+                                        : Vv + (size_t)(s0 + j - P) * KV + (size_t)g * hd;
+                float d = 0.0f;
+                for (int i = 0; i < hd; i++) d += dao[i] * vv[i];
+                s += (double)att[j] * d;
+            }
+            for (int j = 0; j < P + n_ctx; j++) {
+                const int real = j >= P;
+                const float *vv = !real ? a->pv + ((size_t)g * P + j) * hd
+                                        : Vv + (size_t)(s0 + j - P) * KV + (size_t)g * hd;
+                const float *kk = !real ? a->pk + ((size_t)g * P + j) * hd
+                                        : K + (size_t)(s0 + j - P) * KV + (size_t)g * hd;
+                float d = 0.0f;
+                for (int i = 0; i < hd; i++) d += dao[i] * vv[i];
+                const float p = att[j];
+                const float ds = p * (d - (float)s) * scale;
+                float *dvv = !real ? (a->dpv ? a->dpv + ((size_t)g * P + j) * hd : NULL)
+                                   : b->dv + (size_t)(s0 + j - P) * KV + (size_t)g * hd;
+                float *dkk = !real ? (a->dpk ? a->dpk + ((size_t)g * P + j) * hd : NULL)
+                                   : b->dk + (size_t)(s0 + j - P) * KV + (size_t)g * hd;
+                for (int i = 0; i < hd; i++) {
+                    dq[i] += ds * kk[i];
+                    if (dvv) dvv[i] += p * dao[i];
+                    if (dkk) dkk[i] += ds * q[i];
+                }
+            }
+        }
+    }
+}
+
+/* ---- the run -------------------------------------------------------------- */
+
+int pd_backprop_run(pd_backprop *b, const float *keys, const float *values, int P,
+                    const pd_example *ex, int n_ex, float *dkeys, float *dvalues,
+                    double *loss_sum, int *n_targets, pd_err *err)
+{
+    const pd_model *m = b->m;
+    const pd_config *c = &m->cfg;
+    const int C = c->dim, KV = c->kv_dim, H = c->hidden_dim, V = c->vocab_size;
+    const int hd = c->head_dim, L = c->n_layers;
+    const size_t RM = (size_t)b->max_rows;
+    *loss_sum = 0.0;
+    *n_targets = 0;
+    if (P < 0 || P > b->max_prefix || (P > 0 && (!keys || !values)))
+        return pd_err_set(err, PD_EINVAL, "prefix of %d slots outside [0, %d]", P, b->max_prefix);
+    if ((dkeys == NULL) != (dvalues == NULL))
+        return pd_err_set(err, PD_EINVAL, "dkeys and dvalues go together");
+    /* layout */
+    int R = 0;
+    size_t off = 0;
+    for (int e = 0; e < n_ex; e++) {
+        if (ex[e].n < 2) return pd_err_set(err, PD_EINVAL, "example %d has fewer than 2 tokens", e);
+        if (ex[e].n > b->max_ctx || P + ex[e].n > c->seq_len)
+            return pd_err_set(err, PD_EINVAL,
+                              "example %d: %d tokens after a prefix of %d exceed the context %d", e,
+                              ex[e].n, P, c->seq_len);
+        if (R + ex[e].n > b->max_rows)
+            return pd_err_set(err, PD_EINVAL, "batch of more than %d tokens (example %d)",
+                              b->max_rows, e);
+        for (int j = 0; j < ex[e].n; j++) {
+            if (ex[e].tokens[j] < 0 || ex[e].tokens[j] >= V)
+                return pd_err_set(err, PD_EINVAL, "example %d token %d: id %d outside [0, %d)", e,
+                                  j, ex[e].tokens[j], V);
+            b->row_start[R + j] = R;
+            b->row_pos[R + j] = j;
+            b->att_off[R + j] = off;
+            off += (size_t)c->n_heads * (size_t)(P + j + 1);
+        }
+        R += ex[e].n;
+    }
+    if (R == 0) return PD_OK;
+    PD_ASSERT(off <= b->att_layer);
+    for (int t = R; t < b->max_rows; t++) b->row_pos[t] = -1;
+
+    /* ---- forward ---- */
+    float *x = b->x;
+    {
+        int r = 0;
+        for (int e = 0; e < n_ex; e++)
+            for (int j = 0; j < ex[e].n; j++, r++)
+                memcpy(x + (size_t)r * C, m->w.token_embedding + (size_t)ex[e].tokens[j] * C,
+                       (size_t)C * sizeof(float));
+    }
+    for (int t = 0; t < R; t++) {
+        int pos = P + b->row_pos[t];
+        float *cs = b->rope + (size_t)t * hd;
+        for (int j = 0; j < hd / 2; j++) {
+            float freq = 1.0f / powf(c->rope_base, (float)(2 * j) / (float)hd);
+            float val = (float)pos * freq;
+            cs[2 * j] = cosf(val);
+            cs[2 * j + 1] = sinf(val);
+        }
+    }
+    const size_t pstride = (size_t)c->n_kv_heads * P * hd; /* one layer of the prefix */
+    for (int l = 0; l < L; l++) {
+        const pd_layer_weights *w = &m->w.layers[l];
+        float *x_in = b->x_in + (size_t)l * RM * C, *xn1 = b->xn1 + (size_t)l * RM * C;
+        float *q = b->q + (size_t)l * RM * C, *k = b->k + (size_t)l * RM * KV;
+        float *v = b->v + (size_t)l * RM * KV, *ao = b->ao + (size_t)l * RM * C;
+        float *x_mid = b->x_mid + (size_t)l * RM * C, *xn2 = b->xn2 + (size_t)l * RM * C;
+        float *h1 = b->h1 + (size_t)l * RM * H, *h3 = b->h3 + (size_t)l * RM * H;
+        memcpy(x_in, x, (size_t)R * C * sizeof(float));
+        rmsnorm_fwd(xn1, b->rs1 + (size_t)l * RM, x, w->rms_att, R, C, c->norm_eps);
+        pd_matmul(b->pool, q, xn1, w->wq, R, C, C);
+        pd_matmul(b->pool, k, xn1, w->wk, R, C, KV);
+        pd_matmul(b->pool, v, xn1, w->wv, R, C, KV);
+        rope_rows(q, R, C, hd, b->rope, 1.0f);
+        rope_rows(k, R, KV, hd, b->rope, 1.0f);
+        attn_ctx a = {b, l, P, P ? keys + l * pstride : NULL, P ? values + l * pstride : NULL,
+                      NULL, NULL};
+        pd_pool_run(b->pool, attn_fwd_row, &a, R);
+        pd_matmul(b->pool, b->tmp, ao, w->wo, R, C, C);
+        for (size_t i = 0; i < (size_t)R * C; i++) x[i] += b->tmp[i];
+        memcpy(x_mid, x, (size_t)R * C * sizeof(float));
+        rmsnorm_fwd(xn2, b->rs2 + (size_t)l * RM, x, w->rms_ffn, R, C, c->norm_eps);
+        pd_matmul(b->pool, h1, xn2, w->w1, R, C, H);
+        pd_matmul(b->pool, h3, xn2, w->w3, R, C, H);
+        for (size_t i = 0; i < (size_t)R * H; i++) {
+            float val = h1[i];
+            val *= (1.0f / (1.0f + expf(-val)));
+            b->g[i] = val * h3[i];
+        }
+        pd_matmul(b->pool, b->tmp, b->g, w->w2, R, H, C);
+        for (size_t i = 0; i < (size_t)R * C; i++) x[i] += b->tmp[i];
+    }
+    memcpy(b->x_fin, x, (size_t)R * C * sizeof(float));
+    rmsnorm_fwd(b->xnf, b->rsf, x, m->w.rms_final, R, C, c->norm_eps);
+
+    /* ---- loss, and its gradient at the final norm's output (into dn) ---- */
+    const int want_grad = dkeys != NULL;
+    float *dn = b->dn;
+    int n_t = 0;
+    {
+        int r = 0;
+        for (int e = 0; e < n_ex; e++) {
+            for (int j = 1; j < ex[e].n; j++)
+                if (ex[e].loss_mask[j]) {
+                    b->tgt_row[n_t] = r + j - 1; /* the row that predicts token j */
+                    b->tgt_tok[n_t] = ex[e].tokens[j];
+                    n_t++;
+                }
+            r += ex[e].n;
+        }
+    }
+    if (want_grad) memset(dn, 0, (size_t)R * C * sizeof(float));
+    double loss = 0.0;
+    for (int c0 = 0; c0 < n_t; c0 += LOGIT_CHUNK) {
+        const int n = n_t - c0 < LOGIT_CHUNK ? n_t - c0 : LOGIT_CHUNK;
+        for (int i = 0; i < n; i++)
+            memcpy(b->lx + (size_t)i * C, b->xnf + (size_t)b->tgt_row[c0 + i] * C,
+                   (size_t)C * sizeof(float));
+        pd_matmul(b->pool, b->lg, b->lx, m->w.wcls, n, C, V);
+        for (int i = 0; i < n; i++) {
+            float *lg = b->lg + (size_t)i * V;
+            const int target = b->tgt_tok[c0 + i];
+            float max = lg[0];
+            for (int u = 1; u < V; u++)
+                if (lg[u] > max) max = lg[u];
+            double sum = 0.0;
+            for (int u = 0; u < V; u++) sum += exp((double)(lg[u] - max));
+            loss += log(sum) + (double)max - (double)lg[target];
+            if (want_grad) {
+                for (int u = 0; u < V; u++) lg[u] = (float)(exp((double)(lg[u] - max)) / sum);
+                lg[target] -= 1.0f; /* d(cross-entropy)/d(logits) = softmax - onehot */
+            }
+        }
+        if (want_grad) {
+            mm_back(b->lx, b->lg, m->w.wcls, n, V, C, 0.0f);
+            for (int i = 0; i < n; i++) {
+                float *d = dn + (size_t)b->tgt_row[c0 + i] * C;
+                for (int u = 0; u < C; u++) d[u] += b->lx[(size_t)i * C + u];
+            }
+        }
+    }
+    *loss_sum = loss;
+    *n_targets = n_t;
+    if (!want_grad || n_t == 0) return PD_OK;
+
+    /* ---- backward: x holds d(loss)/d(residual) from here on ---- */
+    memset(x, 0, (size_t)R * C * sizeof(float));
+    rmsnorm_bwd(x, dn, b->x_fin, b->rsf, m->w.rms_final, R, C);
+    for (int l = L - 1; l >= 0; l--) {
+        const pd_layer_weights *w = &m->w.layers[l];
+        const float *h1 = b->h1 + (size_t)l * RM * H, *h3 = b->h3 + (size_t)l * RM * H;
+        /* FFN: dg = dx·W2; dh1 = dg ⊙ h3 ⊙ silu'(h1); dh3 = dg ⊙ silu(h1) */
+        mm_back(b->g, x, w->w2, R, C, H, 0.0f);
+        for (size_t i = 0; i < (size_t)R * H; i++) {
+            float a1 = h1[i], sg = 1.0f / (1.0f + expf(-a1));
+            float dg = b->g[i];
+            b->dh1[i] = dg * h3[i] * (sg * (1.0f + a1 * (1.0f - sg)));
+            b->g[i] = dg * (a1 * sg); /* dh3 */
+        }
+        mm_back(dn, b->dh1, w->w1, R, H, C, 0.0f);
+        mm_back(dn, b->g, w->w3, R, H, C, 1.0f);
+        rmsnorm_bwd(x, dn, b->x_mid + (size_t)l * RM * C, b->rs2 + (size_t)l * RM, w->rms_ffn, R,
+                    C);
+        /* attention: dao = dx·Wo (kept in tmp), then softmax backward per group */
+        mm_back(b->tmp, x, w->wo, R, C, C, 0.0f);
+        memset(b->dq, 0, (size_t)R * C * sizeof(float));
+        memset(b->dk, 0, (size_t)R * KV * sizeof(float));
+        memset(b->dv, 0, (size_t)R * KV * sizeof(float));
+        attn_ctx a = {b,
+                      l,
+                      P,
+                      P ? keys + l * pstride : NULL,
+                      P ? values + l * pstride : NULL,
+                      P ? dkeys + l * pstride : NULL,
+                      P ? dvalues + l * pstride : NULL};
+        pd_pool_run(b->pool, attn_bwd_group, &a, c->n_kv_heads);
+        rope_rows(b->dq, R, C, hd, b->rope, -1.0f);
+        rope_rows(b->dk, R, KV, hd, b->rope, -1.0f);
+        mm_back(dn, b->dq, w->wq, R, C, C, 0.0f);
+        mm_back(dn, b->dk, w->wk, R, KV, C, 1.0f);
+        mm_back(dn, b->dv, w->wv, R, KV, C, 1.0f);
+        rmsnorm_bwd(x, dn, b->x_in + (size_t)l * RM * C, b->rs1 + (size_t)l * RM, w->rms_att, R,
+                    C);
+    }
+    return PD_OK;
+}

@@ -1,0 +1,323 @@
+/* test_backprop.c — the prefix gradient through the frozen shipped model.
+ *
+ * An independent double-precision forward pass written here (plain loops,
+ * no library math) gives the loss; central finite differences of it are
+ * compared with pd_backprop's gradient for entries of the keys and values of
+ * every layer. Stated tolerance: |g - fd| <= 1e-3 * max(|fd|, 0.05 * rms(fd)).
+ * Also: the forward loss equals the double reference and the engine's own
+ * logits; packing examples into one batch equals running them one by one. */
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "prefixd/backprop.h"
+#include "prefixd/engine.h"
+
+static pd_model *model;
+
+static int setup(void **state)
+{
+    (void)state;
+    pd_model_params mp = pd_model_default_params();
+    mp.path = "models/stories260K/stories260K.bin";
+    mp.tokenizer_path = "models/stories260K/tok512.bin";
+    return pd_model_load(&mp, &model, NULL) == PD_OK ? 0 : -1;
+}
+
+static int teardown(void **state)
+{
+    (void)state;
+    pd_model_free(model);
+    return 0;
+}
+
+/* ---- the reference: one example, double precision ---------------------- */
+
+static void ref_rmsnorm(double *o, const double *x, const float *w, int C, double eps)
+{
+    double ss = 0;
+    for (int j = 0; j < C; j++) ss += x[j] * x[j];
+    double r = 1.0 / sqrt(ss / C + eps);
+    for (int j = 0; j < C; j++) o[j] = w[j] * x[j] * r;
+}
+
+static void ref_matvec(double *o, const float *W, const double *x, int n_out, int n_in)
+{
+    for (int i = 0; i < n_out; i++) {
+        double s = 0;
+        for (int j = 0; j < n_in; j++) s += (double)W[(size_t)i * n_in + j] * x[j];
+        o[i] = s;
+    }
+}
+
+static void ref_rope(double *v, int n, int hd, int pos, double base)
+{
+    for (int i = 0; i < n; i += 2) {
+        int j = (i % hd) / 2;
+        double ang = pos * pow(base, -2.0 * j / hd);
+        double c = cos(ang), s = sin(ang), a = v[i], b = v[i + 1];
+        v[i] = a * c - b * s;
+        v[i + 1] = a * s + b * c;
+    }
+}
+
+/* Sum of target cross-entropies of one example with prefix (keys, values). */
+static double ref_loss(const double *keys, const double *values, int P, const int32_t *tok,
+                       const uint8_t *mask, int n)
+{
+    const pd_config *c = &model->cfg;
+    const int C = c->dim, KV = c->kv_dim, H = c->hidden_dim, hd = c->head_dim, V = c->vocab_size;
+    const int L = c->n_layers, NH = c->n_heads, G = c->n_kv_heads, rep = NH / G;
+    double *x = calloc((size_t)n * C, 8), *xn = malloc((size_t)C * 8), *q = malloc((size_t)n * C * 8);
+    double *k = malloc((size_t)n * KV * 8), *v = malloc((size_t)n * KV * 8);
+    double *ao = malloc((size_t)C * 8), *tmp = malloc((size_t)C * 8), *h1 = malloc((size_t)H * 8);
+    double *h3 = malloc((size_t)H * 8), *att = malloc((size_t)(P + n) * 8), *lg = malloc((size_t)V * 8);
+    assert_true(x && xn && q && k && v && ao && tmp && h1 && h3 && att && lg);
+    for (int t = 0; t < n; t++)
+        for (int j = 0; j < C; j++) x[(size_t)t * C + j] = model->w.token_embedding[(size_t)tok[t] * C + j];
+    for (int l = 0; l < L; l++) {
+        const pd_layer_weights *w = &model->w.layers[l];
+        for (int t = 0; t < n; t++) {
+            ref_rmsnorm(xn, x + (size_t)t * C, w->rms_att, C, c->norm_eps);
+            ref_matvec(q + (size_t)t * C, w->wq, xn, C, C);
+            ref_matvec(k + (size_t)t * KV, w->wk, xn, KV, C);
+            ref_matvec(v + (size_t)t * KV, w->wv, xn, KV, C);
+            ref_rope(q + (size_t)t * C, C, hd, P + t, c->rope_base);
+            ref_rope(k + (size_t)t * KV, KV, hd, P + t, c->rope_base);
+        }
+        for (int t = 0; t < n; t++) {
+            for (int h = 0; h < NH; h++) {
+                int g = h / rep;
+                const double *qh = q + (size_t)t * C + (size_t)h * hd;
+                double mx = -1e300;
+                for (int j = 0; j < P + t + 1; j++) {
+                    const double *kk = j < P ? keys + (((size_t)l * G + g) * P + j) * hd
+                                             : k + (size_t)(j - P) * KV + (size_t)g * hd;
+                    double s = 0;
+                    for (int i = 0; i < hd; i++) s += qh[i] * kk[i];
+                    att[j] = s / sqrt((double)hd);
+                    if (att[j] > mx) mx = att[j];
+                }
+                double sum = 0;
+                for (int j = 0; j < P + t + 1; j++) sum += (att[j] = exp(att[j] - mx));
+                for (int i = 0; i < hd; i++) {
+                    double o = 0;
+                    for (int j = 0; j < P + t + 1; j++) {
+                        const double *vv = j < P ? values + (((size_t)l * G + g) * P + j) * hd
+                                                 : v + (size_t)(j - P) * KV + (size_t)g * hd;
+                        o += att[j] / sum * vv[i];
+                    }
+                    ao[h * hd + i] = o;
+                }
+            }
+            /* residual updates of row t only read rows <= t: safe in place */
+            ref_matvec(tmp, w->wo, ao, C, C);
+            double *xr = x + (size_t)t * C;
+            for (int j = 0; j < C; j++) xr[j] += tmp[j];
+            ref_rmsnorm(xn, xr, w->rms_ffn, C, c->norm_eps);
+            ref_matvec(h1, w->w1, xn, H, C);
+            ref_matvec(h3, w->w3, xn, H, C);
+            for (int j = 0; j < H; j++) h1[j] = h1[j] / (1 + exp(-h1[j])) * h3[j];
+            ref_matvec(tmp, w->w2, h1, C, H);
+            for (int j = 0; j < C; j++) xr[j] += tmp[j];
+        }
+    }
+    double loss = 0;
+    for (int t = 1; t < n; t++) {
+        if (!mask[t]) continue;
+        ref_rmsnorm(xn, x + (size_t)(t - 1) * C, model->w.rms_final, C, c->norm_eps);
+        ref_matvec(lg, model->w.wcls, xn, V, C);
+        double mx = lg[0], sum = 0;
+        for (int u = 1; u < V; u++) if (lg[u] > mx) mx = lg[u];
+        for (int u = 0; u < V; u++) sum += exp(lg[u] - mx);
+        loss += log(sum) + mx - lg[tok[t]];
+    }
+    free(x); free(xn); free(q); free(k); free(v); free(ao); free(tmp); free(h1); free(h3);
+    free(att); free(lg);
+    return loss;
+}
+
+static float frand(uint64_t *s)
+{
+    *s = *s * 6364136223846793005ULL + 1442695040888963407ULL;
+    return (float)((*s >> 40) & 0xffffff) / 16777216.0f - 0.5f;
+}
+
+#define P_SLOTS 3
+
+static void test_gradient_matches_finite_differences(void **state)
+{
+    (void)state;
+    const pd_config *c = &model->cfg;
+    const size_t np = (size_t)c->n_layers * c->n_kv_heads * P_SLOTS * c->head_dim;
+    float *keys = malloc(np * 4), *values = malloc(np * 4), *dk = calloc(np, 4), *dv = calloc(np, 4);
+    double *kd = malloc(np * 8), *vd = malloc(np * 8);
+    assert_true(keys && values && dk && dv && kd && vd);
+    uint64_t seed = 99;
+    for (size_t i = 0; i < np; i++) {
+        keys[i] = 2.0f * frand(&seed);
+        values[i] = 2.0f * frand(&seed);
+        kd[i] = keys[i];
+        vd[i] = values[i];
+    }
+    int32_t t1[12], t2[9];
+    int n1 = pd_tokenizer_encode(model->tok, "Lily went to the park.", 22, 1, 0, t1, 12);
+    int n2 = pd_tokenizer_encode(model->tok, "The cat sat", 11, 1, 0, t2, 9);
+    assert_true(n1 > 3 && n1 <= 12 && n2 > 2 && n2 <= 9);
+    uint8_t m1[12], m2[9];
+    for (int i = 0; i < n1; i++) m1[i] = 1;
+    for (int i = 0; i < n2; i++) m2[i] = i >= 2; /* the first token is context only */
+    pd_example ex[2] = {{t1, m1, n1}, {t2, m2, n2}};
+    pd_backprop *b;
+    assert_int_equal(pd_backprop_create(model, 32, 8, 2, &b, NULL), PD_OK);
+    double loss;
+    int nt;
+    assert_int_equal(pd_backprop_run(b, keys, values, P_SLOTS, ex, 2, dk, dv, &loss, &nt, NULL), PD_OK);
+    assert_int_equal(nt, (n1 - 1) + (n2 - 2));
+    double ref = ref_loss(kd, vd, P_SLOTS, t1, m1, n1) + ref_loss(kd, vd, P_SLOTS, t2, m2, n2);
+    if (fabs(loss - ref) > 1e-4 * fabs(ref)) fail_msg("loss %.9g vs reference %.9g", loss, ref);
+
+    /* entries of keys and values in every layer */
+    const int per_layer = c->n_kv_heads * P_SLOTS * c->head_dim;
+    double num[2][64], ana[2][64];
+    int cnt = 0;
+    for (int l = 0; l < c->n_layers; l++)
+        for (int r = 0; r < 4; r++) {
+            size_t i = (size_t)l * per_layer + (size_t)((r * 37 + l * 11) % per_layer);
+            for (int kv = 0; kv < 2; kv++) {
+                double *pd = kv ? vd : kd;
+                const double h = 1e-4, keep = pd[i];
+                pd[i] = keep + h;
+                double up = ref_loss(kd, vd, P_SLOTS, t1, m1, n1) + ref_loss(kd, vd, P_SLOTS, t2, m2, n2);
+                pd[i] = keep - h;
+                double dn = ref_loss(kd, vd, P_SLOTS, t1, m1, n1) + ref_loss(kd, vd, P_SLOTS, t2, m2, n2);
+                pd[i] = keep;
+                num[kv][cnt] = (up - dn) / (2 * h);
+                ana[kv][cnt] = kv ? dv[i] : dk[i];
+            }
+            cnt++;
+        }
+    double rms = 0;
+    for (int kv = 0; kv < 2; kv++)
+        for (int i = 0; i < cnt; i++) rms += num[kv][i] * num[kv][i];
+    rms = sqrt(rms / (2 * cnt));
+    assert_true(rms > 1e-6); /* the check is not vacuous */
+    for (int kv = 0; kv < 2; kv++)
+        for (int i = 0; i < cnt; i++) {
+            double tol = 1e-3 * fmax(fabs(num[kv][i]), 0.05 * rms);
+            if (fabs(ana[kv][i] - num[kv][i]) > tol)
+                fail_msg("%s entry %d (layer %d): gradient %.8g, finite difference %.8g",
+                         kv ? "values" : "keys", i, i / 4, ana[kv][i], num[kv][i]);
+        }
+    pd_backprop_free(b);
+    free(keys); free(values); free(dk); free(dv); free(kd); free(vd);
+}
+
+/* Packing: two examples in one run give the sums of two separate runs. And
+ * the forward logits are the engine's: the loss equals one computed from
+ * pd_engine_step logits. */
+static void test_packing_and_engine_agreement(void **state)
+{
+    (void)state;
+    const pd_config *c = &model->cfg;
+    const int P = 4;
+    const size_t np = (size_t)c->n_layers * c->n_kv_heads * P * c->head_dim;
+    float *keys = malloc(np * 4), *values = malloc(np * 4);
+    float *g1k = calloc(np, 4), *g1v = calloc(np, 4), *g2k = calloc(np, 4), *g2v = calloc(np, 4);
+    assert_true(keys && values && g1k && g1v && g2k && g2v);
+    uint64_t seed = 5;
+    for (size_t i = 0; i < np; i++) {
+        keys[i] = frand(&seed);
+        values[i] = frand(&seed);
+    }
+    int32_t a[16], bb[16];
+    int na = pd_tokenizer_encode(model->tok, "Once upon a time there was", 26, 1, 0, a, 16);
+    int nb = pd_tokenizer_encode(model->tok, "Tom had a red ball", 18, 1, 0, bb, 16);
+    uint8_t ma[16], mb[16];
+    memset(ma, 1, sizeof ma);
+    memset(mb, 1, sizeof mb);
+    pd_example ex[2] = {{a, ma, na}, {bb, mb, nb}};
+    pd_backprop *b;
+    assert_int_equal(pd_backprop_create(model, 64, 8, 0, &b, NULL), PD_OK);
+    double l_both, l_a, l_b;
+    int n_both, n_a, n_b;
+    assert_int_equal(pd_backprop_run(b, keys, values, P, ex, 2, g1k, g1v, &l_both, &n_both, NULL), 0);
+    assert_int_equal(pd_backprop_run(b, keys, values, P, ex, 1, g2k, g2v, &l_a, &n_a, NULL), 0);
+    assert_int_equal(pd_backprop_run(b, keys, values, P, ex + 1, 1, g2k, g2v, &l_b, &n_b, NULL), 0);
+    assert_int_equal(n_both, n_a + n_b);
+    assert_true(fabs(l_both - (l_a + l_b)) <= 1e-9 * fabs(l_both));
+    for (size_t i = 0; i < np; i++) {
+        assert_true(fabsf(g1k[i] - g2k[i]) <= 1e-5f * (1.0f + fabsf(g1k[i])));
+        assert_true(fabsf(g1v[i] - g2v[i]) <= 1e-5f * (1.0f + fabsf(g1v[i])));
+    }
+    /* engine logits of example a with the same prefix */
+    pd_engine *e;
+    pd_seq *s;
+    assert_int_equal(pd_engine_create(model, NULL, &e, NULL), PD_OK);
+    assert_int_equal(pd_seq_create(model, na, &s, NULL), PD_OK);
+    pd_seq_set_prefix(s, P, keys, values);
+    pd_seq *ss[16];
+    int32_t pos[16];
+    for (int i = 0; i < na; i++) {
+        ss[i] = s;
+        pos[i] = i;
+    }
+    pd_batch batch = {na, a, ss, pos, NULL};
+    const float *lg;
+    assert_int_equal(pd_engine_step(e, &batch, &lg, NULL), na);
+    double l_engine = 0;
+    for (int t = 0; t + 1 < na; t++) {
+        const float *row = lg + (size_t)t * c->vocab_size;
+        double mx = row[0], sum = 0;
+        for (int u = 1; u < c->vocab_size; u++) if (row[u] > mx) mx = row[u];
+        for (int u = 0; u < c->vocab_size; u++) sum += exp(row[u] - mx);
+        l_engine += log(sum) + mx - row[a[t + 1]];
+    }
+    if (fabs(l_engine - l_a) > 1e-6 * fabs(l_a)) fail_msg("engine loss %.12g vs backprop %.12g", l_engine, l_a);
+    /* forward-only evaluation gives the same loss and touches no gradient */
+    double l_eval;
+    int n_eval;
+    assert_int_equal(pd_backprop_run(b, keys, values, P, ex, 1, NULL, NULL, &l_eval, &n_eval, NULL), 0);
+    assert_true(l_eval == l_a && n_eval == n_a);
+    pd_seq_free(s);
+    pd_engine_free(e);
+    pd_backprop_free(b);
+    free(keys); free(values); free(g1k); free(g1v); free(g2k); free(g2v);
+}
+
+static void test_bad_batches(void **state)
+{
+    (void)state;
+    pd_backprop *b;
+    assert_int_equal(pd_backprop_create(model, 8, 2, 1, &b, NULL), PD_OK);
+    int32_t t[10] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10}, bad[2] = {1, 600};
+    uint8_t m[10] = {1, 1, 1, 1, 1, 1, 1, 1, 1, 1};
+    float k[5 * 4 * 2 * 8] = {0}, v[5 * 4 * 2 * 8] = {0};
+    double loss;
+    int nt;
+    pd_err err;
+    pd_example big = {t, m, 10}, one = {t, m, 1}, oov = {bad, m, 2};
+    assert_int_equal(pd_backprop_run(b, k, v, 2, &big, 1, NULL, NULL, &loss, &nt, &err), PD_EINVAL);
+    assert_int_equal(pd_backprop_run(b, k, v, 2, &one, 1, NULL, NULL, &loss, &nt, &err), PD_EINVAL);
+    assert_int_equal(pd_backprop_run(b, k, v, 2, &oov, 1, NULL, NULL, &loss, &nt, &err), PD_EINVAL);
+    assert_non_null(strstr(err.msg, "600"));
+    assert_int_equal(pd_backprop_run(b, k, v, 3, &one, 1, NULL, NULL, &loss, &nt, &err), PD_EINVAL);
+    pd_backprop_free(b);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_gradient_matches_finite_differences),
+        cmocka_unit_test(test_packing_and_engine_agreement),
+        cmocka_unit_test(test_bad_batches),
+    };
+    return cmocka_run_group_tests_name("backprop", tests, setup, teardown);
+}
