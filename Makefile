@@ -68,11 +68,20 @@ deps:
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
 	fi
+	@if command -v npm >/dev/null 2>&1 && [ ! -d tests/e2e/node_modules/openai ]; then \
+	  cd tests/e2e && npm ci --no-audit --no-fund --silent; fi
 
 run: deps
 	$(MAKE) $(BUILD)/prefixd
-	$(BUILD)/prefixd generate --model $(MODEL) --tokenizer $(TOKENIZER) \
-	  --prompt "Once upon a time" --max-tokens 200 --temperature 0.8 --seed 7
+	@mkdir -p $(BUILD)/run/registry
+	@for t in "story|Once upon a time" "lily|Lily and Ben were friends." "sun|The sun was hot."; do \
+	  name=$${t%%|*}; text=$${t#*|}; \
+	  [ -f $(BUILD)/run/registry/$$name.safetensors ] || \
+	  $(BUILD)/prefixd prefix from-prompt --model $(MODEL) --tokenizer $(TOKENIZER) \
+	    --task $$name --text "$$text" --out $(BUILD)/run/registry || exit 1; \
+	done
+	$(BUILD)/prefixd serve --config config/prefixd.json --model $(MODEL) --tokenizer $(TOKENIZER) \
+	  --registry $(BUILD)/run/registry --data $(BUILD)/run/data
 
 test: deps
 	$(MAKE) all

@@ -11,10 +11,19 @@ static const char usage[] =
     "commands:\n"
     "  generate  --model PATH [--tokenizer PATH] --prompt TEXT [--max-tokens N]\n"
     "            [--temperature T] [--top-k K] [--top-p P] [--seed S] [--threads N] [--ids]\n"
+    "            [--prefix FILE | --registry DIR --task NAME]\n"
     "            write the generated text (not the prompt) to stdout\n"
     "  inspect   PATH [--tokenizer PATH]   hyper-parameters, tensors, fingerprint\n"
     "  convert   --model IN [--tokenizer TOK] --out OUT.gguf [--dtype f32|f16|bf16]\n"
-    "            write a model as GGUF v3\n";
+    "            write a model as GGUF v3\n"
+    "  prefix from-prompt --model M [--tokenizer T] --task NAME --text TEXT --out DIR [--f16]\n"
+    "            build a task prefix from a prompt's own KV cache\n"
+    "  prefix import-peft ADAPTER_DIR --model M [--tokenizer T] --task NAME --out DIR\n"
+    "            import an HF PEFT prefix-tuning adapter\n"
+    "  prefix inspect FILE [--model M [--tokenizer T]]\n"
+    "            metadata, shapes and validation of a prefix file\n"
+    "  serve     [--config FILE] [--listen HOST:PORT] [--model PATH] [--registry DIR] ...\n"
+    "            the OpenAI-compatible HTTP server (prefixd serve --help: every flag)\n";
 
 int main(int argc, char **argv)
 {
@@ -28,6 +37,8 @@ int main(int argc, char **argv)
     if (!strcmp(cmd, "generate")) return cmd_generate(argc - 1, argv + 1);
     if (!strcmp(cmd, "inspect")) return cmd_inspect(argc - 1, argv + 1);
     if (!strcmp(cmd, "convert")) return cmd_convert(argc - 1, argv + 1);
+    if (!strcmp(cmd, "prefix")) return cmd_prefix(argc - 1, argv + 1);
+    if (!strcmp(cmd, "serve")) return cmd_serve(argc - 1, argv + 1);
     fprintf(stderr, "prefixd: unknown command '%s'\n%s", cmd, usage);
     return 2;
 }

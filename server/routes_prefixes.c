@@ -1,0 +1,195 @@
+/* routes_prefixes.c — the registry over HTTP: GET /v1/prefixes,
+ * GET/PUT/DELETE /v1/prefixes/{task}.
+ *
+ * PUT takes either a prefix file (the body is the safetensors bytes;
+ * Content-Type application/octet-stream or anything not JSON), validated
+ * against the base model and published atomically by pd_registry_put (a bad
+ * file changes nothing: the old version keeps serving), or JSON
+ * {"from_prompt": "text"}: the prefix is the KV cache of the text run from
+ * BOS. That run is model math, so it happens on the server's build engine
+ * under build_mu (one build at a time, BLAS on one thread) rather than on the
+ * scheduler's engine; it never runs concurrently with itself. */
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "http.h"
+#include "prefixd/log.h"
+
+json_t *prefix_entry_json(const pd_registry_entry *e)
+{
+    return json_pack("{s:s,s:s,s:s,s:i,s:b,s:s,s:s,s:I,s:I,s:b}", "id", e->task, "object",
+                     "prefix", "task", e->task, "num_virtual_tokens", e->n_tokens, "has_bos",
+                     e->has_bos, "source", e->source, "created_at", e->created_at, "bytes",
+                     (json_int_t)e->file_bytes, "requests", (json_int_t)e->requests,
+                     "resident", e->resident);
+}
+
+enum MHD_Result route_prefixes_list(http_req *r)
+{
+    int cap = 64, n;
+    pd_registry_entry *e;
+    for (;;) {
+        if (!(e = malloc((size_t)cap * sizeof *e)))
+            return http_send_error(r, 503, NULL, "out_of_memory", "Out of memory.");
+        n = pd_registry_list(r->s->reg, e, cap);
+        if (n <= cap) break;
+        free(e);
+        cap = n + 16;
+    }
+    json_t *data = json_array();
+    for (int i = 0; i < n; i++) json_array_append_new(data, prefix_entry_json(&e[i]));
+    free(e);
+    return http_send_json(r, 200, json_pack("{s:s,s:o}", "object", "list", "data", data));
+}
+
+static enum MHD_Result not_found(http_req *r)
+{
+    return http_send_error(r, 404, NULL, "prefix_not_found",
+                           "No task named '%s' in the registry (GET /v1/prefixes lists them).",
+                           r->param);
+}
+
+enum MHD_Result route_prefixes_get(http_req *r)
+{
+    pd_registry_entry e;
+    if (!pd_task_name_valid(r->param) || pd_registry_get(r->s->reg, r->param, &e) != PD_OK)
+        return not_found(r);
+    return http_send_json(r, 200, prefix_entry_json(&e));
+}
+
+/* The HTTP status of a registry / prefix failure. */
+static unsigned status_of(int rc)
+{
+    switch (rc) {
+    case PD_ENOMEM: return 503;
+    case PD_EIO:
+    case PD_ESYS: return 500;
+    case PD_ENOTFOUND: return 404;
+    default: return 400;
+    }
+}
+
+/* Builds the prefix of text on the build engine and publishes it. */
+static int build_from_prompt(srv *s, const char *task, const char *text, pd_err *err)
+{
+    pthread_mutex_lock(&s->build_mu);
+    int rc = PD_OK;
+    if (!s->build_engine) {
+        pd_engine_params ep = pd_engine_default_params();
+        ep.n_threads = 1;
+        rc = pd_engine_create(s->model, &ep, &s->build_engine, err);
+    }
+    pd_prefix *p = NULL;
+    if (rc == PD_OK) rc = pd_prefix_from_text(s->build_engine, s->model, task, text, &p, err);
+    pthread_mutex_unlock(&s->build_mu);
+    if (rc == PD_OK) rc = pd_registry_put_prefix(s->reg, p, err);
+    pd_prefix_release(p);
+    return rc;
+}
+
+static int is_json(http_req *r)
+{
+    const char *ct = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND,
+                                                 MHD_HTTP_HEADER_CONTENT_TYPE);
+    if (ct) return !strncasecmp(ct, "application/json", 16);
+    return r->body.len > 0 && r->body.p[0] == '{'; /* a safetensors file starts with a length */
+}
+
+enum MHD_Result route_prefixes_put(http_req *r)
+{
+    srv *s = r->s;
+    const char *task = r->param;
+    if (!pd_task_name_valid(task))
+        return http_send_error(r, 400, "task", "invalid_task_name",
+                               "'%s' is not a valid task name: use 1 to 64 characters from "
+                               "[A-Za-z0-9._-], starting with a letter or digit.",
+                               task);
+    if (!strcmp(task, s->model->id))
+        return http_send_error(r, 409, "task", "name_conflict",
+                               "'%s' is the base model's id; choose another task name.", task);
+    if (r->body.len == 0)
+        return http_send_error(r, 400, NULL, "empty_body",
+                               "Send a prefix file (Content-Type: application/octet-stream) or "
+                               "JSON {\"from_prompt\": \"text\"}.");
+    pd_registry_entry old;
+    int existed = pd_registry_get(s->reg, task, &old) == PD_OK;
+    pd_err err;
+    pd_err_clear(&err);
+    int rc;
+    if (is_json(r)) {
+        enum MHD_Result ret;
+        json_t *body = http_body_json(r, &ret);
+        if (!body) return ret;
+        const char *key;
+        json_t *v, *fp = NULL;
+        json_object_foreach(body, key, v) {
+            if (strcmp(key, "from_prompt") != 0) {
+                enum MHD_Result e = http_send_error(r, 400, key, "unknown_parameter",
+                                                    "Unknown field '%s': the JSON form of PUT "
+                                                    "/v1/prefixes/{task} takes only "
+                                                    "\"from_prompt\".",
+                                                    key);
+                json_decref(body);
+                return e;
+            }
+            fp = v;
+        }
+        if (!fp || !json_is_string(fp) || json_string_length(fp) == 0 ||
+            strlen(json_string_value(fp)) != json_string_length(fp)) {
+            json_decref(body);
+            return http_send_error(r, 400, "from_prompt", "invalid_value",
+                                   "\"from_prompt\" must be a non-empty string (without NUL "
+                                   "characters).");
+        }
+        size_t len = json_string_length(fp);
+        if (len > (size_t)s->context * 8) { /* far more text than the context can hold */
+            json_decref(body);
+            return http_send_error(r, 400, "from_prompt", "context_length_exceeded",
+                                   "\"from_prompt\" is %zu bytes: far longer than the context "
+                                   "of %d tokens.",
+                                   len, s->context);
+        }
+        int32_t *toks = malloc((len + 3) * sizeof *toks);
+        int n = toks ? pd_tokenizer_encode(s->model->tok, json_string_value(fp), len, 1, 0, toks,
+                                           (int)len + 3)
+                     : -1;
+        free(toks);
+        if (n >= s->context) {
+            json_decref(body);
+            return http_send_error(r, 400, "from_prompt", "context_length_exceeded",
+                                   "\"from_prompt\" is %d tokens; a prefix must leave room in "
+                                   "the context of %d tokens for the request (at most %d).",
+                                   n, s->context, s->context - 2);
+        }
+        rc = build_from_prompt(s, task, json_string_value(fp), &err);
+        json_decref(body);
+    } else {
+        rc = pd_registry_put(s->reg, task, r->body.p, r->body.len, &err);
+    }
+    if (rc < 0) {
+        PD_LOGW("PUT prefix '%s' refused: %s", task, err.msg);
+        return http_send_error(r, status_of(rc), NULL, "invalid_prefix", "%s",
+                               err.msg[0] ? err.msg : pd_strerror(rc));
+    }
+    pd_registry_entry e;
+    if (pd_registry_get(s->reg, task, &e) != PD_OK)
+        return http_send_error(r, 500, NULL, "internal_error",
+                               "The prefix was written but is not servable (removed meanwhile?).");
+    PD_LOGI("prefix '%s' %s over HTTP (P = %d, source %s)", task,
+            existed ? "replaced" : "created", e.n_tokens, e.source);
+    return http_send_json(r, existed ? 200 : 201, prefix_entry_json(&e));
+}
+
+enum MHD_Result route_prefixes_delete(http_req *r)
+{
+    pd_err err;
+    if (!pd_task_name_valid(r->param)) return not_found(r);
+    int rc = pd_registry_delete(r->s->reg, r->param, &err);
+    if (rc == PD_ENOTFOUND) return not_found(r);
+    if (rc < 0)
+        return http_send_error(r, status_of(rc), NULL, "delete_failed", "%s", err.msg);
+    PD_LOGI("prefix '%s' deleted over HTTP", r->param);
+    return http_send_json(r, 200, json_pack("{s:s,s:s,s:b}", "id", r->param, "object", "prefix",
+                                            "deleted", 1));
+}
