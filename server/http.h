@@ -6,10 +6,9 @@
  * (MHD_USE_THREAD_PER_CONNECTION): a handler may block on pd_request_wait()
  * while the engine thread generates, and a streamed response's content
  * reader (sse.c) blocks the same way. Handlers never run model math: they
- * encode, submit to the scheduler and wait. The one exception is
- * PUT /v1/prefixes/{task} with {"from_prompt": …}, which runs the prompt
- * through a dedicated engine owned by the server under build_mu (one build at
- * a time, never on the scheduler's engine).
+ * encode, submit to the scheduler and wait — PUT /v1/prefixes/{task} with
+ * {"from_prompt": …} too: its prompt is prefilled on the engine thread as a
+ * prefix-build request.
  *
  * Threads: a srv is created by cmd_serve (serve.c) on the main thread; model,
  * registry and sched are set before `ready` becomes 1 and are read-only
@@ -63,8 +62,6 @@ typedef struct srv {
     pthread_rwlock_t sched_lock;  /* guards the sched pointer, not the scheduler */
     pd_sched *sched;              /* NULL once shutdown has taken it */
     metrics *mx;                  /* owned by serve.c */
-    pthread_mutex_t build_mu;     /* one from_prompt build at a time */
-    pd_engine *build_engine;      /* created on first use under build_mu */
     atomic_uint_fast64_t counter; /* ids and default seeds */
     atomic_int active;            /* HTTP requests between arrival and completion */
     time_t started;               /* wall clock at start (model "created") */

@@ -6,9 +6,9 @@
  * against the base model and published atomically by pd_registry_put (a bad
  * file changes nothing: the old version keeps serving), or JSON
  * {"from_prompt": "text"}: the prefix is the KV cache of the text run from
- * BOS. That run is model math, so it happens on the server's build engine
- * under build_mu (one build at a time, BLAS on one thread) rather than on the
- * scheduler's engine; it never runs concurrently with itself. */
+ * BOS. That run is model math, so the handler submits it to the scheduler as
+ * a prefix-build request (its prompt is prefilled on the engine thread, in
+ * the same steps as completions) and waits for the result. */
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -65,26 +65,53 @@ static unsigned status_of(int rc)
     case PD_ENOMEM: return 503;
     case PD_EIO:
     case PD_ESYS: return 500;
+    case PD_EBUSY: return 429;
+    case PD_ECANCELLED: return 503;
     case PD_ENOTFOUND: return 404;
     default: return 400;
     }
 }
 
-/* Builds the prefix of text on the build engine and publishes it. */
+/* Builds the prefix of text on the scheduler's engine thread and publishes
+ * it. PD_EBUSY when the queue is full, PD_ECANCELLED when shutting down. */
 static int build_from_prompt(srv *s, const char *task, const char *text, pd_err *err)
 {
-    pthread_mutex_lock(&s->build_mu);
-    int rc = PD_OK;
-    if (!s->build_engine) {
-        pd_engine_params ep = pd_engine_default_params();
-        ep.n_threads = 1;
-        rc = pd_engine_create(s->model, &ep, &s->build_engine, err);
+    const int max = s->model->cfg.seq_len - 1;
+    int32_t *toks = malloc((size_t)max * sizeof *toks);
+    if (!toks) return pd_err_set(err, PD_ENOMEM, "out of memory");
+    int n = pd_tokenizer_encode(s->model->tok, text, strlen(text), 1, 0, toks, max);
+    if (n < 1 || n > max) {
+        free(toks);
+        return pd_err_set(err, PD_ERANGE,
+                          "\"from_prompt\" encodes to %d tokens; a prefix holds 1 to %d", n, max);
     }
-    pd_prefix *p = NULL;
-    if (rc == PD_OK) rc = pd_prefix_from_text(s->build_engine, s->model, task, text, &p, err);
-    pthread_mutex_unlock(&s->build_mu);
-    if (rc == PD_OK) rc = pd_registry_put_prefix(s->reg, p, err);
-    pd_prefix_release(p);
+    pd_request *rq;
+    int rc = pd_request_create(toks, n, 1, &rq, err);
+    free(toks);
+    if (rc < 0) return rc;
+    rq->build_prefix = 1;
+    size_t tl = strlen(task); /* valid names are at most PD_TASK_NAME_MAX */
+    if (tl >= sizeof rq->build_task) tl = sizeof rq->build_task - 1;
+    memcpy(rq->build_task, task, tl);
+    rq->build_task[tl] = 0;
+    pthread_rwlock_rdlock(&s->sched_lock);
+    rc = s->sched ? pd_sched_submit(s->sched, rq, err)
+                  : pd_err_set(err, PD_ECANCELLED, "the server is shutting down");
+    pthread_rwlock_unlock(&s->sched_lock);
+    if (rc == PD_OK) {
+        while (pd_request_wait(rq, 1 << 30, 1000) >= 0) {
+            pthread_mutex_lock(&rq->mu);
+            int done = rq->state == PD_REQ_DONE;
+            pthread_mutex_unlock(&rq->mu);
+            if (done) break;
+        }
+        if (rq->built)
+            rc = pd_registry_put_prefix(s->reg, rq->built, err);
+        else
+            rc = pd_err_set(err, rq->finish == PD_FINISH_REASON_CANCELLED ? PD_ECANCELLED : PD_EIO,
+                            "%s", rq->error[0] ? rq->error : "the prefix build did not finish");
+    }
+    pd_request_release(rq);
     return rc;
 }
 

@@ -246,7 +246,7 @@ int cmd_serve(int argc, char **argv)
     json_object_seed(0); /* before any thread makes JSON objects */
 
     int status = 1;
-    int have_rwlock = 0, have_build_mu = 0, have_uv = 0;
+    int have_rwlock = 0, have_uv = 0;
     uv_side uv;
     srv *s = calloc(1, sizeof *s);
     if (!s) {
@@ -268,11 +268,6 @@ int cmd_serve(int argc, char **argv)
         goto done;
     }
     have_rwlock = 1;
-    if (pthread_mutex_init(&s->build_mu, NULL) != 0) {
-        cli_fail("pthread_mutex_init failed");
-        goto done;
-    }
-    have_build_mu = 1;
 
     if (http_start(s) < 0) goto done;
     PD_LOGI("listening on %s (port %u); loading the model", cfg.listen, (unsigned)s->port);
@@ -349,10 +344,8 @@ done:
     http_stop(s);
     if (have_uv) uv_side_stop(&uv);
     pd_registry_free(s->reg);
-    pd_engine_free(s->build_engine);
     pd_model_free(s->model);
     metrics_free(s->mx);
-    if (have_build_mu) pthread_mutex_destroy(&s->build_mu);
     if (have_rwlock) pthread_rwlock_destroy(&s->sched_lock);
     free(s);
     config_free(&cfg);

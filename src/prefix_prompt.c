@@ -42,8 +42,24 @@ int pd_prefix_from_tokens(pd_engine *e, const pd_model *m, const char *task,
     if (rc < 0) return rc;
     pd_seq_set_prefix(s, 0, NULL, NULL);
     rc = pd_prefill(e, m, s, tokens, n, NULL, err);
+    if (rc == PD_OK)
+        rc = pd_prefix_from_cache(m, task, s, n, tokens[0] == pd_tokenizer_bos(m->tok), out, err);
+    pd_seq_free(s);
+    return rc;
+}
+
+int pd_prefix_from_cache(const pd_model *m, const char *task, const pd_seq *s, int n,
+                         int has_bos, pd_prefix **out, pd_err *err)
+{
+    *out = NULL;
+    const pd_config *c = &m->cfg;
+    if (s->n_prefix != 0 || n < 1 || n > s->len)
+        return pd_err_set(err, PD_EINVAL,
+                          "task '%s': a prefix needs %d cached tokens of a sequence without a "
+                          "prefix (it holds %d)",
+                          task, n, s->len);
     pd_prefix *p = NULL;
-    if (rc == PD_OK) rc = pd_prefix_create(m, task, n, &p, err);
+    int rc = pd_prefix_create(m, task, n, &p, err);
     if (rc == PD_OK) {
         const int L = c->n_layers, KVH = c->n_kv_heads, hd = c->head_dim, KV = c->kv_dim;
         for (int l = 0; l < L; l++)
@@ -54,10 +70,9 @@ int pd_prefix_from_tokens(pd_engine *e, const pd_model *m, const char *task,
                     memcpy(p->keys + dst, s->k_cache + src, (size_t)hd * sizeof(float));
                     memcpy(p->values + dst, s->v_cache + src, (size_t)hd * sizeof(float));
                 }
-        p->has_bos = tokens[0] == pd_tokenizer_bos(m->tok);
+        p->has_bos = has_bos;
         rc = pd__prefix_stamp(p, "prompt", err);
     }
-    pd_seq_free(s);
     if (rc < 0) {
         pd_prefix_release(p);
         return rc;

@@ -81,6 +81,7 @@ void pd_request_release(pd_request *rq)
 {
     if (!rq || atomic_fetch_sub(&rq->refs, 1) != 1) return;
     pd_prefix_release(rq->prefix);
+    pd_prefix_release(rq->built);
     pthread_mutex_destroy(&rq->mu);
     pthread_cond_destroy(&rq->cv);
     free(rq->prompt);
@@ -157,7 +158,7 @@ static void publish_done(pd_request *rq, int finish, const char *error)
     pthread_mutex_lock(&rq->mu);
     rq->state = PD_REQ_DONE;
     rq->finish = finish;
-    if (error) snprintf(rq->error, sizeof rq->error, "%s", error);
+    if (error && error != rq->error) snprintf(rq->error, sizeof rq->error, "%s", error);
     rq->t_done = pd_now();
     pthread_cond_broadcast(&rq->cv);
     pthread_mutex_unlock(&rq->mu);
@@ -315,6 +316,20 @@ static void engine_iteration(pd_sched *s)
         slot *sl = &s->slots[s->b_slot[r]];
         pd_request *rq = sl->rq;
         const float *lg = logits + (size_t)r * V;
+        if (rq->build_prefix) { /* the prompt is in the cache: that is the prefix */
+            pd_prefix *built = NULL;
+            int rc = pd_prefix_from_cache(s->m, rq->build_task, sl->seq, rq->n_prompt,
+                                          rq->prompt[0] == bos, &built, &err);
+            pthread_mutex_lock(&rq->mu);
+            rq->built = built;
+            if (rc < 0) snprintf(rq->error, sizeof rq->error, "%s", err.msg);
+            pthread_mutex_unlock(&rq->mu);
+            if (n_fin < 256) {
+                finished[n_fin] = s->b_slot[r];
+                fin_reason[n_fin++] = rc < 0 ? PD_FINISH_REASON_ERROR : PD_FINISH_REASON_STOP;
+            }
+            continue;
+        }
         pd_token_out o;
         memset(&o, 0, sizeof o);
         o.id = pd_sampler_sample(&sl->sampler, lg, &o.logprob);
@@ -346,7 +361,9 @@ static void engine_iteration(pd_sched *s)
                 int t = finished[a]; finished[a] = finished[c]; finished[c] = t;
                 t = fin_reason[a]; fin_reason[a] = fin_reason[c]; fin_reason[c] = t;
             }
-    for (int a = 0; a < n_fin; a++) retire(s, finished[a], fin_reason[a], NULL);
+    for (int a = 0; a < n_fin; a++)
+        retire(s, finished[a], fin_reason[a],
+               fin_reason[a] == PD_FINISH_REASON_ERROR ? s->slots[finished[a]].rq->error : NULL);
 
     pthread_mutex_lock(&s->mu);
     s->stats.steps++;
@@ -493,6 +510,8 @@ int pd_sched_submit(pd_sched *s, pd_request *rq, pd_err *err)
         if (rq->prompt[i] < 0 || rq->prompt[i] >= c->vocab_size)
             return pd_err_set(err, PD_EINVAL, "prompt token %d (id %d) is outside the vocabulary",
                               i, rq->prompt[i]);
+    if (rq->build_prefix && (rq->prefix || !pd_task_name_valid(rq->build_task)))
+        return pd_err_set(err, PD_EINVAL, "a prefix build needs a valid task name and no prefix");
     if (rq->top_logprobs < 0 || rq->top_logprobs > PD_TOP_LOGPROBS_MAX)
         return pd_err_set(err, PD_EINVAL, "top logprobs %d outside [0, %d]", rq->top_logprobs,
                           PD_TOP_LOGPROBS_MAX);

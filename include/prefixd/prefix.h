@@ -99,6 +99,14 @@ int pd_prefix_serialize(const pd_prefix *p, const pd_model *m, int f16, void **d
 int pd_prefix_from_tokens(pd_engine *e, const pd_model *m, const char *task,
                           const int32_t *tokens, int n, pd_prefix **out, pd_err *err);
 
+/* The prefix held by a sequence's cache: its first n entries (run with no
+ * prefix at positions 0..n-1) moved into the prefix layout. has_bos: whether
+ * the first of those tokens was BOS. source = "prompt". Used by
+ * pd_prefix_from_tokens and by the scheduler (which builds prompt prefixes on
+ * its engine thread). */
+int pd_prefix_from_cache(const pd_model *m, const char *task, const pd_seq *s, int n,
+                         int has_bos, pd_prefix **out, pd_err *err);
+
 /* The same from text: encodes with BOS, then pd_prefix_from_tokens. */
 int pd_prefix_from_text(pd_engine *e, const pd_model *m, const char *task, const char *text,
                         pd_prefix **out, pd_err *err);

@@ -69,6 +69,11 @@ typedef struct pd_request {
     pd_sampler_params sampling;
     int top_logprobs;             /* 0..PD_TOP_LOGPROBS_MAX */
     char task[PD_TASK_NAME_MAX + 1]; /* for metrics; "" for the base model */
+    int build_prefix;             /* 1: only prefill the prompt (no prefix) and
+                                     return its KV cache as a prefix named
+                                     build_task in `built` (prompt prefixes are
+                                     built on the engine thread too) */
+    char build_task[PD_TASK_NAME_MAX + 1];
 
     /* --- output: written by the engine thread under mu */
     pthread_mutex_t mu;
@@ -78,6 +83,7 @@ typedef struct pd_request {
     int state;                    /* pd_request_state */
     int finish;                   /* pd_finish_reason once DONE */
     char error[PD_ERR_MSG_MAX];
+    pd_prefix *built;             /* build_prefix result (owned by the request) */
     double t_submit, t_first, t_done; /* monotonic seconds */
 
     /* --- shared */

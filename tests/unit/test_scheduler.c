@@ -184,6 +184,49 @@ static void test_shutdown_cancels_leftovers(void **state)
     }
 }
 
+/* A prefix-build request, run in the engine thread next to a completion,
+ * gives the same prefix bits as building it alone. */
+static void test_build_prefix_on_engine_thread(void **state)
+{
+    (void)state;
+    pd_sched *s;
+    assert_int_equal(pd_sched_create(model, NULL, &s, NULL), PD_OK);
+    int32_t toks[64];
+    int n = encode("Lily and Ben were friends.", toks, 64);
+    pd_request *other, *build;
+    assert_int_equal(pd_request_create(toks, n, 30, &other, NULL), PD_OK);
+    assert_int_equal(pd_request_create(toks, n, 1, &build, NULL), PD_OK);
+    build->build_prefix = 1;
+    strcpy(build->build_task, "lily");
+    assert_int_equal(pd_sched_submit(s, other, NULL), PD_OK);
+    assert_int_equal(pd_sched_submit(s, build, NULL), PD_OK);
+    while (build->state != PD_REQ_DONE) pd_request_wait(build, 1 << 30, 100);
+    assert_non_null(build->built);
+    assert_int_equal(build->n_out, 0);
+    pd_engine *e;
+    pd_prefix *ref;
+    assert_int_equal(pd_engine_create(model, NULL, &e, NULL), PD_OK);
+    assert_int_equal(pd_prefix_from_tokens(e, model, "lily", toks, n, &ref, NULL), PD_OK);
+    assert_int_equal(build->built->n_tokens, n);
+    assert_int_equal(build->built->has_bos, 1);
+    size_t bytes = (size_t)model->cfg.n_layers * model->cfg.kv_dim * (size_t)n * sizeof(float);
+    assert_memory_equal(build->built->keys, ref->keys, bytes);
+    assert_memory_equal(build->built->values, ref->values, bytes);
+    /* a build needs a valid name and no prefix */
+    pd_request *bad;
+    pd_err err;
+    assert_int_equal(pd_request_create(toks, n, 1, &bad, NULL), PD_OK);
+    bad->build_prefix = 1;
+    strcpy(bad->build_task, "../x");
+    assert_int_equal(pd_sched_submit(s, bad, &err), PD_EINVAL);
+    pd_request_release(bad);
+    pd_prefix_release(ref);
+    pd_engine_free(e);
+    pd_request_release(build);
+    pd_sched_free(s, 5000);
+    pd_request_release(other);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -191,6 +234,7 @@ int main(void)
         cmocka_unit_test(test_cancel_frees_sequence),
         cmocka_unit_test(test_queue_full_and_context),
         cmocka_unit_test(test_shutdown_cancels_leftovers),
+        cmocka_unit_test(test_build_prefix_on_engine_thread),
     };
     return cmocka_run_group_tests_name("scheduler", tests, setup, teardown);
 }
