@@ -21,7 +21,7 @@ LDFLAGS = $(SAN)
 
 DEB_PKGS := build-essential pkg-config libopenblas-dev libmicrohttpd-dev \
             libjansson-dev libuv1-dev libsqlite3-dev libcmocka-dev \
-            python3 python3-pytest curl
+            python3 python3-pytest curl nginx-light
 
 LIB_SRC  := $(wildcard src/*.c)
 SRV_SRC  := $(wildcard server/*.c)
