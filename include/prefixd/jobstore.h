@@ -1,0 +1,289 @@
+/* prefixd/jobstore.h — the durable store behind the fine-tuning API: uploaded
+ * files, fine-tuning jobs and their events (ARCHITECTURE.md "Training",
+ * "HTTP API"), in OpenAI's shapes.
+ *
+ *     pd_jobstore *js; pd_err err;
+ *     if (pd_jobstore_open("/var/lib/prefixd", &js, &err) < 0) ... err.msg ...
+ *     pd_jobstore_file_info fi;
+ *     pd_jobstore_file_create(js, "train.jsonl", "fine-tune", data, n, &fi, &err);
+ *     json_t *params = json_pack("{s:s, s:s, s:s}", "model", "base",
+ *                                "training_file", fi.id, "suffix", "pirate");
+ *     char job[PD_JOBSTORE_ID_MAX];
+ *     pd_jobstore_job_create(js, params, job, NULL, &err);
+ *     json_decref(params);
+ *     pd_jobstore_job_set_status(js, job, PD_JOB_QUEUED, NULL, &err);
+ *     ... the worker: pd_jobstore_job_next_runnable(), _set_status(RUNNING),
+ *         _event_add() per step, _job_set_result(), _set_status(SUCCEEDED) ...
+ *     pd_jobstore_close(js);
+ *
+ * DESIGN. Rows live in SQLite at <data_dir>/prefixd.db (WAL journal,
+ * synchronous=FULL, foreign keys on, a busy timeout): once a function that
+ * writes has returned PD_OK, its change survives a crash of the process or
+ * of the machine. The schema is versioned with PRAGMA user_version and
+ * migrated forward at open; a database newer than this code is refused.
+ * File contents live at <data_dir>/files/<file-id>.jsonl. An upload writes
+ * its contents atomically (temp file, fsync, rename) before it inserts the
+ * row, so a row never exists without its contents; a crash between the two
+ * leaves an orphan file, which the next open deletes (with any temp files).
+ * A delete removes the row first and the contents second, for the same
+ * reason. Checkpoints are <data_dir>/checkpoints/<job-id>.ckpt; the store
+ * only names them (and removes none).
+ *
+ * One process at a time: open takes an exclusive lock on
+ * <data_dir>/prefixd.lock (PD_EBUSY if another process holds it), which is
+ * what makes the orphan cleanup safe. Within the process every function is
+ * thread-safe: one connection guarded by one mutex (HTTP threads and the
+ * training worker share a handle). Writes of file contents happen outside
+ * the mutex.
+ *
+ * Ids are generated from getrandom(): "file-" and "ftjob-" followed by 24
+ * lowercase hex digits. Event ids are "ftevent-" and 16 hex digits of a
+ * counter, so they increase with time (lexicographically too). An id only
+ * becomes a path after the store has found it among its own rows.
+ *
+ * JSON. Objects returned through json_t ** are new references owned by the
+ * caller (json_decref them); json_t * arguments are borrowed. Times are unix
+ * seconds. Errors: PD_EINVAL for bad arguments (the message starts with the
+ * offending parameter's name and ": " where there is one, so the HTTP layer
+ * can fill OpenAI's "param"), PD_ENOTFOUND for unknown ids, PD_EBUSY for a
+ * conflict (HTTP 409), PD_EIO for SQLite and file-system failures (message
+ * carries sqlite3_errmsg or strerror), PD_EFORMAT for a file that is not a
+ * database, PD_EVERSION for a schema newer than this code.
+ */
+#ifndef PREFIXD_JOBSTORE_H
+#define PREFIXD_JOBSTORE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <jansson.h>
+
+#include "prefixd/common.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Room for any id the store makes ("ftevent-" + 16, "ftjob-" + 24) and NUL. */
+#define PD_JOBSTORE_ID_MAX 40
+/* The schema version this code writes (PRAGMA user_version). */
+#define PD_JOBSTORE_SCHEMA_VERSION 1
+/* Page sizes of the list functions: limit 0 means the default; a limit
+ * outside [1, PD_JOBSTORE_LIST_MAX] is PD_EINVAL. */
+#define PD_JOBSTORE_JOBS_DEFAULT_LIMIT 20
+#define PD_JOBSTORE_EVENTS_DEFAULT_LIMIT 20
+#define PD_JOBSTORE_FILES_DEFAULT_LIMIT 10000
+#define PD_JOBSTORE_LIST_MAX 10000
+
+typedef struct pd_jobstore pd_jobstore;
+
+/* ---- lifecycle ---- */
+
+/* Opens (creating them if missing) data_dir, its files/ and checkpoints/
+ * subdirectories and <data_dir>/prefixd.db; migrates the schema; recovers
+ * from a crash: deletes orphan and temp files in files/ and turns every
+ * unfinished job with a cancel request into cancelled (no worker runs yet,
+ * so nothing else would). Queued and running jobs are left for the worker (see
+ * pd_jobstore_job_next_runnable). data_dir is copied. Returns PD_OK and a new
+ * handle in *out, or PD_EBUSY (another process has it open), PD_EFORMAT,
+ * PD_EVERSION, PD_EIO, PD_ENOMEM. */
+int pd_jobstore_open(const char *data_dir, pd_jobstore **out, pd_err *err);
+
+/* Closes the database and releases the lock. No call may be in flight on
+ * another thread. pd_jobstore_close(NULL) is a no-op. */
+void pd_jobstore_close(pd_jobstore *js);
+
+/* The data directory (borrowed, valid until close). */
+const char *pd_jobstore_data_dir(const pd_jobstore *js);
+
+/* ---- files: POST/GET/DELETE /v1/files ---- */
+
+typedef struct pd_jobstore_file_info {
+    char id[PD_JOBSTORE_ID_MAX];
+    int64_t bytes;
+    int64_t created_at;
+    int64_t n_lines;   /* lines holding something other than white space */
+} pd_jobstore_file_info;
+
+/* Stores an uploaded file the caller has already validated (its status is
+ * "processed"). filename (1..255 bytes, metadata only, never a path) and
+ * purpose (1..64 bytes, e.g. "fine-tune") are copied; data (size bytes, may
+ * be NULL when size is 0) is borrowed. The contents reach the disk (fsync)
+ * before the row is committed. Fills *info (may be NULL); when obj is not
+ * NULL, *obj is a new reference to the file object as pd_jobstore_file_get
+ * returns it. PD_EINVAL for a bad filename or purpose (nothing is stored);
+ * PD_EIO when the contents cannot be written. */
+int pd_jobstore_file_create(pd_jobstore *js, const char *filename, const char *purpose,
+                            const void *data, size_t size, pd_jobstore_file_info *info,
+                            json_t **obj, pd_err *err);
+
+/* The OpenAI file object {id, object: "file", bytes, created_at, filename,
+ * purpose, status} as a new reference. PD_ENOTFOUND for an unknown id. */
+int pd_jobstore_file_get(pd_jobstore *js, const char *id, json_t **out, pd_err *err);
+
+/* Size, time and line count of a stored file. PD_ENOTFOUND if unknown. */
+int pd_jobstore_file_stat(pd_jobstore *js, const char *id, pd_jobstore_file_info *info,
+                          pd_err *err);
+
+/* {object: "list", data: [file objects], has_more}, most recent first.
+ * purpose (NULL: any) filters; after (NULL: from the start) is the id of
+ * the last file of the previous page (PD_ENOTFOUND if unknown); limit 0 is
+ * PD_JOBSTORE_FILES_DEFAULT_LIMIT. New reference in *out. */
+int pd_jobstore_file_list(pd_jobstore *js, const char *purpose, const char *after, int limit,
+                          json_t **out, pd_err *err);
+
+/* Deletes the row, then the contents. Refused with PD_EBUSY while a job
+ * that has not finished (validating_files, queued, running) names the file
+ * as its training or validation file: the worker still needs it. (OpenAI
+ * allows it; a finished job keeps the id in its object.) When obj is not
+ * NULL, *obj is a new reference to {id, object: "file", deleted: true}.
+ * PD_ENOTFOUND if unknown. */
+int pd_jobstore_file_delete(pd_jobstore *js, const char *id, json_t **obj, pd_err *err);
+
+/* Writes "<data_dir>/files/<id>.jsonl" into buf (cap bytes) for a file the
+ * store knows. PD_ENOTFOUND if unknown, PD_ERANGE if cap is too small. */
+int pd_jobstore_file_path(pd_jobstore *js, const char *id, char *buf, size_t cap,
+                          pd_err *err);
+
+/* ---- jobs: /v1/fine_tuning/jobs ---- */
+
+/* Status flow, enforced by pd_jobstore_job_set_status:
+ *   validating_files -> queued | failed | cancelled
+ *   queued           -> running | failed | cancelled
+ *   running          -> succeeded | failed | cancelled | queued (requeue)
+ *   succeeded, failed, cancelled: final.
+ * A job left running by a crash stays running; next_runnable returns it and
+ * the worker resumes it from its checkpoint without a transition. */
+typedef enum pd_job_status {
+    PD_JOB_VALIDATING_FILES = 0,
+    PD_JOB_QUEUED,
+    PD_JOB_RUNNING,
+    PD_JOB_SUCCEEDED,
+    PD_JOB_FAILED,
+    PD_JOB_CANCELLED,
+    PD_JOB_STATUS_COUNT
+} pd_job_status;
+
+/* OpenAI's name ("validating_files", ...): static text. */
+const char *pd_job_status_name(pd_job_status s);
+/* The status named name, or -1. */
+int pd_job_status_parse(const char *name);
+/* 1 for succeeded, failed and cancelled. */
+int pd_job_status_final(pd_job_status s);
+
+/* A job's error, OpenAI's {code, message, param}; fields may be NULL. */
+typedef struct pd_jobstore_job_error {
+    const char *code;     /* e.g. "invalid_training_file" */
+    const char *message;
+    const char *param;    /* e.g. "training_file" */
+} pd_jobstore_job_error;
+
+/* Creates a job in status validating_files from the request body params
+ * (borrowed; only the keys below are read, unknown ones are ignored — the
+ * HTTP layer rejects what it does not accept):
+ *   model            string, required
+ *   training_file    string, required: a stored file of purpose "fine-tune"
+ *   validation_file  string or null: the same
+ *   suffix           string or null: a task name (pd_task_name_valid)
+ *   seed             integer or null: null draws one, stored so that a resumed
+ *                    run repeats the same sequence
+ *   hyperparameters  object or null, stored as given ({} when null)
+ *   method           object or null, stored as given; null stores
+ *                    {"type": "prefix", "prefix": {"hyperparameters": {}}}
+ * The id is written to id (PD_JOBSTORE_ID_MAX bytes, may be NULL); when obj
+ * is not NULL, *obj is a new reference to the job object. PD_EINVAL for a
+ * wrong type or value, PD_ENOTFOUND for an unknown file (message starts
+ * with the parameter name). */
+int pd_jobstore_job_create(pd_jobstore *js, const json_t *params, char *id, json_t **obj,
+                           pd_err *err);
+
+/* The OpenAI job object as a new reference: {id, object: "fine_tuning.job",
+ * created_at, finished_at, model, fine_tuned_model, organization_id:
+ * "prefixd", status, training_file, validation_file, hyperparameters,
+ * method, seed, trained_tokens, error, result_files: [], estimated_finish:
+ * null, user_provided_suffix}. Unset values are null (error too).
+ * PD_ENOTFOUND for an unknown id. */
+int pd_jobstore_job_get(pd_jobstore *js, const char *id, json_t **out, pd_err *err);
+
+/* The stored request of a job, for the worker, as a new reference:
+ * {model, training_file, validation_file, suffix, seed, hyperparameters,
+ * method} with null for what was not given (seed always set). */
+int pd_jobstore_job_params(pd_jobstore *js, const char *id, json_t **out, pd_err *err);
+
+/* The status of a job and whether a cancel was requested (either pointer
+ * may be NULL). PD_ENOTFOUND for an unknown id. */
+int pd_jobstore_job_status(pd_jobstore *js, const char *id, pd_job_status *status,
+                           int *cancel_requested, pd_err *err);
+
+/* {object: "list", data: [job objects], has_more}, most recent first; after
+ * (NULL: from the start) is the id of the last job of the previous page
+ * (PD_ENOTFOUND if unknown); limit 0 is PD_JOBSTORE_JOBS_DEFAULT_LIMIT. */
+int pd_jobstore_job_list(pd_jobstore *js, const char *after, int limit, json_t **out,
+                         pd_err *err);
+
+/* Moves a job to status, enforcing the flow above (PD_EINVAL "... cannot go
+ * from X to Y" otherwise). Entering a final status sets finished_at. error
+ * (borrowed, may be NULL) is stored with the transition (meant for failed).
+ * A requeued job keeps its cancel request: the worker checks it when it
+ * picks the job up again (and the next open cancels such a job). */
+int pd_jobstore_job_set_status(pd_jobstore *js, const char *id, pd_job_status status,
+                               const pd_jobstore_job_error *error, pd_err *err);
+
+/* Records the trained task and token count: fine_tuned_model (NULL leaves it
+ * unchanged; otherwise a task name) and trained_tokens (< 0 leaves it
+ * unchanged). Allowed in any status but final ones (PD_EINVAL then), so
+ * the worker records them before its last transition. */
+int pd_jobstore_job_set_result(pd_jobstore *js, const char *id, const char *fine_tuned_model,
+                               int64_t trained_tokens, pd_err *err);
+
+/* The job the worker should run next: the oldest (by creation) in status
+ * queued or running; running ones were interrupted by a crash or are the
+ * worker's own current job. Writes its id into id (PD_JOBSTORE_ID_MAX
+ * bytes) and its status into *status (may be NULL). PD_ENOTFOUND (err
+ * untouched) when there is none. */
+int pd_jobstore_job_next_runnable(pd_jobstore *js, char *id, pd_job_status *status,
+                                  pd_err *err);
+
+/* POST .../cancel. validating_files or queued: cancelled at once (finished_at
+ * set). running: cancel_requested is set and the status stays running; the
+ * worker sees pd_jobstore_job_cancel_requested(), stops and sets cancelled.
+ * Asking again while running is not an error. A finished job: PD_EINVAL
+ * "already finished". When obj is not NULL, *obj is a new reference to the
+ * job object after the change. */
+int pd_jobstore_job_request_cancel(pd_jobstore *js, const char *id, json_t **obj,
+                                   pd_err *err);
+
+/* *requested = 1 if a cancel was requested for the job, else 0. */
+int pd_jobstore_job_cancel_requested(pd_jobstore *js, const char *id, int *requested,
+                                     pd_err *err);
+
+/* Writes "<data_dir>/checkpoints/<id>.ckpt" into buf (cap bytes) for a job
+ * the store knows. PD_ENOTFOUND if unknown, PD_ERANGE if cap is too small. */
+int pd_jobstore_checkpoint_path(pd_jobstore *js, const char *id, char *buf, size_t cap,
+                                pd_err *err);
+
+/* ---- events: /v1/fine_tuning/jobs/{id}/events ---- */
+
+/* Appends an event to a job: level "info" | "warn" | "error", type
+ * "message" | "metrics", message (copied; NULL is ""), data (borrowed, may be NULL for
+ * null; serialised as JSON). Writes the new id into id (PD_JOBSTORE_ID_MAX
+ * bytes, may be NULL). Every call commits (one fsync): the worker should
+ * add metrics events every few steps, not every microsecond. PD_ENOTFOUND
+ * for an unknown job. */
+int pd_jobstore_event_add(pd_jobstore *js, const char *job_id, const char *level,
+                          const char *type, const char *message, const json_t *data,
+                          char *id, pd_err *err);
+
+/* {object: "list", data: [{object: "fine_tuning.job.event", id, created_at,
+ * level, message, type, data}], has_more}, most recent first (as OpenAI).
+ * after (NULL: from the newest) is the id of the last event of the previous
+ * page: the page holds the events older than it. limit 0 is
+ * PD_JOBSTORE_EVENTS_DEFAULT_LIMIT. PD_ENOTFOUND for an unknown job or an
+ * after that is not one of its events. */
+int pd_jobstore_event_list(pd_jobstore *js, const char *job_id, const char *after, int limit,
+                           json_t **out, pd_err *err);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* PREFIXD_JOBSTORE_H */

@@ -1,0 +1,1475 @@
+/* jobstore.c — the durable store of the fine-tuning API: files, jobs and
+ * events in SQLite, file contents beside it (see prefixd/jobstore.h).
+ *
+ * DESIGN. One SQLite connection per handle, opened without SQLite's own
+ * mutex and guarded by `lock`; every prepared statement is cached in
+ * js->stmt (prepared on first use, reset and unbound after each use) and
+ * belongs to the connection, so it too is used only under `lock`. Every
+ * write is one SQL statement in autocommit mode: with journal_mode=WAL and
+ * synchronous=FULL it is in the WAL and fsync'ed when sqlite3_step()
+ * returns, which is before the function that made it returns PD_OK. The
+ * checks that precede a write (status flow, file existence, a file in use)
+ * run under the same mutex, and the exclusive lock on <data_dir>/prefixd.lock
+ * keeps any other process out, so check and write cannot interleave with
+ * another writer. Only the schema migration needs a transaction.
+ *
+ * Ordering on disk: an upload fsyncs its contents (pd_write_file_atomic)
+ * outside the mutex, then inserts the row; a delete removes the row, then
+ * the contents. So every row has its contents, and a crash leaves at worst
+ * a contents file without a row (or a temp file), which open deletes.
+ *
+ * Rows carry an INTEGER PRIMARY KEY AUTOINCREMENT `seq`: it orders lists
+ * (created_at has one-second ties), serves as the cursor behind `after`, and
+ * is the event id ("ftevent-%016llx"), which therefore only grows.
+ */
+#include "prefixd/jobstore.h"
+
+#include <ctype.h>
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/random.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <sqlite3.h>
+
+#include "prefixd/fsutil.h"
+#include "prefixd/log.h"
+#include "prefixd/prefix.h"
+
+#define DB_NAME "prefixd.db"
+#define LOCK_NAME "prefixd.lock"
+#define FILES_DIR "files"
+#define CKPT_DIR "checkpoints"
+#define FILE_EXT ".jsonl"
+#define CKPT_EXT ".ckpt"
+#define ID_HEX 24              /* random hex digits after "file-" / "ftjob-" */
+#define EVENT_HEX 16           /* counter hex digits after "ftevent-" */
+#define BUSY_TIMEOUT_MS 5000
+#define FILENAME_MAX_BYTES 255
+#define PURPOSE_MAX_BYTES 64
+#define MODEL_MAX_BYTES 256
+#define TEXT_MAX_BYTES 4096    /* event messages and error texts */
+
+/* ---- schema ---- */
+
+/* migrations[v] takes the schema from user_version v to v + 1. Append only. */
+static const char *const migrations[] = {
+    /* 0 -> 1 */
+    "CREATE TABLE files ("
+    "  seq        INTEGER PRIMARY KEY AUTOINCREMENT,"
+    "  id         TEXT NOT NULL UNIQUE,"
+    "  filename   TEXT NOT NULL,"
+    "  purpose    TEXT NOT NULL,"
+    "  bytes      INTEGER NOT NULL,"
+    "  n_lines    INTEGER NOT NULL,"
+    "  created_at INTEGER NOT NULL,"
+    "  status     TEXT NOT NULL"
+    ");"
+    "CREATE TABLE jobs ("
+    "  seq              INTEGER PRIMARY KEY AUTOINCREMENT,"
+    "  id               TEXT NOT NULL UNIQUE,"
+    "  created_at       INTEGER NOT NULL,"
+    "  finished_at      INTEGER,"
+    "  model            TEXT NOT NULL,"
+    "  training_file    TEXT NOT NULL,"   /* no foreign key: a finished job */
+    "  validation_file  TEXT,"            /* keeps the id of a deleted file */
+    "  suffix           TEXT,"
+    "  seed             INTEGER NOT NULL,"
+    "  hyperparameters  TEXT NOT NULL,"   /* JSON */
+    "  method           TEXT NOT NULL,"   /* JSON */
+    "  status           TEXT NOT NULL CHECK (status IN ('validating_files', 'queued',"
+    "                     'running', 'succeeded', 'failed', 'cancelled')),"
+    "  cancel_requested INTEGER NOT NULL DEFAULT 0,"
+    "  fine_tuned_model TEXT,"
+    "  trained_tokens   INTEGER,"
+    "  error_code       TEXT,"
+    "  error_message    TEXT,"
+    "  error_param      TEXT"
+    ");"
+    "CREATE INDEX jobs_by_status ON jobs (status, seq);"
+    "CREATE INDEX jobs_by_training_file ON jobs (training_file);"
+    "CREATE INDEX jobs_by_validation_file ON jobs (validation_file);"
+    "CREATE TABLE events ("
+    "  seq        INTEGER PRIMARY KEY AUTOINCREMENT,"
+    "  job_id     TEXT NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,"
+    "  created_at INTEGER NOT NULL,"
+    "  level      TEXT NOT NULL,"
+    "  type       TEXT NOT NULL,"
+    "  message    TEXT NOT NULL,"
+    "  data       TEXT"                   /* JSON, NULL for null */
+    ");"
+    "CREATE INDEX events_by_job ON events (job_id, seq);",
+};
+
+_Static_assert(sizeof migrations / sizeof migrations[0] == PD_JOBSTORE_SCHEMA_VERSION,
+               "one migration per schema version");
+
+/* ---- statements ---- */
+
+#define FILE_COLS "seq, id, filename, purpose, bytes, n_lines, created_at, status"
+enum { F_SEQ, F_ID, F_FILENAME, F_PURPOSE, F_BYTES, F_LINES, F_CREATED, F_STATUS };
+
+#define JOB_COLS                                                                    \
+    "seq, id, created_at, finished_at, model, fine_tuned_model, status, "           \
+    "training_file, validation_file, hyperparameters, method, seed, trained_tokens, " \
+    "error_code, error_message, error_param, suffix, cancel_requested"
+enum {
+    J_SEQ, J_ID, J_CREATED, J_FINISHED, J_MODEL, J_FT_MODEL, J_STATUS, J_TRAIN,
+    J_VALID, J_HYPER, J_METHOD, J_SEED, J_TOKENS, J_ERR_CODE, J_ERR_MSG, J_ERR_PARAM,
+    J_SUFFIX, J_CANCEL
+};
+
+#define EVENT_COLS "seq, created_at, level, type, message, data"
+enum { E_SEQ, E_CREATED, E_LEVEL, E_TYPE, E_MESSAGE, E_DATA };
+
+#define ACTIVE "('validating_files', 'queued', 'running')"
+
+/* X(name, sql): every statement the store runs after open. */
+#define STATEMENTS(X)                                                                  \
+    X(FILE_INSERT, "INSERT INTO files (id, filename, purpose, bytes, n_lines, created_at," \
+                   " status) VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'processed')")            \
+    X(FILE_GET, "SELECT " FILE_COLS " FROM files WHERE id = ?1")                       \
+    X(FILE_LIST, "SELECT " FILE_COLS " FROM files WHERE seq < ?1"                      \
+                 " AND (?2 IS NULL OR purpose = ?2) ORDER BY seq DESC LIMIT ?3")       \
+    X(FILE_ALL, "SELECT id FROM files ORDER BY seq")                                   \
+    X(FILE_USER, "SELECT id FROM jobs WHERE status IN " ACTIVE                         \
+                 " AND (training_file = ?1 OR validation_file = ?1) ORDER BY seq LIMIT 1") \
+    X(FILE_DELETE, "DELETE FROM files WHERE id = ?1")                                  \
+    X(JOB_INSERT, "INSERT INTO jobs (id, created_at, model, training_file,"            \
+                  " validation_file, suffix, seed, hyperparameters, method, status)"   \
+                  " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 'validating_files')")  \
+    X(JOB_GET, "SELECT " JOB_COLS " FROM jobs WHERE id = ?1")                          \
+    X(JOB_LIST, "SELECT " JOB_COLS " FROM jobs WHERE seq < ?1 ORDER BY seq DESC LIMIT ?2") \
+    X(JOB_SET_STATUS, "UPDATE jobs SET status = ?3,"                                   \
+                      " finished_at = COALESCE(?4, finished_at),"                      \
+                      " error_code = CASE WHEN ?5 THEN ?6 ELSE error_code END,"        \
+                      " error_message = CASE WHEN ?5 THEN ?7 ELSE error_message END,"  \
+                      " error_param = CASE WHEN ?5 THEN ?8 ELSE error_param END"       \
+                      " WHERE id = ?1 AND status = ?2")                                \
+    X(JOB_SET_RESULT, "UPDATE jobs SET fine_tuned_model = COALESCE(?2, fine_tuned_model)," \
+                      " trained_tokens = COALESCE(?3, trained_tokens) WHERE id = ?1")  \
+    X(JOB_CANCEL_FLAG, "UPDATE jobs SET cancel_requested = 1 WHERE id = ?1")           \
+    X(JOB_CANCEL_NOW, "UPDATE jobs SET status = 'cancelled', cancel_requested = 1,"    \
+                      " finished_at = ?2 WHERE id = ?1 AND status = ?3")               \
+    X(JOB_NEXT, "SELECT id, status FROM jobs WHERE status IN ('queued', 'running')"    \
+                " ORDER BY seq LIMIT 1")                                               \
+    X(JOB_RECOVER, "UPDATE jobs SET status = 'cancelled', finished_at = ?1"            \
+                   " WHERE cancel_requested = 1 AND status IN " ACTIVE)                \
+    X(JOB_COUNT, "SELECT status, count(*) FROM jobs WHERE status IN ('queued', 'running')" \
+                 " GROUP BY status")                                                   \
+    X(EVENT_INSERT, "INSERT INTO events (job_id, created_at, level, type, message, data)" \
+                    " VALUES (?1, ?2, ?3, ?4, ?5, ?6)")                                \
+    X(EVENT_FIND, "SELECT 1 FROM events WHERE seq = ?1 AND job_id = ?2")               \
+    X(EVENT_LIST, "SELECT " EVENT_COLS " FROM events WHERE job_id = ?1 AND seq < ?2"   \
+                  " ORDER BY seq DESC LIMIT ?3")
+
+enum {
+#define STMT_ENUM(name, sql) S_##name,
+    STATEMENTS(STMT_ENUM)
+#undef STMT_ENUM
+    N_STMT
+};
+
+static const char *const stmt_sql[N_STMT] = {
+#define STMT_SQL(name, sql) sql,
+    STATEMENTS(STMT_SQL)
+#undef STMT_SQL
+};
+
+/* Owned by whoever opened it; shared by all threads of the process. */
+struct pd_jobstore {
+    pthread_mutex_t lock;        /* guards db and stmt */
+    sqlite3 *db;
+    sqlite3_stmt *stmt[N_STMT];  /* prepared on first use */
+    int lock_fd;                 /* holds flock(LOCK_EX) on <dir>/prefixd.lock */
+    char *dir;                   /* the data directory */
+    char *db_path;               /* <dir>/prefixd.db */
+    char *files_dir;             /* <dir>/files */
+    char *ckpt_dir;              /* <dir>/checkpoints */
+};
+
+/* ---- small helpers ---- */
+
+/* Copies untrusted text s into buf for a one-line message: printable ASCII
+ * as is, other bytes as \xNN, cut with "..." past 64 characters. */
+static const char *show(char buf[96], const char *s)
+{
+    if (!s) return "(null)";
+    size_t o = 0;
+    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+        if (o >= 64) {
+            memcpy(buf + o, "...", 4);
+            return buf;
+        }
+        if (*p >= 0x20 && *p < 0x7f) {
+            buf[o++] = (char)*p;
+        } else {
+            snprintf(buf + o, 5, "\\x%02x", *p);
+            o += 4;
+        }
+    }
+    buf[o] = 0;
+    return buf;
+}
+
+static char *join(const char *a, const char *b)
+{
+    size_t na = strlen(a), nb = strlen(b);
+    char *s = malloc(na + nb + 2);
+    if (!s) return NULL;
+    memcpy(s, a, na);
+    s[na] = '/';
+    memcpy(s + na + 1, b, nb + 1);
+    return s;
+}
+
+static int64_t now_s(void)
+{
+    return (int64_t)time(NULL);
+}
+
+/* Fills buf with n random lowercase hex digits and a NUL. */
+static int random_hex(char *buf, size_t n, pd_err *err)
+{
+    unsigned char bytes[32];
+    size_t need = (n + 1) / 2, got = 0;
+    PD_ASSERT(need <= sizeof bytes);
+    while (got < need) {
+        ssize_t r = getrandom(bytes + got, need - got, 0);
+        if (r < 0) {
+            if (errno == EINTR) continue;
+            return pd_err_set(err, PD_ESYS, "getrandom: %s", strerror(errno));
+        }
+        got += (size_t)r;
+    }
+    static const char hex[] = "0123456789abcdef";
+    for (size_t i = 0; i < n; i++) buf[i] = hex[(bytes[i / 2] >> (i % 2 ? 0 : 4)) & 15];
+    buf[n] = 0;
+    return PD_OK;
+}
+
+/* 1 if s is prefix followed by exactly n lowercase hex digits. */
+static int id_ok(const char *s, const char *prefix, size_t n)
+{
+    if (!s) return 0;
+    size_t np = strlen(prefix);
+    if (strncmp(s, prefix, np) != 0 || strlen(s) != np + n) return 0;
+    for (size_t i = np; i < np + n; i++)
+        if (!((s[i] >= '0' && s[i] <= '9') || (s[i] >= 'a' && s[i] <= 'f'))) return 0;
+    return 1;
+}
+
+static int utf8_ok(const char *s)
+{
+    json_t *t = json_string(s); /* jansson refuses invalid UTF-8 */
+    int ok = t != NULL;
+    json_decref(t);
+    return ok;
+}
+
+/* A text argument: non-empty (when required), at most max bytes, UTF-8. */
+static int check_text(const char *name, const char *s, size_t max, int required, pd_err *err)
+{
+    if (!s) return required ? pd_err_set(err, PD_EINVAL, "%s: missing", name) : PD_OK;
+    size_t n = strlen(s);
+    if (required && n == 0) return pd_err_set(err, PD_EINVAL, "%s: empty", name);
+    if (n > max) return pd_err_set(err, PD_EINVAL, "%s: %zu bytes, over %zu", name, n, max);
+    if (!utf8_ok(s)) return pd_err_set(err, PD_EINVAL, "%s: not valid UTF-8", name);
+    return PD_OK;
+}
+
+static int64_t count_lines(const unsigned char *p, size_t n)
+{
+    int64_t lines = 0;
+    int content = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (p[i] == '\n') {
+            lines += content;
+            content = 0;
+        } else if (!isspace(p[i])) {
+            content = 1;
+        }
+    }
+    return lines + content;
+}
+
+static int mkdir_p(const char *path, pd_err *err)
+{
+    char *copy = strdup(path);
+    if (!copy) return pd_err_set(err, PD_ENOMEM, "%s: out of memory", path);
+    for (char *p = copy + 1; ; p++) {
+        if (*p != '/' && *p != 0) continue;
+        char saved = *p;
+        *p = 0;
+        if (mkdir(copy, 0755) < 0 && errno != EEXIST) {
+            int e = errno;
+            pd_err_set(err, PD_EIO, "%s: cannot create directory: %s", copy, strerror(e));
+            free(copy);
+            return PD_EIO;
+        }
+        *p = saved;
+        if (!saved) break;
+    }
+    free(copy);
+    struct stat st;
+    if (stat(path, &st) < 0 || !S_ISDIR(st.st_mode))
+        return pd_err_set(err, PD_EIO, "%s: not a directory", path);
+    return PD_OK;
+}
+
+/* ---- SQLite plumbing (all under js->lock) ---- */
+
+static int db_status(int rc)
+{
+    switch (rc & 0xff) {
+    case SQLITE_NOMEM: return PD_ENOMEM;
+    case SQLITE_BUSY:
+    case SQLITE_LOCKED: return PD_EBUSY;
+    case SQLITE_NOTADB:
+    case SQLITE_CORRUPT: return PD_EFORMAT;
+    default: return PD_EIO;
+    }
+}
+
+/* Reports the connection's last error (read before any reset). */
+static int db_fail(pd_jobstore *js, int rc, const char *what, pd_err *err)
+{
+    return pd_err_set(err, db_status(rc), "%s: %s: %s", js->db_path, what,
+                      sqlite3_errmsg(js->db));
+}
+
+/* The cached statement id in *out, prepared on first use. */
+static int prep(pd_jobstore *js, int id, sqlite3_stmt **out, pd_err *err)
+{
+    if (!js->stmt[id]) {
+        int rc = sqlite3_prepare_v3(js->db, stmt_sql[id], -1, SQLITE_PREPARE_PERSISTENT,
+                                    &js->stmt[id], NULL);
+        if (rc != SQLITE_OK) {
+            js->stmt[id] = NULL;
+            *out = NULL;
+            return db_fail(js, rc, "prepare", err);
+        }
+    }
+    *out = js->stmt[id];
+    return PD_OK;
+}
+
+/* Readies a used statement for its next use. */
+static void done(sqlite3_stmt *s)
+{
+    sqlite3_reset(s);
+    sqlite3_clear_bindings(s);
+}
+
+/* Binds text (SQLITE_STATIC: it must live until done()), or NULL. */
+static int bind_text(sqlite3_stmt *s, int i, const char *v)
+{
+    return v ? sqlite3_bind_text(s, i, v, -1, SQLITE_STATIC) : sqlite3_bind_null(s, i);
+}
+
+/* Runs a statement that returns no row to completion. */
+static int run(pd_jobstore *js, sqlite3_stmt *s, const char *what, pd_err *err)
+{
+    int rc = sqlite3_step(s);
+    int st = rc == SQLITE_DONE ? PD_OK : db_fail(js, rc, what, err);
+    done(s);
+    return st;
+}
+
+static int exec(pd_jobstore *js, const char *sql, pd_err *err)
+{
+    int rc = sqlite3_exec(js->db, sql, NULL, NULL, NULL);
+    return rc == SQLITE_OK ? PD_OK : db_fail(js, rc, sql, err);
+}
+
+/* ---- row -> JSON ---- */
+
+static json_t *col_string(sqlite3_stmt *s, int col)
+{
+    const char *v = (const char *)sqlite3_column_text(s, col);
+    return v ? json_string(v) : json_null();
+}
+
+static json_t *col_integer(sqlite3_stmt *s, int col)
+{
+    return sqlite3_column_type(s, col) == SQLITE_NULL
+               ? json_null()
+               : json_integer((json_int_t)sqlite3_column_int64(s, col));
+}
+
+/* A JSON column: its value, or null (logged) if the stored text is bad. */
+static json_t *col_json(sqlite3_stmt *s, int col)
+{
+    const char *v = (const char *)sqlite3_column_text(s, col);
+    if (!v) return json_null();
+    json_error_t je;
+    json_t *j = json_loads(v, JSON_DECODE_ANY, &je);
+    if (!j) {
+        PD_LOGE("job store: stored JSON unreadable (%s); returned as null", je.text);
+        return json_null();
+    }
+    return j;
+}
+
+static json_t *file_json(sqlite3_stmt *s)
+{
+    json_t *o = json_object();
+    if (!o) return NULL;
+    int bad = 0;
+    bad |= json_object_set_new(o, "id", col_string(s, F_ID));
+    bad |= json_object_set_new(o, "object", json_string("file"));
+    bad |= json_object_set_new(o, "bytes", col_integer(s, F_BYTES));
+    bad |= json_object_set_new(o, "created_at", col_integer(s, F_CREATED));
+    bad |= json_object_set_new(o, "filename", col_string(s, F_FILENAME));
+    bad |= json_object_set_new(o, "purpose", col_string(s, F_PURPOSE));
+    bad |= json_object_set_new(o, "status", col_string(s, F_STATUS));
+    if (bad) {
+        json_decref(o);
+        return NULL;
+    }
+    return o;
+}
+
+static json_t *job_json(sqlite3_stmt *s)
+{
+    json_t *o = json_object();
+    if (!o) return NULL;
+    int bad = 0;
+    json_t *error = json_null();
+    if (sqlite3_column_type(s, J_ERR_CODE) != SQLITE_NULL ||
+        sqlite3_column_type(s, J_ERR_MSG) != SQLITE_NULL) {
+        json_decref(error);
+        error = json_object();
+        if (error) {
+            bad |= json_object_set_new(error, "code", col_string(s, J_ERR_CODE));
+            bad |= json_object_set_new(error, "message", col_string(s, J_ERR_MSG));
+            bad |= json_object_set_new(error, "param", col_string(s, J_ERR_PARAM));
+        }
+    }
+    bad |= json_object_set_new(o, "id", col_string(s, J_ID));
+    bad |= json_object_set_new(o, "object", json_string("fine_tuning.job"));
+    bad |= json_object_set_new(o, "created_at", col_integer(s, J_CREATED));
+    bad |= json_object_set_new(o, "finished_at", col_integer(s, J_FINISHED));
+    bad |= json_object_set_new(o, "model", col_string(s, J_MODEL));
+    bad |= json_object_set_new(o, "fine_tuned_model", col_string(s, J_FT_MODEL));
+    bad |= json_object_set_new(o, "organization_id", json_string("prefixd"));
+    bad |= json_object_set_new(o, "status", col_string(s, J_STATUS));
+    bad |= json_object_set_new(o, "training_file", col_string(s, J_TRAIN));
+    bad |= json_object_set_new(o, "validation_file", col_string(s, J_VALID));
+    bad |= json_object_set_new(o, "hyperparameters", col_json(s, J_HYPER));
+    bad |= json_object_set_new(o, "method", col_json(s, J_METHOD));
+    bad |= json_object_set_new(o, "seed", col_integer(s, J_SEED));
+    bad |= json_object_set_new(o, "trained_tokens", col_integer(s, J_TOKENS));
+    bad |= json_object_set_new(o, "error", error);
+    bad |= json_object_set_new(o, "result_files", json_array());
+    bad |= json_object_set_new(o, "estimated_finish", json_null());
+    bad |= json_object_set_new(o, "user_provided_suffix", col_string(s, J_SUFFIX));
+    if (bad) {
+        json_decref(o);
+        return NULL;
+    }
+    return o;
+}
+
+static void event_id(char out[PD_JOBSTORE_ID_MAX], int64_t seq)
+{
+    snprintf(out, PD_JOBSTORE_ID_MAX, "ftevent-%0*" PRIx64, EVENT_HEX, (uint64_t)seq);
+}
+
+static json_t *event_json(sqlite3_stmt *s)
+{
+    char id[PD_JOBSTORE_ID_MAX];
+    event_id(id, sqlite3_column_int64(s, E_SEQ));
+    json_t *o = json_object();
+    if (!o) return NULL;
+    int bad = 0;
+    bad |= json_object_set_new(o, "object", json_string("fine_tuning.job.event"));
+    bad |= json_object_set_new(o, "id", json_string(id));
+    bad |= json_object_set_new(o, "created_at", col_integer(s, E_CREATED));
+    bad |= json_object_set_new(o, "level", col_string(s, E_LEVEL));
+    bad |= json_object_set_new(o, "message", col_string(s, E_MESSAGE));
+    bad |= json_object_set_new(o, "type", col_string(s, E_TYPE));
+    bad |= json_object_set_new(o, "data", col_json(s, E_DATA));
+    if (bad) {
+        json_decref(o);
+        return NULL;
+    }
+    return o;
+}
+
+/* {object: "list", data, has_more}: takes data over. */
+static json_t *list_json(json_t *data, int has_more)
+{
+    json_t *o = json_object();
+    if (!o || !data) {
+        json_decref(o);
+        json_decref(data);
+        return NULL;
+    }
+    int bad = 0;
+    bad |= json_object_set_new(o, "object", json_string("list"));
+    bad |= json_object_set_new(o, "data", data);
+    bad |= json_object_set_new(o, "has_more", json_boolean(has_more));
+    if (bad) {
+        json_decref(o);
+        return NULL;
+    }
+    return o;
+}
+
+static int oom(pd_err *err)
+{
+    return pd_err_set(err, PD_ENOMEM, "job store: out of memory building JSON");
+}
+
+/* Steps a list statement (bound by the caller) for up to limit rows,
+ * building each with row_json; has_more when a (limit+1)-th row exists. */
+static int collect(pd_jobstore *js, sqlite3_stmt *s, int limit, json_t *(*row_json)(sqlite3_stmt *),
+                   json_t **out, pd_err *err)
+{
+    json_t *data = json_array();
+    int n = 0, has_more = 0, rc, st = PD_OK;
+    while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
+        if (n == limit) {
+            has_more = 1;
+            break;
+        }
+        json_t *row = row_json(s);
+        if (!row || !data || json_array_append_new(data, row) < 0) {
+            st = oom(err);
+            break;
+        }
+        n++;
+    }
+    if (st == PD_OK && rc != SQLITE_ROW && rc != SQLITE_DONE) st = db_fail(js, rc, "list", err);
+    done(s);
+    if (st < 0) {
+        json_decref(data);
+        return st;
+    }
+    *out = list_json(data, has_more);
+    return *out ? PD_OK : oom(err);
+}
+
+static int check_limit(int *limit, int def, pd_err *err)
+{
+    if (*limit == 0) *limit = def;
+    if (*limit < 1 || *limit > PD_JOBSTORE_LIST_MAX)
+        return pd_err_set(err, PD_EINVAL, "limit: %d outside [1, %d]", *limit,
+                          PD_JOBSTORE_LIST_MAX);
+    return PD_OK;
+}
+
+/* ---- job status ---- */
+
+static const char *const status_names[PD_JOB_STATUS_COUNT] = {
+    "validating_files", "queued", "running", "succeeded", "failed", "cancelled",
+};
+
+const char *pd_job_status_name(pd_job_status s)
+{
+    return (unsigned)s < PD_JOB_STATUS_COUNT ? status_names[s] : "unknown";
+}
+
+int pd_job_status_parse(const char *name)
+{
+    for (int i = 0; name && i < PD_JOB_STATUS_COUNT; i++)
+        if (strcmp(name, status_names[i]) == 0) return i;
+    return -1;
+}
+
+int pd_job_status_final(pd_job_status s)
+{
+    return s == PD_JOB_SUCCEEDED || s == PD_JOB_FAILED || s == PD_JOB_CANCELLED;
+}
+
+static int transition_ok(pd_job_status from, pd_job_status to)
+{
+    switch (from) {
+    case PD_JOB_VALIDATING_FILES:
+        return to == PD_JOB_QUEUED || to == PD_JOB_FAILED || to == PD_JOB_CANCELLED;
+    case PD_JOB_QUEUED:
+        return to == PD_JOB_RUNNING || to == PD_JOB_FAILED || to == PD_JOB_CANCELLED;
+    case PD_JOB_RUNNING:
+        return to == PD_JOB_SUCCEEDED || to == PD_JOB_FAILED || to == PD_JOB_CANCELLED ||
+               to == PD_JOB_QUEUED;
+    default:
+        return 0;
+    }
+}
+
+/* ---- lookups shared by the public functions (under js->lock) ---- */
+
+/* Prepares statement `which`, binds id as ?1 and steps to its row. PD_OK
+ * with the row current in *out (the caller calls done()), PD_ENOTFOUND
+ * ("no <what> '<id>'"), or an error. */
+static int find_row(pd_jobstore *js, int which, const char *what, const char *id,
+                    sqlite3_stmt **out, pd_err *err)
+{
+    sqlite3_stmt *s;
+    int st = prep(js, which, &s, err);
+    if (st < 0) return st;
+    bind_text(s, 1, id);
+    int rc = sqlite3_step(s);
+    if (rc == SQLITE_ROW) {
+        *out = s;
+        return PD_OK;
+    }
+    if (rc == SQLITE_DONE) {
+        char b[96];
+        st = pd_err_set(err, PD_ENOTFOUND, "no %s '%s'", what, show(b, id));
+    } else {
+        st = db_fail(js, rc, what, err);
+    }
+    done(s);
+    return st;
+}
+
+/* Reads a job's status, cancel flag and seq (each pointer may be NULL). */
+static int job_state(pd_jobstore *js, const char *id, pd_job_status *status, int *cancel,
+                     int64_t *seq, pd_err *err)
+{
+    sqlite3_stmt *s;
+    int st = find_row(js, S_JOB_GET, "fine-tuning job", id, &s, err);
+    if (st < 0) return st;
+    int parsed = pd_job_status_parse((const char *)sqlite3_column_text(s, J_STATUS));
+    if (status) *status = parsed < 0 ? PD_JOB_FAILED : (pd_job_status)parsed;
+    if (cancel) *cancel = sqlite3_column_int(s, J_CANCEL);
+    if (seq) *seq = sqlite3_column_int64(s, J_SEQ);
+    done(s);
+    if (parsed < 0)
+        return pd_err_set(err, PD_EFORMAT, "%s: job %s has an unknown status", js->db_path, id);
+    return PD_OK;
+}
+
+static int job_get_locked(pd_jobstore *js, const char *id, json_t **out, pd_err *err)
+{
+    sqlite3_stmt *s;
+    int st = find_row(js, S_JOB_GET, "fine-tuning job", id, &s, err);
+    if (st < 0) return st;
+    *out = job_json(s);
+    done(s);
+    return *out ? PD_OK : oom(err);
+}
+
+/* Looks a file up; fills whichever of obj (new reference), info, seq and
+ * fine_tune (1 if its purpose is "fine-tune") are not NULL. */
+static int file_get_locked(pd_jobstore *js, const char *id, json_t **obj,
+                           pd_jobstore_file_info *info, int64_t *seq, int *fine_tune,
+                           pd_err *err)
+{
+    sqlite3_stmt *s;
+    int st = find_row(js, S_FILE_GET, "file", id, &s, err);
+    if (st < 0) return st;
+    if (info) {
+        snprintf(info->id, sizeof info->id, "%s", (const char *)sqlite3_column_text(s, F_ID));
+        info->bytes = sqlite3_column_int64(s, F_BYTES);
+        info->created_at = sqlite3_column_int64(s, F_CREATED);
+        info->n_lines = sqlite3_column_int64(s, F_LINES);
+    }
+    if (seq) *seq = sqlite3_column_int64(s, F_SEQ);
+    if (fine_tune) {
+        const char *p = (const char *)sqlite3_column_text(s, F_PURPOSE);
+        *fine_tune = p && strcmp(p, "fine-tune") == 0;
+    }
+    if (obj) {
+        *obj = file_json(s);
+        if (!*obj) st = oom(err);
+    }
+    done(s);
+    return st;
+}
+
+/* ---- lifecycle ---- */
+
+static int migrate(pd_jobstore *js, pd_err *err)
+{
+    sqlite3_stmt *s;
+    int rc = sqlite3_prepare_v2(js->db, "PRAGMA user_version", -1, &s, NULL);
+    if (rc != SQLITE_OK) return db_fail(js, rc, "reading the schema version", err);
+    rc = sqlite3_step(s);
+    int version = sqlite3_column_int(s, 0);
+    int st = rc == SQLITE_ROW ? PD_OK : db_fail(js, rc, "reading the schema version", err);
+    sqlite3_finalize(s);
+    if (st < 0) return st;
+    if (version > PD_JOBSTORE_SCHEMA_VERSION)
+        return pd_err_set(err, PD_EVERSION,
+                          "%s: schema version %d is newer than this prefixd's (%d): "
+                          "run a newer prefixd on this data directory",
+                          js->db_path, version, PD_JOBSTORE_SCHEMA_VERSION);
+    for (int v = version; v < PD_JOBSTORE_SCHEMA_VERSION; v++) {
+        char set_version[64];
+        snprintf(set_version, sizeof set_version, "PRAGMA user_version = %d", v + 1);
+        st = exec(js, "BEGIN IMMEDIATE", err);
+        if (st == PD_OK) st = exec(js, migrations[v], err);
+        if (st == PD_OK) st = exec(js, set_version, err);
+        if (st == PD_OK) st = exec(js, "COMMIT", err);
+        if (st < 0) {
+            sqlite3_exec(js->db, "ROLLBACK", NULL, NULL, NULL);
+            return st;
+        }
+        PD_LOGI("job store: %s migrated to schema version %d", js->db_path, v + 1);
+    }
+    return PD_OK;
+}
+
+static int configure(pd_jobstore *js, pd_err *err)
+{
+    int rc = sqlite3_busy_timeout(js->db, BUSY_TIMEOUT_MS);
+    if (rc != SQLITE_OK) return db_fail(js, rc, "busy_timeout", err);
+    sqlite3_stmt *s;
+    rc = sqlite3_prepare_v2(js->db, "PRAGMA journal_mode = WAL", -1, &s, NULL);
+    if (rc != SQLITE_OK) return db_fail(js, rc, "journal_mode", err);
+    rc = sqlite3_step(s);
+    int wal = rc == SQLITE_ROW &&
+              strcmp((const char *)sqlite3_column_text(s, 0), "wal") == 0;
+    int st = rc == SQLITE_ROW ? PD_OK : db_fail(js, rc, "journal_mode", err);
+    sqlite3_finalize(s);
+    if (st < 0) return st;
+    if (!wal)
+        return pd_err_set(err, PD_EIO, "%s: the file system does not support WAL mode",
+                          js->db_path);
+    st = exec(js, "PRAGMA synchronous = FULL", err);
+    if (st == PD_OK) st = exec(js, "PRAGMA foreign_keys = ON", err);
+    return st;
+}
+
+/* Deletes upload temp files and contents without a row from files/ (other
+ * names are left alone); logs rows whose contents are missing (nothing the
+ * store does leaves one). */
+static int clean_files(pd_jobstore *js, pd_err *err)
+{
+    DIR *d = opendir(js->files_dir);
+    if (!d) return pd_err_set(err, PD_EIO, "%s: cannot open: %s", js->files_dir, strerror(errno));
+    int st = PD_OK;
+    struct dirent *e;
+    while (st == PD_OK && (e = readdir(d)) != NULL) {
+        const char *name = e->d_name;
+        if (strcmp(name, ".") == 0 || strcmp(name, "..") == 0) continue;
+        char id[PD_JOBSTORE_ID_MAX];
+        size_t n = strlen(name), ext = sizeof FILE_EXT - 1;
+        int ours = n > ext && n - ext < sizeof id && strcmp(name + n - ext, FILE_EXT) == 0;
+        if (ours) {
+            memcpy(id, name, n - ext);
+            id[n - ext] = 0;
+            ours = id_ok(id, "file-", ID_HEX);
+        }
+        /* pd_write_file_atomic's temp files are ".<name>.tmp.XXXXXX" */
+        int temp = strncmp(name, ".file-", 6) == 0 && strstr(name, FILE_EXT ".tmp.") != NULL;
+        if (!ours && !temp) continue; /* not the store's: left alone */
+        if (ours) {
+            st = file_get_locked(js, id, NULL, NULL, NULL, NULL, err);
+            if (st == PD_OK) continue;
+            if (st != PD_ENOTFOUND) break;
+            st = PD_OK;
+        }
+        char *path = join(js->files_dir, name);
+        if (!path) {
+            st = pd_err_set(err, PD_ENOMEM, "%s: out of memory", js->files_dir);
+            break;
+        }
+        if (unlink(path) == 0)
+            PD_LOGW("job store: removed %s left by an interrupted upload", path);
+        else
+            PD_LOGW("job store: cannot remove %s: %s", path, strerror(errno));
+        free(path);
+    }
+    closedir(d);
+    if (st < 0) return st;
+
+    sqlite3_stmt *s;
+    if ((st = prep(js, S_FILE_ALL, &s, err)) < 0) return st;
+    int rc;
+    while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
+        char path[PATH_MAX];
+        snprintf(path, sizeof path, "%s/%s" FILE_EXT, js->files_dir,
+                 (const char *)sqlite3_column_text(s, 0));
+        if (access(path, F_OK) < 0)
+            PD_LOGE("job store: contents of %s are missing (%s)",
+                    (const char *)sqlite3_column_text(s, 0), path);
+    }
+    st = rc == SQLITE_DONE ? PD_OK : db_fail(js, rc, "listing files", err);
+    done(s);
+    return st;
+}
+
+/* Cancels what was asked to be cancelled before the crash, and logs what
+ * the worker will pick up. */
+static int recover_jobs(pd_jobstore *js, pd_err *err)
+{
+    sqlite3_stmt *s;
+    int st = prep(js, S_JOB_RECOVER, &s, err);
+    if (st < 0) return st;
+    sqlite3_bind_int64(s, 1, now_s());
+    st = run(js, s, "recovering jobs", err);
+    if (st < 0) return st;
+    int cancelled = sqlite3_changes(js->db);
+    if (cancelled) PD_LOGI("job store: %d job(s) with a cancel request marked cancelled", cancelled);
+    if ((st = prep(js, S_JOB_COUNT, &s, err)) < 0) return st;
+    int rc;
+    while ((rc = sqlite3_step(s)) == SQLITE_ROW)
+        PD_LOGI("job store: %d %s job(s) to run", sqlite3_column_int(s, 1),
+                (const char *)sqlite3_column_text(s, 0));
+    st = rc == SQLITE_DONE ? PD_OK : db_fail(js, rc, "counting jobs", err);
+    done(s);
+    return st;
+}
+
+int pd_jobstore_open(const char *data_dir, pd_jobstore **out, pd_err *err)
+{
+    PD_ASSERT(out);
+    *out = NULL;
+    if (!data_dir || !*data_dir) return pd_err_set(err, PD_EINVAL, "data_dir: empty");
+    if (strlen(data_dir) > PATH_MAX - 64)
+        return pd_err_set(err, PD_EINVAL, "data_dir: path too long");
+    pd_jobstore *js = calloc(1, sizeof *js);
+    if (!js) return pd_err_set(err, PD_ENOMEM, "job store: out of memory");
+    js->lock_fd = -1;
+    pthread_mutex_init(&js->lock, NULL);
+    int st = PD_OK;
+    js->dir = strdup(data_dir);
+    js->db_path = join(data_dir, DB_NAME);
+    js->files_dir = join(data_dir, FILES_DIR);
+    js->ckpt_dir = join(data_dir, CKPT_DIR);
+    char *lock_path = join(data_dir, LOCK_NAME);
+    if (!js->dir || !js->db_path || !js->files_dir || !js->ckpt_dir || !lock_path) {
+        st = pd_err_set(err, PD_ENOMEM, "job store: out of memory");
+        goto fail;
+    }
+    if ((st = mkdir_p(data_dir, err)) < 0 || (st = mkdir_p(js->files_dir, err)) < 0 ||
+        (st = mkdir_p(js->ckpt_dir, err)) < 0)
+        goto fail;
+
+    js->lock_fd = open(lock_path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    if (js->lock_fd < 0) {
+        st = pd_err_set(err, PD_EIO, "%s: cannot open: %s", lock_path, strerror(errno));
+        goto fail;
+    }
+    if (flock(js->lock_fd, LOCK_EX | LOCK_NB) < 0) {
+        st = errno == EWOULDBLOCK
+                 ? pd_err_set(err, PD_EBUSY, "%s: the data directory is in use by another "
+                                             "process", data_dir)
+                 : pd_err_set(err, PD_EIO, "%s: cannot lock: %s", lock_path, strerror(errno));
+        goto fail;
+    }
+
+    int rc = sqlite3_open_v2(js->db_path, &js->db,
+                             SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
+                             NULL);
+    if (rc != SQLITE_OK) {
+        st = js->db ? db_fail(js, rc, "open", err)
+                    : pd_err_set(err, PD_ENOMEM, "%s: out of memory", js->db_path);
+        goto fail;
+    }
+    sqlite3_extended_result_codes(js->db, 1);
+    if ((st = configure(js, err)) < 0 || (st = migrate(js, err)) < 0 ||
+        (st = recover_jobs(js, err)) < 0 || (st = clean_files(js, err)) < 0)
+        goto fail;
+    free(lock_path);
+    *out = js;
+    return PD_OK;
+fail:
+    free(lock_path);
+    pd_jobstore_close(js);
+    return st;
+}
+
+void pd_jobstore_close(pd_jobstore *js)
+{
+    if (!js) return;
+    for (int i = 0; i < N_STMT; i++) sqlite3_finalize(js->stmt[i]);
+    if (js->db && sqlite3_close(js->db) != SQLITE_OK)
+        PD_LOGE("job store: closing %s: %s", js->db_path, sqlite3_errmsg(js->db));
+    if (js->lock_fd >= 0) close(js->lock_fd); /* releases the flock */
+    pthread_mutex_destroy(&js->lock);
+    free(js->dir);
+    free(js->db_path);
+    free(js->files_dir);
+    free(js->ckpt_dir);
+    free(js);
+}
+
+const char *pd_jobstore_data_dir(const pd_jobstore *js)
+{
+    return js->dir;
+}
+
+/* ---- files ---- */
+
+int pd_jobstore_file_create(pd_jobstore *js, const char *filename, const char *purpose,
+                            const void *data, size_t size, pd_jobstore_file_info *info,
+                            json_t **obj, pd_err *err)
+{
+    PD_ASSERT(js);
+    if (obj) *obj = NULL;
+    int st;
+    if ((st = check_text("filename", filename, FILENAME_MAX_BYTES, 1, err)) < 0 ||
+        (st = check_text("purpose", purpose, PURPOSE_MAX_BYTES, 1, err)) < 0)
+        return st;
+    if (!data && size) return pd_err_set(err, PD_EINVAL, "file: no data");
+    if (size > (size_t)INT64_MAX) return pd_err_set(err, PD_ERANGE, "file: too large");
+
+    char id[PD_JOBSTORE_ID_MAX] = "file-";
+    if ((st = random_hex(id + 5, ID_HEX, err)) < 0) return st;
+    char path[PATH_MAX];
+    snprintf(path, sizeof path, "%s/%s" FILE_EXT, js->files_dir, id);
+    int64_t n_lines = count_lines(data, size);
+    int64_t created = now_s();
+
+    /* the contents reach the disk before the row exists (outside the lock) */
+    if ((st = pd_write_file_atomic(path, data, size, err)) < 0) return st;
+
+    pthread_mutex_lock(&js->lock);
+    sqlite3_stmt *s;
+    int inserted = 0;
+    if ((st = prep(js, S_FILE_INSERT, &s, err)) == PD_OK) {
+        bind_text(s, 1, id);
+        bind_text(s, 2, filename);
+        bind_text(s, 3, purpose);
+        sqlite3_bind_int64(s, 4, (int64_t)size);
+        sqlite3_bind_int64(s, 5, n_lines);
+        sqlite3_bind_int64(s, 6, created);
+        st = run(js, s, "inserting a file", err);
+        inserted = st == PD_OK;
+    }
+    if (st == PD_OK && obj) st = file_get_locked(js, id, obj, NULL, NULL, NULL, err);
+    pthread_mutex_unlock(&js->lock);
+    if (st < 0) {
+        if (obj && *obj) {
+            json_decref(*obj);
+            *obj = NULL;
+        }
+        /* no row: the contents go (if this fails, the next open removes them) */
+        if (!inserted) unlink(path);
+        return st;
+    }
+    if (info) {
+        snprintf(info->id, sizeof info->id, "%s", id);
+        info->bytes = (int64_t)size;
+        info->created_at = created;
+        info->n_lines = n_lines;
+    }
+    return PD_OK;
+}
+
+int pd_jobstore_file_get(pd_jobstore *js, const char *id, json_t **out, pd_err *err)
+{
+    PD_ASSERT(js && out);
+    *out = NULL;
+    pthread_mutex_lock(&js->lock);
+    int st = file_get_locked(js, id, out, NULL, NULL, NULL, err);
+    pthread_mutex_unlock(&js->lock);
+    return st;
+}
+
+int pd_jobstore_file_stat(pd_jobstore *js, const char *id, pd_jobstore_file_info *info,
+                          pd_err *err)
+{
+    PD_ASSERT(js && info);
+    pthread_mutex_lock(&js->lock);
+    int st = file_get_locked(js, id, NULL, info, NULL, NULL, err);
+    pthread_mutex_unlock(&js->lock);
+    return st;
+}
+
+int pd_jobstore_file_list(pd_jobstore *js, const char *purpose, const char *after, int limit,
+                          json_t **out, pd_err *err)
+{
+    PD_ASSERT(js && out);
+    *out = NULL;
+    int st = check_limit(&limit, PD_JOBSTORE_FILES_DEFAULT_LIMIT, err);
+    if (st < 0) return st;
+    pthread_mutex_lock(&js->lock);
+    int64_t before = INT64_MAX;
+    if (after) {
+        st = file_get_locked(js, after, NULL, NULL, &before, NULL, err);
+        if (st == PD_ENOTFOUND) {
+            char b[96];
+            st = pd_err_set(err, PD_ENOTFOUND, "after: no file '%s'", show(b, after));
+        }
+    }
+    sqlite3_stmt *s = NULL;
+    if (st == PD_OK) st = prep(js, S_FILE_LIST, &s, err);
+    if (st == PD_OK) {
+        sqlite3_bind_int64(s, 1, before);
+        bind_text(s, 2, purpose);
+        sqlite3_bind_int(s, 3, limit + 1);
+        st = collect(js, s, limit, file_json, out, err);
+    }
+    pthread_mutex_unlock(&js->lock);
+    return st;
+}
+
+int pd_jobstore_file_delete(pd_jobstore *js, const char *id, json_t **obj, pd_err *err)
+{
+    PD_ASSERT(js);
+    if (obj) *obj = NULL;
+    char b[96];
+    pthread_mutex_lock(&js->lock);
+    int st = file_get_locked(js, id, NULL, NULL, NULL, NULL, err);
+    sqlite3_stmt *s = NULL;
+    if (st == PD_OK) st = prep(js, S_FILE_USER, &s, err);
+    if (st == PD_OK) {
+        bind_text(s, 1, id);
+        int rc = sqlite3_step(s);
+        if (rc == SQLITE_ROW)
+            st = pd_err_set(err, PD_EBUSY, "file '%s' is in use by fine-tuning job %s, "
+                            "which has not finished", show(b, id),
+                            (const char *)sqlite3_column_text(s, 0));
+        else if (rc != SQLITE_DONE)
+            st = db_fail(js, rc, "checking file use", err);
+        done(s);
+    }
+    if (st == PD_OK) st = prep(js, S_FILE_DELETE, &s, err);
+    if (st == PD_OK) {
+        bind_text(s, 1, id);
+        st = run(js, s, "deleting a file", err);
+    }
+    pthread_mutex_unlock(&js->lock);
+    if (st < 0) return st;
+
+    /* the row is gone: the contents follow (a leftover is removed at open) */
+    PD_ASSERT(id_ok(id, "file-", ID_HEX)); /* it matched a row: one of ours */
+    char path[PATH_MAX];
+    snprintf(path, sizeof path, "%s/%s" FILE_EXT, js->files_dir, id);
+    if (unlink(path) < 0 && errno != ENOENT)
+        PD_LOGW("job store: cannot remove %s: %s", path, strerror(errno));
+    if (obj) {
+        json_t *o = json_pack("{s:s, s:s, s:b}", "id", id, "object", "file", "deleted", 1);
+        if (!o) return oom(err);
+        *obj = o;
+    }
+    return PD_OK;
+}
+
+int pd_jobstore_file_path(pd_jobstore *js, const char *id, char *buf, size_t cap,
+                          pd_err *err)
+{
+    PD_ASSERT(js && buf);
+    pthread_mutex_lock(&js->lock);
+    int st = file_get_locked(js, id, NULL, NULL, NULL, NULL, err);
+    pthread_mutex_unlock(&js->lock);
+    if (st < 0) return st;
+    PD_ASSERT(id_ok(id, "file-", ID_HEX)); /* the store only makes such ids */
+    int n = snprintf(buf, cap, "%s/%s" FILE_EXT, js->files_dir, id);
+    if (n < 0 || (size_t)n >= cap)
+        return pd_err_set(err, PD_ERANGE, "file path: %d bytes do not fit in %zu", n, cap);
+    return PD_OK;
+}
+
+/* ---- jobs ---- */
+
+/* Reads an optional member of params: absent and null give NULL. */
+static const json_t *member(const json_t *params, const char *key)
+{
+    const json_t *v = json_object_get(params, key);
+    return v && !json_is_null(v) ? v : NULL;
+}
+
+/* A file a job names: stored, and of purpose fine-tune. */
+static int check_job_file(pd_jobstore *js, const char *param, const char *id, pd_err *err)
+{
+    int fine_tune = 0;
+    char b[96];
+    int st = file_get_locked(js, id, NULL, NULL, NULL, &fine_tune, err);
+    if (st == PD_ENOTFOUND)
+        return pd_err_set(err, PD_ENOTFOUND, "%s: no file '%s'", param, show(b, id));
+    if (st < 0) return st;
+    if (!fine_tune)
+        return pd_err_set(err, PD_EINVAL, "%s: file '%s' was not uploaded with purpose "
+                                          "fine-tune", param, show(b, id));
+    return PD_OK;
+}
+
+int pd_jobstore_job_create(pd_jobstore *js, const json_t *params, char *id_out, json_t **obj,
+                           pd_err *err)
+{
+    PD_ASSERT(js);
+    if (obj) *obj = NULL;
+    if (!json_is_object(params)) return pd_err_set(err, PD_EINVAL, "body: not a JSON object");
+    const json_t *model = member(params, "model");
+    const json_t *train = member(params, "training_file");
+    const json_t *valid = member(params, "validation_file");
+    const json_t *suffix = member(params, "suffix");
+    const json_t *seed = member(params, "seed");
+    const json_t *hyper = member(params, "hyperparameters");
+    const json_t *method = member(params, "method");
+    int st;
+    if (!json_is_string(model)) return pd_err_set(err, PD_EINVAL, "model: a string is required");
+    if ((st = check_text("model", json_string_value(model), MODEL_MAX_BYTES, 1, err)) < 0)
+        return st;
+    if (!json_is_string(train))
+        return pd_err_set(err, PD_EINVAL, "training_file: a file id is required");
+    if (valid && !json_is_string(valid))
+        return pd_err_set(err, PD_EINVAL, "validation_file: not a string");
+    char b[96];
+    if (suffix && !(json_is_string(suffix) && pd_task_name_valid(json_string_value(suffix))))
+        return pd_err_set(err, PD_EINVAL,
+                          "suffix: '%s' is not a task name: want 1 to %d characters of "
+                          "[A-Za-z0-9._-], starting with a letter or digit",
+                          json_is_string(suffix) ? show(b, json_string_value(suffix)) : "",
+                          PD_TASK_NAME_MAX);
+    if (seed && !json_is_integer(seed)) return pd_err_set(err, PD_EINVAL, "seed: not an integer");
+    if (hyper && !json_is_object(hyper))
+        return pd_err_set(err, PD_EINVAL, "hyperparameters: not an object");
+    if (method && !json_is_object(method))
+        return pd_err_set(err, PD_EINVAL, "method: not an object");
+
+    int64_t seed_v;
+    if (seed) {
+        seed_v = (int64_t)json_integer_value(seed);
+    } else {
+        char hex[9];
+        if ((st = random_hex(hex, 8, err)) < 0) return st;
+        seed_v = (int64_t)(strtoul(hex, NULL, 16) & 0x7fffffffu); /* OpenAI-like 31 bits */
+    }
+    char *hyper_text = hyper ? json_dumps(hyper, JSON_COMPACT) : strdup("{}");
+    char *method_text = method ? json_dumps(method, JSON_COMPACT)
+                               : strdup("{\"type\":\"prefix\",\"prefix\":{\"hyperparameters\":{}}}");
+    char id[PD_JOBSTORE_ID_MAX] = "ftjob-";
+    if (!hyper_text || !method_text) {
+        st = oom(err);
+        goto out_free;
+    }
+    if ((st = random_hex(id + 6, ID_HEX, err)) < 0) goto out_free;
+
+    pthread_mutex_lock(&js->lock);
+    st = check_job_file(js, "training_file", json_string_value(train), err);
+    if (st == PD_OK && valid)
+        st = check_job_file(js, "validation_file", json_string_value(valid), err);
+    sqlite3_stmt *s = NULL;
+    if (st == PD_OK) st = prep(js, S_JOB_INSERT, &s, err);
+    if (st == PD_OK) {
+        bind_text(s, 1, id);
+        sqlite3_bind_int64(s, 2, now_s());
+        bind_text(s, 3, json_string_value(model));
+        bind_text(s, 4, json_string_value(train));
+        bind_text(s, 5, valid ? json_string_value(valid) : NULL);
+        bind_text(s, 6, suffix ? json_string_value(suffix) : NULL);
+        sqlite3_bind_int64(s, 7, seed_v);
+        bind_text(s, 8, hyper_text);
+        bind_text(s, 9, method_text);
+        st = run(js, s, "inserting a job", err);
+        if (st == PD_OK && id_out) memcpy(id_out, id, sizeof id); /* stored, whatever follows */
+    }
+    if (st == PD_OK && obj) st = job_get_locked(js, id, obj, err);
+    pthread_mutex_unlock(&js->lock);
+out_free:
+    free(hyper_text);
+    free(method_text);
+    return st;
+}
+
+int pd_jobstore_job_get(pd_jobstore *js, const char *id, json_t **out, pd_err *err)
+{
+    PD_ASSERT(js && out);
+    *out = NULL;
+    pthread_mutex_lock(&js->lock);
+    int st = job_get_locked(js, id, out, err);
+    pthread_mutex_unlock(&js->lock);
+    return st;
+}
+
+int pd_jobstore_job_params(pd_jobstore *js, const char *id, json_t **out, pd_err *err)
+{
+    PD_ASSERT(js && out);
+    *out = NULL;
+    pthread_mutex_lock(&js->lock);
+    sqlite3_stmt *s;
+    int st = find_row(js, S_JOB_GET, "fine-tuning job", id, &s, err);
+    if (st == PD_OK) {
+        json_t *o = json_object();
+        int bad = !o;
+        if (o) {
+            bad |= json_object_set_new(o, "model", col_string(s, J_MODEL));
+            bad |= json_object_set_new(o, "training_file", col_string(s, J_TRAIN));
+            bad |= json_object_set_new(o, "validation_file", col_string(s, J_VALID));
+            bad |= json_object_set_new(o, "suffix", col_string(s, J_SUFFIX));
+            bad |= json_object_set_new(o, "seed", col_integer(s, J_SEED));
+            bad |= json_object_set_new(o, "hyperparameters", col_json(s, J_HYPER));
+            bad |= json_object_set_new(o, "method", col_json(s, J_METHOD));
+        }
+        done(s);
+        if (bad) {
+            json_decref(o);
+            st = oom(err);
+        } else {
+            *out = o;
+        }
+    }
+    pthread_mutex_unlock(&js->lock);
+    return st;
+}
+
+int pd_jobstore_job_status(pd_jobstore *js, const char *id, pd_job_status *status,
+                           int *cancel_requested, pd_err *err)
+{
+    PD_ASSERT(js);
+    pthread_mutex_lock(&js->lock);
+    int st = job_state(js, id, status, cancel_requested, NULL, err);
+    pthread_mutex_unlock(&js->lock);
+    return st;
+}
+
+int pd_jobstore_job_list(pd_jobstore *js, const char *after, int limit, json_t **out,
+                         pd_err *err)
+{
+    PD_ASSERT(js && out);
+    *out = NULL;
+    int st = check_limit(&limit, PD_JOBSTORE_JOBS_DEFAULT_LIMIT, err);
+    if (st < 0) return st;
+    pthread_mutex_lock(&js->lock);
+    int64_t before = INT64_MAX;
+    if (after) {
+        st = job_state(js, after, NULL, NULL, &before, err);
+        if (st == PD_ENOTFOUND) {
+            char b[96];
+            st = pd_err_set(err, PD_ENOTFOUND, "after: no fine-tuning job '%s'", show(b, after));
+        }
+    }
+    sqlite3_stmt *s = NULL;
+    if (st == PD_OK) st = prep(js, S_JOB_LIST, &s, err);
+    if (st == PD_OK) {
+        sqlite3_bind_int64(s, 1, before);
+        sqlite3_bind_int(s, 2, limit + 1);
+        st = collect(js, s, limit, job_json, out, err);
+    }
+    pthread_mutex_unlock(&js->lock);
+    return st;
+}
+
+/* Moves id from `from` to `to` (checked by the caller); finished_at when
+ * `to` is final; error stored when given. */
+static int update_status(pd_jobstore *js, const char *id, pd_job_status from, pd_job_status to,
+                         const pd_jobstore_job_error *error, pd_err *err)
+{
+    sqlite3_stmt *s;
+    int st = prep(js, S_JOB_SET_STATUS, &s, err);
+    if (st < 0) return st;
+    bind_text(s, 1, id);
+    bind_text(s, 2, pd_job_status_name(from));
+    bind_text(s, 3, pd_job_status_name(to));
+    if (pd_job_status_final(to)) sqlite3_bind_int64(s, 4, now_s());
+    sqlite3_bind_int(s, 5, error != NULL);
+    if (error) {
+        bind_text(s, 6, error->code);
+        bind_text(s, 7, error->message);
+        bind_text(s, 8, error->param);
+    }
+    st = run(js, s, "updating a job's status", err);
+    /* the mutex and the process lock make the row's status the one just read */
+    if (st == PD_OK) PD_ASSERT(sqlite3_changes(js->db) == 1);
+    return st;
+}
+
+int pd_jobstore_job_set_status(pd_jobstore *js, const char *id, pd_job_status status,
+                               const pd_jobstore_job_error *error, pd_err *err)
+{
+    PD_ASSERT(js);
+    if ((unsigned)status >= PD_JOB_STATUS_COUNT)
+        return pd_err_set(err, PD_EINVAL, "status: %d is not a job status", (int)status);
+    int st;
+    if (error && ((st = check_text("error.code", error->code, TEXT_MAX_BYTES, 0, err)) < 0 ||
+                  (st = check_text("error.message", error->message, TEXT_MAX_BYTES, 0, err)) < 0 ||
+                  (st = check_text("error.param", error->param, TEXT_MAX_BYTES, 0, err)) < 0))
+        return st;
+    pd_job_status from;
+    pthread_mutex_lock(&js->lock);
+    st = job_state(js, id, &from, NULL, NULL, err);
+    if (st == PD_OK && !transition_ok(from, status))
+        st = pd_err_set(err, PD_EINVAL, "status: job %s cannot go from %s to %s", id,
+                        pd_job_status_name(from), pd_job_status_name(status));
+    if (st == PD_OK) st = update_status(js, id, from, status, error, err);
+    pthread_mutex_unlock(&js->lock);
+    return st;
+}
+
+int pd_jobstore_job_set_result(pd_jobstore *js, const char *id, const char *fine_tuned_model,
+                               int64_t trained_tokens, pd_err *err)
+{
+    PD_ASSERT(js);
+    char b[96];
+    if (fine_tuned_model && !pd_task_name_valid(fine_tuned_model))
+        return pd_err_set(err, PD_EINVAL, "fine_tuned_model: '%s' is not a task name",
+                          show(b, fine_tuned_model));
+    pd_job_status status;
+    pthread_mutex_lock(&js->lock);
+    int st = job_state(js, id, &status, NULL, NULL, err);
+    if (st == PD_OK && pd_job_status_final(status))
+        st = pd_err_set(err, PD_EINVAL, "job %s already finished (%s)", id,
+                        pd_job_status_name(status));
+    sqlite3_stmt *s = NULL;
+    if (st == PD_OK) st = prep(js, S_JOB_SET_RESULT, &s, err);
+    if (st == PD_OK) {
+        bind_text(s, 1, id);
+        bind_text(s, 2, fine_tuned_model);
+        if (trained_tokens >= 0) sqlite3_bind_int64(s, 3, trained_tokens);
+        st = run(js, s, "recording a job's result", err);
+    }
+    pthread_mutex_unlock(&js->lock);
+    return st;
+}
+
+int pd_jobstore_job_next_runnable(pd_jobstore *js, char *id, pd_job_status *status,
+                                  pd_err *err)
+{
+    PD_ASSERT(js && id);
+    pthread_mutex_lock(&js->lock);
+    sqlite3_stmt *s;
+    int st = prep(js, S_JOB_NEXT, &s, err);
+    if (st == PD_OK) {
+        int rc = sqlite3_step(s);
+        if (rc == SQLITE_ROW) {
+            snprintf(id, PD_JOBSTORE_ID_MAX, "%s", (const char *)sqlite3_column_text(s, 0));
+            int parsed = pd_job_status_parse((const char *)sqlite3_column_text(s, 1));
+            PD_ASSERT(parsed == PD_JOB_QUEUED || parsed == PD_JOB_RUNNING);
+            if (status) *status = (pd_job_status)parsed;
+        } else {
+            st = rc == SQLITE_DONE ? PD_ENOTFOUND : db_fail(js, rc, "next job", err);
+        }
+        done(s);
+    }
+    pthread_mutex_unlock(&js->lock);
+    return st;
+}
+
+int pd_jobstore_job_request_cancel(pd_jobstore *js, const char *id, json_t **obj,
+                                   pd_err *err)
+{
+    PD_ASSERT(js);
+    if (obj) *obj = NULL;
+    pd_job_status status;
+    pthread_mutex_lock(&js->lock);
+    int st = job_state(js, id, &status, NULL, NULL, err);
+    sqlite3_stmt *s = NULL;
+    if (st == PD_OK && pd_job_status_final(status)) {
+        st = pd_err_set(err, PD_EINVAL, "job %s already finished (%s)", id,
+                        pd_job_status_name(status));
+    } else if (st == PD_OK && status == PD_JOB_RUNNING) {
+        /* the worker stops at its next step and sets cancelled */
+        st = prep(js, S_JOB_CANCEL_FLAG, &s, err);
+        if (st == PD_OK) {
+            bind_text(s, 1, id);
+            st = run(js, s, "requesting a cancel", err);
+        }
+    } else if (st == PD_OK) {
+        st = prep(js, S_JOB_CANCEL_NOW, &s, err);
+        if (st == PD_OK) {
+            bind_text(s, 1, id);
+            sqlite3_bind_int64(s, 2, now_s());
+            bind_text(s, 3, pd_job_status_name(status));
+            st = run(js, s, "cancelling a job", err);
+        }
+    }
+    if (st == PD_OK && obj) st = job_get_locked(js, id, obj, err);
+    pthread_mutex_unlock(&js->lock);
+    return st;
+}
+
+int pd_jobstore_job_cancel_requested(pd_jobstore *js, const char *id, int *requested,
+                                     pd_err *err)
+{
+    PD_ASSERT(js && requested);
+    return pd_jobstore_job_status(js, id, NULL, requested, err);
+}
+
+int pd_jobstore_checkpoint_path(pd_jobstore *js, const char *id, char *buf, size_t cap,
+                                pd_err *err)
+{
+    PD_ASSERT(js && buf);
+    int st = pd_jobstore_job_status(js, id, NULL, NULL, err);
+    if (st < 0) return st;
+    PD_ASSERT(id_ok(id, "ftjob-", ID_HEX)); /* the store only makes such ids */
+    int n = snprintf(buf, cap, "%s/%s" CKPT_EXT, js->ckpt_dir, id);
+    if (n < 0 || (size_t)n >= cap)
+        return pd_err_set(err, PD_ERANGE, "checkpoint path: %d bytes do not fit in %zu", n, cap);
+    return PD_OK;
+}
+
+/* ---- events ---- */
+
+int pd_jobstore_event_add(pd_jobstore *js, const char *job_id, const char *level,
+                          const char *type, const char *message, const json_t *data,
+                          char *id, pd_err *err)
+{
+    PD_ASSERT(js);
+    if (!level || (strcmp(level, "info") && strcmp(level, "warn") && strcmp(level, "error")))
+        return pd_err_set(err, PD_EINVAL, "level: want info, warn or error");
+    if (!type || (strcmp(type, "message") && strcmp(type, "metrics")))
+        return pd_err_set(err, PD_EINVAL, "type: want message or metrics");
+    int st = check_text("message", message ? message : "", TEXT_MAX_BYTES, 0, err);
+    if (st < 0) return st;
+    char *data_text = NULL;
+    if (data && !json_is_null(data)) {
+        data_text = json_dumps(data, JSON_COMPACT | JSON_ENCODE_ANY);
+        if (!data_text) return pd_err_set(err, PD_EINVAL, "data: cannot be serialised");
+    }
+    pthread_mutex_lock(&js->lock);
+    st = job_state(js, job_id, NULL, NULL, NULL, err);
+    sqlite3_stmt *s = NULL;
+    if (st == PD_OK) st = prep(js, S_EVENT_INSERT, &s, err);
+    if (st == PD_OK) {
+        bind_text(s, 1, job_id);
+        sqlite3_bind_int64(s, 2, now_s());
+        bind_text(s, 3, level);
+        bind_text(s, 4, type);
+        bind_text(s, 5, message ? message : "");
+        bind_text(s, 6, data_text);
+        st = run(js, s, "adding an event", err);
+        if (st == PD_OK && id) event_id(id, sqlite3_last_insert_rowid(js->db));
+    }
+    pthread_mutex_unlock(&js->lock);
+    free(data_text);
+    return st;
+}
+
+int pd_jobstore_event_list(pd_jobstore *js, const char *job_id, const char *after, int limit,
+                           json_t **out, pd_err *err)
+{
+    PD_ASSERT(js && out);
+    *out = NULL;
+    int st = check_limit(&limit, PD_JOBSTORE_EVENTS_DEFAULT_LIMIT, err);
+    if (st < 0) return st;
+    char b[96];
+    int64_t before = INT64_MAX;
+    if (after) {
+        if (!id_ok(after, "ftevent-", EVENT_HEX))
+            return pd_err_set(err, PD_ENOTFOUND, "after: no event '%s'", show(b, after));
+        before = (int64_t)strtoull(after + 8, NULL, 16);
+    }
+    pthread_mutex_lock(&js->lock);
+    st = job_state(js, job_id, NULL, NULL, NULL, err);
+    sqlite3_stmt *s = NULL;
+    if (st == PD_OK && after) {
+        if ((st = prep(js, S_EVENT_FIND, &s, err)) == PD_OK) {
+            sqlite3_bind_int64(s, 1, before);
+            bind_text(s, 2, job_id);
+            int rc = sqlite3_step(s);
+            if (rc == SQLITE_DONE)
+                st = pd_err_set(err, PD_ENOTFOUND, "after: no event '%s' in job %s", after,
+                                job_id);
+            else if (rc != SQLITE_ROW)
+                st = db_fail(js, rc, "finding an event", err);
+            done(s);
+        }
+    }
+    if (st == PD_OK) st = prep(js, S_EVENT_LIST, &s, err);
+    if (st == PD_OK) {
+        bind_text(s, 1, job_id);
+        sqlite3_bind_int64(s, 2, before);
+        sqlite3_bind_int(s, 3, limit + 1);
+        st = collect(js, s, limit, event_json, out, err);
+    }
+    pthread_mutex_unlock(&js->lock);
+    return st;
+}
