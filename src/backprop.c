@@ -21,6 +21,7 @@
 
 #include "prefixd/matmul.h"
 #include "prefixd/threadpool.h"
+#include "ops.h"
 
 #define LOGIT_CHUNK 64
 
@@ -134,22 +135,6 @@ void pd_backprop_free(pd_backprop *b)
 
 /* ---- pieces shared by forward and backward ------------------------------ */
 
-/* o = w ⊙ x·r per row, r = 1/sqrt(mean(x²) + eps) stored in rs; as the engine. */
-static void rmsnorm_fwd(float *o, float *rs, const float *x, const float *w, int R, int C,
-                        float eps)
-{
-    for (int t = 0; t < R; t++) {
-        const float *xr = x + (size_t)t * C;
-        float ss = 0.0f;
-        for (int j = 0; j < C; j++) ss += xr[j] * xr[j];
-        ss /= C;
-        ss += eps;
-        ss = 1.0f / sqrtf(ss);
-        rs[t] = ss;
-        for (int j = 0; j < C; j++) o[(size_t)t * C + j] = w[j] * (ss * xr[j]);
-    }
-}
-
 /* dx += RMSNormᵀ(dy): dx_c += r w_c dy_c − (r³/C) x_c Σ_j w_j dy_j x_j. */
 static void rmsnorm_bwd(float *dx, const float *dy, const float *x, const float *rs,
                         const float *w, int R, int C)
@@ -165,20 +150,10 @@ static void rmsnorm_bwd(float *dx, const float *dy, const float *x, const float 
     }
 }
 
-/* Rotates (sign +1) or rotates back (sign -1) adjacent pairs of n floats. */
+/* Rotates (sign +1) or rotates back (sign -1) every row of x (R, n). */
 static void rope_rows(float *x, int R, int n, int hd, const float *rope, float sign)
 {
-    for (int t = 0; t < R; t++) {
-        float *vec = x + (size_t)t * n;
-        const float *cs = rope + (size_t)t * hd;
-        for (int i = 0; i < n; i += 2) {
-            int j = (i % hd) / 2;
-            float fcr = cs[2 * j], fci = sign * cs[2 * j + 1];
-            float v0 = vec[i], v1 = vec[i + 1];
-            vec[i] = v0 * fcr - v1 * fci;
-            vec[i + 1] = v0 * fci + v1 * fcr;
-        }
-    }
+    for (int t = 0; t < R; t++) pd__rope_apply(x + (size_t)t * n, n, hd, rope + (size_t)t * hd, sign);
 }
 
 /* dX (R, K) (+)= dY (R, N) · W (N, K). */
@@ -195,7 +170,8 @@ typedef struct attn_ctx {
     float *dpk, *dpv;     /* their gradients, or NULL */
 } attn_ctx;
 
-/* Forward attention of row t (all heads); as the engine's attend_token. */
+/* Forward attention of row t, every head (the engine's attend_token over
+ * the packed rows of the row's own example). */
 static void attn_fwd_row(void *vctx, int t, int thread)
 {
     (void)thread;
@@ -205,47 +181,17 @@ static void attn_fwd_row(void *vctx, int t, int thread)
     const int C = c->dim, KV = c->kv_dim, hd = c->head_dim, P = a->P, l = a->l;
     const int n_rep = c->n_heads / c->n_kv_heads, n_ctx = b->row_pos[t] + 1;
     const size_t R = (size_t)b->max_rows;
-    const float scale = 1.0f / sqrtf((float)hd);
-    const float *Q = b->q + (size_t)l * R * C, *K = b->k + (size_t)l * R * KV;
-    const float *Vv = b->v + (size_t)l * R * KV;
-    const int s0 = b->row_start[t];
+    const float *K = b->k + (size_t)l * R * KV + (size_t)b->row_start[t] * KV;
+    const float *Vv = b->v + (size_t)l * R * KV + (size_t)b->row_start[t] * KV;
     float *probs = b->att + (size_t)l * b->att_layer + b->att_off[t];
-    float *out = b->ao + (size_t)l * R * C + (size_t)t * C;
     for (int h = 0; h < c->n_heads; h++) {
         const int g = h / n_rep;
-        const float *q = Q + (size_t)t * C + (size_t)h * hd;
-        float *att = probs + (size_t)h * (P + n_ctx);
-        for (int p = 0; p < P; p++) {
-            const float *kk = a->pk + ((size_t)g * P + p) * hd;
-            float score = 0.0f;
-            for (int i = 0; i < hd; i++) score += q[i] * kk[i];
-            att[p] = score * scale;
-        }
-        for (int j = 0; j < n_ctx; j++) {
-            const float *kk = K + (size_t)(s0 + j) * KV + (size_t)g * hd;
-            float score = 0.0f;
-            for (int i = 0; i < hd; i++) score += q[i] * kk[i];
-            att[P + j] = score * scale;
-        }
-        float max = att[0];
-        for (int i = 1; i < P + n_ctx; i++)
-            if (att[i] > max) max = att[i];
-        float sum = 0.0f;
-        for (int i = 0; i < P + n_ctx; i++) {
-            att[i] = expf(att[i] - max);
-            sum += att[i];
-        }
-        for (int i = 0; i < P + n_ctx; i++) att[i] /= sum;
-        float *o = out + (size_t)h * hd;
-        memset(o, 0, (size_t)hd * sizeof(float));
-        for (int p = 0; p < P; p++) {
-            const float *vv = a->pv + ((size_t)g * P + p) * hd;
-            for (int i = 0; i < hd; i++) o[i] += att[p] * vv[i];
-        }
-        for (int j = 0; j < n_ctx; j++) {
-            const float *vv = Vv + (size_t)(s0 + j) * KV + (size_t)g * hd;
-            for (int i = 0; i < hd; i++) o[i] += att[P + j] * vv[i];
-        }
+        pd__attend_head(b->q + (size_t)l * R * C + (size_t)t * C + (size_t)h * hd,
+                        P ? a->pk + (size_t)g * P * hd : NULL,
+                        P ? a->pv + (size_t)g * P * hd : NULL, P, K + (size_t)g * hd,
+                        Vv + (size_t)g * hd, (size_t)KV, n_ctx, hd,
+                        probs + (size_t)h * (P + n_ctx),
+                        b->ao + (size_t)l * R * C + (size_t)t * C + (size_t)h * hd);
     }
 }
 
@@ -359,16 +305,8 @@ int pd_backprop_run(pd_backprop *b, const float *keys, const float *values, int 
                 memcpy(x + (size_t)r * C, m->w.token_embedding + (size_t)ex[e].tokens[j] * C,
                        (size_t)C * sizeof(float));
     }
-    for (int t = 0; t < R; t++) {
-        int pos = P + b->row_pos[t];
-        float *cs = b->rope + (size_t)t * hd;
-        for (int j = 0; j < hd / 2; j++) {
-            float freq = 1.0f / powf(c->rope_base, (float)(2 * j) / (float)hd);
-            float val = (float)pos * freq;
-            cs[2 * j] = cosf(val);
-            cs[2 * j + 1] = sinf(val);
-        }
-    }
+    for (int t = 0; t < R; t++)
+        pd__rope_table(b->rope + (size_t)t * hd, P + b->row_pos[t], hd, c->rope_base);
     const size_t pstride = (size_t)c->n_kv_heads * P * hd; /* one layer of the prefix */
     for (int l = 0; l < L; l++) {
         const pd_layer_weights *w = &m->w.layers[l];
@@ -378,7 +316,7 @@ int pd_backprop_run(pd_backprop *b, const float *keys, const float *values, int 
         float *x_mid = b->x_mid + (size_t)l * RM * C, *xn2 = b->xn2 + (size_t)l * RM * C;
         float *h1 = b->h1 + (size_t)l * RM * H, *h3 = b->h3 + (size_t)l * RM * H;
         memcpy(x_in, x, (size_t)R * C * sizeof(float));
-        rmsnorm_fwd(xn1, b->rs1 + (size_t)l * RM, x, w->rms_att, R, C, c->norm_eps);
+        pd__rmsnorm_rows(xn1, b->rs1 + (size_t)l * RM, x, w->rms_att, R, C, c->norm_eps);
         pd_matmul(b->pool, q, xn1, w->wq, R, C, C);
         pd_matmul(b->pool, k, xn1, w->wk, R, C, KV);
         pd_matmul(b->pool, v, xn1, w->wv, R, C, KV);
@@ -390,7 +328,7 @@ int pd_backprop_run(pd_backprop *b, const float *keys, const float *values, int 
         pd_matmul(b->pool, b->tmp, ao, w->wo, R, C, C);
         for (size_t i = 0; i < (size_t)R * C; i++) x[i] += b->tmp[i];
         memcpy(x_mid, x, (size_t)R * C * sizeof(float));
-        rmsnorm_fwd(xn2, b->rs2 + (size_t)l * RM, x, w->rms_ffn, R, C, c->norm_eps);
+        pd__rmsnorm_rows(xn2, b->rs2 + (size_t)l * RM, x, w->rms_ffn, R, C, c->norm_eps);
         pd_matmul(b->pool, h1, xn2, w->w1, R, C, H);
         pd_matmul(b->pool, h3, xn2, w->w3, R, C, H);
         for (size_t i = 0; i < (size_t)R * H; i++) {
@@ -402,7 +340,7 @@ int pd_backprop_run(pd_backprop *b, const float *keys, const float *values, int 
         for (size_t i = 0; i < (size_t)R * C; i++) x[i] += b->tmp[i];
     }
     memcpy(b->x_fin, x, (size_t)R * C * sizeof(float));
-    rmsnorm_fwd(b->xnf, b->rsf, x, m->w.rms_final, R, C, c->norm_eps);
+    pd__rmsnorm_rows(b->xnf, b->rsf, x, m->w.rms_final, R, C, c->norm_eps);
 
     /* ---- loss, and its gradient at the final norm's output (into dn) ---- */
     const int want_grad = dkeys != NULL;

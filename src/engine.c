@@ -13,6 +13,7 @@
 
 #include "prefixd/matmul.h"
 #include "prefixd/threadpool.h"
+#include "ops.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -141,47 +142,6 @@ void pd_engine_free(pd_engine *e)
 
 int pd_engine_max_tokens(const pd_engine *e) { return e->max_tokens; }
 
-/* o = w ⊙ x / rms(x), row by row; as run.c's rmsnorm. */
-static void rmsnorm_rows(float *o, const float *x, const float *w, int T, int C, float eps)
-{
-    for (int t = 0; t < T; t++) {
-        const float *xr = x + (size_t)t * C;
-        float *orow = o + (size_t)t * C;
-        float ss = 0.0f;
-        for (int j = 0; j < C; j++) ss += xr[j] * xr[j];
-        ss /= C;
-        ss += eps;
-        ss = 1.0f / sqrtf(ss);
-        for (int j = 0; j < C; j++) orow[j] = w[j] * (ss * xr[j]);
-    }
-}
-
-
-static void softmax(float *x, int n)
-{
-    float max = x[0];
-    for (int i = 1; i < n; i++)
-        if (x[i] > max) max = x[i];
-    float sum = 0.0f;
-    for (int i = 0; i < n; i++) {
-        x[i] = expf(x[i] - max);
-        sum += x[i];
-    }
-    for (int i = 0; i < n; i++) x[i] /= sum;
-}
-
-/* Rotates adjacent pairs of vec (n floats, heads of hd) by the token's table. */
-static void rope_apply(float *vec, int n, int hd, const float *cs)
-{
-    for (int i = 0; i < n; i += 2) {
-        int j = (i % hd) / 2;
-        float fcr = cs[2 * j], fci = cs[2 * j + 1];
-        float v0 = vec[i], v1 = vec[i + 1];
-        vec[i] = v0 * fcr - v1 * fci;
-        vec[i + 1] = v0 * fci + v1 * fcr;
-    }
-}
-
 typedef struct attn_job {
     pd_engine *e;
     const pd_batch *b;
@@ -198,41 +158,17 @@ static void attend_token(void *ctx, int t, int thread)
     const pd_config *c = &e->m->cfg;
     const int l = j->l, C = c->dim, KV = c->kv_dim, hd = c->head_dim;
     const int n_rep = c->n_heads / c->n_kv_heads;
-    const float scale = 1.0f / sqrtf((float)hd);
     const pd_seq *s = j->b->seqs[t];
     const int P = s->n_prefix, n_ctx = j->b->pos[t] + 1;
     const float *kc = s->k_cache + (size_t)l * s->cap * KV;
     const float *vc = s->v_cache + (size_t)l * s->cap * KV;
     float *att = e->att + (size_t)thread * e->att_cap;
     for (int h = 0; h < c->n_heads; h++) {
-        const int kvh = h / n_rep;
-        const float *q = e->q + (size_t)t * C + (size_t)h * hd;
-        const float *pk = P ? s->prefix_k + (((size_t)l * c->n_kv_heads + kvh) * P) * hd : NULL;
-        const float *pv = P ? s->prefix_v + (((size_t)l * c->n_kv_heads + kvh) * P) * hd : NULL;
-        for (int p = 0; p < P; p++) {
-            float score = 0.0f;
-            for (int i = 0; i < hd; i++) score += q[i] * pk[(size_t)p * hd + i];
-            att[p] = score * scale;
-        }
-        for (int i2 = 0; i2 < n_ctx; i2++) {
-            const float *k = kc + (size_t)i2 * KV + (size_t)kvh * hd;
-            float score = 0.0f;
-            for (int i = 0; i < hd; i++) score += q[i] * k[i];
-            att[P + i2] = score * scale;
-        }
-        softmax(att, P + n_ctx);
-        float *o = e->xb + (size_t)t * C + (size_t)h * hd;
-        memset(o, 0, (size_t)hd * sizeof(float));
-        for (int p = 0; p < P; p++) {
-            const float *v = pv + (size_t)p * hd;
-            float a = att[p];
-            for (int i = 0; i < hd; i++) o[i] += a * v[i];
-        }
-        for (int i2 = 0; i2 < n_ctx; i2++) {
-            const float *v = vc + (size_t)i2 * KV + (size_t)kvh * hd;
-            float a = att[P + i2];
-            for (int i = 0; i < hd; i++) o[i] += a * v[i];
-        }
+        const int g = h / n_rep;
+        const size_t pg = (((size_t)l * c->n_kv_heads + g) * P) * hd;
+        pd__attend_head(e->q + (size_t)t * C + (size_t)h * hd, P ? s->prefix_k + pg : NULL,
+                        P ? s->prefix_v + pg : NULL, P, kc + (size_t)g * hd, vc + (size_t)g * hd,
+                        (size_t)KV, n_ctx, hd, att, e->xb + (size_t)t * C + (size_t)h * hd);
     }
 }
 
@@ -280,27 +216,20 @@ int pd_engine_step(pd_engine *e, const pd_batch *b, const float **logits, pd_err
     for (int t = 0; t < T; t++) {
         memcpy(e->x + (size_t)t * C, m->w.token_embedding + (size_t)b->tokens[t] * C,
                (size_t)C * sizeof(float));
-        /* rotary table of this token's absolute position, computed as run.c */
-        int pos = b->seqs[t]->n_prefix + b->pos[t];
-        float *cs = e->rope + (size_t)t * hd;
-        for (int j = 0; j < hd / 2; j++) {
-            float freq = 1.0f / powf(c->rope_base, (float)(2 * j) / (float)hd);
-            float val = (float)pos * freq;
-            cs[2 * j] = cosf(val);
-            cs[2 * j + 1] = sinf(val);
-        }
-    }
+        /* rotary table of this token's absolute position */
+        pd__rope_table(e->rope + (size_t)t * hd, b->seqs[t]->n_prefix + b->pos[t], hd,
+                       c->rope_base);    }
 
     for (int l = 0; l < c->n_layers; l++) {
         const pd_layer_weights *w = &m->w.layers[l];
-        rmsnorm_rows(e->xb, e->x, w->rms_att, T, C, c->norm_eps);
+        pd__rmsnorm_rows(e->xb, NULL, e->x, w->rms_att, T, C, c->norm_eps);
         pd_matmul(e->pool, e->q, e->xb, w->wq, T, C, C);
         pd_matmul(e->pool, e->k, e->xb, w->wk, T, C, KV);
         pd_matmul(e->pool, e->v, e->xb, w->wv, T, C, KV);
         for (int t = 0; t < T; t++) {
             const float *cs = e->rope + (size_t)t * hd;
-            rope_apply(e->q + (size_t)t * C, C, hd, cs);
-            rope_apply(e->k + (size_t)t * KV, KV, hd, cs);
+            pd__rope_apply(e->q + (size_t)t * C, C, hd, cs, 1.0f);
+            pd__rope_apply(e->k + (size_t)t * KV, KV, hd, cs, 1.0f);
             pd_seq *s = b->seqs[t];
             size_t at = ((size_t)l * s->cap + (size_t)b->pos[t]) * KV;
             memcpy(s->k_cache + at, e->k + (size_t)t * KV, (size_t)KV * sizeof(float));
@@ -311,7 +240,7 @@ int pd_engine_step(pd_engine *e, const pd_batch *b, const float **logits, pd_err
         pd_matmul(e->pool, e->xb2, e->xb, w->wo, T, C, C);
         for (size_t i = 0; i < (size_t)T * C; i++) e->x[i] += e->xb2[i];
 
-        rmsnorm_rows(e->xb, e->x, w->rms_ffn, T, C, c->norm_eps);
+        pd__rmsnorm_rows(e->xb, NULL, e->x, w->rms_ffn, T, C, c->norm_eps);
         pd_matmul(e->pool, e->hb, e->xb, w->w1, T, C, H);
         pd_matmul(e->pool, e->hb2, e->xb, w->w3, T, C, H);
         for (size_t i = 0; i < (size_t)T * H; i++) {
@@ -330,7 +259,7 @@ int pd_engine_step(pd_engine *e, const pd_batch *b, const float **logits, pd_err
     int n_out = 0;
     for (int t = 0; t < T; t++) {
         if (b->want_logits && !b->want_logits[t]) continue;
-        rmsnorm_rows(e->xl + (size_t)n_out * C, e->x + (size_t)t * C, m->w.rms_final, 1, C,
+        pd__rmsnorm_rows(e->xl + (size_t)n_out * C, NULL, e->x + (size_t)t * C, m->w.rms_final, 1, C,
                      c->norm_eps);
         n_out++;
     }
