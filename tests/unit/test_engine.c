@@ -15,8 +15,10 @@
 #include "prefixd/engine.h"
 #include "prefixd/generate.h"
 
-#define MODEL "models/stories260K/stories260K.bin"
-#define TOKENIZER "models/stories260K/tok512.bin"
+#include "testutil.h"
+
+#define MODEL TEST_MODEL
+#define TOKENIZER TEST_TOKENIZER
 
 /* llama2.c run.c -t 0 -n 200 -i "Once upon a time" on stories260K */
 static const int32_t ref_prompt[] = {1, 403, 407, 261, 378};
@@ -38,14 +40,8 @@ static pd_model *model;
 static int setup(void **state)
 {
     (void)state;
-    pd_model_params mp = pd_model_default_params();
-    mp.path = MODEL;
-    mp.tokenizer_path = TOKENIZER;
-    pd_err err;
-    if (pd_model_load(&mp, &model, &err) < 0) {
-        fprintf(stderr, "%s\n", err.msg);
-        return -1;
-    }
+    model = test_model_load();
+    if (!model) return -1;
     return 0;
 }
 

@@ -22,8 +22,10 @@
 #include "prefixd/prefix.h"
 #include "prefixd/safetensors.h"
 
-#define MODEL "models/stories260K/stories260K.bin"
-#define TOKENIZER "models/stories260K/tok512.bin"
+#include "testutil.h"
+
+#define MODEL TEST_MODEL
+#define TOKENIZER TEST_TOKENIZER
 
 static pd_model *model;
 static pd_engine *engine;
@@ -32,14 +34,9 @@ static char tmpdir[64];
 static int setup(void **state)
 {
     (void)state;
-    pd_model_params mp = pd_model_default_params();
-    mp.path = MODEL;
-    mp.tokenizer_path = TOKENIZER;
+    model = test_model_load();
+    if (!model) return -1;
     pd_err err;
-    if (pd_model_load(&mp, &model, &err) < 0) {
-        fprintf(stderr, "%s\n", err.msg);
-        return -1;
-    }
     if (pd_engine_create(model, &(pd_engine_params){256, 0}, &engine, &err) < 0) {
         fprintf(stderr, "%s\n", err.msg);
         return -1;

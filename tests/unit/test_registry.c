@@ -30,8 +30,10 @@
 #include "prefixd/prefix.h"
 #include "prefixd/registry.h"
 
-#define MODEL "models/stories260K/stories260K.bin"
-#define TOKENIZER "models/stories260K/tok512.bin"
+#include "testutil.h"
+
+#define MODEL TEST_MODEL
+#define TOKENIZER TEST_TOKENIZER
 #define WAIT_MS 2000
 
 static pd_model *model;
@@ -39,14 +41,8 @@ static pd_model *model;
 static int setup(void **state)
 {
     (void)state;
-    pd_model_params mp = pd_model_default_params();
-    mp.path = MODEL;
-    mp.tokenizer_path = TOKENIZER;
-    pd_err err;
-    if (pd_model_load(&mp, &model, &err) < 0) {
-        fprintf(stderr, "%s\n", err.msg);
-        return -1;
-    }
+    model = test_model_load();
+    if (!model) return -1;
     return 0;
 }
 

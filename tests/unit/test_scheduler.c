@@ -15,15 +15,15 @@
 #include "prefixd/generate.h"
 #include "prefixd/scheduler.h"
 
+#include "testutil.h"
+
 static pd_model *model;
 
 static int setup(void **state)
 {
     (void)state;
-    pd_model_params mp = pd_model_default_params();
-    mp.path = "models/stories260K/stories260K.bin";
-    mp.tokenizer_path = "models/stories260K/tok512.bin";
-    return pd_model_load(&mp, &model, NULL) == PD_OK ? 0 : -1;
+    model = test_model_load();
+    return model ? 0 : -1;
 }
 
 static int teardown(void **state)
