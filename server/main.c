@@ -22,6 +22,10 @@ static const char usage[] =
     "            import an HF PEFT prefix-tuning adapter\n"
     "  prefix inspect FILE [--model M [--tokenizer T]]\n"
     "            metadata, shapes and validation of a prefix file\n"
+    "  train     --model M --data FILE [--valid FILE] --task NAME --out DIR [--virtual-tokens P]\n"
+    "            [--epochs N] [--batch-size B] [--lr X] [--projection --hidden H]\n"
+    "            [--init-text TEXT] [--seed S] [--threads N] [--checkpoint FILE]\n"
+    "            learn a task prefix from JSONL data (base model frozen)\n"
     "  serve     [--config FILE] [--listen HOST:PORT] [--model PATH] [--registry DIR] ...\n"
     "            the OpenAI-compatible HTTP server (prefixd serve --help: every flag)\n";
 
@@ -38,6 +42,7 @@ int main(int argc, char **argv)
     if (!strcmp(cmd, "inspect")) return cmd_inspect(argc - 1, argv + 1);
     if (!strcmp(cmd, "convert")) return cmd_convert(argc - 1, argv + 1);
     if (!strcmp(cmd, "prefix")) return cmd_prefix(argc - 1, argv + 1);
+    if (!strcmp(cmd, "train")) return cmd_train(argc - 1, argv + 1);
     if (!strcmp(cmd, "serve")) return cmd_serve(argc - 1, argv + 1);
     fprintf(stderr, "prefixd: unknown command '%s'\n%s", cmd, usage);
     return 2;

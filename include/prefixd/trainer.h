@@ -37,7 +37,10 @@ typedef struct pd_train_params {
     const char *init_text;        /* optional: initialise from this prompt's KV */
     int n_epochs;                 /* default 3 */
     int batch_size;               /* examples per step (default 4) */
-    double learning_rate;         /* default 1e-2 (direct) */
+    double learning_rate;         /* 0 (default): auto, 0.1 for direct prefixes, 1e-2
+                                     with the projection MLP (prefix keys of small
+                                     models have an RMS of several units: 1e-2
+                                     barely moves them) */
     double weight_decay;          /* AdamW decoupled decay (default 0) */
     double beta1, beta2, eps;     /* default 0.9, 0.999, 1e-8 */
     double warmup_fraction;       /* of all steps (default 0.1) */

@@ -1,0 +1,239 @@
+/* cmd_train.c — `prefixd train`: learn a task's prefix offline and write
+ * DIR/NAME.safetensors (atomically; DIR is created when missing).
+ *
+ * On a terminal, progress is one line on stderr, redrawn in place (step,
+ * loss, validation loss, tokens/s, ETA); otherwise plain log lines. With
+ * --checkpoint FILE, the state is saved every --checkpoint-every steps and
+ * the same command resumes from it (bit for bit); FILE is removed once the
+ * prefix is written. Ctrl-C stops at the next step boundary. Errors are one
+ * line "prefixd: …" and exit status 1 (2 for usage).
+ */
+#include <errno.h>
+#include <math.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "cli.h"
+#include "commands.h"
+#include "prefixd/log.h"
+#include "prefixd/trainer.h"
+
+static const char usage[] =
+    "usage: prefixd train --model M [--tokenizer T] --data FILE [--valid FILE] --task NAME\n"
+    "                     --out DIR [--virtual-tokens P] [--epochs N] [--batch-size B]\n"
+    "                     [--lr X] [--weight-decay X] [--warmup FRACTION] [--cosine]\n"
+    "                     [--max-grad-norm X] [--valid-fraction F] [--projection --hidden H]\n"
+    "                     [--init-text TEXT] [--seed S] [--threads N] [--eval-every N]\n"
+    "                     [--checkpoint FILE [--checkpoint-every N]] [--skip-bad-lines]\n"
+    "                     [--f16]\n";
+
+static atomic_int cancel_flag;
+
+static void on_sigint(int sig)
+{
+    (void)sig;
+    atomic_store(&cancel_flag, 1);
+}
+
+/* What the progress display needs between calls. */
+typedef struct display {
+    int tty;          /* 1: stderr is a terminal, one line redrawn */
+    int bar_shown;    /* 1: the bar is on screen and must be cleared first */
+    double last_valid;
+} display;
+
+static display disp = {0, 0, NAN};
+
+/* Log lines go above the bar: clear it, print, and let the next progress
+ * call redraw it. */
+static void log_line(pd_log_level level, const char *line, void *user_data)
+{
+    if (disp.bar_shown) {
+        fputs("\r\033[K", stderr);
+        disp.bar_shown = 0;
+    }
+    pd_log_stderr(level, line, user_data);
+}
+
+static void fmt_duration(char *buf, size_t cap, double s)
+{
+    if (!(s >= 0) || s > 359999) {
+        snprintf(buf, cap, "--:--");
+        return;
+    }
+    int t = (int)(s + 0.5);
+    if (t >= 3600)
+        snprintf(buf, cap, "%d:%02d:%02d", t / 3600, t / 60 % 60, t % 60);
+    else
+        snprintf(buf, cap, "%d:%02d", t / 60, t % 60);
+}
+
+static void on_progress(const pd_train_progress *p, void *user_data)
+{
+    (void)user_data;
+    if (!isnan(p->valid_loss)) disp.last_valid = p->valid_loss;
+    int done = p->step - (p->resumed_from > 0 ? p->resumed_from : 0);
+    double eta = p->tokens_per_second > 0 && done > 0
+                     ? (double)(p->total_steps - p->step) * ((double)p->trained_tokens /
+                                                             p->step) / p->tokens_per_second
+                     : NAN;
+    char eta_s[16], val[32];
+    fmt_duration(eta_s, sizeof eta_s, eta);
+    if (isnan(disp.last_valid))
+        snprintf(val, sizeof val, "-");
+    else
+        snprintf(val, sizeof val, "%.4f", disp.last_valid);
+    if (disp.tty) {
+        int width = 24, fill = (int)((double)width * p->step / p->total_steps);
+        char bar[32];
+        for (int i = 0; i < width; i++) bar[i] = i < fill ? '#' : '.';
+        bar[width] = 0;
+        fprintf(stderr, "\r\033[K[%s] step %d/%d  loss %.4f  val %s  %.0f tok/s  ETA %s", bar,
+                p->step, p->total_steps, p->train_loss, val, p->tokens_per_second, eta_s);
+        fflush(stderr);
+        disp.bar_shown = 1;
+        if (p->step == p->total_steps) {
+            fputc('\n', stderr);
+            disp.bar_shown = 0;
+        }
+    } else if (!isnan(p->valid_loss) || p->step % 10 == 0 || p->step == p->total_steps) {
+        pd_log(PD_LOG_INFO,
+               "step %d/%d epoch %d: loss %.4f, validation loss %s, lr %.3g, %.0f tokens/s, "
+               "ETA %s", p->step, p->total_steps, p->epoch, p->train_loss, val,
+               p->learning_rate, p->tokens_per_second, eta_s);
+    }
+}
+
+int cmd_train(int argc, char **argv)
+{
+    const char *model = NULL, *tokenizer = NULL, *out = NULL, *v;
+    long P = 10, epochs = 3, batch = 4, hidden = 128, threads = 0, eval_every = 10,
+         ckpt_every = 20;
+    int f16 = 0;
+    pd_train_params tp = pd_train_default_params();
+    for (int i = 1; i < argc; i++) {
+        int r;
+        if ((r = cli_opt(argc, argv, &i, "--model", &model))) {
+        } else if ((r = cli_opt(argc, argv, &i, "--tokenizer", &tokenizer))) {
+        } else if ((r = cli_opt(argc, argv, &i, "--data", &tp.train_path))) {
+        } else if ((r = cli_opt(argc, argv, &i, "--valid", &tp.valid_path))) {
+        } else if ((r = cli_opt(argc, argv, &i, "--task", &tp.task))) {
+        } else if ((r = cli_opt(argc, argv, &i, "--out", &out))) {
+        } else if ((r = cli_opt(argc, argv, &i, "--init-text", &tp.init_text))) {
+        } else if ((r = cli_opt(argc, argv, &i, "--checkpoint", &tp.checkpoint_path))) {
+        } else if ((r = cli_opt(argc, argv, &i, "--virtual-tokens", &v))) {
+            if (r > 0 && cli_int("--virtual-tokens", v, 1, 1 << 20, &P) < 0) return 2;
+        } else if ((r = cli_opt(argc, argv, &i, "--epochs", &v))) {
+            if (r > 0 && cli_int("--epochs", v, 1, 100000, &epochs) < 0) return 2;
+        } else if ((r = cli_opt(argc, argv, &i, "--batch-size", &v))) {
+            if (r > 0 && cli_int("--batch-size", v, 1, 4096, &batch) < 0) return 2;
+        } else if ((r = cli_opt(argc, argv, &i, "--hidden", &v))) {
+            if (r > 0 && cli_int("--hidden", v, 1, 65536, &hidden) < 0) return 2;
+        } else if ((r = cli_opt(argc, argv, &i, "--threads", &v))) {
+            if (r > 0 && cli_int("--threads", v, 1, 256, &threads) < 0) return 2;
+        } else if ((r = cli_opt(argc, argv, &i, "--eval-every", &v))) {
+            if (r > 0 && cli_int("--eval-every", v, 0, 1 << 30, &eval_every) < 0) return 2;
+        } else if ((r = cli_opt(argc, argv, &i, "--checkpoint-every", &v))) {
+            if (r > 0 && cli_int("--checkpoint-every", v, 1, 1 << 30, &ckpt_every) < 0) return 2;
+        } else if ((r = cli_opt(argc, argv, &i, "--lr", &v))) {
+            if (r > 0 && cli_float("--lr", v, 1e-9, 10, &tp.learning_rate) < 0) return 2;
+        } else if ((r = cli_opt(argc, argv, &i, "--weight-decay", &v))) {
+            if (r > 0 && cli_float("--weight-decay", v, 0, 100, &tp.weight_decay) < 0) return 2;
+        } else if ((r = cli_opt(argc, argv, &i, "--warmup", &v))) {
+            if (r > 0 && cli_float("--warmup", v, 0, 0.99, &tp.warmup_fraction) < 0) return 2;
+        } else if ((r = cli_opt(argc, argv, &i, "--max-grad-norm", &v))) {
+            if (r > 0 && cli_float("--max-grad-norm", v, 0, 1e9, &tp.max_grad_norm) < 0) return 2;
+        } else if ((r = cli_opt(argc, argv, &i, "--valid-fraction", &v))) {
+            if (r > 0 && cli_float("--valid-fraction", v, 0, 0.9, &tp.valid_fraction) < 0)
+                return 2;
+        } else if ((r = cli_opt(argc, argv, &i, "--seed", &v))) {
+            if (r > 0 && cli_u64("--seed", v, &tp.seed) < 0) return 2;
+        } else if (!strcmp(argv[i], "--projection")) {
+            tp.prefix_projection = 1;
+        } else if (!strcmp(argv[i], "--cosine")) {
+            tp.cosine = 1;
+        } else if (!strcmp(argv[i], "--skip-bad-lines")) {
+            tp.skip_bad_lines = 1;
+        } else if (!strcmp(argv[i], "--f16")) {
+            f16 = 1;
+        } else if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
+            fputs(usage, stdout);
+            return 0;
+        } else {
+            cli_fail("train: unknown option '%s'", argv[i]);
+            fputs(usage, stderr);
+            return 2;
+        }
+        if (r < 0) return 2;
+    }
+    if (!tp.train_path) return cli_fail("train: --data is required") + 1;
+    if (!tp.task) return cli_fail("train: --task is required") + 1;
+    if (!pd_task_name_valid(tp.task))
+        return cli_fail("--task: '%s' is not a valid task name ([A-Za-z0-9][A-Za-z0-9._-]{0,63})",
+                        tp.task) + 1;
+    if (!out) return cli_fail("train: --out is required") + 1;
+    tp.num_virtual_tokens = (int)P;
+    tp.n_epochs = (int)epochs;
+    tp.batch_size = (int)batch;
+    tp.encoder_hidden_size = (int)hidden;
+    tp.n_threads = (int)threads;
+    tp.eval_every = (int)eval_every;
+    tp.checkpoint_every = (int)ckpt_every;
+    if (mkdir(out, 0755) < 0 && errno != EEXIST)
+        return cli_fail("%s: cannot create directory: %s", out, strerror(errno));
+    size_t n = strlen(out) + strlen(tp.task) + 16;
+    char *path = malloc(n);
+    if (!path) return cli_fail("out of memory");
+    snprintf(path, n, "%s/%s.safetensors", out, tp.task);
+
+    cli_set_threads((int)threads);
+    pd_model *m = cli_load_model(model, tokenizer);
+    if (!m) {
+        free(path);
+        return 1;
+    }
+    disp.tty = isatty(2);
+    pd_log_set_callback(log_line, NULL);
+    struct sigaction sa = {0}, old;
+    sa.sa_handler = on_sigint;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, &old);
+
+    pd_train_hooks hooks = {.on_progress = on_progress, .cancel = &cancel_flag};
+    pd_prefix *pf = NULL;
+    pd_err err;
+    int status = 1;
+    int rc = pd_train_run(m, &tp, &hooks, &pf, &err);
+    if (disp.bar_shown) {
+        fputc('\n', stderr);
+        disp.bar_shown = 0;
+    }
+    if (rc == PD_ECANCELLED && tp.checkpoint_path) {
+        cli_fail("%s; run the same command again to resume from %s", err.msg,
+                 tp.checkpoint_path);
+    } else if (rc < 0) {
+        cli_fail("%s", err.msg);
+    } else if (pd_prefix_save(pf, m, path, f16, &err) < 0) {
+        cli_fail("%s", err.msg);
+    } else {
+        const char *vl = pd_prefix_meta_get(pf, "valid_loss");
+        const char *bl = pd_prefix_meta_get(pf, "base_valid_loss");
+        printf("wrote %s: task %s, %d virtual tokens, %s steps, train loss %s", path, pf->task,
+               pf->n_tokens, pd_prefix_meta_get(pf, "steps"), pd_prefix_meta_get(pf, "train_loss"));
+        if (vl && bl) printf(", validation loss %s (base model %s)", vl, bl);
+        printf("\n");
+        if (tp.checkpoint_path) unlink(tp.checkpoint_path); /* the job is done */
+        status = 0;
+    }
+    sigaction(SIGINT, &old, NULL);
+    pd_log_set_callback(pd_log_stderr, NULL);
+    pd_prefix_release(pf);
+    pd_model_free(m);
+    free(path);
+    return status;
+}
