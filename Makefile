@@ -6,6 +6,8 @@
 #   make test       deps + build + every test (unit, end-to-end)
 #   make asan       the test suite under AddressSanitizer + UndefinedBehaviorSanitizer
 #   make bench      speed figures next to this machine's own sgemm peak and bandwidth
+#   make fuzz       every libFuzzer target (clang, ASan + UBSan) for FUZZ_SECONDS each
+#   make fuzz-regress  every fuzz seed and regression input, without libFuzzer (in unit)
 
 CC      ?= gcc
 BUILD   ?= build
@@ -52,6 +54,12 @@ $(BUILD)/tests/%: $(BUILD)/tests/unit/%.o $(BUILD)/libprefixd.a
 	@mkdir -p $(@D)
 	$(CC) $(LDFLAGS) -o $@ $< $(BUILD)/libprefixd.a $(LDLIBS)
 
+# unit tests of server/ modules link the module's object too
+$(BUILD)/tests/test_multipart: $(BUILD)/tests/unit/test_multipart.o $(BUILD)/server/multipart.o \
+                               $(BUILD)/libprefixd.a
+	@mkdir -p $(@D)
+	$(CC) $(LDFLAGS) -o $@ $(filter %.o,$^) $(BUILD)/libprefixd.a $(LDLIBS)
+
 $(BENCH_BIN): $(BENCH_SRC:%.c=$(BUILD)/%.o) $(BUILD)/libprefixd.a
 	@mkdir -p $(@D)
 	$(CC) $(LDFLAGS) -o $@ $(filter %.o,$^) $(BUILD)/libprefixd.a $(LDLIBS)
@@ -74,6 +82,7 @@ deps:
 run: deps
 	$(MAKE) $(BUILD)/prefixd
 	@mkdir -p $(BUILD)/run/registry
+	@cp -n tests/data/prefixes/*.safetensors $(BUILD)/run/registry/
 	@for t in "story|Once upon a time" "lily|Lily and Ben were friends." "sun|The sun was hot."; do \
 	  name=$${t%%|*}; text=$${t#*|}; \
 	  [ -f $(BUILD)/run/registry/$$name.safetensors ] || \
@@ -90,6 +99,7 @@ test: deps
 
 unit: $(TEST_BIN)
 	@sh tests/run_unit.sh $(TEST_BIN)
+	$(MAKE) fuzz-regress
 
 e2e: $(BUILD)/prefixd
 	PREFIXD_BIN=$(BUILD)/prefixd $(PYTHON) -m pytest -q tests/e2e
@@ -105,7 +115,50 @@ bench: deps
 	$(MAKE) $(BENCH_BIN) $(BUILD)/prefixd
 	$(BENCH_BIN)
 
+# ---- fuzzing (tests/fuzz/README.md) ----
+# tests/fuzz/fuzz_NAME.c is target NAME; its seeds are tests/fuzz/corpus/NAME/,
+# the inputs of fixed crashes tests/fuzz/regress/NAME/. `make fuzz` builds the
+# targets with clang into $(FUZZ_BUILD)/fuzz/ and runs each from its seeds
+# (FUZZ_TARGETS="gguf prefix" picks some); what it finds stays under
+# $(FUZZ_BUILD)/fuzz/. `make fuzz-regress` links the same targets to a plain
+# main() (tests/fuzz/standalone.c) with $(CC) and runs every seed and
+# regression input; with the asan target's BUILD, OPT and SAN it runs them
+# under the sanitizers.
+FUZZ_TARGETS := $(patsubst tests/fuzz/fuzz_%.c,%,$(wildcard tests/fuzz/fuzz_*.c))
+FUZZ_SECONDS ?= 60
+FUZZ_BUILD   ?= build-fuzz
+FUZZ_CC      ?= clang
+FUZZ_DEB_PKGS := clang libclang-rt-14-dev
+FUZZ_OBJ = $(addprefix $(BUILD)/,tests/fuzz/util.o tests/fuzz/model_check.o \
+             server/completion_request.o server/hbuf.o server/utf8.o server/multipart.o)
+
+.PHONY: fuzz fuzz-regress
+
+$(BUILD)/tests/fuzz/%.o: CFLAGS += -Iserver
+.SECONDARY: $(patsubst %.c,$(BUILD)/%.o,$(wildcard tests/fuzz/*.c))
+
+$(BUILD)/fuzz/%: $(BUILD)/tests/fuzz/fuzz_%.o $(FUZZ_OBJ) $(BUILD)/libprefixd.a
+	@mkdir -p $(@D)
+	$(CC) $(LDFLAGS) -fsanitize=fuzzer -o $@ $(filter %.o,$^) $(BUILD)/libprefixd.a $(LDLIBS)
+
+$(BUILD)/fuzz-regress/%: $(BUILD)/tests/fuzz/fuzz_%.o $(BUILD)/tests/fuzz/standalone.o \
+                         $(FUZZ_OBJ) $(BUILD)/libprefixd.a
+	@mkdir -p $(@D)
+	$(CC) $(LDFLAGS) -o $@ $(filter %.o,$^) $(BUILD)/libprefixd.a $(LDLIBS)
+
+fuzz:
+	$(MAKE) deps DEB_PKGS="$(FUZZ_DEB_PKGS)"
+	$(MAKE) BUILD=$(FUZZ_BUILD) CC=$(FUZZ_CC) OPT="-O1 -g -fno-omit-frame-pointer" \
+	  SAN="-fsanitize=fuzzer-no-link,address,undefined -fno-sanitize-recover=undefined" \
+	  $(FUZZ_TARGETS:%=$(FUZZ_BUILD)/fuzz/%)
+	sh tests/fuzz/run.sh $(FUZZ_BUILD)/fuzz $(FUZZ_SECONDS) $(FUZZ_TARGETS)
+
+fuzz-regress: $(FUZZ_TARGETS:%=$(BUILD)/fuzz-regress/%)
+	@fail=0; for t in $(FUZZ_TARGETS); do \
+	  $(BUILD)/fuzz-regress/$$t tests/fuzz/corpus/$$t tests/fuzz/regress/$$t || fail=1; \
+	done; [ $$fail -eq 0 ] || { echo "fuzz-regress: FAILED"; exit 1; }
+
 clean:
-	rm -rf build build-asan
+	rm -rf build build-asan $(FUZZ_BUILD)
 
 -include $(shell find $(BUILD) build-asan -name '*.d' 2>/dev/null)

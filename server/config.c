@@ -50,6 +50,14 @@ static const key_def keys[] = {
     {"shutdown_grace_ms", K_INT, OFF(shutdown_grace_ms), 0, 3600000, NULL, 10000},
     {"max_connections", K_INT, OFF(max_connections), 1, 65536, NULL, 512},
     {"connection_timeout_s", K_INT, OFF(connection_timeout_s), 0, 86400, NULL, 60},
+    {"max_file_bytes", K_INT, OFF(max_file_bytes), 1024, 1L << 34, NULL, 64 * MIB},
+    {"max_jobs", K_INT, OFF(max_jobs), 1, 1000000, NULL, 100},
+    {"train_threads", K_INT, OFF(train_threads), 0, 256, NULL, 1},
+    {"train_nice", K_INT, OFF(train_nice), 0, 19, NULL, 10},
+    {"checkpoint_every", K_INT, OFF(checkpoint_every), 0, 1000000, NULL, 20},
+    {"train_eval_every", K_INT, OFF(train_eval_every), 0, 1000000, NULL, 10},
+    {"train_metrics_every", K_INT, OFF(train_metrics_every), 1, 1000000, NULL, 10},
+    {"train_max_pause_ms", K_INT, OFF(train_max_pause_ms), 0, 60000, NULL, 200},
     {"api_keys", K_KEYS, 0, 0, 0, NULL, 0},
 };
 #define N_KEYS (sizeof keys / sizeof keys[0])
@@ -61,6 +69,9 @@ const char config_usage[] =
     "            [--api-key [admin:]KEY]... [--max-body-bytes N] [--max-prefix-bytes N]\n"
     "            [--registry-budget-mb N] [--registry-rescan-ms N] [--shutdown-grace-ms N]\n"
     "            [--max-connections N] [--connection-timeout-s N] [--log-level LEVEL]\n"
+    "            [--max-file-bytes N] [--max-jobs N] [--train-threads N] [--train-nice N]\n"
+    "            [--checkpoint-every N] [--train-eval-every N] [--train-metrics-every N]\n"
+    "            [--train-max-pause-ms N]\n"
     "            the OpenAI-compatible HTTP server (config/README.md lists every key)\n";
 
 static int fail(char *err, size_t cap, const char *fmt, ...) __attribute__((format(printf, 3, 4)));

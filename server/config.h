@@ -33,6 +33,14 @@ typedef struct srv_config {
     long shutdown_grace_ms;   /* time running requests get at shutdown */
     long max_connections;     /* concurrent HTTP connections */
     long connection_timeout_s;/* idle connection timeout */
+    long max_file_bytes;      /* POST /v1/files bodies */
+    long max_jobs;            /* unfinished fine-tuning jobs at most */
+    long train_threads;       /* threads of a training job, 0: online CPUs */
+    long train_nice;          /* nice increment of the training threads */
+    long checkpoint_every;    /* training steps between checkpoints, 0: none */
+    long train_eval_every;    /* training steps between validation losses */
+    long train_metrics_every; /* training steps between metrics events */
+    long train_max_pause_ms;  /* longest pause of training while serving is busy */
     srv_api_key *keys;        /* n_keys entries (owned) */
     int n_keys;
 } srv_config;

@@ -26,72 +26,14 @@
 
 #include "prefixd/log.h"
 
-/* ---- hbuf --------------------------------------------------------------- */
-
-static int hbuf_reserve(hbuf *b, size_t extra)
-{
-    if (b->oom) return -1;
-    if (b->len + extra + 1 <= b->cap) return 0;
-    size_t cap = b->cap ? b->cap : 256;
-    while (cap < b->len + extra + 1) {
-        if (cap > SIZE_MAX / 2) {
-            b->oom = 1;
-            return -1;
-        }
-        cap *= 2;
-    }
-    char *p = realloc(b->p, cap);
-    if (!p) {
-        b->oom = 1;
-        return -1;
-    }
-    b->p = p;
-    b->cap = cap;
-    return 0;
-}
-
-int hbuf_add(hbuf *b, const void *data, size_t n)
-{
-    if (hbuf_reserve(b, n) < 0) return -1;
-    if (n) memcpy(b->p + b->len, data, n);
-    b->len += n;
-    b->p[b->len] = 0;
-    return 0;
-}
-
-int hbuf_str(hbuf *b, const char *s) { return hbuf_add(b, s, strlen(s)); }
-
-int hbuf_printf(hbuf *b, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    int n = vsnprintf(NULL, 0, fmt, ap);
-    va_end(ap);
-    if (n < 0 || hbuf_reserve(b, (size_t)n) < 0) {
-        b->oom = 1;
-        return -1;
-    }
-    va_start(ap, fmt);
-    vsnprintf(b->p + b->len, (size_t)n + 1, fmt, ap);
-    va_end(ap);
-    b->len += (size_t)n;
-    return 0;
-}
-
-void hbuf_free(hbuf *b)
-{
-    free(b->p);
-    memset(b, 0, sizeof *b);
-}
-
 /* ---- routing table ------------------------------------------------------ */
 
 enum { AUTH_OPEN, AUTH_KEY, AUTH_ADMIN };
-enum { BODY_NONE, BODY_JSON, BODY_PREFIX };
+enum { BODY_NONE, BODY_JSON, BODY_PREFIX, BODY_UPLOAD };
 
 typedef struct route_def {
     const char *method;
-    const char *path;  /* exact, or ending in "/{}" for one trailing segment */
+    const char *path;  /* exact, or with one "{}" standing for one path segment */
     const char *label; /* metrics label */
     enum MHD_Result (*fn)(http_req *r);
     int auth;
@@ -110,23 +52,40 @@ static const route_def routes[] = {
      BODY_PREFIX, 1},
     {"DELETE", "/v1/prefixes/{}", "/v1/prefixes/{task}", route_prefixes_delete, AUTH_ADMIN,
      BODY_NONE, 1},
+    {"POST", "/v1/files", "/v1/files", route_files_create, AUTH_ADMIN, BODY_UPLOAD, 1},
+    {"GET", "/v1/files", "/v1/files", route_files_list, AUTH_ADMIN, BODY_NONE, 1},
+    {"GET", "/v1/files/{}", "/v1/files/{id}", route_files_get, AUTH_ADMIN, BODY_NONE, 1},
+    {"DELETE", "/v1/files/{}", "/v1/files/{id}", route_files_delete, AUTH_ADMIN, BODY_NONE, 1},
+    {"GET", "/v1/files/{}/content", "/v1/files/{id}/content", route_files_content, AUTH_ADMIN,
+     BODY_NONE, 1},
+    {"POST", "/v1/fine_tuning/jobs", "/v1/fine_tuning/jobs", route_jobs_create, AUTH_ADMIN,
+     BODY_JSON, 1},
+    {"GET", "/v1/fine_tuning/jobs", "/v1/fine_tuning/jobs", route_jobs_list, AUTH_ADMIN,
+     BODY_NONE, 1},
+    {"GET", "/v1/fine_tuning/jobs/{}", "/v1/fine_tuning/jobs/{id}", route_jobs_get, AUTH_ADMIN,
+     BODY_NONE, 1},
+    {"GET", "/v1/fine_tuning/jobs/{}/events", "/v1/fine_tuning/jobs/{id}/events",
+     route_jobs_events, AUTH_ADMIN, BODY_NONE, 1},
+    {"POST", "/v1/fine_tuning/jobs/{}/cancel", "/v1/fine_tuning/jobs/{id}/cancel",
+     route_jobs_cancel, AUTH_ADMIN, BODY_NONE, 1},
     {"GET", "/health", "/health", route_health, AUTH_OPEN, BODY_NONE, 0},
     {"GET", "/metrics", "/metrics", route_metrics, AUTH_OPEN, BODY_NONE, 0},
 };
 #define N_ROUTES ((int)(sizeof routes / sizeof routes[0]))
 #define ROUTE_NONE (-1)
 
-/* 1 if url matches path (copying a "{}" segment into param), else 0. */
+/* 1 if url matches path (copying the "{}" segment into param), else 0. */
 static int path_match(const char *path, const char *url, char *param, size_t cap)
 {
     const char *brace = strstr(path, "{}");
     if (!brace) return !strcmp(path, url);
     size_t n = (size_t)(brace - path);
     if (strncmp(path, url, n) != 0) return 0;
-    const char *seg = url + n;
-    size_t len = strlen(seg);
-    if (len == 0 || len >= cap || strchr(seg, '/')) return 0;
-    memcpy(param, seg, len + 1);
+    const char *seg = url + n, *slash = strchr(seg, '/');
+    size_t len = slash ? (size_t)(slash - seg) : strlen(seg);
+    if (len == 0 || len >= cap || strcmp(slash ? slash : "", brace + 2) != 0) return 0;
+    memcpy(param, seg, len);
+    param[len] = 0;
     return 1;
 }
 
@@ -360,6 +319,7 @@ static size_t body_limit(const srv_config *c, int body)
     switch (body) {
     case BODY_JSON: return (size_t)c->max_body_bytes;
     case BODY_PREFIX: return (size_t)c->max_prefix_bytes;
+    case BODY_UPLOAD: return (size_t)c->max_file_bytes;
     default: return (size_t)c->max_body_bytes;
     }
 }

@@ -11,8 +11,8 @@
  * prefix-build request.
  *
  * Threads: a srv is created by cmd_serve (serve.c) on the main thread; model,
- * registry and sched are set before `ready` becomes 1 and are read-only
- * afterwards, except sched, which shutdown takes away under sched_lock
+ * registry, job store, worker and sched are set before `ready` becomes 1 and
+ * are read-only afterwards, except sched, which shutdown takes away under sched_lock
  * (handlers hold the read side while they submit or read stats).
  */
 #ifndef PREFIXD_SERVER_HTTP_H
@@ -28,27 +28,14 @@
 #include <time.h>
 
 #include "config.h"
+#include "hbuf.h"
 #include "metrics.h"
+#include "worker.h"
 #include "prefixd/engine.h"
+#include "prefixd/jobstore.h"
 #include "prefixd/model.h"
 #include "prefixd/registry.h"
 #include "prefixd/scheduler.h"
-
-/* ---- growable byte buffer ------------------------------------------------ */
-
-/* A malloc'd byte buffer, always NUL-terminated when p != NULL. A failed
- * allocation sets oom and makes every later append a no-op, so a caller may
- * append freely and check oom once. */
-typedef struct hbuf {
-    char *p;
-    size_t len, cap;
-    int oom;
-} hbuf;
-
-int hbuf_add(hbuf *b, const void *data, size_t n); /* 0, or -1 (oom set) */
-int hbuf_str(hbuf *b, const char *s);
-int hbuf_printf(hbuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-void hbuf_free(hbuf *b);
 
 /* ---- server state ------------------------------------------------------ */
 
@@ -62,6 +49,8 @@ typedef struct srv {
     pthread_rwlock_t sched_lock;  /* guards the sched pointer, not the scheduler */
     pd_sched *sched;              /* NULL once shutdown has taken it */
     metrics *mx;                  /* owned by serve.c */
+    pd_jobstore *js;              /* owned by serve.c; NULL: no data directory */
+    worker *wk;                   /* owned by serve.c; NULL with js */
     atomic_uint_fast64_t counter; /* ids and default seeds */
     atomic_int active;            /* HTTP requests between arrival and completion */
     time_t started;               /* wall clock at start (model "created") */
@@ -147,8 +136,32 @@ enum MHD_Result route_prefixes_list(http_req *r);   /* GET /v1/prefixes */
 enum MHD_Result route_prefixes_get(http_req *r);    /* GET /v1/prefixes/{task} */
 enum MHD_Result route_prefixes_put(http_req *r);    /* PUT /v1/prefixes/{task} */
 enum MHD_Result route_prefixes_delete(http_req *r); /* DELETE /v1/prefixes/{task} */
+enum MHD_Result route_files_create(http_req *r);    /* POST /v1/files */
+enum MHD_Result route_files_list(http_req *r);      /* GET /v1/files */
+enum MHD_Result route_files_get(http_req *r);       /* GET /v1/files/{id} */
+enum MHD_Result route_files_content(http_req *r);   /* GET /v1/files/{id}/content */
+enum MHD_Result route_files_delete(http_req *r);    /* DELETE /v1/files/{id} */
+enum MHD_Result route_jobs_create(http_req *r);     /* POST /v1/fine_tuning/jobs */
+enum MHD_Result route_jobs_list(http_req *r);       /* GET /v1/fine_tuning/jobs */
+enum MHD_Result route_jobs_get(http_req *r);        /* GET /v1/fine_tuning/jobs/{id} */
+enum MHD_Result route_jobs_events(http_req *r);     /* GET /v1/fine_tuning/jobs/{id}/events */
+enum MHD_Result route_jobs_cancel(http_req *r);     /* POST /v1/fine_tuning/jobs/{id}/cancel */
 enum MHD_Result route_health(http_req *r);          /* GET /health */
 enum MHD_Result route_metrics(http_req *r);         /* GET /metrics */
+
+/* Answers a job-store failure (routes_files.c): PD_EINVAL 400 (with the
+ * parameter named at the start of the message as "param"), PD_ENOTFOUND
+ * 404, PD_EBUSY 409, PD_ENOMEM 503, anything else 500. code may be NULL. */
+enum MHD_Result http_send_store_error(http_req *r, int rc, const pd_err *err,
+                                      const char *code);
+/* The query argument name of the request (borrowed from MHD) or NULL. */
+const char *http_query(http_req *r, const char *name);
+/* Reads the "after" and "limit" query arguments of a list route: 0, or -1
+ * after queuing a 400 into *ret. *limit is 0 when absent. */
+int http_list_args(http_req *r, const char **after, int *limit, enum MHD_Result *ret);
+/* 503 when the training API has no job store (no data directory). 0 when
+ * it has one; -1 after queuing the answer into *ret. */
+int http_need_jobstore(http_req *r, enum MHD_Result *ret);
 
 /* The registry entry as the API shows it (new reference, or NULL on oom). */
 json_t *prefix_entry_json(const pd_registry_entry *e);

@@ -283,3 +283,32 @@ void metrics_render(metrics *m, const pd_sched_stats *ss, const pd_registry_stat
                "Tasks removed from the registry.", rs->removals);
     }
 }
+
+void metrics_render_training(const worker_stats *ws, hbuf *out)
+{
+    scalar(out, "prefixd_training_active", "gauge", "1 while a fine-tuning job trains.",
+           (uint64_t)(ws->active != 0));
+    scalar(out, "prefixd_training_step", "gauge",
+           "Step of the job training now (or the last one).", (uint64_t)(ws->step > 0 ? ws->step : 0));
+    scalar(out, "prefixd_training_total_steps", "gauge",
+           "Steps of the job training now (or the last one).",
+           (uint64_t)(ws->total_steps > 0 ? ws->total_steps : 0));
+    head(out, "prefixd_training_tokens_per_second", "gauge",
+         "Training throughput of the job training now (or the last one), forward + backward.");
+    hbuf_printf(out, "prefixd_training_tokens_per_second %.1f\n", ws->tokens_per_second);
+    scalar(out, "prefixd_training_steps_total", "counter", "Training steps run (all jobs).",
+           ws->steps);
+    scalar(out, "prefixd_training_tokens_total", "counter",
+           "Tokens trained on (all jobs, forward + backward).", ws->tokens);
+    head(out, "prefixd_training_paused_seconds_total", "counter",
+         "Time training waited at step boundaries while serving was busy.");
+    hbuf_printf(out, "prefixd_training_paused_seconds_total %.3f\n", ws->paused_seconds);
+    head(out, "prefixd_fine_tuning_jobs_total", "counter",
+         "Fine-tuning jobs finished by this process, by outcome.");
+    hbuf_printf(out, "prefixd_fine_tuning_jobs_total{status=\"succeeded\"} %llu\n",
+                (unsigned long long)ws->succeeded);
+    hbuf_printf(out, "prefixd_fine_tuning_jobs_total{status=\"failed\"} %llu\n",
+                (unsigned long long)ws->failed);
+    hbuf_printf(out, "prefixd_fine_tuning_jobs_total{status=\"cancelled\"} %llu\n",
+                (unsigned long long)ws->cancelled);
+}

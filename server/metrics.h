@@ -9,6 +9,7 @@
 
 #include "prefixd/registry.h"
 #include "prefixd/scheduler.h"
+#include "worker.h"
 
 typedef struct metrics metrics;
 struct hbuf;
@@ -33,5 +34,8 @@ void metrics_http(metrics *m, const char *method, const char *route, int status)
  * scheduler / registry figures when the pointers are not NULL. */
 void metrics_render(metrics *m, const pd_sched_stats *ss, const pd_registry_stats *rs,
                     int ready, struct hbuf *out);
+
+/* Appends the training worker's figures (ws borrowed) to out. */
+void metrics_render_training(const worker_stats *ws, struct hbuf *out);
 
 #endif

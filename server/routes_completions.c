@@ -1,6 +1,8 @@
 /* routes_completions.c — POST /v1/completions: OpenAI's completions API on
  * top of the scheduler. `model` names a task (its prefix comes from the
- * registry) or the base model's id.
+ * registry) or the base model's id. The body's parameters and prompts are
+ * read and checked by completion_request.c; this file resolves the model,
+ * runs the request and answers it.
  *
  * One HTTP request becomes prompts × n scheduler requests ("choices"), all
  * submitted before anything is answered, so a full queue gives a clean 429.
@@ -22,25 +24,17 @@
  * response and freed by its free callback when libmicrohttpd is done, which
  * cancels whatever still runs (a client that went away frees its sequences). */
 #include <math.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "completion_request.h"
 #include "http.h"
 #include "prefixd/log.h"
 #include "prefixd/tokenizer.h"
+#include "utf8.h"
 
-#define MAX_STOP 4
 #define WAIT_MS 100
-
-typedef struct prompt_in {
-    int32_t *tokens; /* (n) owned */
-    int n;
-    char *text;      /* the prompt as text (owned; decoded for token prompts) */
-    size_t text_len;
-    int text_chars;  /* code points in text (text_offset base) */
-} prompt_in;
 
 typedef struct choice {
     pd_request *rq;     /* our reference */
@@ -66,109 +60,20 @@ typedef struct completion {
     struct MHD_Connection *conn;
     char id[48];
     long long created;
-    char model_name[PD_TASK_NAME_MAX + 136]; /* as requested */
+    creq q;             /* the request's parameters and prompts */
     char task[sizeof(((pd_model *)0)->id)];  /* metrics label ("" until known) */
     int is_task;
     pd_prefix *prefix;  /* our reference, or NULL for the base model */
-    prompt_in *prompts;
-    int n_prompts;
     choice *ch;
     int n_ch;
-    int n_per_prompt;
-    int max_tokens;
-    int logprobs;       /* -1: none */
-    int echo, stream, include_usage;
-    pd_sampler_params sampling;
-    int seed_given;
-    char stop[MAX_STOP][256 + 1];
-    size_t stop_len[MAX_STOP];
-    int n_stop;
-    size_t max_stop;
     double t_start, t_first;
     int submitted;      /* choices handed to the scheduler */
     int finished;       /* the whole answer was produced */
     int failed_status;  /* 0, or the status of a failure after submission */
     int echo_sent;
-    /* a rejection, before anything was sent */
-    int status;
-    const char *param, *code;
-    char msg[768];
+    creq_error err;     /* a rejection, before anything was sent */
     char retry_after[16];
 } completion;
-
-static int reject(completion *c, int status, const char *param, const char *code,
-                  const char *fmt, ...) __attribute__((format(printf, 5, 6)));
-static int reject(completion *c, int status, const char *param, const char *code,
-                  const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(c->msg, sizeof c->msg, fmt, ap);
-    va_end(ap);
-    c->status = status;
-    c->param = param;
-    c->code = code;
-    return -1;
-}
-
-/* ---- UTF-8 -------------------------------------------------------------- */
-
-/* Appends src[0..n) to out as valid UTF-8: each maximal ill-formed subpart
- * becomes U+FFFD. With partial, an incomplete (but so far valid) sequence at
- * the very end is held back. Returns the bytes of src consumed. */
-static size_t utf8_clean(hbuf *out, const unsigned char *src, size_t n, int partial)
-{
-    static const char fffd[] = "\xEF\xBF\xBD";
-    size_t i = 0, run = 0; /* run: start of valid bytes not yet copied */
-    while (i < n) {
-        unsigned char b = src[i];
-        int need;
-        unsigned char lo = 0x80, hi = 0xBF;
-        if (b < 0x80) {
-            i++;
-            continue;
-        } else if (b >= 0xC2 && b <= 0xDF) {
-            need = 1;
-        } else if (b >= 0xE0 && b <= 0xEF) {
-            need = 2;
-            if (b == 0xE0) lo = 0xA0;
-            if (b == 0xED) hi = 0x9F;
-        } else if (b >= 0xF0 && b <= 0xF4) {
-            need = 3;
-            if (b == 0xF0) lo = 0x90;
-            if (b == 0xF4) hi = 0x8F;
-        } else {
-            need = -1;
-        }
-        size_t j = 1;
-        int bad = need < 0;
-        for (; !bad && j <= (size_t)need; j++) {
-            if (i + j >= n) {
-                if (partial) {
-                    hbuf_add(out, src + run, i - run);
-                    return i;
-                }
-                bad = 1;
-                break;
-            }
-            unsigned char cb = src[i + j];
-            if (cb < (j == 1 ? lo : 0x80) || cb > (j == 1 ? hi : 0xBF)) {
-                bad = 1;
-                break;
-            }
-        }
-        if (!bad) {
-            i += (size_t)need + 1;
-            continue;
-        }
-        hbuf_add(out, src + run, i - run);
-        hbuf_add(out, fffd, 3);
-        i += j; /* the lead and the continuation bytes that fitted */
-        run = i;
-    }
-    hbuf_add(out, src + run, n - run);
-    return n;
-}
 
 /* Copies src into dst[cap], truncating. */
 static void copy_str(char *dst, size_t cap, const char *src)
@@ -176,13 +81,6 @@ static void copy_str(char *dst, size_t cap, const char *src)
     size_t n = strnlen(src, cap - 1);
     memcpy(dst, src, n);
     dst[n] = 0;
-}
-
-static int utf8_chars(const char *p, size_t n)
-{
-    int c = 0;
-    for (size_t i = 0; i < n; i++) c += ((unsigned char)p[i] & 0xC0) != 0x80;
-    return c;
 }
 
 /* A token's bytes as OpenAI shows them: the text, or "bytes:\xNN…" when the
@@ -198,333 +96,29 @@ static json_t *token_json(const char *p, size_t n)
     return json_string(buf);
 }
 
-/* ---- request parsing ------------------------------------------------------------------ */
-
-static int get_int(completion *c, json_t *body, const char *name, long lo, long hi, long def,
-                   long *out)
-{
-    json_t *v = json_object_get(body, name);
-    if (!v || json_is_null(v)) {
-        *out = def;
-        return 0;
-    }
-    if (!json_is_integer(v))
-        return reject(c, 400, name, "invalid_type", "'%s' must be an integer (got %s).", name,
-                      json_is_string(v) ? "a string" : json_is_real(v) ? "a number with a fraction"
-                      : json_is_boolean(v) ? "a boolean" : "an object or array");
-    json_int_t x = json_integer_value(v);
-    if (x < lo || x > hi)
-        return reject(c, 400, name, "invalid_value", "'%s' must be in [%ld, %ld] (got %lld).",
-                      name, lo, hi, (long long)x);
-    *out = (long)x;
-    return 0;
-}
-
-static int get_num(completion *c, json_t *body, const char *name, double lo, double hi,
-                   int lo_open, double def, double *out)
-{
-    json_t *v = json_object_get(body, name);
-    if (!v || json_is_null(v)) {
-        *out = def;
-        return 0;
-    }
-    if (!json_is_number(v))
-        return reject(c, 400, name, "invalid_type", "'%s' must be a number.", name);
-    double x = json_number_value(v);
-    if (!isfinite(x) || x < lo || x > hi || (lo_open && x <= lo))
-        return reject(c, 400, name, "invalid_value", "'%s' must be in %c%g, %g] (got %g).", name,
-                      lo_open ? '(' : '[', lo, hi, x);
-    *out = x;
-    return 0;
-}
-
-static int get_bool(completion *c, json_t *body, const char *name, int *out)
-{
-    json_t *v = json_object_get(body, name);
-    if (!v || json_is_null(v)) {
-        *out = 0;
-        return 0;
-    }
-    if (!json_is_boolean(v))
-        return reject(c, 400, name, "invalid_type", "'%s' must be a boolean.", name);
-    *out = json_is_true(v);
-    return 0;
-}
-
-static int parse_stop(completion *c, json_t *body)
-{
-    json_t *v = json_object_get(body, "stop");
-    if (!v || json_is_null(v)) return 0;
-    json_t *one[1] = {v};
-    size_t n = 1;
-    if (json_is_array(v)) {
-        n = json_array_size(v);
-        if (n > MAX_STOP)
-            return reject(c, 400, "stop", "invalid_value",
-                          "'stop' may hold at most %d sequences (got %zu).", MAX_STOP, n);
-    } else if (!json_is_string(v)) {
-        return reject(c, 400, "stop", "invalid_type",
-                      "'stop' must be a string or an array of up to %d strings.", MAX_STOP);
-    }
-    for (size_t i = 0; i < n; i++) {
-        json_t *e = json_is_array(v) ? json_array_get(v, i) : one[0];
-        if (!json_is_string(e))
-            return reject(c, 400, "stop", "invalid_type", "'stop'[%zu] must be a string.", i);
-        size_t len = json_string_length(e);
-        if (len == 0 || len > 256)
-            return reject(c, 400, "stop", "invalid_value",
-                          "stop sequences must be 1 to 256 bytes long ('stop'[%zu] is %zu).", i,
-                          len);
-        memcpy(c->stop[c->n_stop], json_string_value(e), len);
-        c->stop[c->n_stop][len] = 0;
-        c->stop_len[c->n_stop++] = len;
-        if (len > c->max_stop) c->max_stop = len;
-    }
-    return 0;
-}
-
-/* Parameters OpenAI has that prefixd accepts only at their neutral value. */
-static int check_unsupported(completion *c, json_t *body)
-{
-    static const char *const zero[] = {"presence_penalty", "frequency_penalty"};
-    for (size_t i = 0; i < 2; i++) {
-        json_t *v = json_object_get(body, zero[i]);
-        if (v && !json_is_null(v) && (!json_is_number(v) || json_number_value(v) != 0))
-            return reject(c, 400, zero[i], "unsupported_parameter",
-                          "'%s' is not supported by prefixd: leave it out or set it to 0.",
-                          zero[i]);
-    }
-    json_t *v = json_object_get(body, "logit_bias");
-    if (v && !json_is_null(v) && !(json_is_object(v) && json_object_size(v) == 0))
-        return reject(c, 400, "logit_bias", "unsupported_parameter",
-                      "'logit_bias' is not supported by prefixd.");
-    v = json_object_get(body, "suffix");
-    if (v && !json_is_null(v) && !(json_is_string(v) && json_string_length(v) == 0))
-        return reject(c, 400, "suffix", "unsupported_parameter",
-                      "'suffix' (insertion) is not supported by prefixd.");
-    v = json_object_get(body, "best_of");
-    if (v && !json_is_null(v) &&
-        !(json_is_integer(v) && json_integer_value(v) == c->n_per_prompt))
-        return reject(c, 400, "best_of", "unsupported_parameter",
-                      "'best_of' is not supported by prefixd: leave it out or set it to n.");
-    v = json_object_get(body, "user");
-    if (v && !json_is_null(v) && !json_is_string(v))
-        return reject(c, 400, "user", "invalid_type", "'user' must be a string.");
-    return 0;
-}
-
-static int parse_params(completion *c, json_t *body)
-{
-    const srv_config *cfg = c->s->cfg;
-    long v;
-    double d;
-    json_t *m = json_object_get(body, "model");
-    if (!m || json_is_null(m))
-        return reject(c, 400, "model", "missing_required_parameter",
-                      "You must provide a model parameter: a task name or '%s'.",
-                      c->s->model->id);
-    if (!json_is_string(m))
-        return reject(c, 400, "model", "invalid_type", "'model' must be a string.");
-    if (json_string_length(m) >= sizeof c->model_name)
-        return reject(c, 400, "model", "invalid_value", "'model' is too long.");
-    snprintf(c->model_name, sizeof c->model_name, "%s", json_string_value(m));
-
-    if (get_int(c, body, "max_tokens", 1, 1L << 24, 16, &v) < 0) return -1;
-    c->max_tokens = (int)v;
-    if (get_int(c, body, "n", 1, cfg->max_choices, 1, &v) < 0) return -1;
-    c->n_per_prompt = (int)v;
-    if (get_num(c, body, "temperature", 0, 2, 0, 1.0, &d) < 0) return -1;
-    c->sampling.temperature = (float)d;
-    if (get_num(c, body, "top_p", 0, 1, 1, 1.0, &d) < 0) return -1;
-    c->sampling.top_p = (float)d;
-    if (get_int(c, body, "top_k", 0, c->s->model->cfg.vocab_size, 0, &v) < 0) return -1;
-    c->sampling.top_k = (int)v;
-    json_t *seed = json_object_get(body, "seed");
-    if (seed && !json_is_null(seed)) {
-        if (!json_is_integer(seed))
-            return reject(c, 400, "seed", "invalid_type", "'seed' must be an integer.");
-        c->sampling.seed = (uint64_t)json_integer_value(seed);
-        c->seed_given = 1;
-    }
-    c->logprobs = -1; /* null or false: none; 0..5: chosen token plus that many top ones */
-    if (!json_is_false(json_object_get(body, "logprobs"))) {
-        if (get_int(c, body, "logprobs", 0, PD_TOP_LOGPROBS_MAX, -1, &v) < 0) return -1;
-        c->logprobs = (int)v;
-    }
-    if (get_bool(c, body, "echo", &c->echo) < 0) return -1;
-    if (get_bool(c, body, "stream", &c->stream) < 0) return -1;
-    json_t *so = json_object_get(body, "stream_options");
-    if (so && !json_is_null(so)) {
-        if (!c->stream)
-            return reject(c, 400, "stream_options", "invalid_value",
-                          "'stream_options' is only allowed when 'stream' is true.");
-        if (!json_is_object(so))
-            return reject(c, 400, "stream_options", "invalid_type",
-                          "'stream_options' must be an object.");
-        json_t *iu = json_object_get(so, "include_usage");
-        if (iu && !json_is_null(iu) && !json_is_boolean(iu))
-            return reject(c, 400, "stream_options", "invalid_type",
-                          "'stream_options.include_usage' must be a boolean.");
-        c->include_usage = iu && json_is_true(iu);
-    }
-    if (c->echo && c->logprobs >= 0)
-        return reject(c, 400, "echo", "unsupported_parameter",
-                      "'echo' together with 'logprobs' (prompt logprobs) is not supported.");
-    if (parse_stop(c, body) < 0) return -1;
-    return check_unsupported(c, body);
-}
-
 /* The model: base id or a task. Sets prefix, task, is_task. */
 static int resolve_model(completion *c)
 {
     srv *s = c->s;
-    if (!strcmp(c->model_name, s->model->id)) {
+    if (!strcmp(c->q.model_name, s->model->id)) {
         copy_str(c->task, sizeof c->task, s->model->id);
         return 0;
     }
     pd_err err;
-    int rc = pd_task_name_valid(c->model_name)
-                 ? pd_registry_acquire(s->reg, c->model_name, &c->prefix, &err)
+    int rc = pd_task_name_valid(c->q.model_name)
+                 ? pd_registry_acquire(s->reg, c->q.model_name, &c->prefix, &err)
                  : PD_ENOTFOUND;
     if (rc == PD_ENOTFOUND)
-        return reject(c, 404, "model", "model_not_found",
-                      "The model '%s' does not exist: it is neither a task in the registry nor "
-                      "the base model '%s' (GET /v1/models lists them).",
-                      c->model_name, s->model->id);
+        return creq_reject(&c->err, 404, "model", "model_not_found",
+                           "The model '%s' does not exist: it is neither a task in the registry "
+                           "nor the base model '%s' (GET /v1/models lists them).",
+                           c->q.model_name, s->model->id);
     if (rc < 0)
-        return reject(c, 503, "model", "task_unavailable",
-                      "The task '%s' cannot be loaded right now: %s", c->model_name, err.msg);
-    copy_str(c->task, sizeof c->task, c->model_name);
+        return creq_reject(&c->err, 503, "model", "task_unavailable",
+                           "The task '%s' cannot be loaded right now: %s", c->q.model_name,
+                           err.msg);
+    copy_str(c->task, sizeof c->task, c->q.model_name);
     c->is_task = 1;
-    return 0;
-}
-
-static int add_text_prompt(completion *c, prompt_in *p, const char *text, size_t len, int idx)
-{
-    const pd_tokenizer *tok = c->s->model->tok;
-    int bos = !(c->prefix && c->prefix->has_bos);
-    int cap = (int)(len < (size_t)(1 << 28) ? len : (size_t)(1 << 28)) + 3;
-    if (!(p->tokens = malloc((size_t)cap * sizeof *p->tokens)) || !(p->text = malloc(len + 1)))
-        return reject(c, 503, NULL, "out_of_memory", "The server is out of memory.");
-    int n = pd_tokenizer_encode(tok, text, len, bos, 0, p->tokens, cap);
-    if (n < 0 || n > cap)
-        return reject(c, 400, "prompt", "invalid_value", "prompt[%d] cannot be tokenized.", idx);
-    if (n == 0)
-        return reject(c, 400, "prompt", "invalid_value",
-                      "The prompt must not be empty for '%s': its prefix already holds the "
-                      "beginning of the text (built from a prompt), so the request needs at "
-                      "least one token of its own.",
-                      c->model_name);
-    p->n = n;
-    memcpy(p->text, text, len);
-    p->text[len] = 0;
-    p->text_len = len;
-    p->text_chars = utf8_chars(text, len);
-    return 0;
-}
-
-static int add_token_prompt(completion *c, prompt_in *p, json_t *arr, int idx)
-{
-    const pd_tokenizer *tok = c->s->model->tok;
-    size_t n = json_array_size(arr);
-    if (n == 0)
-        return reject(c, 400, "prompt", "invalid_value", "prompt[%d] is an empty token list.",
-                      idx);
-    if (n > (size_t)c->s->context)
-        return reject(c, 400, "prompt", "context_length_exceeded",
-                      "prompt[%d] has %zu tokens; the context holds %d.", idx, n,
-                      c->s->context);
-    if (!(p->tokens = malloc(n * sizeof *p->tokens)))
-        return reject(c, 503, NULL, "out_of_memory", "The server is out of memory.");
-    hbuf text = {0};
-    int prev = c->prefix && c->prefix->has_bos ? pd_tokenizer_bos(tok) : -1;
-    for (size_t i = 0; i < n; i++) {
-        json_t *e = json_array_get(arr, i);
-        json_int_t id = json_is_integer(e) ? json_integer_value(e) : -1;
-        if (id < 0 || id >= pd_tokenizer_vocab_size(tok)) {
-            hbuf_free(&text);
-            return reject(c, 400, "prompt", "invalid_value",
-                          "prompt[%d][%zu] must be a token id in [0, %d).", idx, i,
-                          pd_tokenizer_vocab_size(tok));
-        }
-        p->tokens[i] = (int32_t)id;
-        size_t len;
-        const char *b = pd_tokenizer_decode(tok, prev, (int)id, &len);
-        hbuf_add(&text, b, len);
-        prev = (int)id;
-    }
-    p->n = (int)n;
-    hbuf cleaned = {0};
-    utf8_clean(&cleaned, (const unsigned char *)(text.p ? text.p : ""), text.len, 0);
-    hbuf_free(&text);
-    if (cleaned.oom || !(p->text = cleaned.p ? cleaned.p : strdup(""))) {
-        hbuf_free(&cleaned);
-        return reject(c, 503, NULL, "out_of_memory", "The server is out of memory.");
-    }
-    p->text_len = cleaned.len;
-    p->text_chars = utf8_chars(p->text, p->text_len);
-    return 0;
-}
-
-/* prompt: a string, an array of strings, an array of token ids, or an array
- * of arrays of token ids. */
-static int parse_prompts(completion *c, json_t *body)
-{
-    json_t *v = json_object_get(body, "prompt");
-    if (!v || json_is_null(v))
-        return reject(c, 400, "prompt", "missing_required_parameter",
-                      "You must provide a prompt (a string or an array of strings).");
-    int n;
-    int token_list = 0;
-    if (json_is_string(v)) {
-        n = 1;
-    } else if (json_is_array(v)) {
-        if (json_array_size(v) == 0)
-            return reject(c, 400, "prompt", "invalid_value", "'prompt' must not be empty.");
-        token_list = json_is_integer(json_array_get(v, 0));
-        n = token_list ? 1 : (int)(json_array_size(v) < 1u << 20 ? json_array_size(v) : 1u << 20);
-    } else {
-        return reject(c, 400, "prompt", "invalid_type",
-                      "'prompt' must be a string, an array of strings, or token ids.");
-    }
-    if ((long)n * c->n_per_prompt > c->s->cfg->max_choices)
-        return reject(c, 400, "n", "invalid_value",
-                      "%d prompts × n = %d asks for %ld choices; at most %ld are allowed.", n,
-                      c->n_per_prompt, (long)n * c->n_per_prompt, c->s->cfg->max_choices);
-    if (!(c->prompts = calloc((size_t)n, sizeof *c->prompts)))
-        return reject(c, 503, NULL, "out_of_memory", "The server is out of memory.");
-    c->n_prompts = n;
-    for (int i = 0; i < n; i++) {
-        json_t *e = json_is_string(v) ? v : token_list ? v : json_array_get(v, (size_t)i);
-        int rc;
-        if (json_is_string(e))
-            rc = add_text_prompt(c, &c->prompts[i], json_string_value(e), json_string_length(e),
-                                 i);
-        else if (json_is_array(e) && (token_list || json_array_size(e) == 0 ||
-                                      json_is_integer(json_array_get(e, 0))))
-            rc = add_token_prompt(c, &c->prompts[i], e, i);
-        else
-            rc = reject(c, 400, "prompt", "invalid_type",
-                        "prompt[%d] must be a string (or an array of token ids).", i);
-        if (rc < 0) return -1;
-    }
-    return 0;
-}
-
-static int check_context(completion *c)
-{
-    int P = c->prefix ? c->prefix->n_tokens : 0;
-    for (int i = 0; i < c->n_prompts; i++) {
-        long need = (long)P + c->prompts[i].n + c->max_tokens;
-        if (need > c->s->context)
-            return reject(c, 400, (long)P + c->prompts[i].n >= c->s->context ? "prompt"
-                                                                            : "max_tokens",
-                          "context_length_exceeded",
-                          "This model's maximum context length is %d tokens, however you "
-                          "requested %ld tokens (%d of the task's prefix, %d in prompt[%d], %d "
-                          "for the completion). Please reduce the prompt or max_tokens.",
-                          c->s->context, need, P, c->prompts[i].n, i, c->max_tokens);
-    }
     return 0;
 }
 
@@ -540,32 +134,34 @@ static uint64_t mix64(uint64_t x)
 
 static int make_choices(completion *c)
 {
-    int n = c->n_prompts * c->n_per_prompt;
+    int n = c->q.n_prompts * c->q.n_per_prompt;
     if (!(c->ch = calloc((size_t)n, sizeof *c->ch)))
-        return reject(c, 503, NULL, "out_of_memory", "The server is out of memory.");
+        return creq_reject(&c->err, 503, NULL, "out_of_memory", "The server is out of memory.");
     c->n_ch = n;
-    if (!c->seed_given)
-        c->sampling.seed = mix64(atomic_fetch_add(&c->s->counter, 1) ^ (uint64_t)(pd_now() * 1e9));
+    if (!c->q.seed_given)
+        c->q.sampling.seed =
+            mix64(atomic_fetch_add(&c->s->counter, 1) ^ (uint64_t)(pd_now() * 1e9));
     for (int k = 0; k < n; k++) {
         choice *h = &c->ch[k];
-        prompt_in *p = &c->prompts[k / c->n_per_prompt];
+        creq_prompt *p = &c->q.prompts[k / c->q.n_per_prompt];
         h->index = k;
-        h->prompt = k / c->n_per_prompt;
+        h->prompt = k / c->q.n_per_prompt;
         h->cut = -1;
         h->prev = p->tokens[p->n - 1];
         pd_err err;
-        if (pd_request_create(p->tokens, p->n, c->max_tokens, &h->rq, &err) < 0)
-            return reject(c, 503, NULL, "out_of_memory", "%s", err.msg);
-        h->tok_start = malloc((size_t)c->max_tokens * sizeof *h->tok_start);
-        h->tok_end = malloc((size_t)c->max_tokens * sizeof *h->tok_end);
+        if (pd_request_create(p->tokens, p->n, c->q.max_tokens, &h->rq, &err) < 0)
+            return creq_reject(&c->err, 503, NULL, "out_of_memory", "%s", err.msg);
+        h->tok_start = malloc((size_t)c->q.max_tokens * sizeof *h->tok_start);
+        h->tok_end = malloc((size_t)c->q.max_tokens * sizeof *h->tok_end);
         if (!h->tok_start || !h->tok_end)
-            return reject(c, 503, NULL, "out_of_memory", "The server is out of memory.");
+            return creq_reject(&c->err, 503, NULL, "out_of_memory",
+                               "The server is out of memory.");
         pd_request *rq = h->rq;
         rq->prefix = c->prefix ? pd_prefix_retain(c->prefix) : NULL;
-        rq->max_tokens = c->max_tokens;
-        rq->sampling = c->sampling;
-        rq->sampling.seed = c->sampling.seed + (uint64_t)k; /* choices differ, runs repeat */
-        rq->top_logprobs = c->logprobs > 0 ? c->logprobs : 0;
+        rq->max_tokens = c->q.max_tokens;
+        rq->sampling = c->q.sampling;
+        rq->sampling.seed = c->q.sampling.seed + (uint64_t)k; /* choices differ, runs repeat */
+        rq->top_logprobs = c->q.logprobs > 0 ? c->q.logprobs : 0;
         copy_str(rq->task, sizeof rq->task, c->is_task ? c->task : "");
     }
     return 0;
@@ -585,7 +181,7 @@ static int submit_all(completion *c)
     for (int k = 0; k < c->n_ch && rc == 0; k++) {
         pd_err err;
         if (!s->sched) {
-            rc = reject(c, 503, NULL, "shutting_down", "The server is shutting down.");
+            rc = creq_reject(&c->err, 503, NULL, "shutting_down", "The server is shutting down.");
             break;
         }
         int st = pd_sched_submit(s->sched, c->ch[k].rq, &err);
@@ -593,16 +189,16 @@ static int submit_all(completion *c)
             c->submitted++;
         } else if (st == PD_EBUSY) {
             snprintf(c->retry_after, sizeof c->retry_after, "1");
-            rc = reject(c, 429, NULL, "queue_full",
-                        "The server is at capacity: its queue of %ld waiting requests is full. "
-                        "Retry after a second.",
-                        s->cfg->queue_limit);
+            rc = creq_reject(&c->err, 429, NULL, "queue_full",
+                             "The server is at capacity: its queue of %ld waiting requests is "
+                             "full. Retry after a second.",
+                             s->cfg->queue_limit);
         } else if (st == PD_EINVAL) {
-            rc = reject(c, 400, "max_tokens", "context_length_exceeded", "%s", err.msg);
+            rc = creq_reject(&c->err, 400, "max_tokens", "context_length_exceeded", "%s", err.msg);
         } else if (st == PD_ECANCELLED) {
-            rc = reject(c, 503, NULL, "shutting_down", "The server is shutting down.");
+            rc = creq_reject(&c->err, 503, NULL, "shutting_down", "The server is shutting down.");
         } else {
-            rc = reject(c, 500, NULL, "internal_error", "%s", err.msg);
+            rc = creq_reject(&c->err, 500, NULL, "internal_error", "%s", err.msg);
         }
     }
     pthread_rwlock_unlock(&s->sched_lock);
@@ -626,10 +222,10 @@ static void check_stop(completion *c, choice *h)
     const char *p = h->raw.p;
     size_t len = h->raw.len;
     long best = -1;
-    for (int i = 0; i < c->n_stop; i++) {
-        if (len < h->search_from + c->stop_len[i]) continue;
-        const char *m = memmem(p + h->search_from, len - h->search_from, c->stop[i],
-                               c->stop_len[i]);
+    for (int i = 0; i < c->q.n_stop; i++) {
+        if (len < h->search_from + c->q.stop_len[i]) continue;
+        const char *m = memmem(p + h->search_from, len - h->search_from, c->q.stop[i],
+                               c->q.stop_len[i]);
         if (m && (best < 0 || m - p < best)) best = m - p;
     }
     if (best >= 0) {
@@ -639,7 +235,7 @@ static void check_stop(completion *c, choice *h)
         pd_request_cancel(h->rq);
         return;
     }
-    h->search_from = len + 1 > c->max_stop ? len + 1 - c->max_stop : 0;
+    h->search_from = len + 1 > c->q.max_stop ? len + 1 - c->q.max_stop : 0;
 }
 
 /* Takes the tokens produced since the last call into h. */
@@ -664,7 +260,7 @@ static void pump(completion *c, choice *h)
             h->finish = PD_FINISH_REASON_ERROR;
             snprintf(h->error, sizeof h->error, "out of memory");
             pd_request_cancel(h->rq);
-        } else if (c->n_stop) {
+        } else if (c->q.n_stop) {
             check_stop(c, h);
         }
     }
@@ -694,7 +290,7 @@ static int failure_status(const choice *h)
 static json_t *logprobs_json(completion *c, const choice *h, int t0, int t1)
 {
     const pd_tokenizer *tok = c->s->model->tok;
-    const prompt_in *p = &c->prompts[h->prompt];
+    const creq_prompt *p = &c->q.prompts[h->prompt];
     json_t *tokens = json_array(), *lps = json_array(), *tops = json_array(),
            *offs = json_array();
     json_t *o = json_pack("{s:o,s:o,s:o,s:o}", "tokens", tokens, "token_logprobs", lps,
@@ -710,7 +306,7 @@ static json_t *logprobs_json(completion *c, const choice *h, int t0, int t1)
         double lp = isfinite(out->logprob) ? out->logprob : -9999.0;
         json_array_append_new(lps, json_real(lp));
         json_t *top = json_object();
-        for (int k = 0; k < out->n_top && k < c->logprobs; k++) {
+        for (int k = 0; k < out->n_top && k < c->q.logprobs; k++) {
             size_t tl;
             const char *tb = pd_tokenizer_decode(tok, prev, out->top_ids[k], &tl);
             json_t *key = token_json(tb ? tb : "", tb ? tl : 0);
@@ -729,7 +325,7 @@ static json_t *logprobs_json(completion *c, const choice *h, int t0, int t1)
 static json_t *usage_json(completion *c)
 {
     long long pt = 0, ct = 0;
-    for (int i = 0; i < c->n_prompts; i++) pt += c->prompts[i].n;
+    for (int i = 0; i < c->q.n_prompts; i++) pt += c->q.prompts[i].n;
     for (int k = 0; k < c->n_ch; k++) ct += c->ch[k].consumed;
     return json_pack("{s:I,s:I,s:I}", "prompt_tokens", (json_int_t)pt, "completion_tokens",
                      (json_int_t)ct, "total_tokens", (json_int_t)(pt + ct));
@@ -738,7 +334,7 @@ static json_t *usage_json(completion *c)
 static void record(completion *c, int status)
 {
     long long pt = 0, ct = 0;
-    for (int i = 0; i < c->n_prompts; i++) pt += c->prompts[i].n;
+    for (int i = 0; i < c->q.n_prompts; i++) pt += c->q.prompts[i].n;
     for (int k = 0; k < c->n_ch; k++) ct += c->ch[k].consumed;
     double now = pd_now();
     metrics_request(c->s->mx, c->task, status, (uint64_t)pt, (uint64_t)ct, now - c->t_start,
@@ -759,11 +355,7 @@ static void completion_free(completion *c)
         free(h->tok_end);
     }
     free(c->ch);
-    for (int i = 0; i < c->n_prompts; i++) {
-        free(c->prompts[i].tokens);
-        free(c->prompts[i].text);
-    }
-    free(c->prompts);
+    creq_free(&c->q);
     pd_prefix_release(c->prefix);
     free(c);
 }
@@ -820,16 +412,17 @@ static enum MHD_Result answer_whole(completion *c, http_req *r)
     for (int k = 0; k < c->n_ch; k++) {
         choice *h = &c->ch[k];
         hbuf text = {0};
-        if (c->echo) hbuf_add(&text, c->prompts[h->prompt].text, c->prompts[h->prompt].text_len);
+        const creq_prompt *p = &c->q.prompts[h->prompt];
+        if (c->q.echo) hbuf_add(&text, p->text, p->text_len);
         utf8_clean(&text, (const unsigned char *)(h->raw.p ? h->raw.p : ""), text_end(h), 0);
-        json_t *lp = c->logprobs >= 0 ? logprobs_json(c, h, 0, h->consumed) : NULL;
+        json_t *lp = c->q.logprobs >= 0 ? logprobs_json(c, h, 0, h->consumed) : NULL;
         json_t *t = text.oom ? NULL : json_stringn(text.p ? text.p : "", text.len);
         hbuf_free(&text);
         json_array_append_new(choices, choice_json(h, t, lp, finish_name(h->finish)));
     }
     json_t *resp = json_pack("{s:s,s:s,s:I,s:s,s:o,s:o}", "id", c->id, "object",
                              "text_completion", "created", (json_int_t)c->created, "model",
-                             c->model_name, "choices", choices, "usage", usage_json(c));
+                             c->q.model_name, "choices", choices, "usage", usage_json(c));
     if (!resp) {
         record(c, 500);
         return http_send_error(r, 500, NULL, "internal_error", "The server is out of memory.");
@@ -844,9 +437,9 @@ static enum MHD_Result answer_whole(completion *c, http_req *r)
 static size_t stop_holdback(const completion *c, const char *p, size_t len)
 {
     size_t best = 0;
-    for (int i = 0; i < c->n_stop; i++)
-        for (size_t k = c->stop_len[i] - 1; k > best; k--)
-            if (k <= len && !memcmp(p + len - k, c->stop[i], k)) {
+    for (int i = 0; i < c->q.n_stop; i++)
+        for (size_t k = c->q.stop_len[i] - 1; k > best; k--)
+            if (k <= len && !memcmp(p + len - k, c->q.stop[i], k)) {
                 best = k;
                 break;
             }
@@ -858,9 +451,9 @@ static int chunk(completion *c, hbuf *out, const choice *h, const char *text, si
 {
     json_t *ch = choice_json(h, json_stringn(text ? text : "", len), logprobs, finish);
     json_t *e = json_pack("{s:s,s:s,s:I,s:s,s:[o]}", "id", c->id, "object", "text_completion",
-                          "created", (json_int_t)c->created, "model", c->model_name, "choices",
+                          "created", (json_int_t)c->created, "model", c->q.model_name, "choices",
                           ch);
-    if (e && c->include_usage) json_object_set_new(e, "usage", json_null());
+    if (e && c->q.include_usage) json_object_set_new(e, "usage", json_null());
     int rc = e ? sse_event(out, e) : -1;
     json_decref(e);
     if (rc < 0) out->oom = 1;
@@ -883,7 +476,7 @@ static void emit_choice(completion *c, choice *h, hbuf *out)
     else
         while (t1 < h->consumed && (size_t)h->tok_end[t1] <= h->emitted) t1++;
     if (h->done || text.len > 0) {
-        json_t *lp = c->logprobs >= 0 ? logprobs_json(c, h, h->emitted_tokens, t1) : NULL;
+        json_t *lp = c->q.logprobs >= 0 ? logprobs_json(c, h, h->emitted_tokens, t1) : NULL;
         h->emitted_tokens = t1;
         chunk(c, out, h, text.p, text.len, lp, h->done ? finish_name(h->finish) : NULL);
         if (h->done) h->final_sent = 1;
@@ -902,9 +495,9 @@ static int stream_fill(void *cls, hbuf *out)
     for (;;) {
         if (!c->echo_sent) {
             c->echo_sent = 1;
-            if (c->echo)
+            if (c->q.echo)
                 for (int k = 0; k < c->n_ch; k++) {
-                    prompt_in *p = &c->prompts[c->ch[k].prompt];
+                    creq_prompt *p = &c->q.prompts[c->ch[k].prompt];
                     chunk(c, out, &c->ch[k], p->text, p->text_len, NULL, NULL);
                 }
         }
@@ -932,10 +525,10 @@ static int stream_fill(void *cls, hbuf *out)
         }
         if (out->oom) return -1;
         if (all) {
-            if (c->include_usage) {
+            if (c->q.include_usage) {
                 json_t *e = json_pack("{s:s,s:s,s:I,s:s,s:[],s:o}", "id", c->id, "object",
                                       "text_completion", "created", (json_int_t)c->created,
-                                      "model", c->model_name, "choices", "usage",
+                                      "model", c->q.model_name, "choices", "usage",
                                       usage_json(c));
                 if (!e || sse_event(out, e) < 0) out->oom = 1;
                 json_decref(e);
@@ -979,25 +572,30 @@ enum MHD_Result route_completions(http_req *r)
     c->conn = r->conn;
     c->t_start = r->t_start;
     c->created = http_unix_now();
-    c->sampling = pd_sampler_default_params();
     http_new_id(r->s, "cmpl-", c->id, sizeof c->id);
 
-    int rc = parse_params(c, body);
+    const srv *s = r->s;
+    const creq_limits lim = {s->model->id, s->model->cfg.vocab_size, s->cfg->max_choices,
+                             s->context};
+    int rc = creq_parse_params(&c->q, body, &lim, &c->err);
     if (rc == 0) rc = resolve_model(c);
-    if (rc == 0) rc = parse_prompts(c, body);
+    if (rc == 0)
+        rc = creq_parse_prompts(&c->q, body, s->model->tok, c->prefix && c->prefix->has_bos,
+                                &lim, &c->err);
     json_decref(body);
-    if (rc == 0) rc = check_context(c);
+    if (rc == 0) rc = creq_check_context(&c->q, c->prefix ? c->prefix->n_tokens : 0, &lim,
+                                         &c->err);
     if (rc == 0) rc = make_choices(c);
     if (rc == 0) rc = submit_all(c);
     if (rc < 0) {
-        metrics_request(r->s->mx, c->status == 404 ? "" : c->task, c->status, 0, 0, 0, -1);
-        ret = http_send_error_hdr(r, (unsigned)c->status,
+        metrics_request(r->s->mx, c->err.status == 404 ? "" : c->task, c->err.status, 0, 0, 0, -1);
+        ret = http_send_error_hdr(r, (unsigned)c->err.status,
                                   c->retry_after[0] ? MHD_HTTP_HEADER_RETRY_AFTER : NULL,
-                                  c->retry_after, c->param, c->code, "%s", c->msg);
+                                  c->retry_after, c->err.param, c->err.code, "%s", c->err.msg);
         completion_free(c);
         return ret;
     }
-    if (!c->stream) {
+    if (!c->q.stream) {
         ret = answer_whole(c, r);
         completion_free(c);
         return ret;

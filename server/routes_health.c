@@ -33,6 +33,11 @@ enum MHD_Result route_metrics(http_req *r)
     }
     hbuf out = {0};
     metrics_render(s->mx, have_ss ? &ss : NULL, ready ? &rs : NULL, ready, &out);
+    if (ready && s->wk) {
+        worker_stats ws;
+        worker_stats_get(s->wk, &ws);
+        metrics_render_training(&ws, &out);
+    }
     if (out.oom) {
         hbuf_free(&out);
         return http_send_error(r, 503, NULL, "out_of_memory", "Out of memory.");

@@ -9,15 +9,22 @@
  *     running the handlers (http.c, routes_*.c);
  *   - the scheduler's engine thread (and its step thread pool);
  *   - uv: a libuv loop running the registry watcher (fs events + rescan
- *     timer); stopped through a uv_async_t, the only bridge into it.
+ *     timer) and the training worker's wake-up handles (worker.c); stopped
+ *     through a uv_async_t, the only bridge into it;
+ *   - training: a libuv pool thread running the worker's jobs one at a time
+ *     (plus the backprop threads of the job), at a lower priority.
  *
  * Startup: MHD starts first, so /health answers 503 {"status":"loading"}
  * while the model loads; then model, registry (+ watcher), scheduler; then
- * `ready`. Shutdown: stop accepting (quiesce), take the scheduler away from
+ * `ready`; then the worker looks for jobs (a job left running by a crash
+ * resumes from its checkpoint). Shutdown: stop accepting (quiesce), tell
+ * the worker to stop at its next step boundary (its job stays running in the
+ * store and resumes at the next start), take the scheduler away from
  * the handlers and free it with a grace period (running requests finish,
  * the rest are cancelled and their handlers answer), let the handlers write
  * those answers (up to DRAIN_MS), stop MHD (closes the connections, joins
- * their threads), stop the uv loop, free everything, exit 0. */
+ * their threads), stop the uv loop (it ends once the training step in flight
+ * has returned), close the job store, free everything, exit 0. */
 #include <errno.h>
 #include <fcntl.h>
 #include <jansson.h>
@@ -64,6 +71,7 @@ typedef struct uv_side {
     uv_async_t stop;
     pthread_t thread;
     pd_registry *reg;
+    worker *wk;        /* NULL without a job store */
     pthread_mutex_t mu;
     pthread_cond_t cv;
     int state; /* 0 starting, 1 running, -1 failed */
@@ -74,6 +82,7 @@ static void on_uv_stop(uv_async_t *a)
 {
     uv_side *u = a->data;
     pd_registry_unwatch(u->reg);
+    worker_unwatch(u->wk);
     uv_close((uv_handle_t *)a, NULL);
 }
 
@@ -108,17 +117,27 @@ static void *uv_main(void *arg)
         uv_started(u, -1);
         return NULL;
     }
+    if (u->wk && worker_watch(u->wk, &u->loop, &u->err) < 0) {
+        pd_registry_unwatch(u->reg);
+        uv_close((uv_handle_t *)&u->stop, NULL);
+        uv_run(&u->loop, UV_RUN_DEFAULT);
+        uv_loop_close(&u->loop);
+        uv_started(u, -1);
+        return NULL;
+    }
     uv_started(u, 1);
     uv_run(&u->loop, UV_RUN_DEFAULT);
     if (uv_loop_close(&u->loop) != 0) PD_LOGW("uv loop closed with handles still open");
     return NULL;
 }
 
-/* Starts the uv thread and waits until the watcher runs. 0 or -1 (logged). */
-static int uv_side_start(uv_side *u, pd_registry *reg)
+/* Starts the uv thread and waits until the watcher (and the worker's
+ * handles, when wk is not NULL) run. 0 or -1 (logged). */
+static int uv_side_start(uv_side *u, pd_registry *reg, worker *wk)
 {
     memset(u, 0, sizeof *u);
     u->reg = reg;
+    u->wk = wk;
     if (pthread_mutex_init(&u->mu, NULL) != 0) return -1;
     if (pthread_cond_init(&u->cv, NULL) != 0) {
         pthread_mutex_destroy(&u->mu);
@@ -135,7 +154,7 @@ static int uv_side_start(uv_side *u, pd_registry *reg)
     pthread_mutex_unlock(&u->mu);
     if (state < 0) {
         pthread_join(u->thread, NULL);
-        PD_LOGE("registry watcher: %s", u->err.msg);
+        PD_LOGE("uv side (registry watcher, training worker): %s", u->err.msg);
         return -1;
     }
     return 0;
@@ -147,6 +166,21 @@ static void uv_side_stop(uv_side *u)
     pthread_join(u->thread, NULL);
     pthread_cond_destroy(&u->cv);
     pthread_mutex_destroy(&u->mu);
+}
+
+/* The worker's yield test: 1 while completions wait or run. */
+static int serving_busy(void *user_data)
+{
+    srv *s = user_data;
+    pd_sched_stats ss;
+    int busy = 0;
+    pthread_rwlock_rdlock(&s->sched_lock);
+    if (s->sched) {
+        pd_sched_stats_get(s->sched, &ss);
+        busy = ss.queued > 0 || ss.running > 0;
+    }
+    pthread_rwlock_unlock(&s->sched_lock);
+    return busy;
 }
 
 /* mkdir -p path (0755). 0 or -1 with errno. */
@@ -299,7 +333,32 @@ int cmd_serve(int argc, char **argv)
         PD_LOGE("registry: %s", err.msg);
         goto done;
     }
-    if (uv_side_start(&uv, s->reg) < 0) goto done;
+    if (cfg.data) {
+        if (pd_jobstore_open(cfg.data, &s->js, &err) < 0) {
+            PD_LOGE("job store: %s", err.msg);
+            goto done;
+        }
+        worker_params wp = {
+            .js = s->js,
+            .model = s->model,
+            .reg = s->reg,
+            .serving_busy = serving_busy,
+            .user_data = s,
+            .train_threads = (int)cfg.train_threads,
+            .nice = (int)cfg.train_nice,
+            .checkpoint_every = (int)cfg.checkpoint_every,
+            .eval_every = (int)cfg.train_eval_every,
+            .metrics_every = (int)cfg.train_metrics_every,
+            .max_pause_ms = (int)cfg.train_max_pause_ms,
+        };
+        if (worker_create(&wp, &s->wk, &err) < 0) {
+            PD_LOGE("training worker: %s", err.msg);
+            goto done;
+        }
+    } else {
+        PD_LOGW("no data directory: the fine-tuning API is disabled");
+    }
+    if (uv_side_start(&uv, s->reg, s->wk) < 0) goto done;
     have_uv = 1;
     pd_sched_params sp = pd_sched_default_params();
     sp.max_seqs = (int)cfg.max_seqs;
@@ -318,6 +377,7 @@ int cmd_serve(int argc, char **argv)
             "%d API key(s)",
             s->model->id, s->model->fingerprint_hex, rs.n_tasks, cfg.registry, s->context,
             cfg.n_keys);
+    worker_kick(s->wk);
 
     unsigned char sig = 0;
     ssize_t got;
@@ -329,6 +389,7 @@ int cmd_serve(int argc, char **argv)
 
 done:
     atomic_store(&s->stopping, 1);
+    worker_stop(s->wk); /* training stops at its next step; serving finishes first */
     http_quiesce(s);
     if (have_rwlock) {
         pthread_rwlock_wrlock(&s->sched_lock);
@@ -343,6 +404,8 @@ done:
     if (left > 0) PD_LOGW("%d request(s) still being answered at shutdown: closing them", left);
     http_stop(s);
     if (have_uv) uv_side_stop(&uv);
+    worker_free(s->wk);
+    pd_jobstore_close(s->js);
     pd_registry_free(s->reg);
     pd_model_free(s->model);
     metrics_free(s->mx);

@@ -6,6 +6,7 @@
  * token_embedding, rms_att, wq, wk, wv, wo, rms_ffn, w1, w2, w3, rms_final,
  * two legacy RoPE tables of seq_len·head_dim/2 floats (unused), and wcls when
  * not shared. The file is mapped read-only; weights point into it. */
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -93,7 +94,9 @@ int pd__model_load_llama2c(pd_model *m, const char *path, const char *tokenizer_
     c->vocab_size = h[5] == INT32_MIN ? 0 : abs(h[5]);
     c->seq_len = h[6];
     c->head_dim = c->n_heads > 0 ? c->dim / c->n_heads : 0;
-    c->kv_dim = c->n_kv_heads * c->head_dim;
+    /* 64-bit: the header is not validated yet; pd_config_validate refuses -1 */
+    int64_t kv_dim = (int64_t)c->n_kv_heads * c->head_dim;
+    c->kv_dim = kv_dim > INT_MAX || kv_dim < INT_MIN ? -1 : (int)kv_dim;
     c->rope_base = 10000.0f;
     c->norm_eps = 1e-5f;
     if ((rc = pd_config_validate(c, path, err)) < 0) {

@@ -68,17 +68,24 @@ class Balancer:
 @pytest.fixture
 def cluster(tmp_path):
     registry = make_registry(tmp_path / "registry", [("story", "Once upon a time")])
-    replicas = []
-    for i in range(3):
-        d = tmp_path / f"r{i}"
-        d.mkdir()
-        replicas.append(Server(d, registry, config={"registry_rescan_ms": 500}))
-    lb = Balancer(tmp_path, [r.port for r in replicas])
-    yield replicas, lb
-    lb.stop()
-    for r in replicas:
-        if r.proc.poll() is None:
-            r.stop()
+    replicas, lb = [], None
+    try:
+        for i in range(3):
+            d = tmp_path / f"r{i}"
+            d.mkdir()
+            replicas.append(Server(d, registry, config={"registry_rescan_ms": 500}))
+        lb = Balancer(tmp_path, [r.port for r in replicas])
+        yield replicas, lb
+    finally:
+        if lb:
+            lb.stop()
+        for r in replicas:  # every replica is stopped, even if one fails to
+            if r.proc.poll() is None:
+                try:
+                    r.stop()
+                except AssertionError:
+                    r.proc.kill()
+                    raise
 
 
 def completion(task, prompt="One day", n=20):

@@ -1,0 +1,442 @@
+/* routes_jobs.c — fine-tuning jobs over HTTP, in OpenAI's shape: POST and
+ * GET /v1/fine_tuning/jobs, GET /v1/fine_tuning/jobs/{id}[/events], POST
+ * /v1/fine_tuning/jobs/{id}/cancel.
+ *
+ * POST checks the whole request here (types, ranges, the model, the
+ * suffix) and stores it with every setting resolved ("auto" and absent
+ * values replaced by the defaults), so GET shows what will run and a
+ * resumed job runs the same settings; the job store checks the files. The
+ * job starts in validating_files and the worker (worker.c) takes it from
+ * there. Settings: top-level `hyperparameters` {n_epochs, batch_size,
+ * learning_rate_multiplier} and `method: {"type": "prefix", "prefix":
+ * {"hyperparameters": {...}}}`, which may also carry those three (they
+ * must then agree) and num_virtual_tokens, prefix_projection,
+ * encoder_hidden_size, learning_rate, init_text. The task is `suffix`, or
+ * the job's id when there is none; an existing task is replaced when the
+ * job succeeds. `metadata` and `integrations` are accepted and ignored;
+ * any other unknown parameter is a 400. Choices where OpenAI says nothing: an unknown file is 400
+ * (param training_file / validation_file), as OpenAI answers; cancelling a
+ * finished job is 409. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "http.h"
+#include "prefixd/log.h"
+
+#define MAX_EPOCHS 1000
+#define MAX_BATCH 256
+#define MAX_HIDDEN 16384
+#define MAX_LR 10.0
+#define MAX_LR_MULT 100.0
+#define MAX_INIT_TEXT 16384
+#define CANCEL_WAIT_MS 5000
+
+/* A request error: where (param, "" for none) and what. */
+typedef struct bad {
+    char param[64];
+    char msg[512];
+} bad;
+
+static int fail(bad *b, const char *param, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static int fail(bad *b, const char *param, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(b->msg, sizeof b->msg, fmt, ap);
+    va_end(ap);
+    snprintf(b->param, sizeof b->param, "%s", param ? param : "");
+    return -1;
+}
+
+static int is_auto(const json_t *v)
+{
+    return !v || json_is_null(v) || (json_is_string(v) && !strcmp(json_string_value(v), "auto"));
+}
+
+/* The keys of obj must all be in allowed (NULL-terminated). The error's
+ * param is where (the enclosing parameter), or the key itself at the top
+ * level (where NULL). */
+static int only_keys(const json_t *obj, const char *const *allowed, const char *where, bad *b)
+{
+    const char *key;
+    json_t *v;
+    json_object_foreach((json_t *)obj, key, v) {
+        int ok = 0;
+        for (const char *const *a = allowed; *a; a++) ok |= !strcmp(*a, key);
+        if (!ok)
+            return fail(b, where ? where : key, "Unrecognized request argument supplied: '%s'%s%s.",
+                        key, where ? " in " : "", where ? where : "");
+    }
+    return 0;
+}
+
+/* An integer setting: "auto"/absent leave *out; otherwise in [lo, hi]. */
+static int int_setting(const json_t *o, const char *key, long lo, long hi, int *out, bad *b)
+{
+    const json_t *v = json_object_get(o, key);
+    if (is_auto(v)) return 0;
+    if (!json_is_integer(v) || json_integer_value(v) < lo || json_integer_value(v) > hi)
+        return fail(b, key, "%s must be \"auto\" or a whole number from %ld to %ld.", key, lo,
+                    hi);
+    *out = (int)json_integer_value(v);
+    return 0;
+}
+
+static int real_setting(const json_t *o, const char *key, double hi, double *out, bad *b)
+{
+    const json_t *v = json_object_get(o, key);
+    if (is_auto(v)) return 0;
+    double x = json_is_number(v) ? json_number_value(v) : NAN;
+    if (!(x > 0 && x <= hi))
+        return fail(b, key, "%s must be \"auto\" or a number in (0, %g].", key, hi);
+    *out = x;
+    return 0;
+}
+
+/* The three OpenAI hyper-parameters from one object (NULL: none). set[]
+ * records which were given, for the agreement check. */
+typedef struct common_hp {
+    int n_epochs, batch_size;
+    double lr_mult;
+} common_hp;
+
+static int read_common(const json_t *o, common_hp *h, int set[3], bad *b)
+{
+    if (!o) return 0;
+    static const char *const keys[] = {"n_epochs", "batch_size", "learning_rate_multiplier"};
+    for (int i = 0; i < 3; i++) set[i] = !is_auto(json_object_get(o, keys[i]));
+    if (int_setting(o, "n_epochs", 1, MAX_EPOCHS, &h->n_epochs, b) < 0 ||
+        int_setting(o, "batch_size", 1, MAX_BATCH, &h->batch_size, b) < 0 ||
+        real_setting(o, "learning_rate_multiplier", MAX_LR_MULT, &h->lr_mult, b) < 0)
+        return -1;
+    return 0;
+}
+
+/* Checks the request body and builds the job's stored request (new
+ * reference) with every setting resolved; NULL with *b filled. */
+static json_t *job_request(srv *s, const json_t *body, bad *b)
+{
+    static const char *const top[] = {"model", "training_file", "validation_file", "suffix",
+                                      "seed", "hyperparameters", "method", "metadata",
+                                      "integrations", NULL};
+    if (only_keys(body, top, NULL, b) < 0) return NULL;
+    const json_t *model = json_object_get(body, "model");
+    if (model && !json_is_null(model) &&
+        !(json_is_string(model) && !strcmp(json_string_value(model), s->model->id))) {
+        fail(b, "model", "Model %s%s%s is not available for fine-tuning: prefixes are trained "
+             "on the base model '%s' (or leave model out).",
+             json_is_string(model) ? "'" : "", json_is_string(model) ? json_string_value(model)
+                                                                     : "(not a string)",
+             json_is_string(model) ? "'" : "", s->model->id);
+        return NULL;
+    }
+    const json_t *train = json_object_get(body, "training_file");
+    if (!json_is_string(train) || !json_string_length(train)) {
+        fail(b, "training_file", "Missing required parameter: 'training_file' (a file id from "
+             "POST /v1/files).");
+        return NULL;
+    }
+    const json_t *valid = json_object_get(body, "validation_file");
+    if (valid && !json_is_null(valid) && !json_is_string(valid)) {
+        fail(b, "validation_file", "validation_file must be a file id or null.");
+        return NULL;
+    }
+    const json_t *suffix = json_object_get(body, "suffix");
+    if (suffix && !json_is_null(suffix)) {
+        if (!json_is_string(suffix) || !pd_task_name_valid(json_string_value(suffix))) {
+            fail(b, "suffix", "suffix names the new task: use 1 to %d characters from "
+                 "[A-Za-z0-9._-], starting with a letter or digit.", PD_TASK_NAME_MAX);
+            return NULL;
+        }
+        if (!strcmp(json_string_value(suffix), s->model->id)) {
+            fail(b, "suffix", "suffix '%s' is the base model's id; choose another task name.",
+                 json_string_value(suffix));
+            return NULL;
+        }
+    }
+    const json_t *seed = json_object_get(body, "seed");
+    if (seed && !json_is_null(seed) &&
+        !(json_is_integer(seed) && json_integer_value(seed) >= 0 &&
+          json_integer_value(seed) <= 2147483647)) {
+        fail(b, "seed", "seed must be a whole number from 0 to 2147483647.");
+        return NULL;
+    }
+
+    /* hyper-parameters: top level, then the method's */
+    common_hp h = {WORKER_DEFAULT_EPOCHS, WORKER_DEFAULT_BATCH, 1.0};
+    int set_top[3] = {0}, set_m[3] = {0};
+    const json_t *hp = json_object_get(body, "hyperparameters");
+    static const char *const hp_keys[] = {"n_epochs", "batch_size", "learning_rate_multiplier",
+                                          NULL};
+    if (hp && !json_is_null(hp)) {
+        if (!json_is_object(hp)) {
+            fail(b, "hyperparameters", "hyperparameters must be an object.");
+            return NULL;
+        }
+        if (only_keys(hp, hp_keys, "hyperparameters", b) < 0 || read_common(hp, &h, set_top, b) < 0)
+            return NULL;
+    } else {
+        hp = NULL;
+    }
+    const json_t *method = json_object_get(body, "method"), *php = NULL;
+    if (method && !json_is_null(method)) {
+        static const char *const m_keys[] = {"type", "prefix", NULL};
+        if (!json_is_object(method) || only_keys(method, m_keys, "method", b) < 0) {
+            if (!json_is_object(method)) fail(b, "method", "method must be an object.");
+            return NULL;
+        }
+        const json_t *type = json_object_get(method, "type");
+        if (!json_is_string(type) || strcmp(json_string_value(type), "prefix") != 0) {
+            fail(b, "method", "method.type must be \"prefix\": this server trains prefixes "
+                 "(prefix tuning), not %s.", json_is_string(type) ? json_string_value(type)
+                                                                    : "an unnamed method");
+            return NULL;
+        }
+        const json_t *prefix = json_object_get(method, "prefix");
+        if (prefix && !json_is_null(prefix)) {
+            static const char *const p_keys[] = {"hyperparameters", NULL};
+            if (!json_is_object(prefix) || only_keys(prefix, p_keys, "method.prefix", b) < 0) {
+                if (!json_is_object(prefix))
+                    fail(b, "method", "method.prefix must be an object.");
+                return NULL;
+            }
+            php = json_object_get(prefix, "hyperparameters");
+            if (php && json_is_null(php)) php = NULL;
+            if (php && !json_is_object(php)) {
+                fail(b, "method", "method.prefix.hyperparameters must be an object.");
+                return NULL;
+            }
+        }
+    }
+    static const char *const php_keys[] = {"n_epochs", "batch_size", "learning_rate_multiplier",
+                                           "num_virtual_tokens", "prefix_projection",
+                                           "encoder_hidden_size", "learning_rate", "init_text",
+                                           NULL};
+    common_hp hm = h;
+    if (php && (only_keys(php, php_keys, "method.prefix.hyperparameters", b) < 0 ||
+                read_common(php, &hm, set_m, b) < 0))
+        return NULL;
+    if ((set_top[0] && set_m[0] && hm.n_epochs != h.n_epochs) ||
+        (set_top[1] && set_m[1] && hm.batch_size != h.batch_size) ||
+        (set_top[2] && set_m[2] && hm.lr_mult != h.lr_mult)) {
+        fail(b, "hyperparameters", "hyperparameters and method.prefix.hyperparameters "
+             "disagree: give each setting once.");
+        return NULL;
+    }
+    h = hm;
+    int P = WORKER_DEFAULT_P, hidden = WORKER_DEFAULT_HIDDEN, proj = 0;
+    double lr = WORKER_DEFAULT_LR;
+    const char *init_text = NULL;
+    const int seq_len = s->model->cfg.seq_len;
+    if (php) {
+        if (int_setting(php, "num_virtual_tokens", 1, seq_len - 2, &P, b) < 0 ||
+            int_setting(php, "encoder_hidden_size", 1, MAX_HIDDEN, &hidden, b) < 0 ||
+            real_setting(php, "learning_rate", MAX_LR, &lr, b) < 0)
+            return NULL;
+        const json_t *v = json_object_get(php, "prefix_projection");
+        if (v && !json_is_null(v)) {
+            if (!json_is_boolean(v)) {
+                fail(b, "prefix_projection", "prefix_projection must be true or false.");
+                return NULL;
+            }
+            proj = json_is_true(v);
+        }
+        v = json_object_get(php, "init_text");
+        if (v && !json_is_null(v)) {
+            if (!json_is_string(v) || !json_string_length(v) ||
+                strlen(json_string_value(v)) != json_string_length(v) ||
+                json_string_length(v) > MAX_INIT_TEXT) {
+                fail(b, "init_text", "init_text must be a non-empty string of at most %d bytes "
+                     "(without NUL characters).", MAX_INIT_TEXT);
+                return NULL;
+            }
+            init_text = json_string_value(v);
+        }
+    }
+    if (init_text && proj) {
+        fail(b, "init_text", "init_text cannot be combined with prefix_projection: train the "
+             "prefix directly to start from a prompt.");
+        return NULL;
+    }
+    if (init_text) { /* the prompt's token count is the prefix length */
+        int32_t *tok = malloc((size_t)seq_len * sizeof *tok);
+        int n = tok ? pd_tokenizer_encode(s->model->tok, init_text, strlen(init_text), 1, 0, tok,
+                                          seq_len)
+                    : -1;
+        free(tok);
+        if (n < 1 || n > seq_len - 3) {
+            fail(b, "init_text", "init_text must encode to at most %d tokens.", seq_len - 3);
+            return NULL;
+        }
+        P = n;
+    }
+
+    json_t *common = json_pack("{s:i,s:i,s:f}", "n_epochs", h.n_epochs, "batch_size",
+                               h.batch_size, "learning_rate_multiplier", h.lr_mult);
+    json_t *prefix_hp = json_pack("{s:i,s:i,s:i,s:b,s:i,s:f}", "n_epochs", h.n_epochs,
+                                  "batch_size", h.batch_size, "num_virtual_tokens", P,
+                                  "prefix_projection", proj, "encoder_hidden_size", hidden,
+                                  "learning_rate", lr);
+    if (prefix_hp) json_object_set_new(prefix_hp, "learning_rate_multiplier", json_real(h.lr_mult));
+    if (prefix_hp && init_text) json_object_set_new(prefix_hp, "init_text", json_string(init_text));
+    json_t *out = json_pack("{s:s,s:O,s:O?,s:O?,s:O?,s:o,s:{s:s,s:{s:o}}}", "model", s->model->id,
+                            "training_file", train, "validation_file", valid, "suffix", suffix,
+                            "seed", seed, "hyperparameters", common, "method", "type", "prefix",
+                            "prefix", "hyperparameters", prefix_hp);
+    if (!out) fail(b, NULL, "Out of memory.");
+    return out;
+}
+
+/* Unfinished jobs (validating_files, queued, running) in the store, or -1. */
+static long count_unfinished(pd_jobstore *js, pd_err *err)
+{
+    long n = 0;
+    char after[PD_JOBSTORE_ID_MAX] = "";
+    for (;;) {
+        json_t *page;
+        if (pd_jobstore_job_list(js, after[0] ? after : NULL, PD_JOBSTORE_LIST_MAX, &page, err) <
+            0)
+            return -1;
+        json_t *data = json_object_get(page, "data"), *job;
+        size_t i;
+        json_array_foreach(data, i, job) {
+            const char *st = json_string_value(json_object_get(job, "status"));
+            int parsed = st ? pd_job_status_parse(st) : -1;
+            if (parsed >= 0 && !pd_job_status_final((pd_job_status)parsed)) n++;
+            const char *id = json_string_value(json_object_get(job, "id"));
+            if (id) snprintf(after, sizeof after, "%s", id);
+        }
+        int more = json_is_true(json_object_get(page, "has_more")) && json_array_size(data);
+        json_decref(page);
+        if (!more) return n;
+    }
+}
+
+enum MHD_Result route_jobs_create(http_req *r)
+{
+    enum MHD_Result ret;
+    if (http_need_jobstore(r, &ret) < 0) return ret;
+    srv *s = r->s;
+    json_t *body = http_body_json(r, &ret);
+    if (!body) return ret;
+    bad b = {{0}, {0}};
+    json_t *req = job_request(s, body, &b);
+    json_decref(body);
+    if (!req)
+        return http_send_error(r, b.param[0] ? 400 : 503, b.param[0] ? b.param : NULL,
+                               b.param[0] ? "invalid_value" : "out_of_memory", "%s", b.msg);
+    pd_err err;
+    long unfinished = count_unfinished(s->js, &err);
+    if (unfinished < 0) {
+        json_decref(req);
+        return http_send_store_error(r, err.code, &err, NULL);
+    }
+    if (unfinished >= s->cfg->max_jobs) {
+        json_decref(req);
+        return http_send_error_hdr(r, 429, MHD_HTTP_HEADER_RETRY_AFTER, "60", NULL,
+                                   "too_many_jobs",
+                                   "%ld fine-tuning jobs are waiting or running (max_jobs is "
+                                   "%ld); retry when one has finished.",
+                                   unfinished, s->cfg->max_jobs);
+    }
+    char id[PD_JOBSTORE_ID_MAX];
+    json_t *obj;
+    int rc = pd_jobstore_job_create(s->js, req, id, &obj, &err);
+    json_decref(req);
+    if (rc == PD_ENOTFOUND) { /* an unknown file: OpenAI answers 400 naming the parameter */
+        const char *param = !strncmp(err.msg, "validation_file", 15) ? "validation_file"
+                                                                      : "training_file";
+        return http_send_error(r, 400, param, "file_not_found", "%s (upload it with POST "
+                               "/v1/files first).", err.msg);
+    }
+    if (rc < 0) return http_send_store_error(r, rc, &err, NULL);
+    PD_LOGI("fine-tuning job %s created", id);
+    worker_submitted(s->wk, id);
+    return http_send_json(r, 200, obj);
+}
+
+enum MHD_Result route_jobs_list(http_req *r)
+{
+    enum MHD_Result ret;
+    const char *after;
+    int limit;
+    if (http_need_jobstore(r, &ret) < 0 || http_list_args(r, &after, &limit, &ret) < 0)
+        return ret;
+    json_t *out;
+    pd_err err;
+    int rc = pd_jobstore_job_list(r->s->js, after, limit, &out, &err);
+    if (rc == PD_ENOTFOUND)
+        return http_send_error(r, 400, "after", "invalid_value", "%s", err.msg);
+    if (rc < 0) return http_send_store_error(r, rc, &err, NULL);
+    return http_send_json(r, 200, out);
+}
+
+enum MHD_Result route_jobs_get(http_req *r)
+{
+    enum MHD_Result ret;
+    if (http_need_jobstore(r, &ret) < 0) return ret;
+    json_t *out;
+    pd_err err;
+    int rc = pd_jobstore_job_get(r->s->js, r->param, &out, &err);
+    if (rc < 0) return http_send_store_error(r, rc, &err, "job_not_found");
+    return http_send_json(r, 200, out);
+}
+
+enum MHD_Result route_jobs_events(http_req *r)
+{
+    enum MHD_Result ret;
+    const char *after;
+    int limit;
+    if (http_need_jobstore(r, &ret) < 0 || http_list_args(r, &after, &limit, &ret) < 0)
+        return ret;
+    pd_err err;
+    if (pd_jobstore_job_status(r->s->js, r->param, NULL, NULL, &err) < 0)
+        return http_send_store_error(r, err.code, &err, "job_not_found");
+    json_t *out;
+    int rc = pd_jobstore_event_list(r->s->js, r->param, after, limit, &out, &err);
+    if (rc == PD_ENOTFOUND)
+        return http_send_error(r, 400, "after", "invalid_value", "%s", err.msg);
+    if (rc < 0) return http_send_store_error(r, rc, &err, NULL);
+    return http_send_json(r, 200, out);
+}
+
+enum MHD_Result route_jobs_cancel(http_req *r)
+{
+    enum MHD_Result ret;
+    if (http_need_jobstore(r, &ret) < 0) return ret;
+    srv *s = r->s;
+    pd_err err;
+    json_t *obj;
+    int rc = pd_jobstore_job_request_cancel(s->js, r->param, &obj, &err);
+    if (rc == PD_EINVAL) /* already finished */
+        return http_send_error(r, 409, NULL, "job_finished", "%s", err.msg);
+    if (rc < 0) return http_send_store_error(r, rc, &err, "job_not_found");
+    const char *status = json_string_value(json_object_get(obj, "status"));
+    if (status && !strcmp(status, "cancelled") &&
+        pd_jobstore_event_add(s->js, r->param, "info", "message", "Fine-tuning job cancelled",
+                              NULL, NULL, &err) < 0)
+        PD_LOGW("fine-tuning job %s: event not recorded: %s", r->param, err.msg);
+    if (status && !strcmp(status, "running")) {
+        /* the worker stops at its next step; answer with the final state if
+         * it comes soon (it does: steps are short) */
+        worker_cancel(s->wk, r->param);
+        struct timespec tick = {0, 10 * 1000 * 1000};
+        pd_job_status st = PD_JOB_RUNNING;
+        for (int waited = 0; waited < CANCEL_WAIT_MS && st == PD_JOB_RUNNING; waited += 10) {
+            nanosleep(&tick, NULL);
+            if (pd_jobstore_job_status(s->js, r->param, &st, NULL, &err) < 0) break;
+        }
+        json_t *now;
+        if (pd_jobstore_job_get(s->js, r->param, &now, &err) == PD_OK) {
+            json_decref(obj);
+            obj = now;
+        }
+    }
+    PD_LOGI("fine-tuning job %s: cancel requested (%s)", r->param,
+            json_string_value(json_object_get(obj, "status")));
+    return http_send_json(r, 200, obj);
+}

@@ -1,0 +1,62 @@
+/* model_check.c — checks on a loaded model shared by the loader targets
+ * (contract in model_check.h). */
+#include "model_check.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "util.h"
+
+/* Reads the first and last of n floats at w: outside the weights, a
+ * sanitizer (or the mapping's end) stops the run. */
+static float ends(const float *w, size_t n)
+{
+    FUZZ_CHECK(w != NULL && n > 0);
+    volatile float first = w[0], last = w[n - 1];
+    return first + last;
+}
+
+void fuzz_check_model(const pd_model *m)
+{
+    const pd_config *c = &m->cfg;
+    pd_err err;
+    if (pd_config_validate(c, "fuzz", &err) < 0) fuzz_fail("loaded with a bad config: %s", err.msg);
+    const size_t dim = (size_t)c->dim, hid = (size_t)c->hidden_dim, kv = (size_t)c->kv_dim,
+                 V = (size_t)c->vocab_size;
+    float sum = ends(m->w.token_embedding, V * dim);
+    for (int l = 0; l < c->n_layers; l++) {
+        const pd_layer_weights *L = &m->w.layers[l];
+        sum += ends(L->rms_att, dim) + ends(L->wq, dim * dim) + ends(L->wk, kv * dim) +
+               ends(L->wv, kv * dim) + ends(L->wo, dim * dim) + ends(L->rms_ffn, dim) +
+               ends(L->w1, hid * dim) + ends(L->w2, dim * hid) + ends(L->w3, hid * dim);
+    }
+    sum += ends(m->w.rms_final, dim) + ends(m->w.wcls, V * dim);
+    (void)sum;
+    FUZZ_CHECK(m->tied_classifier == (m->w.wcls == m->w.token_embedding));
+    FUZZ_CHECK(m->n_tensors >= 0 && (m->n_tensors == 0 || m->tensors));
+    FUZZ_CHECK(strlen(m->fingerprint_hex) == 16);
+
+    const pd_tokenizer *tok = m->tok;
+    FUZZ_CHECK(tok && pd_tokenizer_vocab_size(tok) == c->vocab_size);
+    int bos = pd_tokenizer_bos(tok), eos = pd_tokenizer_eos(tok);
+    FUZZ_CHECK(bos >= 0 && bos < c->vocab_size && eos >= 0 && eos < c->vocab_size);
+    static const char text[] = "Once upon a time, \xC3\xA9t\xC3\xA9 \xF0\x9F\x99\x82 \xFF!";
+    int32_t ids[2 * sizeof text + 4];
+    int n = pd_tokenizer_encode(tok, text, sizeof text - 1, 1, 1, ids, (int)(sizeof ids / sizeof *ids));
+    FUZZ_CHECK(n >= 2 && n <= (int)(sizeof ids / sizeof *ids));
+    FUZZ_CHECK(ids[0] == bos && ids[n - 1] == eos);
+    for (int i = 0; i < n; i++) {
+        FUZZ_CHECK(ids[i] >= 0 && ids[i] < c->vocab_size);
+        size_t len;
+        const char *b = pd_tokenizer_decode(tok, i ? ids[i - 1] : bos, ids[i], &len);
+        FUZZ_CHECK(len == 0 || b != NULL);
+        if (len) (void)*(volatile const char *)(b + len - 1);
+    }
+    for (int id = 0; id < c->vocab_size && id < 4096; id++) {
+        const char *piece = pd_tokenizer_piece(tok, id);
+        FUZZ_CHECK(piece != NULL);
+        (void)strlen(piece);
+        (void)isfinite(pd_tokenizer_score(tok, id));
+    }
+}
