@@ -706,6 +706,10 @@ int pd_train_run(const pd_model *m, const pd_train_params *p, const pd_train_hoo
     const uint64_t tokens0 = t.trained_tokens;
     while (t.step < t.sched.total_steps) {
         if (hooks->cancel && atomic_load(hooks->cancel)) {
+            /* a step boundary: keep the progress so a stop for shutdown
+             * resumes here rather than at the last periodic checkpoint */
+            if (p->checkpoint_path && t.step > 0 && (rc = save_checkpoint(&t, err)) < 0)
+                goto done;
             rc = pd_err_set(err, PD_ECANCELLED, "task %s: cancelled at step %d", p->task,
                             t.step);
             goto done;
