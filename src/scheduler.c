@@ -403,6 +403,20 @@ static void *engine_main(void *arg)
     }
 }
 
+/* Frees the engine, the buffers and s (the thread is not running). */
+static void release_memory(pd_sched *s)
+{
+    pd_engine_free(s->e);
+    free(s->queue);
+    free(s->slots);
+    free(s->b_tokens);
+    free(s->b_pos);
+    free(s->b_seqs);
+    free(s->b_want);
+    free(s->b_slot);
+    free(s);
+}
+
 int pd_sched_create(const pd_model *m, const pd_sched_params *p, pd_sched **out, pd_err *err)
 {
     *out = NULL;
@@ -445,15 +459,7 @@ int pd_sched_create(const pd_model *m, const pd_sched_params *p, pd_sched **out,
         }
     }
     if (rc < 0) {
-        pd_engine_free(s->e);
-        free(s->queue);
-        free(s->slots);
-        free(s->b_tokens);
-        free(s->b_pos);
-        free(s->b_seqs);
-        free(s->b_want);
-        free(s->b_slot);
-        free(s);
+        release_memory(s);
         return rc;
     }
     *out = s;
@@ -484,15 +490,7 @@ void pd_sched_free(pd_sched *s, int grace_ms)
     pthread_join(s->thread, NULL);
     pthread_mutex_destroy(&s->mu);
     pthread_cond_destroy(&s->wake);
-    pd_engine_free(s->e);
-    free(s->queue);
-    free(s->slots);
-    free(s->b_tokens);
-    free(s->b_pos);
-    free(s->b_seqs);
-    free(s->b_want);
-    free(s->b_slot);
-    free(s);
+    release_memory(s);
 }
 
 int pd_sched_submit(pd_sched *s, pd_request *rq, pd_err *err)
