@@ -6,6 +6,7 @@
 #   make test       deps + build + every test (unit, end-to-end)
 #   make asan       the test suite under AddressSanitizer + UndefinedBehaviorSanitizer
 #   make bench      speed figures next to this machine's own sgemm peak and bandwidth
+#   make soak       bounded mixed load on 127.0.0.1 for SOAK_SECONDS (RSS, fds, no 5xx)
 #   make fuzz       every libFuzzer target (clang, ASan + UBSan) for FUZZ_SECONDS each
 #   make fuzz-regress  every fuzz seed and regression input, without libFuzzer (in unit)
 
@@ -39,7 +40,7 @@ MODEL     ?= models/stories260K/stories260K.bin
 TOKENIZER ?= models/stories260K/tok512.bin
 PYTHON    ?= /usr/bin/python3
 
-.PHONY: all deps run test unit e2e asan bench clean
+.PHONY: all deps run test unit e2e asan bench soak clean
 
 all: $(BUILD)/prefixd $(BUILD)/libprefixd.a $(TEST_BIN)
 
@@ -109,11 +110,23 @@ asan: deps
 	  SAN="-fsanitize=address,undefined -fno-sanitize-recover=undefined" all
 	ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
 	  sh tests/run_unit.sh $(patsubst $(BUILD)/%,build-asan/%,$(TEST_BIN))
+	$(MAKE) BUILD=build-asan OPT="-O1 -g -fno-omit-frame-pointer" \
+	  SAN="-fsanitize=address,undefined -fno-sanitize-recover=undefined" fuzz-regress
 	ASAN_OPTIONS=detect_leaks=1 PREFIXD_BIN=build-asan/prefixd $(PYTHON) -m pytest -q tests/e2e
 
+SYNTH ?= $(BUILD)/bench/synth-134m-f32.gguf
 bench: deps
 	$(MAKE) $(BENCH_BIN) $(BUILD)/prefixd
 	$(BENCH_BIN)
+	$(PYTHON) tests/bench/load.py serve --model $(SYNTH)
+	$(PYTHON) tests/bench/load.py hotload --model $(MODEL) --tokenizer $(TOKENIZER)
+	$(PYTHON) tests/bench/load.py train --model $(MODEL) --tokenizer $(TOKENIZER)
+
+# tests/e2e/soak.py (its pass criteria are in its docstring); `make test` runs 60 s of it
+SOAK_SECONDS ?= 600
+soak: deps
+	$(MAKE) $(BUILD)/prefixd
+	PREFIXD_BIN=$(BUILD)/prefixd $(PYTHON) tests/e2e/soak.py --seconds $(SOAK_SECONDS)
 
 # ---- fuzzing (tests/fuzz/README.md) ----
 # tests/fuzz/fuzz_NAME.c is target NAME; its seeds are tests/fuzz/corpus/NAME/,

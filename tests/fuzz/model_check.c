@@ -6,6 +6,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "prefixd/engine.h"
+#include "prefixd/generate.h"
 #include "util.h"
 
 /* Reads the first and last of n floats at w: outside the weights, a
@@ -15,6 +17,34 @@ static float ends(const float *w, size_t n)
     FUZZ_CHECK(w != NULL && n > 0);
     volatile float first = w[0], last = w[n - 1];
     return first + last;
+}
+
+/* Runs BOS and two more tokens through the model (one thread, a 4-token
+ * cache), when it is small enough to do so quickly: the engine must accept
+ * every config the loaders accept. The logits are not checked (the weights
+ * are arbitrary), only that the step completes inside its buffers. */
+static void forward(const pd_model *m)
+{
+    const pd_config *c = &m->cfg;
+    if (m->weight_bytes > (8u << 20) || (uint64_t)c->vocab_size * c->dim > (1u << 20) ||
+        c->seq_len < 3)
+        return;
+    pd_engine_params ep = pd_engine_default_params();
+    ep.max_tokens = 4;
+    ep.n_threads = 1;
+    pd_engine *e;
+    pd_seq *s;
+    pd_err err;
+    if (pd_engine_create(m, &ep, &e, &err) < 0) fuzz_fail("engine: %s", err.msg);
+    if (pd_seq_create(m, 4 < c->seq_len ? 4 : c->seq_len, &s, &err) < 0)
+        fuzz_fail("sequence: %s", err.msg);
+    const int32_t tokens[3] = {pd_tokenizer_bos(m->tok), 1 % c->vocab_size,
+                               (c->vocab_size - 1) % c->vocab_size};
+    const float *logits;
+    if (pd_prefill(e, m, s, tokens, 3, &logits, &err) < 0) fuzz_fail("prefill: %s", err.msg);
+    (void)*(volatile const float *)&logits[c->vocab_size - 1];
+    pd_seq_free(s);
+    pd_engine_free(e);
 }
 
 void fuzz_check_model(const pd_model *m)
@@ -59,4 +89,5 @@ void fuzz_check_model(const pd_model *m)
         (void)strlen(piece);
         (void)isfinite(pd_tokenizer_score(tok, id));
     }
+    forward(m);
 }

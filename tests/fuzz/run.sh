@@ -1,7 +1,8 @@
 #!/bin/sh
 # run.sh DIR SECONDS TARGET... — runs each libFuzzer binary DIR/TARGET for
 # SECONDS, one process on one core, from its committed seeds
-# (tests/fuzz/corpus/TARGET) and regression inputs (tests/fuzz/regress/TARGET).
+# (tests/fuzz/corpus/TARGET) and regression inputs (tests/fuzz/regress/TARGET),
+# with the words of tests/fuzz/dict/TARGET.dict when there is one.
 # New interesting inputs go to DIR/corpus/TARGET, a crashing input to
 # DIR/crashes/TARGET/, the log to DIR/TARGET.log. Prints one line per target
 # (executions, crashes) and exits 1 if any target crashed. Run from the
@@ -20,6 +21,7 @@ for t in "$@"; do
   mkdir -p "$work" "$crashes"
   set -- "$work" "tests/fuzz/corpus/$t"
   [ -d "tests/fuzz/regress/$t" ] && set -- "$@" "tests/fuzz/regress/$t"
+  [ -f "tests/fuzz/dict/$t.dict" ] && set -- -dict="tests/fuzz/dict/$t.dict" "$@"
   "$dir/$t" -max_total_time="$secs" -max_len=$max_len -rss_limit_mb=2048 -timeout=20 \
     -print_final_stats=1 -artifact_prefix="$crashes/" "$@" >"$dir/$t.log" 2>&1
   rc=$?
