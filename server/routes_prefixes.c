@@ -200,9 +200,11 @@ enum MHD_Result route_prefixes_put(http_req *r)
                                err.msg[0] ? err.msg : pd_strerror(rc));
     }
     pd_registry_entry e;
-    if (pd_registry_get(s->reg, task, &e) != PD_OK)
-        return http_send_error(r, 500, NULL, "internal_error",
-                               "The prefix was written but is not servable (removed meanwhile?).");
+    if (pd_registry_get(s->reg, task, &e) != PD_OK) /* a DELETE (or rm) came right after */
+        return http_send_error(r, 409, NULL, "concurrent_delete",
+                               "The prefix '%s' was written, then removed by a concurrent "
+                               "request before this one could answer.",
+                               task);
     PD_LOGI("prefix '%s' %s over HTTP (P = %d, source %s)", task,
             existed ? "replaced" : "created", e.n_tokens, e.source);
     return http_send_json(r, existed ? 200 : 201, prefix_entry_json(&e));

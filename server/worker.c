@@ -514,10 +514,12 @@ static void job_succeeded(worker *w, const char *id, const char *task, pd_prefix
         snprintf(vbuf, sizeof vbuf, ", validation loss=%.4f (base model %.4f)", vl, bl);
     event(w, id, "info", "metrics", data, "Final: training loss=%.4f%s", tl, vbuf);
     event(w, id, "info", "message", NULL, "New fine-tuned model created: %s", task);
+    /* the checkpoint goes first: a job seen succeeded has none left, and a
+     * crash in between only reruns the job (same seed: the same prefix) */
+    remove_checkpoint(w, id);
     if (set_status(w, id, PD_JOB_SUCCEEDED, NULL, NULL, NULL) == PD_OK) {
         event(w, id, "info", "message", NULL, "The job has successfully completed");
         count_outcome(w, PD_JOB_SUCCEEDED);
-        remove_checkpoint(w, id);
         PD_LOGI("training worker: job %s succeeded: task '%s' is servable", id, task);
     }
 }

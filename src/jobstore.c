@@ -803,6 +803,24 @@ static int clean_files(pd_jobstore *js, pd_err *err)
     return st;
 }
 
+/* Removes the temp files of checkpoint writes that a crash interrupted
+ * (pd_write_file_atomic's ".<job>.ckpt.tmp.XXXXXX"): the data directory's
+ * lock keeps every other writer out, so none of them is being written. */
+static void clean_checkpoint_temps(pd_jobstore *js)
+{
+    DIR *d = opendir(js->ckpt_dir);
+    if (!d) return;
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL) {
+        if (strncmp(e->d_name, ".ftjob-", 7) != 0 || !strstr(e->d_name, CKPT_EXT ".tmp."))
+            continue;
+        if (unlinkat(dirfd(d), e->d_name, 0) == 0)
+            PD_LOGW("job store: removed %s/%s left by an interrupted checkpoint", js->ckpt_dir,
+                    e->d_name);
+    }
+    closedir(d);
+}
+
 /* Cancels what was asked to be cancelled before the crash, and logs what
  * the worker will pick up. */
 static int recover_jobs(pd_jobstore *js, pd_err *err)
@@ -875,6 +893,7 @@ int pd_jobstore_open(const char *data_dir, pd_jobstore **out, pd_err *err)
     if ((st = configure(js, err)) < 0 || (st = migrate(js, err)) < 0 ||
         (st = recover_jobs(js, err)) < 0 || (st = clean_files(js, err)) < 0)
         goto fail;
+    clean_checkpoint_temps(js);
     free(lock_path);
     *out = js;
     return PD_OK;

@@ -59,6 +59,7 @@
 #define SUFFIX_LEN (sizeof SUFFIX - 1)
 #define LOAD_TRIES 3
 #define SETTLE_MS 500
+#define STALE_TEMP_S 600
 /* Room for the directory name: <dir>/<task>.safetensors fits in PATH_MAX. */
 #define DIR_MAX (PATH_MAX - PD_TASK_NAME_MAX - (int)SUFFIX_LEN - 2)
 
@@ -583,6 +584,30 @@ static void scan_abort(scan_state *s)
     s->d = NULL;
 }
 
+/* Removes name when it is a writer's temp file (".<task>.safetensors.tmp.
+ * XXXXXX", pd_write_file_atomic) untouched for STALE_TEMP_S: its writer died
+ * (kill -9, power loss) between creating and renaming it. A live writer
+ * renames within seconds and its writes keep the mtime fresh; other processes
+ * sharing the directory (replicas, `prefixd train`) write such files too,
+ * hence the age rather than "every temp file". Caller holds write_lock. */
+static void remove_stale_temp(const pd_registry *r, int dfd, const char *name)
+{
+    static const char tail[] = SUFFIX ".tmp.";
+    const size_t n = strlen(name), tl = sizeof tail - 1, xl = 6; /* mkostemp's XXXXXX */
+    if (name[0] != '.' || n < 2 + tl + xl) return;
+    const size_t tn = n - 1 - tl - xl;
+    char task[PD_TASK_NAME_MAX + 1];
+    if (tn > PD_TASK_NAME_MAX || memcmp(name + 1 + tn, tail, tl) != 0) return;
+    memcpy(task, name + 1, tn);
+    task[tn] = 0;
+    struct stat st;
+    if (!pd_task_name_valid(task) || fstatat(dfd, name, &st, AT_SYMLINK_NOFOLLOW) < 0 ||
+        !S_ISREG(st.st_mode) || time(NULL) - st.st_mtime < STALE_TEMP_S)
+        return;
+    if (unlinkat(dfd, name, 0) == 0)
+        PD_LOGW("registry: removed %s/%s, left by an interrupted write", r->dir, name);
+}
+
 /* Refreshes up to max_names directory entries; after the last one, the
  * entries the scan did not see (the sweep). Returns 1 while more remain,
  * 0 when the scan is done (and closed). Caller holds write_lock; other
@@ -597,7 +622,10 @@ static int scan_step(pd_registry *r, scan_state *s, int max_names)
         struct dirent *de = readdir(s->d);
         if (!de) goto sweep;
         if (de->d_type != DT_REG && de->d_type != DT_LNK && de->d_type != DT_UNKNOWN) continue;
-        if (task_of_filename(de->d_name, task)) refresh(r, task, s->gen, dfd, 0);
+        if (task_of_filename(de->d_name, task))
+            refresh(r, task, s->gen, dfd, 0);
+        else
+            remove_stale_temp(r, dfd, de->d_name);
     }
     return 1;
 sweep:
