@@ -20,38 +20,46 @@ TARGET static INLINE float hsum(__m256 v)
     return _mm_cvtss_f32(u);
 }
 
+/* Tiles: 3 tokens x 4 outputs for batches (12 accumulators); a single token
+ * takes 8 outputs at once (8 independent chains hide the FMA latency while
+ * the weights stream). The tile shape never changes the bits (matmul.h). */
+#define MR_MAX 3
+#define NR_MAX 8
+#define NR_BATCH 4
+
 TARGET static INLINE void tile(float *out, const float *in, const float *W, int K, int N, int t,
                                int n, const int MR, const int NR, __m256i tail_mask)
 {
-    __m256 acc[3][4];
+    /* MR x NR accumulators + MR input vectors + one weight vector: at most
+     * 16 ymm registers, so nothing spills inside the k loop */
+    __m256 acc[MR_MAX][NR_MAX];
     for (int i = 0; i < MR; i++)
         for (int j = 0; j < NR; j++) acc[i][j] = _mm256_setzero_ps();
-    const float *x[3], *w[4];
+    const float *x[MR_MAX], *w[NR_MAX];
     for (int i = 0; i < MR; i++) x[i] = in + (size_t)(t + i) * K;
     for (int j = 0; j < NR; j++) w[j] = W + (size_t)(n + j) * K;
     int k = 0;
     for (; k + 8 <= K; k += 8) {
-        __m256 wv[4];
-        for (int j = 0; j < NR; j++) wv[j] = _mm256_loadu_ps(w[j] + k);
-        for (int i = 0; i < MR; i++) {
-            __m256 xv = _mm256_loadu_ps(x[i] + k);
-            for (int j = 0; j < NR; j++) acc[i][j] = _mm256_fmadd_ps(xv, wv[j], acc[i][j]);
+        __m256 xv[MR_MAX];
+        for (int i = 0; i < MR; i++) xv[i] = _mm256_loadu_ps(x[i] + k);
+        for (int j = 0; j < NR; j++) {
+            __m256 wv = _mm256_loadu_ps(w[j] + k);
+            for (int i = 0; i < MR; i++) acc[i][j] = _mm256_fmadd_ps(xv[i], wv, acc[i][j]);
         }
     }
     if (k < K) {
-        __m256 wv[4];
-        for (int j = 0; j < NR; j++) wv[j] = _mm256_maskload_ps(w[j] + k, tail_mask);
-        for (int i = 0; i < MR; i++) {
-            __m256 xv = _mm256_maskload_ps(x[i] + k, tail_mask);
-            for (int j = 0; j < NR; j++) acc[i][j] = _mm256_fmadd_ps(xv, wv[j], acc[i][j]);
+        __m256 xv[MR_MAX];
+        for (int i = 0; i < MR; i++) xv[i] = _mm256_maskload_ps(x[i] + k, tail_mask);
+        for (int j = 0; j < NR; j++) {
+            __m256 wv = _mm256_maskload_ps(w[j] + k, tail_mask);
+            for (int i = 0; i < MR; i++) acc[i][j] = _mm256_fmadd_ps(xv[i], wv, acc[i][j]);
         }
     }
     for (int i = 0; i < MR; i++)
         for (int j = 0; j < NR; j++) out[(size_t)(t + i) * N + n + j] = hsum(acc[i][j]);
 }
 
-#define MR_MAX 3
-#define NR_MAX 4
+
 
 TARGET void pd__matmul_block_avx2(float *out, const float *in, const float *W, int K, int N,
                                   int t0, int t1, int n0, int n1)
@@ -59,18 +67,29 @@ TARGET void pd__matmul_block_avx2(float *out, const float *in, const float *W, i
     int32_t m[8];
     for (int i = 0; i < 8; i++) m[i] = i < K % 8 ? -1 : 0;
     __m256i tail_mask = _mm256_loadu_si256((const __m256i *)m);
-    for (int n = n0; n < n1; n += NR_MAX) {
-        int nr = n1 - n < NR_MAX ? n1 - n : NR_MAX;
+    const int nr_max = t1 - t0 == 1 ? NR_MAX : NR_BATCH;
+    for (int n = n0; n < n1; n += nr_max) {
+        int nr = n1 - n < nr_max ? n1 - n : nr_max;
         for (int t = t0; t < t1; t += MR_MAX) {
             int mr = t1 - t < MR_MAX ? t1 - t : MR_MAX;
             /* constant MR/NR per call so each case unrolls fully */
-            switch (mr * 4 + nr) {
-#define CASE(a, b) \
-    case a * 4 + b: tile(out, in, W, K, N, t, n, a, b, tail_mask); break;
-                CASE(1, 1) CASE(1, 2) CASE(1, 3) CASE(1, 4)
-                CASE(2, 1) CASE(2, 2) CASE(2, 3) CASE(2, 4)
-                CASE(3, 1) CASE(3, 2) CASE(3, 3) CASE(3, 4)
-#undef CASE
+            switch (mr * 16 + nr) {
+            case 17: tile(out, in, W, K, N, t, n, 1, 1, tail_mask); break;
+            case 18: tile(out, in, W, K, N, t, n, 1, 2, tail_mask); break;
+            case 19: tile(out, in, W, K, N, t, n, 1, 3, tail_mask); break;
+            case 20: tile(out, in, W, K, N, t, n, 1, 4, tail_mask); break;
+            case 21: tile(out, in, W, K, N, t, n, 1, 5, tail_mask); break;
+            case 22: tile(out, in, W, K, N, t, n, 1, 6, tail_mask); break;
+            case 23: tile(out, in, W, K, N, t, n, 1, 7, tail_mask); break;
+            case 24: tile(out, in, W, K, N, t, n, 1, 8, tail_mask); break;
+            case 33: tile(out, in, W, K, N, t, n, 2, 1, tail_mask); break;
+            case 34: tile(out, in, W, K, N, t, n, 2, 2, tail_mask); break;
+            case 35: tile(out, in, W, K, N, t, n, 2, 3, tail_mask); break;
+            case 36: tile(out, in, W, K, N, t, n, 2, 4, tail_mask); break;
+            case 49: tile(out, in, W, K, N, t, n, 3, 1, tail_mask); break;
+            case 50: tile(out, in, W, K, N, t, n, 3, 2, tail_mask); break;
+            case 51: tile(out, in, W, K, N, t, n, 3, 3, tail_mask); break;
+            case 52: tile(out, in, W, K, N, t, n, 3, 4, tail_mask); break;
             }
         }
     }
