@@ -119,7 +119,9 @@ bench: deps
 	$(MAKE) $(BENCH_BIN) $(BUILD)/prefixd
 	$(BENCH_BIN)
 	$(PYTHON) tests/bench/load.py serve --model $(SYNTH)
+	$(PYTHON) tests/bench/load.py prefix --model $(SYNTH)
 	$(PYTHON) tests/bench/load.py hotload --model $(MODEL) --tokenizer $(TOKENIZER)
+	$(PYTHON) tests/bench/load.py registry --model $(MODEL) --tokenizer $(TOKENIZER)
 	$(PYTHON) tests/bench/load.py train --model $(MODEL) --tokenizer $(TOKENIZER)
 
 # tests/e2e/soak.py (its pass criteria are in its docstring); `make test` runs 60 s of it

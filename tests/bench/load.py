@@ -1,0 +1,387 @@
+#!/usr/bin/env python3
+"""prefixd server benchmarks (`make bench`): a bounded load generator on
+loopback, figures and same-run ratios, no assertions.
+
+  load.py serve  --model M [--tokenizer T]   64 concurrent completions, one task
+                                             vs spread over 64 tasks; latency,
+                                             time to first token, aggregate
+                                             tokens/s vs one request alone
+  load.py train  --model M --tokenizer T     completion latency with and without
+                                             a fine-tuning job running
+  load.py hotload --model M --tokenizer T    rename-to-servable latency of 200
+                                             prefix files through the watcher
+  load.py prefix  --model M [--tokenizer T]  decode speed of one request with a
+                                             P=20 prefix vs none
+  load.py registry --model M --tokenizer T   10,000 registered prefixes: start-up
+                                             time, resident bytes per prefix vs
+                                             raw tensor bytes, lookup latency
+
+Only 127.0.0.1; every loop is bounded in count and time."""
+import argparse
+import http.client
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+BIN = os.path.join(ROOT, os.environ.get("PREFIXD_BIN", "build/prefixd"))
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    def __init__(self, tmp, model, tokenizer, registry, extra=None):
+        self.port = free_port()
+        cfg = {"model": model, "registry": registry, "data": os.path.join(tmp, "data"),
+               "listen": f"127.0.0.1:{self.port}", "log_level": "warn",
+               "max_seqs": 128, "queue_limit": 4096, "registry_rescan_ms": 1000}
+        if tokenizer:
+            cfg["tokenizer"] = tokenizer
+        cfg.update(extra or {})
+        path = os.path.join(tmp, f"cfg-{self.port}.json")
+        with open(path, "w") as f:
+            json.dump(cfg, f)
+        self.log = open(os.path.join(tmp, f"server-{self.port}.log"), "w")
+        self.proc = subprocess.Popen([BIN, "serve", "--config", path], stdout=self.log,
+                                     stderr=subprocess.STDOUT)
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            try:
+                if self.req("GET", "/health")[0] == 200:
+                    return
+            except OSError:
+                pass
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.1)
+        raise SystemExit("prefixd serve did not become ready; see " + self.log.name)
+
+    def req(self, method, path, body=None, timeout=600):
+        c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+        try:
+            h = {}
+            if body is not None:
+                body = json.dumps(body).encode()
+                h["Content-Type"] = "application/json"
+            c.request(method, path, body=body, headers=h)
+            r = c.getresponse()
+            return r.status, r.read()
+        finally:
+            c.close()
+
+    def stream(self, body, timeout=600):
+        """Streams one completion; returns (latency s, ttft s, completion tokens)."""
+        body = dict(body, stream=True, stream_options={"include_usage": True})
+        t0 = time.perf_counter()
+        c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+        try:
+            c.request("POST", "/v1/completions", body=json.dumps(body).encode(),
+                      headers={"Content-Type": "application/json"})
+            r = c.getresponse()
+            if r.status != 200:
+                return None
+            ttft, tokens = None, 0
+            buf = b""
+            while True:
+                chunk = r.read1(65536)
+                if not chunk:
+                    break
+                buf += chunk
+                while b"\n\n" in buf:
+                    ev, buf = buf.split(b"\n\n", 1)
+                    data = ev[len(b"data: "):]
+                    if data == b"[DONE]":
+                        continue
+                    obj = json.loads(data)
+                    if obj.get("choices") and obj["choices"][0].get("text") and ttft is None:
+                        ttft = time.perf_counter() - t0
+                    if obj.get("usage"):
+                        tokens = obj["usage"]["completion_tokens"]
+            return time.perf_counter() - t0, ttft or 0.0, tokens
+        finally:
+            c.close()
+
+    def stop(self):
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self.log.close()
+
+
+def pct(xs, p):
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))] if xs else float("nan")
+
+
+def run_load(srv, tasks, concurrency, per_worker, max_tokens, prompt="One day"):
+    """concurrency workers, each sending per_worker streamed requests in a row."""
+    lat, ttft, toks, fails = [], [], [], [0]
+    lock = threading.Lock()
+
+    def worker(i):
+        for k in range(per_worker):
+            task = tasks[(i + k * concurrency) % len(tasks)]
+            r = srv.stream({"model": task, "prompt": prompt, "max_tokens": max_tokens,
+                            "temperature": 0.8, "seed": i * 1000 + k})
+            with lock:
+                if r is None:
+                    fails[0] += 1
+                else:
+                    lat.append(r[0]); ttft.append(r[1]); toks.append(r[2])
+
+    t0 = time.perf_counter()
+    th = [threading.Thread(target=worker, args=(i,)) for i in range(concurrency)]
+    for t in th:
+        t.start()
+    for t in th:
+        t.join()
+    wall = time.perf_counter() - t0
+    return {"tokens_per_s": sum(toks) / wall, "p50": pct(lat, 50), "p99": pct(lat, 99),
+            "ttft_p50": pct(ttft, 50), "ttft_p99": pct(ttft, 99), "requests": len(lat),
+            "failed": fails[0], "tokens": sum(toks), "wall": wall}
+
+
+def make_tasks(srv, n):
+    names = []
+    for i in range(n):
+        name = f"task{i:03d}"
+        st, body = srv.req("PUT", f"/v1/prefixes/{name}",
+                           {"from_prompt": f"Story number {i}: once there was a child who liked {i} things."})
+        if st not in (200, 201):
+            raise SystemExit(f"PUT {name}: {st} {body[:200]}")
+        names.append(name)
+    return names
+
+
+def cmd_serve(a):
+    tmp = tempfile.mkdtemp(prefix="prefixd-bench-")
+    try:
+        reg = os.path.join(tmp, "registry")
+        os.makedirs(reg)
+        srv = Server(tmp, a.model, a.tokenizer, reg, {"max_step_tokens": 512})
+        try:
+            tasks = make_tasks(srv, 64)
+            alone = run_load(srv, tasks[:1], 1, 3, a.max_tokens)
+            one = run_load(srv, tasks[:1], a.concurrency, a.per_worker, a.max_tokens)
+            spread = run_load(srv, tasks, a.concurrency, a.per_worker, a.max_tokens)
+        finally:
+            srv.stop()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    print(f"server load, {os.path.basename(a.model)}: {a.concurrency} concurrent streamed "
+          f"completions x {a.per_worker} each, {a.max_tokens} tokens")
+    print(f"  {'':14} {'tok/s':>9} {'p50 s':>8} {'p99 s':>8} {'ttft p50':>9} {'ttft p99':>9} {'req':>5} {'fail':>5}")
+    for label, r in (("one request", alone), ("1 task", one), ("64 tasks", spread)):
+        print(f"  {label:14} {r['tokens_per_s']:9.1f} {r['p50']:8.3f} {r['p99']:8.3f} "
+              f"{r['ttft_p50']:9.3f} {r['ttft_p99']:9.3f} {r['requests']:5d} {r['failed']:5d}")
+    print(f"  mixed-task / single-task throughput = {spread['tokens_per_s'] / one['tokens_per_s']:.3f} (target >= 0.95)")
+    print(f"  aggregate (64 tasks) / one request alone = {spread['tokens_per_s'] / alone['tokens_per_s']:.2f}x")
+
+
+def cmd_train(a):
+    tmp = tempfile.mkdtemp(prefix="prefixd-bench-")
+    try:
+        reg = os.path.join(tmp, "registry")
+        os.makedirs(reg)
+        srv = Server(tmp, a.model, a.tokenizer, reg, {"checkpoint_every": 50})
+        try:
+            base_id = json.loads(srv.req("GET", "/v1/models")[1])["data"][0]["id"]
+            idle = run_load(srv, [base_id], 4, 150, 32)
+            data = open(os.path.join(ROOT, "tests/data/train/dragon.train.jsonl"), "rb").read()
+            boundary = "benchboundary"
+            body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"purpose\"\r\n\r\nfine-tune\r\n"
+                    f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"d.jsonl\"\r\n"
+                    f"Content-Type: application/jsonl\r\n\r\n").encode() + data + f"\r\n--{boundary}--\r\n".encode()
+            c = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=60)
+            c.request("POST", "/v1/files", body=body,
+                      headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+            r = c.getresponse()
+            fid = json.loads(r.read())["id"]
+            c.close()
+            st, job = srv.req("POST", "/v1/fine_tuning/jobs",
+                              {"training_file": fid, "suffix": "benchjob",
+                               "method": {"type": "prefix", "prefix": {"hyperparameters": {"n_epochs": 50}}}})
+            jid = json.loads(job)["id"]
+            deadline = time.time() + 60
+            while time.time() < deadline:
+                if json.loads(srv.req("GET", f"/v1/fine_tuning/jobs/{jid}")[1])["status"] == "running":
+                    break
+                time.sleep(0.1)
+            t0 = time.time()
+            busy = run_load(srv, [base_id], 4, 150, 32)
+            evs = json.loads(srv.req("GET", f"/v1/fine_tuning/jobs/{jid}/events?limit=1000")[1])["data"]
+            steps = [e["data"] for e in evs if e.get("type") == "metrics"]
+            status = json.loads(srv.req("GET", f"/v1/fine_tuning/jobs/{jid}")[1])["status"]
+            srv.req("POST", f"/v1/fine_tuning/jobs/{jid}/cancel")
+            busy_s = time.time() - t0
+        finally:
+            srv.stop()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    print("completion latency with a training job running (4 concurrent, 32 tokens)")
+    print(f"  idle:     p50 {idle['p50'] * 1000:7.1f} ms  p99 {idle['p99'] * 1000:7.1f} ms  {idle['tokens_per_s']:8.1f} tok/s")
+    print(f"  training: p50 {busy['p50'] * 1000:7.1f} ms  p99 {busy['p99'] * 1000:7.1f} ms  {busy['tokens_per_s']:8.1f} tok/s"
+          f"  (job {status}, {len(steps)} metric events in {busy_s:.1f} s)")
+    print(f"  p99 with training / p99 idle = {busy['p99'] / idle['p99']:.2f}")
+    tps = [d.get("tokens_per_second") for d in steps if d.get("tokens_per_second")]
+    if tps:
+        print(f"  training while serving: {tps[0]:.0f} tokens/s (forward + backward, train_threads 1)")
+
+
+def cmd_hotload(a):
+    tmp = tempfile.mkdtemp(prefix="prefixd-bench-")
+    try:
+        reg = os.path.join(tmp, "registry")
+        stage = os.path.join(tmp, "stage")
+        os.makedirs(reg)
+        os.makedirs(stage)
+        srv = Server(tmp, a.model, a.tokenizer, reg, {"registry_rescan_ms": 60000})
+        try:
+            names = [f"hot{i:04d}" for i in range(a.files)]
+            for name in names:  # complete files, made outside the registry
+                subprocess.run([BIN, "prefix", "from-prompt", "--model", a.model] +
+                               (["--tokenizer", a.tokenizer] if a.tokenizer else []) +
+                               ["--task", name, "--text", f"Once upon a time {name}", "--out", stage],
+                               check=True, capture_output=True)
+            lat = []
+            for name in names:
+                tmpf = os.path.join(stage, f"{name}.safetensors")
+                t0 = time.perf_counter()
+                os.rename(tmpf, os.path.join(reg, f"{name}.safetensors"))
+                while True:
+                    st, _ = srv.req("GET", f"/v1/prefixes/{name}")
+                    if st == 200:
+                        break
+                    if time.perf_counter() - t0 > 5:
+                        raise SystemExit(f"{name} not servable after 5 s")
+                lat.append(time.perf_counter() - t0)
+        finally:
+            srv.stop()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    print(f"hot-load, rename into the registry -> GET /v1/prefixes/{{task}} 200, {len(lat)} files:")
+    print(f"  p50 {pct(lat, 50) * 1000:.2f} ms  p99 {pct(lat, 99) * 1000:.2f} ms  max {max(lat) * 1000:.2f} ms (target p99 <= 50 ms)")
+
+
+def rss_kb(pid):
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def cmd_prefix(a):
+    tmp = tempfile.mkdtemp(prefix="prefixd-bench-")
+    try:
+        reg = os.path.join(tmp, "registry")
+        os.makedirs(reg)
+        srv = Server(tmp, a.model, a.tokenizer, reg)
+        try:
+            text = "abcdefghijklmnopqr"  # BOS + dummy space + 18 bytes: 20 slots on byte-level vocabularies
+            st, body = srv.req("PUT", "/v1/prefixes/p20", {"from_prompt": text})
+            P = json.loads(body).get("num_virtual_tokens")
+            base_id = json.loads(srv.req("GET", "/v1/models")[1])["data"][0]["id"]
+            res = {}
+            for model in (base_id, "p20"):
+                best = 0.0
+                for _ in range(3):
+                    r = srv.stream({"model": model, "prompt": "One day", "max_tokens": a.max_tokens,
+                                    "temperature": 0.8, "seed": 1})
+                    if r and r[0] > r[1]:
+                        best = max(best, (r[2] - 1) / (r[0] - r[1]))  # decode rate after the first token
+                res[model] = best
+        finally:
+            srv.stop()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    print(f"decode, one request, {os.path.basename(a.model)}: no prefix {res[base_id]:.1f} tok/s, "
+          f"P={P} prefix {res['p20']:.1f} tok/s")
+    print(f"  with prefix / without = {res['p20'] / res[base_id]:.3f} (target >= 0.95)")
+
+
+def cmd_registry(a):
+    tmp = tempfile.mkdtemp(prefix="prefixd-bench-")
+    try:
+        reg = os.path.join(tmp, "registry")
+        empty = os.path.join(tmp, "empty")
+        os.makedirs(reg)
+        os.makedirs(empty)
+        subprocess.run([BIN, "prefix", "from-prompt", "--model", a.model] +
+                       (["--tokenizer", a.tokenizer] if a.tokenizer else []) +
+                       ["--task", "t00000", "--text", "Once upon a time", "--out", tmp],
+                       check=True, capture_output=True)
+        src = open(os.path.join(tmp, "t00000.safetensors"), "rb").read()
+        hlen = int.from_bytes(src[:8], "little")
+        header = json.loads(src[8:8 + hlen])
+        raw = sum(v["data_offsets"][1] - v["data_offsets"][0]
+                  for k, v in header.items() if k != "__metadata__")
+        for i in range(a.n):
+            name = f"t{i:05d}".encode()
+            with open(os.path.join(reg, f"t{i:05d}.safetensors"), "wb") as f:
+                f.write(src.replace(b'"task":"t00000"', b'"task":"' + name + b'"'))
+        t0 = time.perf_counter()
+        base = Server(tmp, a.model, a.tokenizer, empty, {"registry_budget_mb": 0})
+        rss0 = rss_kb(base.proc.pid)
+        base.stop()
+        t0 = time.perf_counter()
+        srv = Server(tmp, a.model, a.tokenizer, reg, {"registry_budget_mb": 0, "registry_rescan_ms": 3600000})
+        startup = time.perf_counter() - t0
+        try:
+            n = len(json.loads(srv.req("GET", "/v1/prefixes")[1])["data"])
+            rss1 = rss_kb(srv.proc.pid)
+            lat = []
+            for i in range(0, a.n, max(1, a.n // 500)):
+                t1 = time.perf_counter()
+                st, _ = srv.req("GET", f"/v1/prefixes/t{i:05d}")
+                lat.append(time.perf_counter() - t1)
+            tl = []
+            for i in range(0, a.n, max(1, a.n // 100)):
+                t1 = time.perf_counter()
+                srv.req("POST", "/v1/completions", {"model": f"t{i:05d}", "prompt": "One day",
+                                                     "max_tokens": 1, "temperature": 0})
+                tl.append(time.perf_counter() - t1)
+        finally:
+            srv.stop()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    per = (rss1 - rss0) * 1024 / max(1, n)
+    print(f"registry of {n} prefixes ({raw} tensor bytes each):")
+    print(f"  start-up to ready {startup:.2f} s; resident {per:.0f} bytes per prefix = "
+          f"{per / raw:.2f} x raw tensor bytes")
+    print(f"  GET /v1/prefixes/{{task}} p50 {pct(lat, 50) * 1e3:.2f} ms p99 {pct(lat, 99) * 1e3:.2f} ms; "
+          f"1-token completion across tasks p50 {pct(tl, 50) * 1e3:.2f} ms p99 {pct(tl, 99) * 1e3:.2f} ms")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    for name in ("serve", "train", "hotload", "prefix", "registry"):
+        p = sub.add_parser(name)
+        p.add_argument("--model", required=True)
+        p.add_argument("--tokenizer")
+        p.add_argument("--concurrency", type=int, default=64)
+        p.add_argument("--per-worker", type=int, default=2)
+        p.add_argument("--max-tokens", type=int, default=64)
+        p.add_argument("--files", type=int, default=200)
+        p.add_argument("--n", type=int, default=10000)
+    a = ap.parse_args()
+    {"serve": cmd_serve, "train": cmd_train, "hotload": cmd_hotload, "prefix": cmd_prefix,
+     "registry": cmd_registry}[a.cmd](a)
+
+
+if __name__ == "__main__":
+    main()
