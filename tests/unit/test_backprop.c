@@ -4,6 +4,7 @@
  * no library math) gives the loss; central finite differences of it are
  * compared with pd_backprop's gradient for entries of the keys and values of
  * every layer. Stated tolerance: |g - fd| <= 1e-3 * max(|fd|, 0.05 * rms(fd)).
+ * The same through PEFT's projection MLP (its parameters' gradient).
  * Also: the forward loss equals the double reference and the engine's own
  * logits; packing examples into one batch equals running them one by one. */
 #include <stdarg.h>
@@ -18,7 +19,9 @@
 #include <string.h>
 
 #include "prefixd/backprop.h"
+#include "prefixd/dataset.h"
 #include "prefixd/engine.h"
+#include "prefixd/prefix_mlp.h"
 
 #include "testutil.h"
 
@@ -220,6 +223,97 @@ static void test_gradient_matches_finite_differences(void **state)
     free(keys); free(values); free(dk); free(dv); free(kd); free(vd);
 }
 
+/* The projection MLP (PEFT's prefix_projection) computed in double inside
+ * the test: E (P, KV) -> tanh(E W1^T + b1) -> W2 + b2 -> row t is virtual
+ * token t, flat index ((layer*2 + kv)*n_kv_heads + head)*head_dim + d. */
+static void ref_mlp(const double *prm, const pd_prefix_mlp *mlp, double *keys, double *values)
+{
+    const int P = mlp->P, K = mlp->kv_dim, H = mlp->hidden, O = mlp->out;
+    const int G = mlp->n_kv_heads, hd = mlp->head_dim;
+    const double *E = prm + mlp->off_e, *W1 = prm + mlp->off_w1, *b1 = prm + mlp->off_b1;
+    const double *W2 = prm + mlp->off_w2, *b2 = prm + mlp->off_b2;
+    double hid[64];
+    assert_true(H <= 64);
+    for (int t = 0; t < P; t++) {
+        for (int j = 0; j < H; j++) {
+            double a = b1[j];
+            for (int k = 0; k < K; k++) a += W1[(size_t)j * K + k] * E[(size_t)t * K + k];
+            hid[j] = tanh(a);
+        }
+        for (int o = 0; o < O; o++) {
+            double a = b2[o];
+            for (int j = 0; j < H; j++) a += W2[(size_t)o * H + j] * hid[j];
+            int d = o % hd, head = (o / hd) % G, kv = (o / hd / G) % 2, l = o / hd / G / 2;
+            double *dst = kv ? values : keys;
+            dst[(((size_t)l * G + head) * P + t) * hd + d] = a;
+        }
+    }
+}
+
+/* The gradient with the projection MLP: d(loss)/d(MLP parameters) through
+ * the model, against central differences of the double-precision MLP and
+ * forward pass. Same tolerance as above. */
+static void test_projection_gradient_matches_finite_differences(void **state)
+{
+    (void)state;
+    const pd_config *c = &model->cfg;
+    const int P = 2, HID = 6;
+    pd_prefix_mlp mlp;
+    assert_int_equal(pd_prefix_mlp_init(&mlp, c, P, HID, NULL), PD_OK);
+    const size_t np = (size_t)c->n_layers * c->n_kv_heads * P * c->head_dim;
+    float *prm = malloc(mlp.n_params * 4), *dprm = malloc(mlp.n_params * 4);
+    float *keys = malloc(np * 4), *values = malloc(np * 4), *dk = calloc(np, 4), *dv = calloc(np, 4);
+    double *pd = malloc(mlp.n_params * 8), *kd = malloc(np * 8), *vd = malloc(np * 8);
+    assert_true(prm && dprm && keys && values && dk && dv && pd && kd && vd);
+    pd_rng r;
+    pd_rng_seed(&r, 11);
+    pd_prefix_mlp_init_params(&mlp, prm, &r, 1.0);
+    for (size_t i = 0; i < mlp.n_params; i++) pd[i] = prm[i];
+    int32_t t1[12];
+    int n1 = pd_tokenizer_encode(model->tok, "Lily went to the park.", 22, 1, 0, t1, 12);
+    uint8_t m1[12];
+    memset(m1, 1, sizeof m1);
+    pd_example ex = {t1, m1, n1};
+    pd_backprop *b;
+    assert_int_equal(pd_backprop_create(model, 16, 4, 1, &b, NULL), PD_OK);
+    pd_prefix_mlp_forward(&mlp, prm, keys, values);
+    double loss;
+    int nt;
+    assert_int_equal(pd_backprop_run(b, keys, values, P, &ex, 1, dk, dv, &loss, &nt, NULL), PD_OK);
+    pd_prefix_mlp_backward(&mlp, prm, dk, dv, dprm);
+
+    size_t idx[] = {mlp.off_e, mlp.off_e + 7, mlp.off_e + (size_t)P * mlp.kv_dim - 1,
+                    mlp.off_w1, mlp.off_w1 + 13, mlp.off_b1, mlp.off_b1 + HID - 1,
+                    mlp.off_w2, mlp.off_w2 + 101, mlp.off_w2 + (size_t)mlp.out * HID - 1,
+                    mlp.off_b2, mlp.off_b2 + 77, mlp.off_b2 + (size_t)mlp.out - 1};
+    const int n_idx = (int)(sizeof idx / sizeof *idx);
+    double num[16], rms = 0;
+    for (int q = 0; q < n_idx; q++) {
+        const double h = 1e-4, keep = pd[idx[q]];
+        pd[idx[q]] = keep + h;
+        ref_mlp(pd, &mlp, kd, vd);
+        double up = ref_loss(kd, vd, P, t1, m1, n1);
+        pd[idx[q]] = keep - h;
+        ref_mlp(pd, &mlp, kd, vd);
+        double dn = ref_loss(kd, vd, P, t1, m1, n1);
+        pd[idx[q]] = keep;
+        num[q] = (up - dn) / (2 * h);
+        rms += num[q] * num[q];
+    }
+    rms = sqrt(rms / n_idx);
+    assert_true(rms > 1e-6);
+    for (int q = 0; q < n_idx; q++) {
+        double tol = 1e-3 * fmax(fabs(num[q]), 0.05 * rms);
+        if (fabs(dprm[idx[q]] - num[q]) > tol)
+            fail_msg("MLP parameter %zu: gradient %.8g, finite difference %.8g", idx[q],
+                     (double)dprm[idx[q]], num[q]);
+    }
+    pd_backprop_free(b);
+    pd_prefix_mlp_free(&mlp);
+    free(prm); free(dprm); free(keys); free(values); free(dk); free(dv); free(pd); free(kd);
+    free(vd);
+}
+
 /* Packing: two examples in one run give the sums of two separate runs. And
  * the forward logits are the engine's: the loss equals one computed from
  * pd_engine_step logits. */
@@ -316,6 +410,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_gradient_matches_finite_differences),
+        cmocka_unit_test(test_projection_gradient_matches_finite_differences),
         cmocka_unit_test(test_packing_and_engine_agreement),
         cmocka_unit_test(test_bad_batches),
     };
