@@ -123,6 +123,8 @@ bench: deps
 	$(PYTHON) tests/bench/load.py hotload --model $(MODEL) --tokenizer $(TOKENIZER)
 	$(PYTHON) tests/bench/load.py registry --model $(MODEL) --tokenizer $(TOKENIZER)
 	$(PYTHON) tests/bench/load.py train --model $(MODEL) --tokenizer $(TOKENIZER)
+	$(PYTHON) tests/bench/load.py trainspeed --model $(MODEL) --tokenizer $(TOKENIZER) --params 0.26e6
+	$(PYTHON) tests/bench/load.py trainspeed --model $(SYNTH) --params 134.1e6 --lines 16
 
 # tests/e2e/soak.py (its pass criteria are in its docstring); `make test` runs 60 s of it
 SOAK_SECONDS ?= 600

@@ -12,6 +12,9 @@ loopback, figures and same-run ratios, no assertions.
                                              prefix files through the watcher
   load.py prefix  --model M [--tokenizer T]  decode speed of one request with a
                                              P=20 prefix vs none
+  load.py trainspeed --model M [--tokenizer T] [--params N]
+                                             training tokens/s (forward + backward
+                                             into the prefix) with `prefixd train`
   load.py registry --model M --tokenizer T   10,000 registered prefixes: start-up
                                              time, resident bytes per prefix vs
                                              raw tensor bytes, lookup latency
@@ -366,10 +369,45 @@ def cmd_registry(a):
           f"1-token completion across tasks p50 {pct(tl, 50) * 1e3:.2f} ms p99 {pct(tl, 99) * 1e3:.2f} ms")
 
 
+def cmd_trainspeed(a):
+    import random
+    import re
+    rnd = random.Random(1)
+    words = ["the", "little", "dog", "ran", "to", "park", "and", "saw", "a", "big", "red", "ball",
+             "she", "was", "happy", "day", "one", "tree", "friend", "play"]
+    tmp = tempfile.mkdtemp(prefix="prefixd-bench-")
+    try:
+        data = os.path.join(tmp, "d.jsonl")
+        with open(data, "w") as f:
+            for _ in range(a.lines):
+                f.write(json.dumps({"prompt": " ".join(rnd.choice(words) for _ in range(8)),
+                                    "completion": " " + " ".join(rnd.choice(words) for _ in range(40))}) + "\n")
+        t0 = time.perf_counter()
+        p = subprocess.run([BIN, "train", "--model", a.model] +
+                           (["--tokenizer", a.tokenizer] if a.tokenizer else []) +
+                           ["--data", data, "--task", "speed", "--out", tmp, "--epochs", "1",
+                            "--batch-size", "4", "--virtual-tokens", "10"],
+                           capture_output=True, text=True, timeout=3600)
+        wall = time.perf_counter() - t0
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    rates = [float(x) for x in re.findall(r"([0-9.]+) tokens/s", p.stderr)]
+    m = re.search(r"trained (\d+) steps, (\d+) tokens", p.stderr)
+    if p.returncode != 0 or not rates or not m:
+        print("training speed: prefixd train failed:", p.stderr[-500:])
+        return
+    tps = rates[-1]
+    flops = 4.0 * a.params * tps  # forward 2N + activation gradients 2N per token (no weight gradients)
+    print(f"training, {os.path.basename(a.model)}: {tps:.0f} tokens/s forward + backward "
+          f"({m.group(2)} tokens, {m.group(1)} steps, {wall:.1f} s with loading), "
+          f"~{flops * 1e-9:.1f} GFLOP/s of weight products (4 x {a.params / 1e6:.1f}M params x tokens/s);"
+          f" compare with the sgemm peak printed by prefixd-bench above")
+
+
 def main():
     ap = argparse.ArgumentParser()
     sub = ap.add_subparsers(dest="cmd", required=True)
-    for name in ("serve", "train", "hotload", "prefix", "registry"):
+    for name in ("serve", "train", "hotload", "prefix", "registry", "trainspeed"):
         p = sub.add_parser(name)
         p.add_argument("--model", required=True)
         p.add_argument("--tokenizer")
@@ -378,9 +416,11 @@ def main():
         p.add_argument("--max-tokens", type=int, default=64)
         p.add_argument("--files", type=int, default=200)
         p.add_argument("--n", type=int, default=10000)
+        p.add_argument("--lines", type=int, default=64)
+        p.add_argument("--params", type=float, default=0.26e6)
     a = ap.parse_args()
     {"serve": cmd_serve, "train": cmd_train, "hotload": cmd_hotload, "prefix": cmd_prefix,
-     "registry": cmd_registry}[a.cmd](a)
+     "registry": cmd_registry, "trainspeed": cmd_trainspeed}[a.cmd](a)
 
 
 if __name__ == "__main__":
