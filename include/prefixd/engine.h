@@ -3,7 +3,7 @@
  * One call of pd_engine_step() runs one forward pass over a batch of tokens
  * taken from any number of sequences: prefill chunks of new sequences and the
  * next token of running ones, mixed. Every weight matmul is done once for all
- * tokens of the step (cblas_sgemm, [T, in] x [out, in]^T); attention is per
+ * tokens of the step (pd_matmul, [T, in] x [out, in]^T); attention is per
  * token over its own sequence's prefix slots and KV cache. The products are
  * batch-invariant (prefixd/matmul.h): a sequence's logits are the same bits
  * whatever else shares its step.
