@@ -151,9 +151,14 @@ typedef struct attn_job {
 /* Attention of token `task` of the step, layer l, every head:
  * xb = softmax(q·K^T / sqrt(hd)) · V over the P prefix slots, then the
  * sequence's cache entries 0..pos. */
-static void attend_token(void *ctx, int t, int thread)
+static void attend_token(void *ctx, int task, int thread)
 {
     const attn_job *j = ctx;
+    /* the pool hands each thread a contiguous run of tasks, and a token's
+     * cost grows with its position: interleave so the runs cost the same
+     * (tasks [0, half) are the even tokens, the rest the odd ones) */
+    const int half = (j->b->n + 1) / 2;
+    const int t = task < half ? 2 * task : 2 * (task - half) + 1;
     pd_engine *e = j->e;
     const pd_config *c = &e->m->cfg;
     const int l = j->l, C = c->dim, KV = c->kv_dim, hd = c->head_dim;
