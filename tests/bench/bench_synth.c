@@ -144,17 +144,16 @@ static int add_metadata(pd_gguf_writer *w, const bench_synth *s, int dtype, pd_e
         (rc = pd_gguf_add_f32(w, "llama.attention.layer_norm_rms_epsilon", 1e-5f, err)) < 0 ||
         (rc = pd_gguf_add_u32(w, "llama.vocab_size", (uint32_t)s->vocab_size, err)) < 0)
         return rc;
-    if ((rc = make_vocab(s->vocab_size, &pieces, &buf, &scores, &types, err)) < 0) goto done;
-    uint64_t V = (uint64_t)s->vocab_size;
-    if ((rc = pd_gguf_add_str(w, "tokenizer.ggml.model", "llama", err)) < 0 ||
-        (rc = pd_gguf_add_arr_str(w, "tokenizer.ggml.tokens", (const char *const *)pieces, NULL,
-                                  V, err)) < 0 ||
-        (rc = pd_gguf_add_arr_f32(w, "tokenizer.ggml.scores", scores, V, err)) < 0 ||
-        (rc = pd_gguf_add_arr_i32(w, "tokenizer.ggml.token_type", types, V, err)) < 0 ||
-        (rc = pd_gguf_add_u32(w, "tokenizer.ggml.bos_token_id", 1, err)) < 0 ||
-        (rc = pd_gguf_add_u32(w, "tokenizer.ggml.eos_token_id", 2, err)) < 0)
-        goto done;
-done:
+    const uint64_t V = (uint64_t)s->vocab_size;
+    rc = make_vocab(s->vocab_size, &pieces, &buf, &scores, &types, err);
+    if (rc == PD_OK) rc = pd_gguf_add_str(w, "tokenizer.ggml.model", "llama", err);
+    if (rc == PD_OK)
+        rc = pd_gguf_add_arr_str(w, "tokenizer.ggml.tokens", (const char *const *)pieces, NULL,
+                                 V, err);
+    if (rc == PD_OK) rc = pd_gguf_add_arr_f32(w, "tokenizer.ggml.scores", scores, V, err);
+    if (rc == PD_OK) rc = pd_gguf_add_arr_i32(w, "tokenizer.ggml.token_type", types, V, err);
+    if (rc == PD_OK) rc = pd_gguf_add_u32(w, "tokenizer.ggml.bos_token_id", 1, err);
+    if (rc == PD_OK) rc = pd_gguf_add_u32(w, "tokenizer.ggml.eos_token_id", 2, err);
     free(pieces);
     free(buf);
     free(scores);
