@@ -6,6 +6,8 @@
 
 #include <immintrin.h>
 
+#include "prefixd/matmul.h"
+
 void pd__rmsnorm_rows(float *o, float *rs, const float *x, const float *w, int T, int C,
                       float eps)
 {
@@ -73,12 +75,7 @@ __attribute__((target("avx2,fma"))) static float dot_avx2(const float *q, const 
 
 static float dot(const float *q, const float *k, int n)
 {
-    static int avx2 = -1; /* benign race: every thread computes the same value */
-    if (avx2 < 0) {
-        __builtin_cpu_init();
-        avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-    }
-    return avx2 ? dot_avx2(q, k, n) : dot_portable(q, k, n);
+    return pd_matmul_uses_avx2() ? dot_avx2(q, k, n) : dot_portable(q, k, n);
 }
 
 void pd__attend_head(const float *q, const float *pk, const float *pv, int P, const float *k,

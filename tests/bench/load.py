@@ -245,6 +245,14 @@ def cmd_train(a):
         print(f"  training while serving: {tps[0]:.0f} tokens/s (forward + backward, train_threads 1)")
 
 
+def from_prompt(a, task, text, out):
+    """`prefixd prefix from-prompt` of text into out/<task>.safetensors."""
+    subprocess.run([BIN, "prefix", "from-prompt", "--model", a.model] +
+                   (["--tokenizer", a.tokenizer] if a.tokenizer else []) +
+                   ["--task", task, "--text", text, "--out", out],
+                   check=True, capture_output=True)
+
+
 def cmd_hotload(a):
     tmp = tempfile.mkdtemp(prefix="prefixd-bench-")
     try:
@@ -256,10 +264,7 @@ def cmd_hotload(a):
         try:
             names = [f"hot{i:04d}" for i in range(a.files)]
             for name in names:  # complete files, made outside the registry
-                subprocess.run([BIN, "prefix", "from-prompt", "--model", a.model] +
-                               (["--tokenizer", a.tokenizer] if a.tokenizer else []) +
-                               ["--task", name, "--text", f"Once upon a time {name}", "--out", stage],
-                               check=True, capture_output=True)
+                from_prompt(a, name, f"Once upon a time {name}", stage)
             lat = []
             for name in names:
                 tmpf = os.path.join(stage, f"{name}.safetensors")
@@ -323,10 +328,7 @@ def cmd_registry(a):
         empty = os.path.join(tmp, "empty")
         os.makedirs(reg)
         os.makedirs(empty)
-        subprocess.run([BIN, "prefix", "from-prompt", "--model", a.model] +
-                       (["--tokenizer", a.tokenizer] if a.tokenizer else []) +
-                       ["--task", "t00000", "--text", "Once upon a time", "--out", tmp],
-                       check=True, capture_output=True)
+        from_prompt(a, "t00000", "Once upon a time", tmp)
         src = open(os.path.join(tmp, "t00000.safetensors"), "rb").read()
         hlen = int.from_bytes(src[:8], "little")
         header = json.loads(src[8:8 + hlen])
@@ -336,7 +338,6 @@ def cmd_registry(a):
             name = f"t{i:05d}".encode()
             with open(os.path.join(reg, f"t{i:05d}.safetensors"), "wb") as f:
                 f.write(src.replace(b'"task":"t00000"', b'"task":"' + name + b'"'))
-        t0 = time.perf_counter()
         base = Server(tmp, a.model, a.tokenizer, empty, {"registry_budget_mb": 0})
         rss0 = rss_kb(base.proc.pid)
         base.stop()
