@@ -77,7 +77,7 @@ deps:
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
 	fi
-	@if command -v npm >/dev/null 2>&1 && [ ! -d tests/e2e/node_modules/openai ]; then \
+	@if command -v npm >/dev/null 2>&1 && { [ ! -f tests/e2e/node_modules/.package-lock.json ] || [ tests/e2e/package-lock.json -nt tests/e2e/node_modules/.package-lock.json ]; }; then \
 	  cd tests/e2e && npm ci --no-audit --no-fund --silent; fi
 
 run: deps
