@@ -33,15 +33,27 @@ int pd_config_validate(const pd_config *c, const char *path, pd_err *err)
     CHECK_RANGE(vocab_size, 1, 1 << 22);
     CHECK_RANGE(seq_len, 1, 1 << 22);
 #undef CHECK_RANGE
-    if (c->dim % c->n_heads != 0)
+    if (c->q_dim == c->dim && c->dim % c->n_heads != 0)
         return pd_err_set(err, PD_EFORMAT, "%s: dim %d is not a multiple of n_heads %d", path,
                           c->dim, c->n_heads);
     if (c->n_heads % c->n_kv_heads != 0)
         return pd_err_set(err, PD_EFORMAT, "%s: n_heads %d is not a multiple of n_kv_heads %d",
                           path, c->n_heads, c->n_kv_heads);
-    if (c->head_dim != c->dim / c->n_heads || c->head_dim % 2 != 0)
-        return pd_err_set(err, PD_EFORMAT, "%s: head_dim %d must be dim/n_heads and even", path,
-                          c->head_dim);
+    if (c->head_dim < 2 || c->head_dim > (1 << 12) || c->head_dim % 2 != 0)
+        return pd_err_set(err, PD_EFORMAT, "%s: head_dim %d must be even and in [2, 4096]",
+                          path, c->head_dim);
+    if ((int64_t)c->q_dim != (int64_t)c->n_heads * c->head_dim || c->q_dim > (1 << 16))
+        return pd_err_set(err, PD_EFORMAT,
+                          "%s: q_dim %d must be n_heads * head_dim = %d * %d (at most 65536)",
+                          path, c->q_dim, c->n_heads, c->head_dim);
+    if (c->arch < PD_ARCH_LLAMA || c->arch > PD_ARCH_QWEN3 || c->rope_type < PD_ROPE_NORM ||
+        c->rope_type > PD_ROPE_NEOX || c->rope_scaling < PD_ROPE_SCALING_NONE ||
+        c->rope_scaling > PD_ROPE_SCALING_LLAMA3)
+        return pd_err_set(err, PD_EFORMAT, "%s: unknown architecture %d, rope type %d or scaling %d",
+                          path, c->arch, c->rope_type, c->rope_scaling);
+    if (!(c->rope_freq_scale > 0.0f) || !isfinite(c->rope_freq_scale))
+        return pd_err_set(err, PD_EFORMAT, "%s: rope frequency scale %g must be positive", path,
+                          (double)c->rope_freq_scale);
     if (c->kv_dim != c->n_kv_heads * c->head_dim)
         return pd_err_set(err, PD_EFORMAT, "%s: kv_dim %d != n_kv_heads * head_dim", path,
                           c->kv_dim);
@@ -117,6 +129,33 @@ static uint64_t fp_final(fp_state *s)
     return h;
 }
 
+/* The architecture variant's hyper-parameters and vectors, hashed only when
+ * they differ from plain llama so a plain llama model keeps the fingerprint
+ * it always had. */
+static void fp_variant(fp_state *s, const pd_model *m)
+{
+    const pd_config *c = &m->cfg;
+    const size_t QD = (size_t)c->q_dim, KV = (size_t)c->kv_dim, hd = (size_t)c->head_dim;
+    int plain = c->arch == PD_ARCH_LLAMA && c->q_dim == c->dim && c->rope_type == PD_ROPE_NORM &&
+                c->rope_scaling == PD_ROPE_SCALING_NONE && c->rope_freq_scale == 1.0f &&
+                c->sliding_window == 0 && !m->w.rope_freqs;
+    for (int l = 0; l < c->n_layers; l++) plain = plain && !m->w.layers[l].bq;
+    if (plain) return;
+    float hp[7] = {(float)c->arch,      (float)c->q_dim,        (float)c->head_dim,
+                   (float)c->rope_type, (float)c->rope_scaling, c->rope_freq_scale,
+                   (float)c->sliding_window};
+    fp_floats(s, hp, 7);
+    if (m->w.rope_freqs) fp_floats(s, m->w.rope_freqs, hd / 2);
+    for (int l = 0; l < c->n_layers; l++) {
+        const pd_layer_weights *L = &m->w.layers[l];
+        if (L->bq) fp_floats(s, L->bq, QD);
+        if (L->bk) fp_floats(s, L->bk, KV);
+        if (L->bv) fp_floats(s, L->bv, KV);
+        if (L->q_norm) fp_floats(s, L->q_norm, hd);
+        if (L->k_norm) fp_floats(s, L->k_norm, hd);
+    }
+}
+
 static uint64_t model_fingerprint(const pd_model *m)
 {
     const pd_config *c = &m->cfg;
@@ -127,14 +166,15 @@ static uint64_t model_fingerprint(const pd_model *m)
                    c->rope_base,         c->norm_eps,          (float)m->tied_classifier};
     fp_floats(&s, hp, 9);
     size_t D = (size_t)c->dim, KV = (size_t)c->kv_dim, H = (size_t)c->hidden_dim;
+    size_t QD = (size_t)c->q_dim;
     fp_floats(&s, m->w.token_embedding, (size_t)c->vocab_size * D);
     for (int l = 0; l < c->n_layers; l++) {
         const pd_layer_weights *L = &m->w.layers[l];
         fp_floats(&s, L->rms_att, D);
-        fp_floats(&s, L->wq, D * D);
+        fp_floats(&s, L->wq, QD * D);
         fp_floats(&s, L->wk, KV * D);
         fp_floats(&s, L->wv, KV * D);
-        fp_floats(&s, L->wo, D * D);
+        fp_floats(&s, L->wo, D * QD);
         fp_floats(&s, L->rms_ffn, D);
         fp_floats(&s, L->w1, H * D);
         fp_floats(&s, L->w2, D * H);
@@ -142,6 +182,7 @@ static uint64_t model_fingerprint(const pd_model *m)
     }
     fp_floats(&s, m->w.rms_final, D);
     if (!m->tied_classifier) fp_floats(&s, m->w.wcls, (size_t)c->vocab_size * D);
+    fp_variant(&s, m);
     return fp_final(&s);
 }
 
@@ -153,7 +194,8 @@ int pd__model_finish(pd_model *m, pd_err *err)
         return pd_err_set(err, PD_EMISMATCH, "tokenizer has %d tokens but the model has %d",
                           pd_tokenizer_vocab_size(m->tok), c->vocab_size);
     uint64_t D = (uint64_t)c->dim, KV = (uint64_t)c->kv_dim, H = (uint64_t)c->hidden_dim;
-    uint64_t per_layer = 2 * D + 2 * D * D + 2 * KV * D + 3 * H * D;
+    uint64_t QD = (uint64_t)c->q_dim;
+    uint64_t per_layer = 2 * D + 2 * QD * D + 2 * KV * D + 3 * H * D;
     /* bytes read per decoded token: every layer, final norm, classifier (the
      * embedding row read is negligible) */
     m->weight_bytes = 4 * (per_layer * (uint64_t)c->n_layers + D + (uint64_t)c->vocab_size * D);

@@ -24,6 +24,7 @@
 #include "prefixd/gguf.h"
 #include "prefixd/half.h"
 #include "prefixd/model.h"
+#include "arch.h"
 
 #if !defined(__BYTE_ORDER__) || __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
 #error "model_gguf.c copies little-endian file values as host values"
@@ -78,96 +79,8 @@ typedef struct loader {
     int n_bind;
 } loader;
 
-/* Reads an integer key into an int in [1, INT_MAX]; def < 0 means required. */
-static int get_dim(loader *L, const char *key, int def, int *out)
-{
-    int64_t v = 0;
-    if (def >= 0 && !pd_gguf_find_kv(L->g, key)) {
-        *out = def;
-        return PD_OK;
-    }
-    int rc = pd_gguf_get_int(L->g, key, 1, INT_MAX, &v, L->err);
-    if (rc == PD_ENOTFOUND)
-        return pd_err_set(L->err, PD_ENOTFOUND, "%s: required key %s is missing", L->path, key);
-    if (rc < 0) return rc;
-    *out = (int)v;
-    return PD_OK;
-}
-
-static int get_real(loader *L, const char *key, float def, float *out)
-{
-    double v = 0;
-    if (!pd_gguf_find_kv(L->g, key)) {
-        *out = def;
-        return PD_OK;
-    }
-    int rc = pd_gguf_get_float(L->g, key, &v, L->err);
-    if (rc < 0) return rc;
-    *out = (float)v;
-    return PD_OK;
-}
-
-static int read_config(loader *L)
-{
-    pd_config *c = &L->m->cfg;
-    pd_gguf_str arch;
-    char buf[64];
-    int rc;
-    if (!pd_gguf_find_kv(L->g, "general.architecture"))
-        return pd_err_set(L->err, PD_EFORMAT,
-                          "%s: general.architecture is missing (not a model file?)", L->path);
-    if ((rc = pd_gguf_get_str(L->g, "general.architecture", &arch, L->err)) < 0) return rc;
-    if (!pd_gguf_str_eq(arch, "llama")) {
-        snprintf(buf, sizeof buf, "%.*s", (int)(arch.len < 40 ? arch.len : 40), arch.ptr);
-        return pd_err_set(L->err, PD_EUNSUPPORTED,
-                          "%s: general.architecture is '%s'; prefixd runs 'llama' models only",
-                          L->path, buf);
-    }
-    if ((rc = get_dim(L, "llama.context_length", -1, &c->seq_len)) < 0 ||
-        (rc = get_dim(L, "llama.embedding_length", -1, &c->dim)) < 0 ||
-        (rc = get_dim(L, "llama.block_count", -1, &c->n_layers)) < 0 ||
-        (rc = get_dim(L, "llama.feed_forward_length", -1, &c->hidden_dim)) < 0 ||
-        (rc = get_dim(L, "llama.attention.head_count", -1, &c->n_heads)) < 0 ||
-        (rc = get_dim(L, "llama.attention.head_count_kv", c->n_heads, &c->n_kv_heads)) < 0)
-        return rc;
-    if ((rc = get_real(L, "llama.rope.freq_base", 10000.0f, &c->rope_base)) < 0 ||
-        (rc = get_real(L, "llama.attention.layer_norm_rms_epsilon", 1e-5f, &c->norm_eps)) < 0)
-        return rc;
-    c->head_dim = c->dim / c->n_heads;
-    int64_t kv_dim = (int64_t)c->n_kv_heads * c->head_dim;
-    c->kv_dim = kv_dim > INT_MAX ? -1 : (int)kv_dim; /* pd_config_validate refuses it */
-    return PD_OK;
-}
-
-/* Keys that must agree with a validated config, or name unsupported
- * variants. */
-static int check_variant(loader *L)
-{
-    const pd_config *c = &L->m->cfg;
-    int rc;
-    int64_t experts = 0;
-    if (pd_gguf_find_kv(L->g, "llama.expert_count") &&
-        (rc = pd_gguf_get_int(L->g, "llama.expert_count", 0, INT_MAX, &experts, L->err)) < 0)
-        return rc;
-    if (experts > 0)
-        return pd_err_set(L->err, PD_EUNSUPPORTED,
-                          "%s: llama.expert_count = %d: mixture-of-experts models are not "
-                          "supported",
-                          L->path, (int)experts);
-    static const char *const per_head[] = {"llama.rope.dimension_count",
-                                           "llama.attention.key_length",
-                                           "llama.attention.value_length"};
-    for (int i = 0; i < 3; i++) {
-        int v = 0;
-        if ((rc = get_dim(L, per_head[i], c->head_dim, &v)) < 0) return rc;
-        if (v != c->head_dim)
-            return pd_err_set(L->err, PD_EUNSUPPORTED,
-                              "%s: %s = %d but head_dim (embedding_length / head_count) is %d; "
-                              "only full rotary and standard head sizes are supported",
-                              L->path, per_head[i], v, c->head_dim);
-    }
-    return PD_OK;
-}
+/* The hyper-parameters of the file's architecture (src/arch.c). */
+static int read_config(loader *L) { return pd__arch_read_config(L->g, L->path, &L->m->cfg, L->err); }
 
 static void format_shape(const int64_t *ne, int n_dims, char *buf, size_t cap)
 {
@@ -214,14 +127,64 @@ static int want(loader *L, const char *name, int64_t ne0, int64_t ne1, const flo
     return PD_OK;
 }
 
+/* The architecture's per-layer vectors and rope_freqs.weight (arch.c says
+ * which); vectors must be F32 (or F16/BF16, widened). */
+static int bind_arch(loader *L)
+{
+    pd_model *m = L->m;
+    pd_config *c = &m->cfg;
+    pd__arch_vec v[PD__ARCH_MAX_VECS];
+    const int nv = pd__arch_layer_vecs(c, v);
+    int rc;
+    for (int l = 0; l < c->n_layers; l++)
+        for (int i = 0; i < nv; i++) {
+            char name[64];
+            snprintf(name, sizeof name, "blk.%d.%s", l, v[i].name);
+            const float **dst = (const float **)((char *)&m->w.layers[l] + v[i].field);
+            rc = want(L, name, v[i].n, 0, dst, !v[i].required);
+            if (rc < 0 && rc != PD_ENOTFOUND) return rc;
+        }
+    if (pd__arch_has_rope_freqs(c->arch)) {
+        rc = want(L, "rope_freqs.weight", c->head_dim / 2, 0, &m->w.rope_freqs, 1);
+        if (rc < 0 && rc != PD_ENOTFOUND) return rc;
+        if (rc == PD_OK) c->rope_scaling = PD_ROPE_SCALING_LLAMA3;
+        else if (c->rope_scaling == PD_ROPE_SCALING_LLAMA3)
+            return pd_err_set(L->err, PD_ENOTFOUND,
+                              "%s: rope.scaling.type is llama3 but tensor rope_freqs.weight "
+                              "(its per-pair factors) is missing",
+                              L->path);
+    }
+    return PD_OK;
+}
+
+/* Every tensor of the file must have been bound: an extra tensor (an output
+ * bias, a layer norm bias, a tensor of another architecture) would change
+ * the math, so it is refused by name rather than ignored. */
+static int check_unused(loader *L)
+{
+    for (size_t i = 0; i < L->g->n_tensors; i++) {
+        const pd_gguf_tensor *t = &L->g->tensors[i];
+        int used = 0;
+        for (int j = 0; j < L->n_bind && !used; j++) used = L->b[j].t == t;
+        if (!used)
+            return pd_err_set(L->err, PD_EUNSUPPORTED,
+                              "%s: tensor %.*s is not used by prefixd's %s architecture and "
+                              "would change the math; refusing the model rather than ignoring "
+                              "it",
+                              L->path, (int)(t->name.len < 80 ? t->name.len : 80), t->name.ptr,
+                              pd_arch_name(L->m->cfg.arch));
+    }
+    return PD_OK;
+}
+
 static int bind_weights(loader *L)
 {
     pd_model *m = L->m;
     const pd_config *c = &m->cfg;
-    int64_t D = c->dim, KV = c->kv_dim, H = c->hidden_dim, V = c->vocab_size;
+    int64_t D = c->dim, KV = c->kv_dim, H = c->hidden_dim, V = c->vocab_size, QD = c->q_dim;
     int rc;
     m->w.layers = calloc((size_t)c->n_layers, sizeof *m->w.layers);
-    L->b = calloc((size_t)c->n_layers * 9 + 3, sizeof *L->b);
+    L->b = calloc((size_t)c->n_layers * (9 + PD__ARCH_MAX_VECS) + 4, sizeof *L->b);
     if (!m->w.layers || !L->b) return pd_err_set(L->err, PD_ENOMEM, "%s: out of memory", L->path);
 
     if ((rc = want(L, "token_embd.weight", D, V, &m->w.token_embedding, 0)) < 0) return rc;
@@ -232,9 +195,9 @@ static int bind_weights(loader *L)
             int64_t ne0, ne1;
             const float **dst;
         } lt[9] = {
-            {"attn_norm", D, 0, &lw->rms_att}, {"attn_q", D, D, &lw->wq},
+            {"attn_norm", D, 0, &lw->rms_att}, {"attn_q", D, QD, &lw->wq},
             {"attn_k", D, KV, &lw->wk},        {"attn_v", D, KV, &lw->wv},
-            {"attn_output", D, D, &lw->wo},    {"ffn_norm", D, 0, &lw->rms_ffn},
+            {"attn_output", QD, D, &lw->wo},   {"ffn_norm", D, 0, &lw->rms_ffn},
             {"ffn_gate", D, H, &lw->w1},       {"ffn_down", H, D, &lw->w2},
             {"ffn_up", D, H, &lw->w3},
         };
@@ -248,6 +211,7 @@ static int bind_weights(loader *L)
     rc = want(L, "output.weight", D, V, &m->w.wcls, 1);
     if (rc == PD_ENOTFOUND) m->tied_classifier = 1;
     else if (rc < 0) return rc;
+    if ((rc = bind_arch(L)) < 0 || (rc = check_unused(L)) < 0) return rc;
 
     /* widened tensors share one buffer */
     uint64_t total = 0;
@@ -405,16 +369,18 @@ int pd__model_load_gguf(pd_model *m, const char *path, pd_err *err)
     int64_t vocab;
     m->format = PD_FORMAT_GGUF;
     if ((rc = read_config(&L)) < 0 || (rc = find_tokens(&L, &tokens, &n_tokens)) < 0) goto done;
-    if (pd_gguf_find_kv(g, "llama.vocab_size")) {
-        if ((rc = pd_gguf_get_int(g, "llama.vocab_size", 1, INT_MAX, &vocab, err)) < 0)
+    char vkey[48];
+    snprintf(vkey, sizeof vkey, "%s.vocab_size", pd__arch_prefix(m->cfg.arch));
+    if (pd_gguf_find_kv(g, vkey)) {
+        if ((rc = pd_gguf_get_int(g, vkey, 1, INT_MAX, &vocab, err)) < 0)
             goto done;
     } else {
         vocab = (int64_t)n_tokens;
     }
     if ((uint64_t)vocab != n_tokens) {
         rc = pd_err_set(err, PD_EFORMAT,
-                        "%s: the tokenizer has %llu tokens but llama.vocab_size is %lld", path,
-                        (unsigned long long)n_tokens, (long long)vocab);
+                        "%s: the tokenizer has %llu tokens but %s is %lld", path,
+                        (unsigned long long)n_tokens, vkey, (long long)vocab);
         goto done;
     }
     if (vocab > INT_MAX) {
@@ -422,7 +388,7 @@ int pd__model_load_gguf(pd_model *m, const char *path, pd_err *err)
         goto done;
     }
     m->cfg.vocab_size = (int)vocab;
-    if ((rc = pd_config_validate(&m->cfg, path, err)) >= 0 && (rc = check_variant(&L)) >= 0 &&
+    if ((rc = pd_config_validate(&m->cfg, path, err)) >= 0 &&
         (rc = bind_weights(&L)) >= 0 && (rc = list_tensors(&L)) >= 0)
         rc = load_tokenizer(&L, tokens, n_tokens);
 done:
