@@ -142,7 +142,7 @@ static int bind_arch(loader *L)
             snprintf(name, sizeof name, "blk.%d.%s", l, v[i].name);
             const float **dst = (const float **)((char *)&m->w.layers[l] + v[i].field);
             rc = want(L, name, v[i].n, 0, dst, !v[i].required);
-            if (rc < 0 && rc != PD_ENOTFOUND) return rc;
+            if (rc < 0 && (v[i].required || rc != PD_ENOTFOUND)) return rc;
         }
     if (pd__arch_has_rope_freqs(c->arch)) {
         rc = want(L, "rope_freqs.weight", c->head_dim / 2, 0, &m->w.rope_freqs, 1);

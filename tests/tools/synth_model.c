@@ -66,7 +66,14 @@ int synth_list_tensors(const synth_spec *s, synth_tensor *t)
     }
     ADD(SYNTH_NORM, D, 0, "output_norm.weight");
     if (!s->tied) ADD(SYNTH_MATRIX, D, V, "output.weight");
+    if (s->extra_tensor) ADD(SYNTH_BIAS, D, 0, "%s", s->extra_tensor);
 #undef ADD
+    if (s->skip_tensor && t)
+        for (int i = 0; i < n; i++)
+            if (strcmp(t[i].name, s->skip_tensor) == 0) {
+                memmove(&t[i], &t[i + 1], (size_t)(n - i - 1) * sizeof *t);
+                return n - 1;
+            }
     return n;
 }
 
@@ -127,17 +134,25 @@ int synth_add_hparams(pd_gguf_writer *w, const synth_spec *s, uint32_t file_type
                               err)) < 0 ||
         (rc = pd_gguf_add_f32(w, KEY("rope.freq_base"), s->rope_base > 0 ? s->rope_base : 1e4f,
                               err)) < 0 ||
-        (rc = pd_gguf_add_u32(w, KEY("rope.dimension_count"), (uint32_t)head_dim(s), err)) < 0 ||
+        (rc = pd_gguf_add_u32(w, KEY("rope.dimension_count"),
+                              (uint32_t)(s->rope_dims ? s->rope_dims : head_dim(s)), err)) < 0 ||
         (rc = pd_gguf_add_f32(w, KEY("attention.layer_norm_rms_epsilon"), 1e-5f, err)) < 0 ||
         (rc = pd_gguf_add_u32(w, KEY("vocab_size"), (uint32_t)s->vocab_size, err)) < 0)
         return rc;
-    if (s->head_dim &&
-        ((rc = pd_gguf_add_u32(w, KEY("attention.key_length"), (uint32_t)s->head_dim, err)) < 0 ||
-         (rc = pd_gguf_add_u32(w, KEY("attention.value_length"), (uint32_t)s->head_dim, err)) < 0))
+    if ((s->head_dim || s->value_length) &&
+        ((rc = pd_gguf_add_u32(w, KEY("attention.key_length"), (uint32_t)head_dim(s), err)) < 0 ||
+         (rc = pd_gguf_add_u32(w, KEY("attention.value_length"),
+                               (uint32_t)(s->value_length ? s->value_length : head_dim(s)),
+                               err)) < 0))
         return rc;
+    const char *type = s->rope_type_str ? s->rope_type_str
+                       : s->rope_scaling == PD_ROPE_SCALING_LINEAR ? "linear"
+                                                                   : NULL;
+    if (type && (rc = pd_gguf_add_str(w, KEY("rope.scaling.type"), type, err)) < 0) return rc;
     if (s->rope_scaling == PD_ROPE_SCALING_LINEAR &&
-        ((rc = pd_gguf_add_str(w, KEY("rope.scaling.type"), "linear", err)) < 0 ||
-         (rc = pd_gguf_add_f32(w, KEY("rope.scaling.factor"), s->rope_factor, err)) < 0))
+        (rc = pd_gguf_add_f32(w, KEY("rope.scaling.factor"), s->rope_factor, err)) < 0)
+        return rc;
+    if (s->extra_key && (rc = pd_gguf_add_f32(w, s->extra_key, s->extra_value, err)) < 0)
         return rc;
     if (s->sliding_window > 0 &&
         (rc = pd_gguf_add_u32(w, KEY("attention.sliding_window"), (uint32_t)s->sliding_window,
@@ -287,13 +302,12 @@ int synth_write(const synth_spec *spec, const char *vocab_path, const char *out,
     if (vocab_path) rc = synth_copy_vocab(w, voc, &n_tok, err);
     else rc = synth_add_vocab_synthetic(w, s.vocab_size, err);
     if (rc < 0) goto done;
-    const int nt = synth_list_tensors(&s, NULL);
-    t = malloc((size_t)nt * sizeof *t);
+    t = malloc((size_t)synth_list_tensors(&s, NULL) * sizeof *t);
     if (!t) {
         rc = pd_err_set(err, PD_ENOMEM, "out of memory");
         goto done;
     }
-    synth_list_tensors(&s, t);
+    const int nt = synth_list_tensors(&s, t); /* one fewer with skip_tensor */
     size_t total = 0;
     for (int i = 0; i < nt; i++) total += (size_t)t[i].ne0 * (size_t)(t[i].ne1 ? t[i].ne1 : 1);
     data = malloc(total * sizeof *data);

@@ -37,6 +37,14 @@ typedef struct synth_spec {
     float scale;        /* matrices uniform in ±scale (0: 1/sqrt(dim)) */
     uint64_t seed;
     const char *name;   /* general.name (NULL: "prefixd synthetic") */
+    /* deliberate defects, for the loader's refusal tests (0/NULL: none) */
+    int rope_dims;             /* rope.dimension_count instead of the head size */
+    int value_length;          /* attention.value_length instead of key_length */
+    const char *rope_type_str; /* rope.scaling.type written as this string */
+    const char *extra_key;     /* one more key (full name), FLOAT32 extra_value */
+    float extra_value;
+    const char *extra_tensor;  /* one more F32 vector of dim floats */
+    const char *skip_tensor;   /* a tensor left out */
 } synth_spec;
 
 enum { SYNTH_MATRIX = 0, SYNTH_NORM = 1, SYNTH_BIAS = 2, SYNTH_ROPE_FREQS = 3 };
@@ -47,8 +55,8 @@ typedef struct synth_tensor {
     int kind;         /* SYNTH_* */
 } synth_tensor;
 
-/* Tensors of the spec in file order into t (NULL: only count); returns
- * the count. */
+/* Tensors of the spec in file order into t; returns the count. With t
+ * NULL only counts (an upper bound: skip_tensor is not subtracted). */
 int synth_list_tensors(const synth_spec *s, synth_tensor *t);
 
 /* The values of tensor i of the list (n = ne0 * max(ne1, 1) floats):
