@@ -4,6 +4,8 @@
  * no library math) gives the loss; central finite differences of it are
  * compared with pd_backprop's gradient for entries of the keys and values of
  * every layer. Stated tolerance: |g - fd| <= 1e-3 * max(|fd|, 0.05 * rms(fd)).
+ * The same on a random-weight model of each architecture variant (Llama 3
+ * and linear rope scaling, biases, qwen2 NeoX rotary, qwen3 q/k norms).
  * The same through PEFT's projection MLP (its parameters' gradient).
  * Also: the forward loss equals the double reference and the engine's own
  * logits; packing examples into one batch equals running them one by one. */
@@ -17,12 +19,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "prefixd/backprop.h"
 #include "prefixd/dataset.h"
 #include "prefixd/engine.h"
 #include "prefixd/prefix_mlp.h"
 
+#include "../tools/synth_model.h"
 #include "ref_model.h"
 #include "testutil.h"
 
@@ -45,12 +49,18 @@ static int teardown(void **state)
 /* ---- the reference: one example, double precision (ref_model.h) -------- */
 
 /* Sum of target cross-entropies of one example with prefix (keys, values). */
+static double ref_loss_of(const pd_model *m, const double *keys, const double *values, int P,
+                          const int32_t *tok, const uint8_t *mask, int n)
+{
+    double loss = ref_forward(m, keys, values, P, tok, mask, n, NULL);
+    assert_false(isnan(loss));
+    return loss;
+}
+
 static double ref_loss(const double *keys, const double *values, int P, const int32_t *tok,
                        const uint8_t *mask, int n)
 {
-    double loss = ref_forward(model, keys, values, P, tok, mask, n, NULL);
-    assert_false(isnan(loss));
-    return loss;
+    return ref_loss_of(model, keys, values, P, tok, mask, n);
 }
 
 static float frand(uint64_t *s)
@@ -61,10 +71,14 @@ static float frand(uint64_t *s)
 
 #define P_SLOTS 3
 
-static void test_gradient_matches_finite_differences(void **state)
+/* pd_backprop's prefix gradient on model m for two examples against central
+ * differences of the double reference, entries of every layer's keys and
+ * values; the loss against the reference too. */
+static void check_gradient(const pd_model *m, const char *what, const int32_t *t1,
+                           const uint8_t *m1, int n1, const int32_t *t2, const uint8_t *m2,
+                           int n2)
 {
-    (void)state;
-    const pd_config *c = &model->cfg;
+    const pd_config *c = &m->cfg;
     const size_t np = (size_t)c->n_layers * c->n_kv_heads * P_SLOTS * c->head_dim;
     float *keys = malloc(np * 4), *values = malloc(np * 4), *dk = calloc(np, 4), *dv = calloc(np, 4);
     double *kd = malloc(np * 8), *vd = malloc(np * 8);
@@ -76,27 +90,25 @@ static void test_gradient_matches_finite_differences(void **state)
         kd[i] = keys[i];
         vd[i] = values[i];
     }
-    int32_t t1[12], t2[9];
-    int n1 = pd_tokenizer_encode(model->tok, "Lily went to the park.", 22, 1, 0, t1, 12);
-    int n2 = pd_tokenizer_encode(model->tok, "The cat sat", 11, 1, 0, t2, 9);
-    assert_true(n1 > 3 && n1 <= 12 && n2 > 2 && n2 <= 9);
-    uint8_t m1[12], m2[9];
-    for (int i = 0; i < n1; i++) m1[i] = 1;
-    for (int i = 0; i < n2; i++) m2[i] = i >= 2; /* the first token is context only */
     pd_example ex[2] = {{t1, m1, n1}, {t2, m2, n2}};
+    int want_targets = 0;
+    for (int i = 1; i < n1; i++) want_targets += m1[i] != 0;
+    for (int i = 1; i < n2; i++) want_targets += m2[i] != 0;
     pd_backprop *b;
-    assert_int_equal(pd_backprop_create(model, 32, 8, 2, &b, NULL), PD_OK);
+    assert_int_equal(pd_backprop_create(m, 32, 8, 2, &b, NULL), PD_OK);
     double loss;
     int nt;
     assert_int_equal(pd_backprop_run(b, keys, values, P_SLOTS, ex, 2, dk, dv, &loss, &nt, NULL), PD_OK);
-    assert_int_equal(nt, (n1 - 1) + (n2 - 2));
-    double ref = ref_loss(kd, vd, P_SLOTS, t1, m1, n1) + ref_loss(kd, vd, P_SLOTS, t2, m2, n2);
-    if (fabs(loss - ref) > 1e-4 * fabs(ref)) fail_msg("loss %.9g vs reference %.9g", loss, ref);
+    assert_int_equal(nt, want_targets);
+#define LOSS() (ref_loss_of(m, kd, vd, P_SLOTS, t1, m1, n1) + ref_loss_of(m, kd, vd, P_SLOTS, t2, m2, n2))
+    double ref = LOSS();
+    if (fabs(loss - ref) > 1e-4 * fabs(ref)) fail_msg("%s: loss %.9g vs reference %.9g", what, loss, ref);
 
     /* entries of keys and values in every layer */
     const int per_layer = c->n_kv_heads * P_SLOTS * c->head_dim;
     double num[2][64], ana[2][64];
     int cnt = 0;
+    assert_true(c->n_layers * 4 <= 64);
     for (int l = 0; l < c->n_layers; l++)
         for (int r = 0; r < 4; r++) {
             size_t i = (size_t)l * per_layer + (size_t)((r * 37 + l * 11) % per_layer);
@@ -104,15 +116,16 @@ static void test_gradient_matches_finite_differences(void **state)
                 double *pd = kv ? vd : kd;
                 const double h = 1e-4, keep = pd[i];
                 pd[i] = keep + h;
-                double up = ref_loss(kd, vd, P_SLOTS, t1, m1, n1) + ref_loss(kd, vd, P_SLOTS, t2, m2, n2);
+                double up = LOSS();
                 pd[i] = keep - h;
-                double dn = ref_loss(kd, vd, P_SLOTS, t1, m1, n1) + ref_loss(kd, vd, P_SLOTS, t2, m2, n2);
+                double dn = LOSS();
                 pd[i] = keep;
                 num[kv][cnt] = (up - dn) / (2 * h);
                 ana[kv][cnt] = kv ? dv[i] : dk[i];
             }
             cnt++;
         }
+#undef LOSS
     double rms = 0;
     for (int kv = 0; kv < 2; kv++)
         for (int i = 0; i < cnt; i++) rms += num[kv][i] * num[kv][i];
@@ -122,11 +135,78 @@ static void test_gradient_matches_finite_differences(void **state)
         for (int i = 0; i < cnt; i++) {
             double tol = 1e-3 * fmax(fabs(num[kv][i]), 0.05 * rms);
             if (fabs(ana[kv][i] - num[kv][i]) > tol)
-                fail_msg("%s entry %d (layer %d): gradient %.8g, finite difference %.8g",
-                         kv ? "values" : "keys", i, i / 4, ana[kv][i], num[kv][i]);
+                fail_msg("%s: %s entry %d (layer %d): gradient %.8g, finite difference %.8g",
+                         what, kv ? "values" : "keys", i, i / 4, ana[kv][i], num[kv][i]);
         }
     pd_backprop_free(b);
     free(keys); free(values); free(dk); free(dv); free(kd); free(vd);
+}
+
+static void test_gradient_matches_finite_differences(void **state)
+{
+    (void)state;
+    int32_t t1[12], t2[9];
+    int n1 = pd_tokenizer_encode(model->tok, "Lily went to the park.", 22, 1, 0, t1, 12);
+    int n2 = pd_tokenizer_encode(model->tok, "The cat sat", 11, 1, 0, t2, 9);
+    assert_true(n1 > 3 && n1 <= 12 && n2 > 2 && n2 <= 9);
+    uint8_t m1[12], m2[9];
+    for (int i = 0; i < n1; i++) m1[i] = 1;
+    for (int i = 0; i < n2; i++) m2[i] = i >= 2; /* the first token is context only */
+    check_gradient(model, "stories260K", t1, m1, n1, t2, m2, n2);
+}
+
+/* The same check through every architecture's variant (random-weight
+ * models of tests/tools/synth_model.c): Llama 3 and linear rope scaling,
+ * qwen2 biases with NeoX rotary, qwen3 q/k head norms with q_dim != dim;
+ * all with grouped-query attention. */
+static void test_gradient_every_architecture(void **state)
+{
+    (void)state;
+    char dir[] = "/tmp/prefixd-test-backprop-XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    for (int which = 0; which < 4; which++) {
+        synth_spec s = {0};
+        s.arch = which < 2 ? PD_ARCH_LLAMA : which == 2 ? PD_ARCH_QWEN2 : PD_ARCH_QWEN3;
+        s.dim = 24;
+        s.hidden_dim = 40;
+        s.n_layers = 2;
+        s.n_heads = 4;
+        s.n_kv_heads = 2;
+        s.vocab_size = 280;
+        s.seq_len = 32;
+        s.scale = 0.3f;
+        s.seed = 40 + (uint64_t)which;
+        s.rope_scaling = which == 0 ? PD_ROPE_SCALING_LLAMA3 : which == 1 ? PD_ROPE_SCALING_LINEAR : 0;
+        s.rope_factor = which == 0 ? 8 : 4;
+        s.rope_orig_ctx = 48;
+        s.biases = which == 1;
+        s.head_dim = which == 3 ? 8 : 0; /* q_dim 32 != dim 24 */
+        static const char *const what[4] = {"llama3 rope", "linear rope + biases", "qwen2",
+                                            "qwen3"};
+        char path[96];
+        snprintf(path, sizeof path, "%s/m.gguf", dir);
+        pd_err err;
+        if (synth_write(&s, NULL, path, &err) < 0) fail_msg("%s", err.msg);
+        pd_model_params mp = pd_model_default_params();
+        mp.path = path;
+        pd_model *m;
+        if (pd_model_load(&mp, &m, &err) < 0) fail_msg("%s: %s", what[which], err.msg);
+        unlink(path);
+        int32_t t1[10], t2[7];
+        uint8_t m1[10], m2[7];
+        uint64_t r = 5 + (uint64_t)which;
+        for (int i = 0; i < 10; i++) {
+            t1[i] = i ? 3 + (int32_t)(synth_rand(&r) % 270) : 1;
+            m1[i] = 1;
+        }
+        for (int i = 0; i < 7; i++) {
+            t2[i] = i ? 3 + (int32_t)(synth_rand(&r) % 270) : 1;
+            m2[i] = i >= 3;
+        }
+        check_gradient(m, what[which], t1, m1, 10, t2, m2, 7);
+        pd_model_free(m);
+    }
+    rmdir(dir);
 }
 
 /* The projection MLP (PEFT's prefix_projection) computed in double inside
@@ -316,6 +396,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_gradient_matches_finite_differences),
+        cmocka_unit_test(test_gradient_every_architecture),
         cmocka_unit_test(test_projection_gradient_matches_finite_differences),
         cmocka_unit_test(test_packing_and_engine_agreement),
         cmocka_unit_test(test_bad_batches),
