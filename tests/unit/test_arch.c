@@ -25,11 +25,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "prefixd/engine.h"
 #include "prefixd/generate.h"
 #include "prefixd/prefix.h"
+#include "prefixd/safetensors.h"
 
 #include "../tools/synth_model.h"
 #include "ref_model.h"
@@ -333,6 +335,146 @@ static void test_batch_invariance(void **state)
     pd_engine_free(e);
 }
 
+/* ---- PEFT import ---- */
+
+/* Writes an HF PEFT prefix-tuning adapter (PEFT >= 0.12's GQA config:
+ * token_dim = kv_dim, num_attention_heads = kv heads) holding rows
+ * (P, L*2*kv_dim) into dir/adapter. */
+static void write_adapter(const pd_model *m, int P, const float *rows, char *adir, size_t cap)
+{
+    const pd_config *c = &m->cfg;
+    snprintf(adir, cap, "%s/adapter", dir);
+    mkdir(adir, 0755);
+    char path[256], cfg[512];
+    snprintf(path, sizeof path, "%s/adapter_config.json", adir);
+    snprintf(cfg, sizeof cfg,
+             "{\"peft_type\": \"PREFIX_TUNING\", \"task_type\": \"CAUSAL_LM\", "
+             "\"num_virtual_tokens\": %d, \"num_layers\": %d, \"token_dim\": %d, "
+             "\"num_attention_heads\": %d, \"num_transformer_submodules\": 1}",
+             P, c->n_layers, c->kv_dim, c->n_kv_heads);
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    fputs(cfg, f);
+    fclose(f);
+    snprintf(path, sizeof path, "%s/adapter_model.safetensors", adir);
+    pd_st_writer *w = pd_st_writer_new();
+    assert_non_null(w);
+    int64_t shape[2] = {P, 2LL * c->n_layers * c->kv_dim};
+    assert_int_equal(pd_st_writer_add_f32(w, "prompt_embeddings", PD_ST_F32, 2, shape, rows, NULL),
+                     PD_OK);
+    assert_int_equal(pd_st_writer_write(w, path, NULL), PD_OK);
+    pd_st_writer_free(w);
+}
+
+/* The HF checkpoint a llama GGUF came from: llama.cpp's converter permuted
+ * each head's q/k rows from HF's halves (i, i + hd/2) to adjacent pairs
+ * (2i, 2i + 1); undo that (HF row r·hd/2 + i = our row 2i + r) and rotate
+ * NeoX-style, as HF's rotate_half does. Matrices are owned by *bufs. */
+static pd_model hf_of(const pd_model *m, pd_layer_weights **layers, float **bufs)
+{
+    const pd_config *c = &m->cfg;
+    const int C = c->dim, hd = c->head_dim, L = c->n_layers;
+    pd_model h = *m;
+    *layers = malloc((size_t)L * sizeof **layers);
+    *bufs = malloc((size_t)L * (c->q_dim + c->kv_dim) * (C + 1) * sizeof **bufs);
+    assert_true(*layers && *bufs);
+    float *next = *bufs;
+    for (int l = 0; l < L; l++) {
+        pd_layer_weights *w = &(*layers)[l];
+        *w = m->w.layers[l];
+        for (int which = 0; which < 2; which++) {
+            const int rows = which ? c->kv_dim : c->q_dim;
+            const float *src = which ? w->wk : w->wq, *bsrc = which ? w->bk : w->bq;
+            float *dst = next, *bdst = next + (size_t)rows * C;
+            next += (size_t)rows * (C + 1);
+            for (int r = 0; r < rows; r++) {
+                int head = r / hd, d = r % hd, ours = head * hd + 2 * (d % (hd / 2)) + d / (hd / 2);
+                memcpy(dst + (size_t)r * C, src + (size_t)ours * C, (size_t)C * sizeof *dst);
+                if (bsrc) bdst[r] = bsrc[ours];
+            }
+            if (which) { w->wk = dst; w->bk = bsrc ? bdst : NULL; }
+            else { w->wq = dst; w->bq = bsrc ? bdst : NULL; }
+        }
+    }
+    h.w.layers = *layers;
+    h.cfg.rope_type = PD_ROPE_NEOX;
+    return h;
+}
+
+/* A PEFT adapter imported into each architecture gives the logits HF would
+ * compute with it: on llama (adjacent rotary) the reference runs the HF
+ * form of the model (q/k un-permuted, NeoX rotary) with the adapter's keys
+ * as they are, against prefixd's model with the imported keys; on qwen
+ * (NeoX, HF's own layout) the keys import unchanged. GQA shapes, and on
+ * qwen3 head_dim != dim / heads. */
+static void test_peft_import(void **state)
+{
+    const int which = (int)(intptr_t)*state;
+    const pd_model *m = models[which];
+    const pd_config *c = &m->cfg;
+    const int P = 3, n = 6, V = c->vocab_size, hd = c->head_dim, G = c->n_kv_heads;
+    const size_t width = 2ULL * c->n_layers * c->kv_dim;
+    const size_t np = (size_t)c->n_layers * G * P * hd;
+    float *rows = malloc((size_t)P * width * sizeof *rows);
+    double *kh = malloc(np * 8), *vh = malloc(np * 8), *ki = malloc(np * 8), *vi = malloc(np * 8);
+    double *a = malloc((size_t)n * V * 8), *b = malloc((size_t)n * V * 8);
+    assert_true(rows && kh && vh && ki && vi && a && b);
+    for (size_t i = 0; i < (size_t)P * width; i++) rows[i] = (float)urand();
+    /* the adapter's keys/values in prefix order, HF layout (PEFT's flat index) */
+    for (int t = 0; t < P; t++)
+        for (size_t f = 0; f < width; f++) {
+            size_t d = f % hd, g = f / hd % G, kv = f / hd / G % 2, l = f / hd / G / 2;
+            (kv ? vh : kh)[((l * G + g) * P + t) * hd + d] = rows[(size_t)t * width + f];
+        }
+    char adir[128];
+    write_adapter(m, P, rows, adir, sizeof adir);
+    pd_prefix *p;
+    pd_err err;
+    if (pd_prefix_import_peft(adir, m, "peft", &p, &err) < 0) fail_msg("%s", err.msg);
+    for (size_t i = 0; i < np; i++) {
+        ki[i] = p->keys[i];
+        vi[i] = p->values[i];
+    }
+    int32_t tok[6];
+    random_tokens(m, tok, n);
+    pd_layer_weights *layers = NULL;
+    float *bufs = NULL;
+    pd_model hf = c->rope_type == PD_ROPE_NORM ? hf_of(m, &layers, &bufs) : *m;
+    assert_false(isnan(ref_forward(&hf, kh, vh, P, tok, NULL, n, a)));
+    assert_false(isnan(ref_forward(m, ki, vi, P, tok, NULL, n, b)));
+    double d = 0, amax = 0;
+    for (size_t i = 0; i < (size_t)n * V; i++) {
+        d = fmax(d, fabs(a[i] - b[i]));
+        amax = fmax(amax, fabs(a[i]));
+    }
+    if (!(d <= 1e-9 * (1 + amax)))
+        fail_msg("%s: imported PEFT prefix vs HF form: max abs diff %g", names[which], d);
+    /* and on the engine too */
+    pd_engine *e;
+    pd_seq *s;
+    assert_int_equal(pd_engine_create(m, NULL, &e, NULL), PD_OK);
+    assert_int_equal(pd_seq_create(m, n, &s, NULL), PD_OK);
+    pd_seq_set_prefix(s, P, p->keys, p->values);
+    float *got = malloc((size_t)n * V * sizeof *got);
+    assert_non_null(got);
+    step_all(e, m, s, tok, n, got);
+    double gmax, gd = max_diff(got, a, (size_t)n * V, &gmax);
+    if (!(gd <= TOL * (1 + gmax)))
+        fail_msg("%s: engine with the imported prefix vs HF form: %g", names[which], gd);
+    free(got);
+    pd_seq_free(s);
+    pd_engine_free(e);
+    free(layers); free(bufs);
+    pd_prefix_release(p);
+    char path[256];
+    snprintf(path, sizeof path, "%s/adapter_config.json", adir);
+    unlink(path);
+    snprintf(path, sizeof path, "%s/adapter_model.safetensors", adir);
+    unlink(path);
+    rmdir(adir);
+    free(rows); free(kh); free(vh); free(ki); free(vi); free(a); free(b);
+}
+
 /* ---- refusals ---- */
 
 typedef struct refusal {
@@ -474,6 +616,7 @@ int main(void)
         PER_MODEL(test_logits_match_reference),
         PER_MODEL(test_prompt_equivalence),
         PER_MODEL(test_batch_invariance),
+        PER_MODEL(test_peft_import),
         cmocka_unit_test(test_refusals),
         cmocka_unit_test(test_sliding_window_caps_context),
     };
