@@ -2,8 +2,9 @@
  * writing a loaded model back out (pd_gguf_write_model, behind `prefixd
  * convert`).
  *
- * Conventions (llama.cpp's): general.architecture = "llama"; hyper-parameters
- * under llama.*; tensors token_embd.weight, blk.N.{attn_norm, attn_q, attn_k,
+ * Conventions (llama.cpp's): general.architecture = "llama", "qwen2" or
+ * "qwen3" (src/arch.c has each one's keys and extra tensors); hyper-parameters
+ * under "<arch>.*"; tensors token_embd.weight, blk.N.{attn_norm, attn_q, attn_k,
  * attn_v, attn_output, ffn_norm, ffn_gate, ffn_down, ffn_up}.weight,
  * output_norm.weight and output.weight (absent: the classifier is tied to the
  * embedding); the tokenizer under tokenizer.ggml.* with SentencePiece's
@@ -439,29 +440,63 @@ typedef struct out_tensor {
     int64_t ne0, ne1; /* ne1 == 0: 1-D */
 } out_tensor;
 
+/* "<arch>.suffix" into buf (the architecture's key prefix, arch.c). */
+static const char *arch_key(char *buf, size_t cap, const pd_config *c, const char *suffix)
+{
+    snprintf(buf, cap, "%s.%s", pd__arch_prefix(c->arch), suffix);
+    return buf;
+}
+
+/* The variant's keys: explicit head size, rope scaling, sliding window. */
+static int add_arch_metadata(pd_gguf_writer *w, const pd_config *c, pd_err *err)
+{
+    char k[96];
+    int rc;
+#define KEY(suffix) arch_key(k, sizeof k, c, suffix)
+    if (c->q_dim != c->dim &&
+        ((rc = pd_gguf_add_u32(w, KEY("attention.key_length"), (uint32_t)c->head_dim, err)) < 0 ||
+         (rc = pd_gguf_add_u32(w, KEY("attention.value_length"), (uint32_t)c->head_dim, err)) < 0))
+        return rc;
+    if (c->rope_scaling == PD_ROPE_SCALING_LINEAR &&
+        ((rc = pd_gguf_add_str(w, KEY("rope.scaling.type"), "linear", err)) < 0 ||
+         (rc = pd_gguf_add_f32(w, KEY("rope.scaling.factor"), 1.0f / c->rope_freq_scale, err)) <
+             0))
+        return rc;
+    if (c->sliding_window > 0 &&
+        (rc = pd_gguf_add_u32(w, KEY("attention.sliding_window"), (uint32_t)c->sliding_window,
+                              err)) < 0)
+        return rc;
+#undef KEY
+    return PD_OK;
+}
+
 static int add_metadata(pd_gguf_writer *w, const pd_model *m, int dtype, const char *name,
                         pd_err *err)
 {
     const pd_config *c = &m->cfg;
     static const uint32_t file_type[] = {0, 1, 32}; /* llama.cpp: ALL_F32, MOSTLY_F16, MOSTLY_BF16 */
+    const int ctx = c->ctx_train > 0 ? c->ctx_train : c->seq_len;
+    char k[96];
     int rc;
-    if ((rc = pd_gguf_add_str(w, "general.architecture", "llama", err)) < 0 ||
+#define KEY(suffix) arch_key(k, sizeof k, c, suffix)
+    if ((rc = pd_gguf_add_str(w, "general.architecture", pd__arch_prefix(c->arch), err)) < 0 ||
         (rc = pd_gguf_add_str(w, "general.name", name, err)) < 0 ||
         (rc = pd_gguf_add_u32(w, "general.file_type", file_type[dtype], err)) < 0 ||
-        (rc = pd_gguf_add_u32(w, "llama.context_length", (uint32_t)c->seq_len, err)) < 0 ||
-        (rc = pd_gguf_add_u32(w, "llama.embedding_length", (uint32_t)c->dim, err)) < 0 ||
-        (rc = pd_gguf_add_u32(w, "llama.block_count", (uint32_t)c->n_layers, err)) < 0 ||
-        (rc = pd_gguf_add_u32(w, "llama.feed_forward_length", (uint32_t)c->hidden_dim, err)) < 0 ||
-        (rc = pd_gguf_add_u32(w, "llama.attention.head_count", (uint32_t)c->n_heads, err)) < 0 ||
-        (rc = pd_gguf_add_u32(w, "llama.attention.head_count_kv", (uint32_t)c->n_kv_heads,
+        (rc = pd_gguf_add_u32(w, KEY("context_length"), (uint32_t)ctx, err)) < 0 ||
+        (rc = pd_gguf_add_u32(w, KEY("embedding_length"), (uint32_t)c->dim, err)) < 0 ||
+        (rc = pd_gguf_add_u32(w, KEY("block_count"), (uint32_t)c->n_layers, err)) < 0 ||
+        (rc = pd_gguf_add_u32(w, KEY("feed_forward_length"), (uint32_t)c->hidden_dim, err)) < 0 ||
+        (rc = pd_gguf_add_u32(w, KEY("attention.head_count"), (uint32_t)c->n_heads, err)) < 0 ||
+        (rc = pd_gguf_add_u32(w, KEY("attention.head_count_kv"), (uint32_t)c->n_kv_heads,
                               err)) < 0 ||
-        (rc = pd_gguf_add_f32(w, "llama.rope.freq_base", c->rope_base, err)) < 0 ||
-        (rc = pd_gguf_add_u32(w, "llama.rope.dimension_count", (uint32_t)c->head_dim, err)) < 0 ||
-        (rc = pd_gguf_add_f32(w, "llama.attention.layer_norm_rms_epsilon", c->norm_eps, err)) <
+        (rc = pd_gguf_add_f32(w, KEY("rope.freq_base"), c->rope_base, err)) < 0 ||
+        (rc = pd_gguf_add_u32(w, KEY("rope.dimension_count"), (uint32_t)c->head_dim, err)) < 0 ||
+        (rc = pd_gguf_add_f32(w, KEY("attention.layer_norm_rms_epsilon"), c->norm_eps, err)) <
             0 ||
-        (rc = pd_gguf_add_u32(w, "llama.vocab_size", (uint32_t)c->vocab_size, err)) < 0)
+        (rc = pd_gguf_add_u32(w, KEY("vocab_size"), (uint32_t)c->vocab_size, err)) < 0)
         return rc;
-    return PD_OK;
+#undef KEY
+    return add_arch_metadata(w, c, err);
 }
 
 static int add_tokenizer(pd_gguf_writer *w, const pd_tokenizer *tok, const char *path,
@@ -509,7 +544,10 @@ int pd_gguf_write_model(const pd_model *m, const char *path, int dtype, const ch
     if (gtype < 0) return pd_err_set(err, PD_EINVAL, "%s: unknown dtype %d", path, dtype);
     PD_ASSERT(m->tok && m->w.layers);
     int64_t D = c->dim, KV = c->kv_dim, H = c->hidden_dim, V = c->vocab_size;
-    int n_out = 3 + 9 * c->n_layers;
+    const int64_t QD = c->q_dim;
+    pd__arch_vec vecs[PD__ARCH_MAX_VECS];
+    const int n_vecs = pd__arch_layer_vecs(c, vecs);
+    int n_out = 4 + (9 + n_vecs) * c->n_layers;
     out_tensor *ts = calloc((size_t)n_out, sizeof *ts);
     uint16_t *narrow = NULL;
     pd_gguf_writer *w = NULL;
@@ -532,13 +570,18 @@ int pd_gguf_write_model(const pd_model *m, const char *path, int dtype, const ch
     OUT(m->w.token_embedding, D, V, "token_embd.weight");
     OUT(m->w.rms_final, D, 0, "output_norm.weight");
     if (!m->tied_classifier) OUT(m->w.wcls, D, V, "output.weight");
+    if (m->w.rope_freqs) OUT(m->w.rope_freqs, c->head_dim / 2, 0, "rope_freqs.weight");
     for (int l = 0; l < c->n_layers; l++) {
         const pd_layer_weights *lw = &m->w.layers[l];
         OUT(lw->rms_att, D, 0, "blk.%d.attn_norm.weight", l);
-        OUT(lw->wq, D, D, "blk.%d.attn_q.weight", l);
+        OUT(lw->wq, D, QD, "blk.%d.attn_q.weight", l);
         OUT(lw->wk, D, KV, "blk.%d.attn_k.weight", l);
         OUT(lw->wv, D, KV, "blk.%d.attn_v.weight", l);
-        OUT(lw->wo, D, D, "blk.%d.attn_output.weight", l);
+        OUT(lw->wo, QD, D, "blk.%d.attn_output.weight", l);
+        for (int i = 0; i < n_vecs; i++) {
+            const float *v = *(const float *const *)((const char *)lw + vecs[i].field);
+            if (v) OUT(v, vecs[i].n, 0, "blk.%d.%s", l, vecs[i].name);
+        }
         OUT(lw->rms_ffn, D, 0, "blk.%d.ffn_norm.weight", l);
         OUT(lw->w1, D, H, "blk.%d.ffn_gate.weight", l);
         OUT(lw->w2, H, D, "blk.%d.ffn_down.weight", l);

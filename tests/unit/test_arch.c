@@ -30,6 +30,7 @@
 
 #include "prefixd/engine.h"
 #include "prefixd/generate.h"
+#include "prefixd/gguf.h"
 #include "prefixd/prefix.h"
 #include "prefixd/safetensors.h"
 
@@ -335,6 +336,28 @@ static void test_batch_invariance(void **state)
     pd_engine_free(e);
 }
 
+/* `prefixd convert` writes each architecture back out: the reloaded model
+ * has the same configuration and fingerprint (hyper-parameters, weights and
+ * the variant's vectors). */
+static void test_convert_round_trip(void **state)
+{
+    const int which = (int)(intptr_t)*state;
+    const pd_model *m = models[which];
+    char path[128];
+    snprintf(path, sizeof path, "%s/convert.gguf", dir);
+    pd_err err;
+    if (pd_gguf_write_model(m, path, PD_DTYPE_F32, "round trip", &err) < 0) fail_msg("%s", err.msg);
+    pd_model_params mp = pd_model_default_params();
+    mp.path = path;
+    pd_model *r;
+    if (pd_model_load(&mp, &r, &err) < 0) fail_msg("%s: reloading: %s", names[which], err.msg);
+    unlink(path);
+    assert_memory_equal(&r->cfg, &m->cfg, sizeof m->cfg);
+    assert_string_equal(r->fingerprint_hex, m->fingerprint_hex);
+    assert_int_equal(r->tied_classifier, m->tied_classifier);
+    pd_model_free(r);
+}
+
 /* ---- PEFT import ---- */
 
 /* Writes an HF PEFT prefix-tuning adapter (PEFT >= 0.12's GQA config:
@@ -617,6 +640,7 @@ int main(void)
         PER_MODEL(test_prompt_equivalence),
         PER_MODEL(test_batch_invariance),
         PER_MODEL(test_peft_import),
+        PER_MODEL(test_convert_round_trip),
         cmocka_unit_test(test_refusals),
         cmocka_unit_test(test_sliding_window_caps_context),
     };
