@@ -64,3 +64,20 @@ def test_serve_and_prompt_built_task(model, tmp_path):
         cli = run("generate", "--model", path, "--prompt", PRE + " " + REQ, "--max-tokens",
                   "12", "--temperature", "0").stdout
         assert base["choices"][0]["text"] in cli
+
+
+def test_train_a_task(model, tmp_path):
+    """A few steps of `prefixd train` through the architecture lower the
+    validation loss below the base model's."""
+    import re
+    name, path = model
+    data = tmp_path / "train.jsonl"
+    with open(os.path.join(ROOT, "tests/data/train/dragon.train.jsonl")) as f:
+        data.write_text("".join(f.readlines()[:5]))
+    out = run("train", "--model", path, "--data", str(data), "--task", "t", "--out",
+              str(tmp_path), "--virtual-tokens", "4", "--epochs", "3", "--batch-size", "2",
+              "--lr", "0.1").stdout
+    m = re.search(r"validation loss ([0-9.]+) \(base model ([0-9.]+)\)", out)
+    assert m, out
+    assert float(m.group(1)) < float(m.group(2)), out
+    assert (tmp_path / "t.safetensors").exists()
