@@ -1,13 +1,15 @@
 /* cmd_tokenize.c — `prefixd tokenize` and `prefixd detokenize`:
  *
  *   prefixd tokenize --model M [--tokenizer T] [--no-bos] [--special] [--pieces]
- *                    (--text TEXT | --file F)
+ *                    (--text TEXT | --file F) [--batch]
  *   prefixd detokenize --model M [--tokenizer T] --ids 1,2,3
  *
  * tokenize prints the ids as a JSON array on one line (with --pieces, objects
  * {"id", "piece"} as POST /tokenize answers). BOS/EOS are added as the
  * vocabulary says unless --no-bos; --special parses control-token text
- * ("<|im_start|>", "<s>") into control tokens. detokenize prints the text of
+ * ("<|im_start|>", "<s>") into control tokens. With --batch the file holds a
+ * JSON array of strings and the output is a JSON array of their results
+ * (one process for a whole test corpus). detokenize prints the text of
  * the ids. A GGUF model file is read for its tokenizer only (vocab-only files
  * work); a llama2.c model needs its --tokenizer. */
 #include <stdio.h>
@@ -64,7 +66,7 @@ static void free_tok(tok_src *ts)
 int cmd_tokenize(int argc, char **argv)
 {
     const char *model = NULL, *tokenizer = NULL, *text = NULL, *file = NULL;
-    int add = 1, special = 0, pieces = 0;
+    int add = 1, special = 0, pieces = 0, batch = 0;
     for (int i = 1; i < argc; i++) {
         int r;
         if ((r = cli_opt(argc, argv, &i, "--model", &model))) {
@@ -77,6 +79,8 @@ int cmd_tokenize(int argc, char **argv)
             special = 1;
         } else if (!strcmp(argv[i], "--pieces")) {
             pieces = 1;
+        } else if (!strcmp(argv[i], "--batch")) {
+            batch = 1;
         } else {
             return cli_fail("tokenize: unknown option '%s'", argv[i]) + 1;
         }
@@ -84,6 +88,7 @@ int cmd_tokenize(int argc, char **argv)
     }
     if ((text != NULL) == (file != NULL))
         return cli_fail("tokenize: give exactly one of --text and --file") + 1;
+    if (batch && !file) return cli_fail("tokenize: --batch reads --file") + 1;
     char *data = NULL;
     size_t len = text ? strlen(text) : 0;
     if (file) {
@@ -97,16 +102,46 @@ int cmd_tokenize(int argc, char **argv)
         free(data);
         return status;
     }
-    int rc;
+    int rc = PD_OK;
     unsigned flags = (add ? PD_TOK_ADD_SPECIAL : 0) | (special ? PD_TOK_PARSE_SPECIAL : 0);
-    json_t *arr = tokenize_json(ts.tok, text, len, flags, pieces, &rc);
+    json_t *arr = NULL;
+    if (batch) {
+        json_error_t jerr;
+        json_t *in = json_loadb(text, len, 0, &jerr);
+        size_t k;
+        json_t *v;
+        if (!json_is_array(in)) {
+            json_decref(in);
+            free_tok(&ts);
+            free(data);
+            return cli_fail("tokenize: %s: line %d: not a JSON array of strings%s%s", file,
+                            jerr.line, in ? "" : ": ", in ? "" : jerr.text);
+        }
+        arr = json_array();
+        json_array_foreach(in, k, v) {
+            json_t *one = json_is_string(v) ? tokenize_json(ts.tok, json_string_value(v),
+                                                             json_string_length(v), flags,
+                                                             pieces, &rc)
+                                            : NULL;
+            if (!arr || !one || json_array_append_new(arr, one) < 0) {
+                json_decref(arr);
+                arr = NULL;
+                if (!json_is_string(v)) rc = PD_EINVAL;
+                break;
+            }
+        }
+        json_decref(in);
+    } else {
+        arr = tokenize_json(ts.tok, text, len, flags, pieces, &rc);
+    }
     char *s = arr ? json_dumps(arr, JSON_COMPACT | JSON_ENSURE_ASCII) : NULL;
     if (s) {
         printf("%s\n", s);
         status = 0;
     } else {
-        status = cli_fail("tokenize: %s", rc == PD_ENOMEM || arr ? "out of memory"
-                                                                 : "the text cannot be encoded");
+        status = cli_fail("tokenize: %s", rc == PD_EINVAL  ? "--batch: an item is not a string"
+                                          : rc == PD_ENOMEM || arr ? "out of memory"
+                                                                   : "the text cannot be encoded");
     }
     free(s);
     json_decref(arr);
