@@ -69,6 +69,15 @@ $(BUILD)/%.o: %.c
 	@mkdir -p $(@D)
 	$(CC) $(CFLAGS) -c -o $@ $<
 
+# The weight kernels of each instruction set (chosen at run time, qmatmul.c).
+# No contraction into FMA outside the intrinsics: every kernel dequantises to
+# the same floats. -O3 lets the dequantisers vectorise (not under sanitizers).
+QMM_FLAGS = -ffp-contract=off $(if $(SAN),,-O3)
+$(BUILD)/src/qmatmul_avx2.o: CFLAGS += -mavx2 -mfma -mf16c $(QMM_FLAGS)
+$(BUILD)/src/qmatmul_avx512.o: CFLAGS += -mavx2 -mfma -mf16c -mavx512f -mavx512bw -mavx512vl \
+                                         -mavx512dq $(QMM_FLAGS)
+$(BUILD)/src/qmatmul.o: CFLAGS += $(QMM_FLAGS)
+
 # Installs only what is missing; works as root on a fresh Debian 12 (sudo otherwise).
 deps:
 	@missing=$$(for p in $(DEB_PKGS); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
