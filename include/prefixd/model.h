@@ -95,7 +95,8 @@ typedef struct pd_tensor_info {
     char name[96];
     int n_dims;
     int64_t shape[4]; /* GGUF order: shape[0] is the innermost (row) length */
-    int dtype;        /* pd_dtype */
+    int dtype;        /* pd_dtype, or -1 for a quantised type */
+    int type;         /* pd_qtype (ggml's id) as stored: any GGUF type */
     uint64_t offset;  /* byte offset in the file */
     uint64_t nbytes;
 } pd_tensor_info;
@@ -108,11 +109,15 @@ typedef struct pd_model {
     char fingerprint_hex[17]; /* 16 lowercase hex digits + NUL */
     char id[128];            /* model id served as `model` (file base name) */
     int format;              /* pd_model_format */
-    int dtype;               /* dtype of the big matrices in the file */
+    int dtype;               /* pd_dtype of the big matrices in the file, or -1 when
+                                quantised (see weight_type) */
+    int weight_type;         /* pd_qtype of the big matrices (blk.0.attn_q as stored) */
     int tied_classifier;     /* 1 when wcls == token_embedding */
     pd_tensor_info *tensors; /* n_tensors entries (owned) */
     int n_tensors;
     uint64_t weight_bytes;   /* bytes of all weights read per token, as stored */
+    uint64_t resident_bytes; /* bytes of all weights held in memory (mapped or widened),
+                                the embedding included */
     /* storage (private to the loaders) */
     void *map;               /* read-only mmap of the file */
     size_t map_size;
