@@ -227,9 +227,8 @@ int pd_engine_step(pd_engine *e, const pd_batch *b, const float **logits, pd_err
     for (int l = 0; l < c->n_layers; l++) {
         const pd_layer_weights *w = &m->w.layers[l];
         pd__rmsnorm_rows(e->xb, NULL, e->x, w->rms_att, T, C, c->norm_eps);
-        pd_wmatmul(e->pool, e->q, e->xb, &w->wq, T);
-        pd_wmatmul(e->pool, e->k, e->xb, &w->wk, T);
-        pd_wmatmul(e->pool, e->v, e->xb, &w->wv, T);
+        pd_wmatmul_n(e->pool, 3, (float *const[]){e->q, e->k, e->v}, e->xb,
+                     (const pd_wmat *const[]){&w->wq, &w->wk, &w->wv}, T);
         for (int t = 0; t < T; t++) {
             const float *cs = e->rope + (size_t)t * hd;
             pd__rope_apply(e->q + (size_t)t * C, C, hd, cs, 1.0f);
@@ -245,8 +244,8 @@ int pd_engine_step(pd_engine *e, const pd_batch *b, const float **logits, pd_err
         for (size_t i = 0; i < (size_t)T * C; i++) e->x[i] += e->xb2[i];
 
         pd__rmsnorm_rows(e->xb, NULL, e->x, w->rms_ffn, T, C, c->norm_eps);
-        pd_wmatmul(e->pool, e->hb, e->xb, &w->w1, T);
-        pd_wmatmul(e->pool, e->hb2, e->xb, &w->w3, T);
+        pd_wmatmul_n(e->pool, 2, (float *const[]){e->hb, e->hb2}, e->xb,
+                     (const pd_wmat *const[]){&w->w1, &w->w3}, T);
         for (size_t i = 0; i < (size_t)T * H; i++) {
             float val = e->hb[i];
             val *= (1.0f / (1.0f + expf(-val)));

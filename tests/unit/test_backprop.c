@@ -90,14 +90,13 @@ static double ref_loss(const double *keys, const double *values, int P, const in
     double *ao = malloc((size_t)C * 8), *tmp = malloc((size_t)C * 8), *h1 = malloc((size_t)H * 8);
     double *h3 = malloc((size_t)H * 8), *att = malloc((size_t)(P + n) * 8), *lg = malloc((size_t)V * 8);
     assert_true(x && xn && q && k && v && ao && tmp && h1 && h3 && att && lg);
-    for (int t = 0; t < n; t++)
-        {
-            float *row = malloc((size_t)C * sizeof *row);
-            assert_non_null(row);
-            pd_wmat_row_f32(&model->w.token_embedding, tok[t], row);
-            for (int j = 0; j < C; j++) x[(size_t)t * C + j] = row[j];
-            free(row);
-        }
+    float *row = malloc((size_t)C * sizeof *row);
+    assert_non_null(row);
+    for (int t = 0; t < n; t++) {
+        pd_wmat_row_f32(&model->w.token_embedding, tok[t], row);
+        for (int j = 0; j < C; j++) x[(size_t)t * C + j] = row[j];
+    }
+    free(row);
     for (int l = 0; l < L; l++) {
         const pd_layer_weights *w = &model->w.layers[l];
         for (int t = 0; t < n; t++) {
@@ -168,9 +167,11 @@ static float frand(uint64_t *s)
 
 #define P_SLOTS 3
 
-static void test_gradient_matches_finite_differences(void **state)
+/* The prefix gradient of pd_backprop on `model` for two examples (t1 all
+ * targets, t2 from its third token) against central differences of the
+ * double-precision forward. */
+static void gradient_check(const int32_t *t1, int n1, const int32_t *t2, int n2)
 {
-    (void)state;
     const pd_config *c = &model->cfg;
     const size_t np = (size_t)c->n_layers * c->n_kv_heads * P_SLOTS * c->head_dim;
     float *keys = malloc(np * 4), *values = malloc(np * 4), *dk = calloc(np, 4), *dv = calloc(np, 4);
@@ -183,9 +184,6 @@ static void test_gradient_matches_finite_differences(void **state)
         kd[i] = keys[i];
         vd[i] = values[i];
     }
-    int32_t t1[12], t2[9];
-    int n1 = pd_tokenizer_encode(model->tok, "Lily went to the park.", 22, 1, 0, t1, 12);
-    int n2 = pd_tokenizer_encode(model->tok, "The cat sat", 11, 1, 0, t2, 9);
     assert_true(n1 > 3 && n1 <= 12 && n2 > 2 && n2 <= 9);
     uint8_t m1[12], m2[9];
     for (int i = 0; i < n1; i++) m1[i] = 1;
@@ -234,6 +232,35 @@ static void test_gradient_matches_finite_differences(void **state)
         }
     pd_backprop_free(b);
     free(keys); free(values); free(dk); free(dv); free(kd); free(vd);
+}
+
+static void test_gradient_matches_finite_differences(void **state)
+{
+    (void)state;
+    int32_t t1[12], t2[9];
+    int n1 = pd_tokenizer_encode(model->tok, "Lily went to the park.", 22, 1, 0, t1, 12);
+    int n2 = pd_tokenizer_encode(model->tok, "The cat sat", 11, 1, 0, t2, 9);
+    gradient_check(t1, n1, t2, n2);
+}
+
+/* The same through models whose weights stay quantised (Q8_0 and Q4_K, rows
+ * of 256; the backward products dequantise bands of rows): the reference
+ * forward uses the same dequantised weights, so the tolerance is the F32
+ * one. */
+static void test_gradient_quantised(void **state)
+{
+    (void)state;
+    static const int qtypes[2] = {PD_Q_Q8_0, PD_Q_Q4_K};
+    pd_model *keep = model;
+    for (int i = 0; i < 2; i++) {
+        model = test_model_synth(qtypes[i], 31 + (uint64_t)i);
+        assert_non_null(model);
+        const int32_t t1[10] = {1, 17, 200, 3, 99, 45, 128, 7, 250, 64};
+        const int32_t t2[7] = {1, 5, 77, 140, 33, 201, 9};
+        gradient_check(t1, 10, t2, 7);
+        pd_model_free(model);
+    }
+    model = keep;
 }
 
 /* The projection MLP (PEFT's prefix_projection) computed in double inside
@@ -423,6 +450,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_gradient_matches_finite_differences),
+        cmocka_unit_test(test_gradient_quantised),
         cmocka_unit_test(test_projection_gradient_matches_finite_differences),
         cmocka_unit_test(test_packing_and_engine_agreement),
         cmocka_unit_test(test_bad_batches),
