@@ -1,6 +1,7 @@
 /* prefixd/model.h — the frozen base model: a Llama-family transformer loaded
  * from a llama2.c checkpoint (.bin + tokenizer.bin) or a GGUF v3 file
- * (general.architecture = llama, tensors F32/F16/BF16, tokenizer in metadata).
+ * (general.architecture = llama, matrices of any weight type of quant.h,
+ * tokenizer in metadata).
  *
  *     pd_model_params mp = pd_model_default_params();
  *     mp.path = "models/stories260K/stories260K.bin";
@@ -12,9 +13,10 @@
  *
  * A pd_model is read-only after load and shared by every thread. The weight
  * matrices point straight into a read-only mmap of the file in their stored
- * type (F32, F16, BF16: used in place, converted in registers by the
- * kernels); F16/BF16 norm vectors and misaligned F32 tensors are widened to
- * F32 once at load (owned buffer). Every size and offset in the file is
+ * type (F32, F16, BF16, Q8_0, Q4_0 … Q6_K: used in place, converted or
+ * dequantised in registers by the kernels; other types are refused naming
+ * the tensor); F16/BF16 norm vectors and misaligned F32 tensors are widened
+ * to F32 once at load (owned buffer). Every size and offset in the file is
  * checked against the file size before use.
  *
  * Weight layout (both formats): every matrix is row-major [out][in], so
@@ -23,8 +25,10 @@
  *
  * The fingerprint is a 64-bit hash over the hyper-parameters and the F32
  * weight values in canonical order (embedding, per layer rms_att wq wk wv wo
- * rms_ffn w1 w2 w3, rms_final, classifier if untied): the same weights give
- * the same fingerprint whatever file format carried them.
+ * rms_ffn w1 w2 w3, rms_final, classifier if untied), typed matrices
+ * dequantised to F32 row by row: the same weight values give the same
+ * fingerprint whatever file format or type carried them (a quantised model
+ * and its F32 rewrite agree; it differs from its F32 original).
  */
 #ifndef PREFIXD_MODEL_H
 #define PREFIXD_MODEL_H
