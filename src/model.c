@@ -246,6 +246,9 @@ int pd__model_finish(pd_model *m, pd_err *err)
                  wmat_bytes(&L->w3);
     }
     m->weight_bytes = bytes;
+    /* held in memory: the above and the embedding when untied (widened
+     * tensors at their F32 size) */
+    m->resident_bytes = bytes + (m->tied_classifier ? 0 : wmat_bytes(&m->w.token_embedding));
     if (model_fingerprint(m, &m->fingerprint) < 0)
         return pd_err_set(err, PD_ENOMEM, "out of memory computing the model fingerprint");
     snprintf(m->fingerprint_hex, sizeof m->fingerprint_hex, "%016llx",
