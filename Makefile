@@ -44,8 +44,10 @@ PYTHON    ?= /usr/bin/python3
 
 all: $(BUILD)/prefixd $(BUILD)/libprefixd.a $(TEST_BIN)
 
+# rebuilt from scratch: a source file removed must not leave its object behind
 $(BUILD)/libprefixd.a: $(LIB_OBJ)
 	@mkdir -p $(@D)
+	@rm -f $@
 	$(AR) rcs $@ $^
 
 $(BUILD)/prefixd: $(SRV_OBJ) $(BUILD)/libprefixd.a
