@@ -58,8 +58,10 @@ $(BUILD)/vocab/qwen3.gguf: $(NPM_TOK)/tokenizer-qwen3/models/tokenizer.json test
 
 all: $(BUILD)/prefixd $(BUILD)/libprefixd.a $(TEST_BIN) $(SYNTH_BIN)
 
+# rebuilt from scratch: a source file removed must not leave its object behind
 $(BUILD)/libprefixd.a: $(LIB_OBJ)
 	@mkdir -p $(@D)
+	@rm -f $@
 	$(AR) rcs $@ $^
 
 $(BUILD)/prefixd: $(SRV_OBJ) $(BUILD)/libprefixd.a
