@@ -419,6 +419,19 @@ def make_tokenizer():
     out("tokenizer_load", "empty", b"\x00")
 
 
+def make_tokenizer_bpe():
+    """Vocabulary byte (gpt-2, deepseek-llm, starcoder, falcon, phi-3), flags
+    byte, text."""
+    texts = [b"Hello world! I'm 12345 years old.\n\n\tdef f(x): return x",
+             " \u00e9t\u00e9 \U0001F999 \u4e2d\u6587\u3002 \u0420\u0443\u0441".encode(),
+             b"<|endoftext|>text<|endoftext|><s></s><unk>", b"\xff\xfe\x80\xc3(\xe2\x82\x00 bad",
+             b"   \r\n   \n" * 4, b"a" * 200]
+    for v in range(5):
+        for f in range(4):
+            t = texts[(v + f) % len(texts)]
+            out("tokenizer_bpe", "v%d-f%d" % (v, f), bytes([v, f]) + t)
+
+
 def main():
     if os.path.isdir(CORPUS):
         shutil.rmtree(CORPUS)
@@ -432,6 +445,7 @@ def main():
     make_dataset()
     make_multipart()
     make_tokenizer()
+    make_tokenizer_bpe()
     total = 0
     for d, _, files in os.walk(CORPUS):
         total += sum(os.path.getsize(os.path.join(d, f)) for f in files)
