@@ -1,6 +1,7 @@
 /* prefixd/model.h — the frozen base model: a Llama-family transformer loaded
  * from a llama2.c checkpoint (.bin + tokenizer.bin) or a GGUF v3 file
- * (general.architecture = llama, tensors F32/F16/BF16, tokenizer in metadata).
+ * (general.architecture = llama, qwen2 or qwen3 — see pd_arch and
+ * src/arch.c —, tensors F32/F16/BF16, tokenizer in metadata).
  *
  *     pd_model_params mp = pd_model_default_params();
  *     mp.path = "models/stories260K/stories260K.bin";
