@@ -3,7 +3,7 @@
  *
  * Letters: R rows of the packed batch, C = dim, KV = kv_dim, H = hidden_dim,
  * V = vocab, hd = head_dim, P prefix slots, L layers. The forward pass repeats
- * the engine's float operations (pd_matmul, the same RMSNorm, rotary and
+ * the engine's float operations (pd_wmatmul, the same RMSNorm, rotary and
  * attention loops), so its logits are the engine's. The backward pass keeps
  * the weights frozen: only activation gradients flow, through
  *   loss -> final RMSNorm -> for each layer, last first:
@@ -13,10 +13,11 @@
  *           (adjacent or NeoX, scaled) transposed on dq, dk; the per-head
  *           q/k RMSNorms transposed (qwen3); biases are constants;
  *           dx += RMSNormᵀ(Wqᵀdq + Wkᵀdk + Wvᵀdv).
- * Backward products use cblas_sgemm (dY·W, no batch-invariance needed). */
+ * Backward products use cblas_sgemm (dY·W, no batch-invariance needed),
+ * through pd_wmatmul_t: quantised weights stay quantised, dequantised a band
+ * of rows at a time into b->wdeq. */
 #include "prefixd/backprop.h"
 
-#include <cblas.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -67,6 +68,7 @@ struct pd_backprop {
     float *dk, *dv;   /* (R, KV) */
     float *lg;        /* (LOGIT_CHUNK, V) logits, then their gradient */
     float *lx;        /* (LOGIT_CHUNK, C) */
+    float *wdeq;      /* dequantised rows of a weight for pd_wmatmul_t (0 for F32) */
     int *tgt_row;     /* (R) row predicting each target */
     int *tgt_tok;     /* (R) the target token */
     void *block;
@@ -80,6 +82,8 @@ int pd_backprop_create(const pd_model *m, int max_rows, int max_prefix, int n_th
     if (max_rows < 2 || max_rows > (1 << 16) || max_prefix < 0 || max_prefix >= c->seq_len)
         return pd_err_set(err, PD_EINVAL, "backprop limits out of range: rows %d, prefix %d",
                           max_rows, max_prefix);
+    int vrc = pd_config_validate(c, "backprop", err);
+    if (vrc < 0) return vrc;
     pd_backprop *b = calloc(1, sizeof *b);
     if (!b) return pd_err_set(err, PD_ENOMEM, "out of memory for backprop");
     b->m = m;
@@ -96,18 +100,25 @@ int pd_backprop_create(const pd_model *m, int max_rows, int max_prefix, int n_th
     const size_t QD = (size_t)c->q_dim, CQ = QD > C ? QD : C;
     const size_t QN = m->w.layers[0].q_norm ? 1 : 0; /* q/k norms: all layers or none */
     b->att_layer = R * (size_t)c->n_heads * ((size_t)max_prefix + (size_t)b->max_ctx);
+    size_t wdeq = pd_wmatmul_t_scratch(&m->w.wcls);
+    for (int l = 0; l < c->n_layers; l++) {
+        const pd_layer_weights *lw = &m->w.layers[l];
+        const pd_wmat *ws[7] = {&lw->wq, &lw->wk, &lw->wv, &lw->wo, &lw->w1, &lw->w2, &lw->w3};
+        for (int i = 0; i < 7; i++)
+            if (pd_wmatmul_t_scratch(ws[i]) > wdeq) wdeq = pd_wmatmul_t_scratch(ws[i]);
+    }
     size_t sizes[] = {L * R * C, L * R,  L * R * C,    L * R * QD,    L * R * KV,
                       L * R * KV, L * b->att_layer, L * R * QD, L * R * C, L * R,
                       L * R * C, L * R * H, L * R * H, R * C, R,
                       R * C,     R * (size_t)c->head_dim, R * H, R * H, R * C,
                       R * CQ,    R * CQ,    R * QD,     R * KV, R * KV,
-                      LOGIT_CHUNK * V, LOGIT_CHUNK * C,
+                      LOGIT_CHUNK * V, LOGIT_CHUNK * C, wdeq,
                       QN * L * R * QD, QN * L * R * KV, QN * L * R * (size_t)c->n_heads,
                       QN * L * R * (size_t)c->n_kv_heads};
     float **slots[] = {&b->x_in, &b->rs1, &b->xn1, &b->q,   &b->k,  &b->v,  &b->att,
                        &b->ao,   &b->x_mid, &b->rs2, &b->xn2, &b->h1, &b->h3, &b->x_fin,
                        &b->rsf,  &b->xnf, &b->rope, &b->g,   &b->dh1, &b->x, &b->dn,
-                       &b->tmp,  &b->dq,  &b->dk,  &b->dv,  &b->lg,  &b->lx,
+                       &b->tmp,  &b->dq,  &b->dk,  &b->dv,  &b->lg,  &b->lx, &b->wdeq,
                        &b->q_pre, &b->k_pre, &b->q_rs, &b->k_rs};
     const size_t n_slots = sizeof sizes / sizeof *sizes;
     size_t total = 0;
@@ -182,10 +193,11 @@ static void head_norm_bwd(pd_backprop *b, int l, int R)
 }
 
 /* dX (R, K) (+)= dY (R, N) · W (N, K). */
-static void mm_back(float *dX, const float *dY, const float *W, int R, int N, int K, float beta)
+/* dX (R, W->cols) = dY (R, W->rows) · W + beta · dX */
+static void mm_back(pd_backprop *b, float *dX, const float *dY, const pd_wmat *W, int R,
+                    float beta)
 {
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, R, K, N, 1.0f, dY, N, W, K, beta, dX,
-                K);
+    pd_wmatmul_t(dX, dY, W, R, beta, b->wdeq);
 }
 
 typedef struct attn_ctx {
@@ -327,8 +339,7 @@ int pd_backprop_run(pd_backprop *b, const float *keys, const float *values, int 
         int r = 0;
         for (int e = 0; e < n_ex; e++)
             for (int j = 0; j < ex[e].n; j++, r++)
-                memcpy(x + (size_t)r * C, m->w.token_embedding + (size_t)ex[e].tokens[j] * C,
-                       (size_t)C * sizeof(float));
+                pd_wmat_row_f32(&m->w.token_embedding, ex[e].tokens[j], x + (size_t)r * C);
     }
     for (int t = 0; t < R; t++)
         pd__rope_table_ext(b->rope + (size_t)t * hd, P + b->row_pos[t], hd, c->rope_base,
@@ -343,9 +354,9 @@ int pd_backprop_run(pd_backprop *b, const float *keys, const float *values, int 
         float *h1 = b->h1 + (size_t)l * RM * H, *h3 = b->h3 + (size_t)l * RM * H;
         memcpy(x_in, x, (size_t)R * C * sizeof(float));
         pd__rmsnorm_rows(xn1, b->rs1 + (size_t)l * RM, x, w->rms_att, R, C, c->norm_eps);
-        pd_matmul(b->pool, q, xn1, w->wq, R, C, QD);
-        pd_matmul(b->pool, k, xn1, w->wk, R, C, KV);
-        pd_matmul(b->pool, v, xn1, w->wv, R, C, KV);
+        pd_wmatmul(b->pool, q, xn1, &w->wq, R);
+        pd_wmatmul(b->pool, k, xn1, &w->wk, R);
+        pd_wmatmul(b->pool, v, xn1, &w->wv, R);
         pd__qk_saved save = {NULL, NULL, NULL, NULL};
         if (w->q_norm)
             save = (pd__qk_saved){b->q_pre + (size_t)l * RM * QD, b->k_pre + (size_t)l * RM * KV,
@@ -355,18 +366,18 @@ int pd_backprop_run(pd_backprop *b, const float *keys, const float *values, int 
         attn_ctx a = {b, l, P, P ? keys + l * pstride : NULL, P ? values + l * pstride : NULL,
                       NULL, NULL};
         pd_pool_run(b->pool, attn_fwd_row, &a, R);
-        pd_matmul(b->pool, b->tmp, ao, w->wo, R, QD, C);
+        pd_wmatmul(b->pool, b->tmp, ao, &w->wo, R);
         for (size_t i = 0; i < (size_t)R * C; i++) x[i] += b->tmp[i];
         memcpy(x_mid, x, (size_t)R * C * sizeof(float));
         pd__rmsnorm_rows(xn2, b->rs2 + (size_t)l * RM, x, w->rms_ffn, R, C, c->norm_eps);
-        pd_matmul(b->pool, h1, xn2, w->w1, R, C, H);
-        pd_matmul(b->pool, h3, xn2, w->w3, R, C, H);
+        pd_wmatmul(b->pool, h1, xn2, &w->w1, R);
+        pd_wmatmul(b->pool, h3, xn2, &w->w3, R);
         for (size_t i = 0; i < (size_t)R * H; i++) {
             float val = h1[i];
             val *= (1.0f / (1.0f + expf(-val)));
             b->g[i] = val * h3[i];
         }
-        pd_matmul(b->pool, b->tmp, b->g, w->w2, R, H, C);
+        pd_wmatmul(b->pool, b->tmp, b->g, &w->w2, R);
         for (size_t i = 0; i < (size_t)R * C; i++) x[i] += b->tmp[i];
     }
     memcpy(b->x_fin, x, (size_t)R * C * sizeof(float));
@@ -395,7 +406,7 @@ int pd_backprop_run(pd_backprop *b, const float *keys, const float *values, int 
         for (int i = 0; i < n; i++)
             memcpy(b->lx + (size_t)i * C, b->xnf + (size_t)b->tgt_row[c0 + i] * C,
                    (size_t)C * sizeof(float));
-        pd_matmul(b->pool, b->lg, b->lx, m->w.wcls, n, C, V);
+        pd_wmatmul(b->pool, b->lg, b->lx, &m->w.wcls, n);
         for (int i = 0; i < n; i++) {
             float *lg = b->lg + (size_t)i * V;
             const int target = b->tgt_tok[c0 + i];
@@ -411,7 +422,7 @@ int pd_backprop_run(pd_backprop *b, const float *keys, const float *values, int 
             }
         }
         if (want_grad) {
-            mm_back(b->lx, b->lg, m->w.wcls, n, V, C, 0.0f);
+            mm_back(b, b->lx, b->lg, &m->w.wcls, n, 0.0f);
             for (int i = 0; i < n; i++) {
                 float *d = dn + (size_t)b->tgt_row[c0 + i] * C;
                 for (int u = 0; u < C; u++) d[u] += b->lx[(size_t)i * C + u];
@@ -429,19 +440,19 @@ int pd_backprop_run(pd_backprop *b, const float *keys, const float *values, int 
         const pd_layer_weights *w = &m->w.layers[l];
         const float *h1 = b->h1 + (size_t)l * RM * H, *h3 = b->h3 + (size_t)l * RM * H;
         /* FFN: dg = dx·W2; dh1 = dg ⊙ h3 ⊙ silu'(h1); dh3 = dg ⊙ silu(h1) */
-        mm_back(b->g, x, w->w2, R, C, H, 0.0f);
+        mm_back(b, b->g, x, &w->w2, R, 0.0f);
         for (size_t i = 0; i < (size_t)R * H; i++) {
             float a1 = h1[i], sg = 1.0f / (1.0f + expf(-a1));
             float dg = b->g[i];
             b->dh1[i] = dg * h3[i] * (sg * (1.0f + a1 * (1.0f - sg)));
             b->g[i] = dg * (a1 * sg); /* dh3 */
         }
-        mm_back(dn, b->dh1, w->w1, R, H, C, 0.0f);
-        mm_back(dn, b->g, w->w3, R, H, C, 1.0f);
+        mm_back(b, dn, b->dh1, &w->w1, R, 0.0f);
+        mm_back(b, dn, b->g, &w->w3, R, 1.0f);
         rmsnorm_bwd(x, dn, b->x_mid + (size_t)l * RM * C, b->rs2 + (size_t)l * RM, w->rms_ffn, R,
                     C);
         /* attention: dao = dx·Wo (kept in tmp), then softmax backward per group */
-        mm_back(b->tmp, x, w->wo, R, C, QD, 0.0f);
+        mm_back(b, b->tmp, x, &w->wo, R, 0.0f);
         memset(b->dq, 0, (size_t)R * QD * sizeof(float));
         memset(b->dk, 0, (size_t)R * KV * sizeof(float));
         memset(b->dv, 0, (size_t)R * KV * sizeof(float));
@@ -457,9 +468,9 @@ int pd_backprop_run(pd_backprop *b, const float *keys, const float *values, int 
         pd__rope_rows(b->dk, R, KV, hd, b->rope, c->rope_type, -1.0f);
         if (w->q_norm) head_norm_bwd(b, l, R);
         /* biases are constants: nothing to propagate */
-        mm_back(dn, b->dq, w->wq, R, QD, C, 0.0f);
-        mm_back(dn, b->dk, w->wk, R, KV, C, 1.0f);
-        mm_back(dn, b->dv, w->wv, R, KV, C, 1.0f);
+        mm_back(b, dn, b->dq, &w->wq, R, 0.0f);
+        mm_back(b, dn, b->dk, &w->wk, R, 1.0f);
+        mm_back(b, dn, b->dv, &w->wv, R, 1.0f);
         rmsnorm_bwd(x, dn, b->x_in + (size_t)l * RM * C, b->rs1 + (size_t)l * RM, w->rms_att, R,
                     C);
     }
