@@ -82,6 +82,8 @@ int pd_backprop_create(const pd_model *m, int max_rows, int max_prefix, int n_th
     if (max_rows < 2 || max_rows > (1 << 16) || max_prefix < 0 || max_prefix >= c->seq_len)
         return pd_err_set(err, PD_EINVAL, "backprop limits out of range: rows %d, prefix %d",
                           max_rows, max_prefix);
+    int vrc = pd_config_validate(c, "backprop", err);
+    if (vrc < 0) return vrc;
     pd_backprop *b = calloc(1, sizeof *b);
     if (!b) return pd_err_set(err, PD_ENOMEM, "out of memory for backprop");
     b->m = m;
@@ -110,14 +112,14 @@ int pd_backprop_create(const pd_model *m, int max_rows, int max_prefix, int n_th
                       L * R * C, L * R * H, L * R * H, R * C, R,
                       R * C,     R * (size_t)c->head_dim, R * H, R * H, R * C,
                       R * CQ,    R * CQ,    R * QD,     R * KV, R * KV,
-                      LOGIT_CHUNK * V, LOGIT_CHUNK * C,
+                      LOGIT_CHUNK * V, LOGIT_CHUNK * C, wdeq,
                       QN * L * R * QD, QN * L * R * KV, QN * L * R * (size_t)c->n_heads,
-                      QN * L * R * (size_t)c->n_kv_heads, wdeq};
+                      QN * L * R * (size_t)c->n_kv_heads};
     float **slots[] = {&b->x_in, &b->rs1, &b->xn1, &b->q,   &b->k,  &b->v,  &b->att,
                        &b->ao,   &b->x_mid, &b->rs2, &b->xn2, &b->h1, &b->h3, &b->x_fin,
                        &b->rsf,  &b->xnf, &b->rope, &b->g,   &b->dh1, &b->x, &b->dn,
-                       &b->tmp,  &b->dq,  &b->dk,  &b->dv,  &b->lg,  &b->lx,
-                       &b->q_pre, &b->k_pre, &b->q_rs, &b->k_rs, &b->wdeq};
+                       &b->tmp,  &b->dq,  &b->dk,  &b->dv,  &b->lg,  &b->lx, &b->wdeq,
+                       &b->q_pre, &b->k_pre, &b->q_rs, &b->k_rs};
     const size_t n_slots = sizeof sizes / sizeof *sizes;
     size_t total = 0;
     for (size_t i = 0; i < n_slots; i++) total += (sizes[i] + 15) & ~(size_t)15;

@@ -141,6 +141,21 @@ def make_gguf(tmp, models):
             out("model_gguf", os.path.basename(p), data)
             if len(data) <= 16384:
                 out("gguf", os.path.basename(p), data)
+    # one small model of each architecture variant (tests/tools/synth.c)
+    synth = os.path.join(os.path.dirname(BIN), "tools", "prefixd-synth")
+    common = ["--dim", "8", "--hidden", "12", "--layers", "1", "--heads", "2",
+              "--kv-heads", "1", "--vocab-size", "260", "--ctx", "16"]
+    for name, extra in [("qwen2", ["--arch", "qwen2", "--tied"]),
+                        ("qwen3", ["--arch", "qwen3", "--head-dim", "6"]),
+                        ("llama3", ["--arch", "llama", "--rope-scaling", "llama3"]),
+                        ("linear", ["--arch", "llama", "--rope-scaling", "linear", "--biases",
+                                    "--sliding-window", "8"])]:
+        p = os.path.join(tmp, "synth-%s.gguf" % name)
+        r = subprocess.run([synth, *common, *extra, "--out", p], stderr=subprocess.PIPE)
+        if r.returncode != 0:
+            sys.exit("%s: %s" % (synth, r.stderr.decode()))
+        with open(p, "rb") as f:
+            out("model_gguf", os.path.basename(p), f.read())
     with open(os.path.join(tmp, "vocab3-f16.gguf"), "rb") as f:
         small = f.read()
     out("model_gguf", "vocab3-truncated.gguf", small[: len(small) * 2 // 3])
