@@ -12,6 +12,26 @@
 #include "prefixd/model.h"
 #include "prefixd/tokenizer.h"
 
+/* The architecture and how its rotary embedding is computed. */
+static void print_arch(const pd_model *m)
+{
+    const pd_config *c = &m->cfg;
+    int biases = 0;
+    for (int l = 0; l < c->n_layers; l++) biases |= m->w.layers[l].bq != NULL;
+    printf("architecture: %s\n", pd_arch_name(c->arch));
+    printf("rope_type: %s\n", pd_rope_type_name(c->rope_type));
+    printf("rope_scaling: %s", pd_rope_scaling_name(c->rope_scaling));
+    if (c->rope_scaling == PD_ROPE_SCALING_LINEAR)
+        printf(" (factor %g)", 1.0 / (double)c->rope_freq_scale);
+    if (c->rope_scaling == PD_ROPE_SCALING_LLAMA3 && m->w.rope_freqs)
+        printf(" (rope_freqs.weight: factors %g .. %g)", (double)m->w.rope_freqs[0],
+               (double)m->w.rope_freqs[c->head_dim / 2 - 1]);
+    printf("\n");
+    printf("q_dim: %d\n", c->q_dim);
+    printf("qkv_bias: %s\n", biases ? "yes" : "no");
+    printf("qk_norm: %s\n", m->w.layers[0].q_norm ? "yes" : "no");
+}
+
 static void print_shape(const pd_tensor_info *t)
 {
     char buf[96];
@@ -48,6 +68,7 @@ int cmd_inspect(int argc, char **argv)
     printf("id: %s\n", m->id);
     printf("format: %s\n", m->format == PD_FORMAT_GGUF ? "gguf" : "llama2c");
     printf("dtype: %s\n", pd_ggml_type_name(m->weight_type));
+    print_arch(m);
     printf("dim: %d\n", c->dim);
     printf("hidden_dim: %d\n", c->hidden_dim);
     printf("n_layers: %d\n", c->n_layers);
@@ -57,12 +78,22 @@ int cmd_inspect(int argc, char **argv)
     printf("kv_dim: %d\n", c->kv_dim);
     printf("vocab_size: %d\n", c->vocab_size);
     printf("seq_len: %d\n", c->seq_len);
+    if (c->sliding_window > 0)
+        printf("sliding_window: %d (context capped from %d to %d so no token is outside it)\n",
+               c->sliding_window, c->ctx_train, c->seq_len);
     printf("rope_base: %g\n", (double)c->rope_base);
     printf("norm_eps: %g\n", (double)c->norm_eps);
     printf("tied_classifier: %s\n", m->tied_classifier ? "yes" : "no");
     printf("tokenizer_vocab: %d\n", pd_tokenizer_vocab_size(m->tok));
     printf("bos: %d\n", pd_tokenizer_bos(m->tok));
     printf("eos: %d\n", pd_tokenizer_eos(m->tok));
+    const char *pre = pd_tokenizer_pre(m->tok);
+    printf("tokenizer: %s%s%s\n", pd_tokenizer_kind_name(m->tok), pre ? " pre " : "", pre ? pre : "");
+    int32_t eog[16];
+    int n_eog = pd_tokenizer_eog_ids(m->tok, eog, 16);
+    printf("eog:");
+    for (int i = 0; i < n_eog && i < 16; i++) printf(" %d", (int)eog[i]);
+    printf("\n");
     printf("tensors: %d\n", m->n_tensors);
     uint64_t file_bytes = 0;
     for (int i = 0; i < m->n_tensors; i++) {

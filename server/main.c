@@ -9,7 +9,8 @@ static const char usage[] =
     "usage: prefixd <command> [options]\n"
     "\n"
     "commands:\n"
-    "  generate  --model PATH [--tokenizer PATH] --prompt TEXT [--max-tokens N]\n"
+    "  generate  --model PATH [--tokenizer PATH] (--prompt TEXT | --prompt-ids 1,2,3)\n"
+    "            [--max-tokens N]\n"
     "            [--temperature T] [--top-k K] [--top-p P] [--seed S] [--threads N] [--ids]\n"
     "            [--prefix FILE | --registry DIR --task NAME]\n"
     "            write the generated text (not the prompt) to stdout\n"
@@ -29,6 +30,9 @@ static const char usage[] =
     "            [--epochs N] [--batch-size B] [--lr X] [--projection --hidden H]\n"
     "            [--init-text TEXT] [--seed S] [--threads N] [--checkpoint FILE]\n"
     "            learn a task prefix from JSONL data (base model frozen)\n"
+    "  tokenize  --model M [--tokenizer T] [--no-bos] [--special] [--pieces]\n"
+    "            (--text TEXT | --file F)   the token ids as a JSON array\n"
+    "  detokenize --model M [--tokenizer T] --ids 1,2,3   the text of token ids\n"
     "  serve     [--config FILE] [--listen HOST:PORT] [--model PATH] [--registry DIR] ...\n"
     "            the OpenAI-compatible HTTP server (prefixd serve --help: every flag)\n";
 
@@ -48,6 +52,8 @@ int main(int argc, char **argv)
     if (!strcmp(cmd, "prefix")) return cmd_prefix(argc - 1, argv + 1);
     if (!strcmp(cmd, "train")) return cmd_train(argc - 1, argv + 1);
     if (!strcmp(cmd, "serve")) return cmd_serve(argc - 1, argv + 1);
+    if (!strcmp(cmd, "tokenize")) return cmd_tokenize(argc - 1, argv + 1);
+    if (!strcmp(cmd, "detokenize")) return cmd_detokenize(argc - 1, argv + 1);
     fprintf(stderr, "prefixd: unknown command '%s'\n%s", cmd, usage);
     return 2;
 }

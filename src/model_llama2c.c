@@ -100,6 +100,12 @@ int pd__model_load_llama2c(pd_model *m, const char *path, const char *tokenizer_
     c->kv_dim = kv_dim > INT_MAX || kv_dim < INT_MIN ? -1 : (int)kv_dim;
     c->rope_base = 10000.0f;
     c->norm_eps = 1e-5f;
+    c->arch = PD_ARCH_LLAMA;
+    c->q_dim = c->dim;
+    c->rope_type = PD_ROPE_NORM;
+    c->rope_scaling = PD_ROPE_SCALING_NONE;
+    c->rope_freq_scale = 1.0f;
+    c->ctx_train = c->seq_len;
     if ((rc = pd_config_validate(c, path, err)) < 0) {
         /* a wrong magic shows up as absurd header values: say so */
         if (strstr(err ? err->msg : "", "out of range"))
