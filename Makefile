@@ -30,11 +30,14 @@ LIB_SRC  := $(wildcard src/*.c)
 SRV_SRC  := $(wildcard server/*.c)
 TEST_SRC := $(wildcard tests/unit/test_*.c)
 BENCH_SRC := $(wildcard tests/bench/*.c)
+MICRO_SRC := $(wildcard tests/bench/micro/*.c)
 
 LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/%.o)
 SRV_OBJ  := $(SRV_SRC:%.c=$(BUILD)/%.o)
 TEST_BIN := $(TEST_SRC:tests/unit/%.c=$(BUILD)/tests/%)
 BENCH_BIN := $(BUILD)/bench/prefixd-bench
+# micro-benchmarks: tests/bench/micro/NAME.c is build/bench/micro_NAME
+MICRO_BIN := $(MICRO_SRC:tests/bench/micro/%.c=$(BUILD)/bench/micro_%)
 
 MODEL     ?= models/stories260K/stories260K.bin
 TOKENIZER ?= models/stories260K/tok512.bin
@@ -42,7 +45,7 @@ PYTHON    ?= /usr/bin/python3
 
 .PHONY: all deps run test unit e2e asan bench soak clean
 
-all: $(BUILD)/prefixd $(BUILD)/libprefixd.a $(TEST_BIN)
+all: $(BUILD)/prefixd $(BUILD)/libprefixd.a $(TEST_BIN) $(MICRO_BIN)
 
 $(BUILD)/libprefixd.a: $(LIB_OBJ)
 	@mkdir -p $(@D)
@@ -64,6 +67,10 @@ $(BUILD)/tests/test_multipart: $(BUILD)/tests/unit/test_multipart.o $(BUILD)/ser
 $(BENCH_BIN): $(BENCH_SRC:%.c=$(BUILD)/%.o) $(BUILD)/libprefixd.a
 	@mkdir -p $(@D)
 	$(CC) $(LDFLAGS) -o $@ $(filter %.o,$^) $(BUILD)/libprefixd.a $(LDLIBS)
+
+$(BUILD)/bench/micro_%: $(BUILD)/tests/bench/micro/%.o $(BUILD)/libprefixd.a
+	@mkdir -p $(@D)
+	$(CC) $(LDFLAGS) -o $@ $< $(BUILD)/libprefixd.a $(LDLIBS)
 
 $(BUILD)/%.o: %.c
 	@mkdir -p $(@D)
@@ -116,7 +123,8 @@ asan: deps
 
 SYNTH ?= $(BUILD)/bench/synth-134m-f32.gguf
 bench: deps
-	$(MAKE) $(BENCH_BIN) $(BUILD)/prefixd
+	$(MAKE) $(BENCH_BIN) $(BUILD)/prefixd $(MICRO_BIN)
+	for b in $(MICRO_BIN); do $$b || exit 1; done
 	$(BENCH_BIN)
 	$(PYTHON) tests/bench/load.py serve --model $(SYNTH)
 	$(PYTHON) tests/bench/load.py prefix --model $(SYNTH)
