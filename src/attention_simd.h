@@ -3,6 +3,9 @@
  * includes it (attention_avx2.c, attention_avx512.c), which defines
  *   SIMD_TARGET  the function attribute naming the instruction set,
  *   SIMD_MR      query rows per score tile (its registers allow),
+ *   SIMD_AV_MR   rows per weighted-sum tile (2 or 3), over
+ *   SIMD_SLAB    8-float chunks of hd at once,
+ *   SIMD_CHUNK   rows scored, normalised and summed together,
  *   SIMD_ENTRY   the name of the kernel's entry point.
  * The float operations are those of the portable kernel (attention.c) in
  * the order attention.h states; only which of them run side by side
@@ -12,8 +15,9 @@
  * rows against 4 keys at a time (8 for a lone row) while the keys are in
  * registers, each score an 8-lane accumulator reduced with the others of
  * its row in one transposed tree; then per row the softmax (vector
- * exponential, 8-lane sum) and the weighted sum of values, hd in registers
- * in slabs of 64 floats. */
+ * exponential, 8-lane sum); then the weighted sum of values for tiles of
+ * rows, each value chunk loaded once for the tile (a lone row: hd in
+ * registers in slabs of 64 floats). */
 #include <immintrin.h>
 #include <math.h>
 #include <stdint.h>
@@ -209,6 +213,7 @@ SIMD_TARGET static INLINE void av_segment(__m256 *acc, const float *p, const flo
     }
 }
 
+/* One row's o[x0, x0 + 8 NC (+ tail)) from its probabilities p[0..n). */
 SIMD_TARGET static INLINE void av_slab(const pd_attn *a, const float *p, int n, float *o, int x0,
                                        __m256i tail, const int NC, const int TAIL)
 {
@@ -223,25 +228,94 @@ SIMD_TARGET static INLINE void av_slab(const pd_attn *a, const float *p, int n, 
     if (TAIL) _mm256_maskstore_ps(o + x0 + 8 * NC, tail, acc[NC]);
 }
 
-/* o[0..hd) of one row from its probabilities p[0..n). */
-SIMD_TARGET static void av_row(const pd_attn *a, const float *p, int n, float *o, __m256i tail)
+/* One row's o[x0, hd) in slabs of up to 64 floats, the last with the tail. */
+SIMD_TARGET static void av_row(const pd_attn *a, const float *p, int n, float *o, int x0,
+                               __m256i tail)
 {
-    const int full = a->hd / 8, has_tail = a->hd % 8 != 0;
-    int c0 = 0;
-    /* slabs of 8 full chunks; the last slab takes the tail */
+    const int has_tail = a->hd % 8 != 0;
+    int c0 = x0 / 8;
+    const int full = a->hd / 8;
     for (; full - c0 > 8 || (full - c0 == 8 && has_tail); c0 += 8)
         av_slab(a, p, n, o, 8 * c0, tail, 8, 0);
-    const int nc = full - c0, x0 = 8 * c0;
+    const int nc = full - c0, xs = 8 * c0;
 #define AV_CASE(NC)                                                                               \
     case NC:                                                                                      \
-        if (has_tail) av_slab(a, p, n, o, x0, tail, NC, 1);                                       \
-        else av_slab(a, p, n, o, x0, tail, NC, 0);                                                \
+        if (has_tail) av_slab(a, p, n, o, xs, tail, NC, 1);                                       \
+        else av_slab(a, p, n, o, xs, tail, NC, 0);                                                \
         break;
     switch (nc) {
     AV_CASE(0) AV_CASE(1) AV_CASE(2) AV_CASE(3) AV_CASE(4) AV_CASE(5) AV_CASE(6) AV_CASE(7)
     AV_CASE(8)
     }
 #undef AV_CASE
+}
+
+/* MR rows at once over o[x0, x0 + 8 SIMD_SLAB): every value row loaded from
+ * memory once for all of them (in prefill the values stream from L2 once
+ * per tile rather than once per row). Rows are in token order, so row 0
+ * sees the fewest keys; the keys only the later rows see follow row by
+ * row, each accumulator still in key order. */
+SIMD_TARGET static INLINE void av_tile(const pd_attn *a, float *const *p, const int *n,
+                                       float *const *o, int x0, const int MR)
+{
+    __m256 acc[SIMD_AV_MR][SIMD_SLAB];
+    _Pragma("GCC unroll 8")
+    for (int m = 0; m < MR; m++)
+        _Pragma("GCC unroll 8")
+        for (int c = 0; c < SIMD_SLAB; c++) acc[m][c] = _mm256_setzero_ps();
+    const int n_min = n[0];
+    for (int j = 0; j < n_min; j++) {
+        const float *v = key_at(a, a->pv, a->v, j) + x0;
+        _Pragma("GCC unroll 8")
+        for (int m = 0; m < MR; m++) {
+            const __m256 pj = _mm256_broadcast_ss(p[m] + j);
+            _Pragma("GCC unroll 8")
+            for (int c = 0; c < SIMD_SLAB; c++)
+                acc[m][c] = _mm256_fmadd_ps(pj, _mm256_loadu_ps(v + 8 * c), acc[m][c]);
+        }
+    }
+    _Pragma("GCC unroll 8")
+    for (int m = 1; m < MR; m++)
+        for (int j = n_min; j < n[m]; j++) {
+            const float *v = key_at(a, a->pv, a->v, j) + x0;
+            const __m256 pj = _mm256_broadcast_ss(p[m] + j);
+            _Pragma("GCC unroll 8")
+            for (int c = 0; c < SIMD_SLAB; c++)
+                acc[m][c] = _mm256_fmadd_ps(pj, _mm256_loadu_ps(v + 8 * c), acc[m][c]);
+        }
+    _Pragma("GCC unroll 8")
+    for (int m = 0; m < MR; m++)
+        _Pragma("GCC unroll 8")
+        for (int c = 0; c < SIMD_SLAB; c++) _mm256_storeu_ps(o[m] + x0 + 8 * c, acc[m][c]);
+}
+
+/* Outputs of rows [r0, r0 + mr): full slabs by tiles of rows, the rest of
+ * hd (and a lone row) by av_row. */
+SIMD_TARGET static void av_rows(const pd_attn *a, int r0, int mr, __m256i tail)
+{
+    float *p[SIMD_CHUNK], *o[SIMD_CHUNK];
+    int n[SIMD_CHUNK];
+    for (int m = 0; m < mr; m++) {
+        const int r = r0 + m, i = r / a->n_heads, h = r % a->n_heads;
+        p[m] = a->probs + (size_t)r * a->p_stride;
+        o[m] = a->o + (size_t)i * a->o_stride + (size_t)h * a->hd;
+        n[m] = a->n_keys0 + i;
+    }
+    int x0 = 0;
+    if (mr > 1)
+        for (; x0 + 8 * SIMD_SLAB <= a->hd; x0 += 8 * SIMD_SLAB)
+            for (int m = 0; m < mr; m += SIMD_AV_MR) {
+                const int k = mr - m < SIMD_AV_MR ? mr - m : SIMD_AV_MR;
+                switch (k) {
+                case 1: av_tile(a, p + m, n + m, o + m, x0, 1); break;
+                case 2: av_tile(a, p + m, n + m, o + m, x0, 2); break;
+#if SIMD_AV_MR >= 3
+                case 3: av_tile(a, p + m, n + m, o + m, x0, 3); break;
+#endif
+                }
+            }
+    if (x0 < a->hd)
+        for (int m = 0; m < mr; m++) av_row(a, p[m], n[m], o[m], x0, tail);
 }
 
 SIMD_TARGET static void score_rows_any(const pd_attn *a, int r0, int mr, float scale,
@@ -266,14 +340,14 @@ SIMD_TARGET void SIMD_ENTRY(const pd_attn *a)
     const int rows = a->n_tok * a->n_heads;
     const float scale = 1.0f / sqrtf((float)a->hd);
     const __m256i tail = lanes_below(a->hd % 8);
-    for (int r0 = 0; r0 < rows; r0 += SIMD_MR) {
-        const int mr = rows - r0 < SIMD_MR ? rows - r0 : SIMD_MR;
-        score_rows_any(a, r0, mr, scale, tail);
-        for (int r = r0; r < r0 + mr; r++) {
-            const int i = r / a->n_heads, h = r % a->n_heads, n = a->n_keys0 + i;
-            float *p = a->probs + (size_t)r * a->p_stride;
-            softmax_row(p, n);
-            av_row(a, p, n, a->o + (size_t)i * a->o_stride + (size_t)h * a->hd, tail);
-        }
+    /* chunks of rows: scores by tiles of SIMD_MR, softmax, values by tiles
+     * of SIMD_AV_MR while the chunk's probabilities are in L1 */
+    for (int c0 = 0; c0 < rows; c0 += SIMD_CHUNK) {
+        const int nc = rows - c0 < SIMD_CHUNK ? rows - c0 : SIMD_CHUNK;
+        for (int r0 = c0; r0 < c0 + nc; r0 += SIMD_MR)
+            score_rows_any(a, r0, c0 + nc - r0 < SIMD_MR ? c0 + nc - r0 : SIMD_MR, scale, tail);
+        for (int r = c0; r < c0 + nc; r++)
+            softmax_row(a->probs + (size_t)r * a->p_stride, a->n_keys0 + r / a->n_heads);
+        av_rows(a, c0, nc, tail);
     }
 }
