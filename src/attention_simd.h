@@ -250,6 +250,14 @@ SIMD_TARGET static void av_row(const pd_attn *a, const float *p, int n, float *o
 #undef AV_CASE
 }
 
+/* acc[c] = fma(pj, v[8c..], acc[c]) for the SIMD_SLAB chunks of one row. */
+SIMD_TARGET static INLINE void av_key(__m256 *acc, float pj, const float *v)
+{
+    const __m256 pb = _mm256_set1_ps(pj);
+    _Pragma("GCC unroll 8")
+    for (int c = 0; c < SIMD_SLAB; c++) acc[c] = _mm256_fmadd_ps(pb, _mm256_loadu_ps(v + 8 * c), acc[c]);
+}
+
 /* MR rows at once over o[x0, x0 + 8 SIMD_SLAB): every value row loaded from
  * memory once for all of them (in prefill the values stream from L2 once
  * per tile rather than once per row). Rows are in token order, so row 0
@@ -267,22 +275,11 @@ SIMD_TARGET static INLINE void av_tile(const pd_attn *a, float *const *p, const 
     for (int j = 0; j < n_min; j++) {
         const float *v = key_at(a, a->pv, a->v, j) + x0;
         _Pragma("GCC unroll 8")
-        for (int m = 0; m < MR; m++) {
-            const __m256 pj = _mm256_broadcast_ss(p[m] + j);
-            _Pragma("GCC unroll 8")
-            for (int c = 0; c < SIMD_SLAB; c++)
-                acc[m][c] = _mm256_fmadd_ps(pj, _mm256_loadu_ps(v + 8 * c), acc[m][c]);
-        }
+        for (int m = 0; m < MR; m++) av_key(acc[m], p[m][j], v);
     }
     _Pragma("GCC unroll 8")
     for (int m = 1; m < MR; m++)
-        for (int j = n_min; j < n[m]; j++) {
-            const float *v = key_at(a, a->pv, a->v, j) + x0;
-            const __m256 pj = _mm256_broadcast_ss(p[m] + j);
-            _Pragma("GCC unroll 8")
-            for (int c = 0; c < SIMD_SLAB; c++)
-                acc[m][c] = _mm256_fmadd_ps(pj, _mm256_loadu_ps(v + 8 * c), acc[m][c]);
-        }
+        for (int j = n_min; j < n[m]; j++) av_key(acc[m], p[m][j], key_at(a, a->pv, a->v, j) + x0);
     _Pragma("GCC unroll 8")
     for (int m = 0; m < MR; m++)
         _Pragma("GCC unroll 8")
