@@ -107,6 +107,19 @@ int pd_chat_template_load(const char *spec, char **src, pd_err *err)
     return PD_OK;
 }
 
+const char *pd_chat_model_template(const pd_tokenizer *tok)
+{
+    (void)tok; /* the GGUF template arrives with the tokenizer's chat API */
+    return NULL;
+}
+
+void pd_chat_model_tokens(const pd_tokenizer *tok, pd_chat_params *p)
+{
+    PD_ASSERT(tok && p);
+    p->bos_token = pd_tokenizer_piece(tok, pd_tokenizer_bos(tok));
+    p->eos_token = pd_tokenizer_piece(tok, pd_tokenizer_eos(tok));
+}
+
 /* The text of content parts: only {"type": "text", "text": ...}. */
 static int join_parts(const json_t *parts, size_t mi, json_t **out, pd_err *err)
 {

@@ -35,6 +35,7 @@
 #include <jansson.h>
 
 #include "prefixd/common.h"
+#include "prefixd/tokenizer.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -62,6 +63,14 @@ const char *pd_chat_builtin(const char *name);
  * holding the template. Returns PD_OK with *src a new string (free()), or
  * PD_ENOTFOUND / PD_EIO with err naming spec. */
 int pd_chat_template_load(const char *spec, char **src, pd_err *err);
+
+/* The model's own template (GGUF tokenizer.chat_template), or NULL when it
+ * has none. Borrowed from tok. */
+const char *pd_chat_model_template(const pd_tokenizer *tok);
+
+/* Sets p->bos_token and p->eos_token to the text of tok's BOS and EOS
+ * (borrowed from tok). */
+void pd_chat_model_tokens(const pd_tokenizer *tok, pd_chat_params *p);
 
 /* Checks and normalizes messages (borrowed) into *out, a new JSON array
  * (json_decref) where every content is a string or null. Returns PD_OK or
