@@ -35,6 +35,7 @@
 #include <jansson.h>
 
 #include "prefixd/common.h"
+#include "prefixd/jinja.h"
 #include "prefixd/tokenizer.h"
 
 #ifdef __cplusplus
@@ -84,6 +85,11 @@ int pd_chat_normalize(const json_t *messages, json_t **out, pd_err *err);
  * PD_ERANGE at a rendering limit, PD_ENOMEM. */
 int pd_chat_render(const char *tmpl, const json_t *messages, const pd_chat_params *p,
                    char **out, pd_err *err);
+
+/* pd_chat_render with a template parsed once (pd_jinja_parse), for callers
+ * that render many conversations; *out_len (may be NULL) is its length. */
+int pd_chat_render_parsed(const pd_jinja_template *t, const json_t *messages,
+                          const pd_chat_params *p, char **out, size_t *out_len, pd_err *err);
 
 #ifdef __cplusplus
 }
