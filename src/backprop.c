@@ -3,7 +3,7 @@
  *
  * Letters: R rows of the packed batch, C = dim, KV = kv_dim, H = hidden_dim,
  * V = vocab, hd = head_dim, P prefix slots, L layers. The forward pass repeats
- * the engine's float operations (pd_matmul, the same RMSNorm, rotary and
+ * the engine's float operations (pd_wmatmul, the same RMSNorm, rotary and
  * attention loops), so its logits are the engine's. The backward pass keeps
  * the weights frozen: only activation gradients flow, through
  *   loss -> final RMSNorm -> for each layer, last first:
@@ -11,10 +11,11 @@
  *     attn: dao = Woᵀ·dx; softmax backward per head into dq, dk, dv of the
  *           real rows and into d(prefix keys), d(prefix values); rotary
  *           transposed on dq, dk; dx += RMSNormᵀ(Wqᵀdq + Wkᵀdk + Wvᵀdv).
- * Backward products use cblas_sgemm (dY·W, no batch-invariance needed). */
+ * Backward products use cblas_sgemm (dY·W, no batch-invariance needed),
+ * through pd_wmatmul_t: quantised weights stay quantised, dequantised a band
+ * of rows at a time into b->wdeq. */
 #include "prefixd/backprop.h"
 
-#include <cblas.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -60,6 +61,7 @@ struct pd_backprop {
     float *dk, *dv;   /* (R, KV) */
     float *lg;        /* (LOGIT_CHUNK, V) logits, then their gradient */
     float *lx;        /* (LOGIT_CHUNK, C) */
+    float *wdeq;      /* dequantised rows of a weight for pd_wmatmul_t (0 for F32) */
     int *tgt_row;     /* (R) row predicting each target */
     int *tgt_tok;     /* (R) the target token */
     void *block;
@@ -87,16 +89,23 @@ int pd_backprop_create(const pd_model *m, int max_rows, int max_prefix, int n_th
     size_t R = (size_t)max_rows, L = (size_t)c->n_layers, C = (size_t)c->dim;
     size_t KV = (size_t)c->kv_dim, H = (size_t)c->hidden_dim, V = (size_t)c->vocab_size;
     b->att_layer = R * (size_t)c->n_heads * ((size_t)max_prefix + (size_t)b->max_ctx);
+    size_t wdeq = pd_wmatmul_t_scratch(&m->w.wcls);
+    for (int l = 0; l < c->n_layers; l++) {
+        const pd_layer_weights *lw = &m->w.layers[l];
+        const pd_wmat *ws[7] = {&lw->wq, &lw->wk, &lw->wv, &lw->wo, &lw->w1, &lw->w2, &lw->w3};
+        for (int i = 0; i < 7; i++)
+            if (pd_wmatmul_t_scratch(ws[i]) > wdeq) wdeq = pd_wmatmul_t_scratch(ws[i]);
+    }
     size_t sizes[] = {L * R * C, L * R,  L * R * C,    L * R * C,     L * R * KV,
                       L * R * KV, L * b->att_layer, L * R * C, L * R * C, L * R,
                       L * R * C, L * R * H, L * R * H, R * C, R,
                       R * C,     R * (size_t)c->head_dim, R * H, R * H, R * C,
                       R * C,     R * C,     R * C,      R * KV, R * KV,
-                      LOGIT_CHUNK * V, LOGIT_CHUNK * C};
+                      LOGIT_CHUNK * V, LOGIT_CHUNK * C, wdeq};
     float **slots[] = {&b->x_in, &b->rs1, &b->xn1, &b->q,   &b->k,  &b->v,  &b->att,
                        &b->ao,   &b->x_mid, &b->rs2, &b->xn2, &b->h1, &b->h3, &b->x_fin,
                        &b->rsf,  &b->xnf, &b->rope, &b->g,   &b->dh1, &b->x, &b->dn,
-                       &b->tmp,  &b->dq,  &b->dk,  &b->dv,  &b->lg,  &b->lx};
+                       &b->tmp,  &b->dq,  &b->dk,  &b->dv,  &b->lg,  &b->lx, &b->wdeq};
     const size_t n_slots = sizeof sizes / sizeof *sizes;
     size_t total = 0;
     for (size_t i = 0; i < n_slots; i++) total += (sizes[i] + 15) & ~(size_t)15;
@@ -157,10 +166,11 @@ static void rope_rows(float *x, int R, int n, int hd, const float *rope, float s
 }
 
 /* dX (R, K) (+)= dY (R, N) · W (N, K). */
-static void mm_back(float *dX, const float *dY, const float *W, int R, int N, int K, float beta)
+/* dX (R, W->cols) = dY (R, W->rows) · W + beta · dX */
+static void mm_back(pd_backprop *b, float *dX, const float *dY, const pd_wmat *W, int R,
+                    float beta)
 {
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, R, K, N, 1.0f, dY, N, W, K, beta, dX,
-                K);
+    pd_wmatmul_t(dX, dY, W, R, beta, b->wdeq);
 }
 
 typedef struct attn_ctx {
@@ -302,8 +312,7 @@ int pd_backprop_run(pd_backprop *b, const float *keys, const float *values, int 
         int r = 0;
         for (int e = 0; e < n_ex; e++)
             for (int j = 0; j < ex[e].n; j++, r++)
-                memcpy(x + (size_t)r * C, m->w.token_embedding + (size_t)ex[e].tokens[j] * C,
-                       (size_t)C * sizeof(float));
+                pd_wmat_row_f32(&m->w.token_embedding, ex[e].tokens[j], x + (size_t)r * C);
     }
     for (int t = 0; t < R; t++)
         pd__rope_table(b->rope + (size_t)t * hd, P + b->row_pos[t], hd, c->rope_base);
@@ -317,26 +326,26 @@ int pd_backprop_run(pd_backprop *b, const float *keys, const float *values, int 
         float *h1 = b->h1 + (size_t)l * RM * H, *h3 = b->h3 + (size_t)l * RM * H;
         memcpy(x_in, x, (size_t)R * C * sizeof(float));
         pd__rmsnorm_rows(xn1, b->rs1 + (size_t)l * RM, x, w->rms_att, R, C, c->norm_eps);
-        pd_matmul(b->pool, q, xn1, w->wq, R, C, C);
-        pd_matmul(b->pool, k, xn1, w->wk, R, C, KV);
-        pd_matmul(b->pool, v, xn1, w->wv, R, C, KV);
+        pd_wmatmul(b->pool, q, xn1, &w->wq, R);
+        pd_wmatmul(b->pool, k, xn1, &w->wk, R);
+        pd_wmatmul(b->pool, v, xn1, &w->wv, R);
         rope_rows(q, R, C, hd, b->rope, 1.0f);
         rope_rows(k, R, KV, hd, b->rope, 1.0f);
         attn_ctx a = {b, l, P, P ? keys + l * pstride : NULL, P ? values + l * pstride : NULL,
                       NULL, NULL};
         pd_pool_run(b->pool, attn_fwd_row, &a, R);
-        pd_matmul(b->pool, b->tmp, ao, w->wo, R, C, C);
+        pd_wmatmul(b->pool, b->tmp, ao, &w->wo, R);
         for (size_t i = 0; i < (size_t)R * C; i++) x[i] += b->tmp[i];
         memcpy(x_mid, x, (size_t)R * C * sizeof(float));
         pd__rmsnorm_rows(xn2, b->rs2 + (size_t)l * RM, x, w->rms_ffn, R, C, c->norm_eps);
-        pd_matmul(b->pool, h1, xn2, w->w1, R, C, H);
-        pd_matmul(b->pool, h3, xn2, w->w3, R, C, H);
+        pd_wmatmul(b->pool, h1, xn2, &w->w1, R);
+        pd_wmatmul(b->pool, h3, xn2, &w->w3, R);
         for (size_t i = 0; i < (size_t)R * H; i++) {
             float val = h1[i];
             val *= (1.0f / (1.0f + expf(-val)));
             b->g[i] = val * h3[i];
         }
-        pd_matmul(b->pool, b->tmp, b->g, w->w2, R, H, C);
+        pd_wmatmul(b->pool, b->tmp, b->g, &w->w2, R);
         for (size_t i = 0; i < (size_t)R * C; i++) x[i] += b->tmp[i];
     }
     memcpy(b->x_fin, x, (size_t)R * C * sizeof(float));
@@ -365,7 +374,7 @@ int pd_backprop_run(pd_backprop *b, const float *keys, const float *values, int 
         for (int i = 0; i < n; i++)
             memcpy(b->lx + (size_t)i * C, b->xnf + (size_t)b->tgt_row[c0 + i] * C,
                    (size_t)C * sizeof(float));
-        pd_matmul(b->pool, b->lg, b->lx, m->w.wcls, n, C, V);
+        pd_wmatmul(b->pool, b->lg, b->lx, &m->w.wcls, n);
         for (int i = 0; i < n; i++) {
             float *lg = b->lg + (size_t)i * V;
             const int target = b->tgt_tok[c0 + i];
@@ -381,7 +390,7 @@ int pd_backprop_run(pd_backprop *b, const float *keys, const float *values, int 
             }
         }
         if (want_grad) {
-            mm_back(b->lx, b->lg, m->w.wcls, n, V, C, 0.0f);
+            mm_back(b, b->lx, b->lg, &m->w.wcls, n, 0.0f);
             for (int i = 0; i < n; i++) {
                 float *d = dn + (size_t)b->tgt_row[c0 + i] * C;
                 for (int u = 0; u < C; u++) d[u] += b->lx[(size_t)i * C + u];
@@ -399,19 +408,19 @@ int pd_backprop_run(pd_backprop *b, const float *keys, const float *values, int 
         const pd_layer_weights *w = &m->w.layers[l];
         const float *h1 = b->h1 + (size_t)l * RM * H, *h3 = b->h3 + (size_t)l * RM * H;
         /* FFN: dg = dx·W2; dh1 = dg ⊙ h3 ⊙ silu'(h1); dh3 = dg ⊙ silu(h1) */
-        mm_back(b->g, x, w->w2, R, C, H, 0.0f);
+        mm_back(b, b->g, x, &w->w2, R, 0.0f);
         for (size_t i = 0; i < (size_t)R * H; i++) {
             float a1 = h1[i], sg = 1.0f / (1.0f + expf(-a1));
             float dg = b->g[i];
             b->dh1[i] = dg * h3[i] * (sg * (1.0f + a1 * (1.0f - sg)));
             b->g[i] = dg * (a1 * sg); /* dh3 */
         }
-        mm_back(dn, b->dh1, w->w1, R, H, C, 0.0f);
-        mm_back(dn, b->g, w->w3, R, H, C, 1.0f);
+        mm_back(b, dn, b->dh1, &w->w1, R, 0.0f);
+        mm_back(b, dn, b->g, &w->w3, R, 1.0f);
         rmsnorm_bwd(x, dn, b->x_mid + (size_t)l * RM * C, b->rs2 + (size_t)l * RM, w->rms_ffn, R,
                     C);
         /* attention: dao = dx·Wo (kept in tmp), then softmax backward per group */
-        mm_back(b->tmp, x, w->wo, R, C, C, 0.0f);
+        mm_back(b, b->tmp, x, &w->wo, R, 0.0f);
         memset(b->dq, 0, (size_t)R * C * sizeof(float));
         memset(b->dk, 0, (size_t)R * KV * sizeof(float));
         memset(b->dv, 0, (size_t)R * KV * sizeof(float));
@@ -425,9 +434,9 @@ int pd_backprop_run(pd_backprop *b, const float *keys, const float *values, int 
         pd_pool_run(b->pool, attn_bwd_group, &a, c->n_kv_heads);
         rope_rows(b->dq, R, C, hd, b->rope, -1.0f);
         rope_rows(b->dk, R, KV, hd, b->rope, -1.0f);
-        mm_back(dn, b->dq, w->wq, R, C, C, 0.0f);
-        mm_back(dn, b->dk, w->wk, R, KV, C, 1.0f);
-        mm_back(dn, b->dv, w->wv, R, KV, C, 1.0f);
+        mm_back(b, dn, b->dq, &w->wq, R, 0.0f);
+        mm_back(b, dn, b->dk, &w->wk, R, 1.0f);
+        mm_back(b, dn, b->dv, &w->wv, R, 1.0f);
         rmsnorm_bwd(x, dn, b->x_in + (size_t)l * RM * C, b->rs1 + (size_t)l * RM, w->rms_att, R,
                     C);
     }

@@ -219,8 +219,7 @@ int pd_engine_step(pd_engine *e, const pd_batch *b, const float **logits, pd_err
     const int T = b->n, C = c->dim, KV = c->kv_dim, H = c->hidden_dim, hd = c->head_dim;
 
     for (int t = 0; t < T; t++) {
-        memcpy(e->x + (size_t)t * C, m->w.token_embedding + (size_t)b->tokens[t] * C,
-               (size_t)C * sizeof(float));
+        pd_wmat_row_f32(&m->w.token_embedding, b->tokens[t], e->x + (size_t)t * C);
         /* rotary table of this token's absolute position */
         pd__rope_table(e->rope + (size_t)t * hd, b->seqs[t]->n_prefix + b->pos[t], hd,
                        c->rope_base);    }
@@ -228,9 +227,8 @@ int pd_engine_step(pd_engine *e, const pd_batch *b, const float **logits, pd_err
     for (int l = 0; l < c->n_layers; l++) {
         const pd_layer_weights *w = &m->w.layers[l];
         pd__rmsnorm_rows(e->xb, NULL, e->x, w->rms_att, T, C, c->norm_eps);
-        pd_matmul(e->pool, e->q, e->xb, w->wq, T, C, C);
-        pd_matmul(e->pool, e->k, e->xb, w->wk, T, C, KV);
-        pd_matmul(e->pool, e->v, e->xb, w->wv, T, C, KV);
+        pd_wmatmul_n(e->pool, 3, (float *const[]){e->q, e->k, e->v}, e->xb,
+                     (const pd_wmat *const[]){&w->wq, &w->wk, &w->wv}, T);
         for (int t = 0; t < T; t++) {
             const float *cs = e->rope + (size_t)t * hd;
             pd__rope_apply(e->q + (size_t)t * C, C, hd, cs, 1.0f);
@@ -242,18 +240,18 @@ int pd_engine_step(pd_engine *e, const pd_batch *b, const float **logits, pd_err
         }
         attn_job aj = {e, b, l};
         pd_pool_run(T * (double)C > 4096 ? e->pool : NULL, attend_token, &aj, T);
-        pd_matmul(e->pool, e->xb2, e->xb, w->wo, T, C, C);
+        pd_wmatmul(e->pool, e->xb2, e->xb, &w->wo, T);
         for (size_t i = 0; i < (size_t)T * C; i++) e->x[i] += e->xb2[i];
 
         pd__rmsnorm_rows(e->xb, NULL, e->x, w->rms_ffn, T, C, c->norm_eps);
-        pd_matmul(e->pool, e->hb, e->xb, w->w1, T, C, H);
-        pd_matmul(e->pool, e->hb2, e->xb, w->w3, T, C, H);
+        pd_wmatmul_n(e->pool, 2, (float *const[]){e->hb, e->hb2}, e->xb,
+                     (const pd_wmat *const[]){&w->w1, &w->w3}, T);
         for (size_t i = 0; i < (size_t)T * H; i++) {
             float val = e->hb[i];
             val *= (1.0f / (1.0f + expf(-val)));
             e->hb[i] = val * e->hb2[i];
         }
-        pd_matmul(e->pool, e->xb2, e->hb, w->w2, T, H, C);
+        pd_wmatmul(e->pool, e->xb2, e->hb, &w->w2, T);
         for (size_t i = 0; i < (size_t)T * C; i++) e->x[i] += e->xb2[i];
     }
 
@@ -268,7 +266,7 @@ int pd_engine_step(pd_engine *e, const pd_batch *b, const float **logits, pd_err
                      c->norm_eps);
         n_out++;
     }
-    if (n_out > 0) pd_matmul(e->pool, e->logits, e->xl, m->w.wcls, n_out, C, c->vocab_size);
+    if (n_out > 0) pd_wmatmul(e->pool, e->logits, e->xl, &m->w.wcls, n_out);
     *logits = e->logits;
     return n_out;
 }

@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "prefixd/fsutil.h"
+#include "prefixd/matmul.h"
 
 pd_model_params pd_model_default_params(void)
 {
@@ -117,7 +118,38 @@ static uint64_t fp_final(fp_state *s)
     return h;
 }
 
-static uint64_t model_fingerprint(const pd_model *m)
+/* The F32 values of W, dequantised row by row, hashed exactly as fp_floats
+ * hashes the whole array: whole groups of 8 through a carry, the last < 8
+ * values one by one. */
+static void fp_wmat(fp_state *s, const pd_wmat *W, float *row)
+{
+    size_t n = (size_t)W->rows * (size_t)W->cols;
+    if (W->type == PD_Q_F32) {
+        fp_floats(s, pd_wmat_f32_data(W), n);
+        return;
+    }
+    float carry[8];
+    int nc = 0;
+    uint64_t w[4];
+    for (int r = 0; r < W->rows; r++) {
+        pd_wmat_row_f32(W, r, row);
+        for (int j = 0; j < W->cols; j++) {
+            carry[nc++] = row[j];
+            if (nc < 8) continue;
+            memcpy(w, carry, 32);
+            for (int i = 0; i < 4; i++) s->lane[i] = fp_round(s->lane[i], w[i]);
+            nc = 0;
+        }
+    }
+    for (int i = 0; i < nc; i++) {
+        uint32_t u;
+        memcpy(&u, carry + i, 4);
+        s->lane[i & 3] = fp_round(s->lane[i & 3], u);
+    }
+    s->total += n;
+}
+
+static int model_fingerprint(const pd_model *m, uint64_t *out)
 {
     const pd_config *c = &m->cfg;
     fp_state s;
@@ -126,38 +158,54 @@ static uint64_t model_fingerprint(const pd_model *m)
                    (float)c->n_heads,    (float)c->n_kv_heads, (float)c->vocab_size,
                    c->rope_base,         c->norm_eps,          (float)m->tied_classifier};
     fp_floats(&s, hp, 9);
-    size_t D = (size_t)c->dim, KV = (size_t)c->kv_dim, H = (size_t)c->hidden_dim;
-    fp_floats(&s, m->w.token_embedding, (size_t)c->vocab_size * D);
+    size_t D = (size_t)c->dim;
+    float *row = malloc((size_t)(c->dim > c->hidden_dim ? c->dim : c->hidden_dim) * sizeof *row);
+    if (!row) return PD_ENOMEM;
+    fp_wmat(&s, &m->w.token_embedding, row);
     for (int l = 0; l < c->n_layers; l++) {
         const pd_layer_weights *L = &m->w.layers[l];
         fp_floats(&s, L->rms_att, D);
-        fp_floats(&s, L->wq, D * D);
-        fp_floats(&s, L->wk, KV * D);
-        fp_floats(&s, L->wv, KV * D);
-        fp_floats(&s, L->wo, D * D);
+        fp_wmat(&s, &L->wq, row);
+        fp_wmat(&s, &L->wk, row);
+        fp_wmat(&s, &L->wv, row);
+        fp_wmat(&s, &L->wo, row);
         fp_floats(&s, L->rms_ffn, D);
-        fp_floats(&s, L->w1, H * D);
-        fp_floats(&s, L->w2, D * H);
-        fp_floats(&s, L->w3, H * D);
+        fp_wmat(&s, &L->w1, row);
+        fp_wmat(&s, &L->w2, row);
+        fp_wmat(&s, &L->w3, row);
     }
     fp_floats(&s, m->w.rms_final, D);
-    if (!m->tied_classifier) fp_floats(&s, m->w.wcls, (size_t)c->vocab_size * D);
-    return fp_final(&s);
+    if (!m->tied_classifier) fp_wmat(&s, &m->w.wcls, row);
+    free(row);
+    *out = fp_final(&s);
+    return PD_OK;
+}
+
+static uint64_t wmat_bytes(const pd_wmat *W)
+{
+    return (uint64_t)W->rows * W->row_bytes;
 }
 
 int pd__model_finish(pd_model *m, pd_err *err)
 {
     const pd_config *c = &m->cfg;
-    PD_ASSERT(m->w.layers && m->w.token_embedding && m->w.rms_final && m->w.wcls && m->tok);
+    PD_ASSERT(m->w.layers && m->w.token_embedding.data && m->w.rms_final && m->w.wcls.data &&
+              m->tok);
     if (pd_tokenizer_vocab_size(m->tok) != c->vocab_size)
         return pd_err_set(err, PD_EMISMATCH, "tokenizer has %d tokens but the model has %d",
                           pd_tokenizer_vocab_size(m->tok), c->vocab_size);
-    uint64_t D = (uint64_t)c->dim, KV = (uint64_t)c->kv_dim, H = (uint64_t)c->hidden_dim;
-    uint64_t per_layer = 2 * D + 2 * D * D + 2 * KV * D + 3 * H * D;
-    /* bytes read per decoded token: every layer, final norm, classifier (the
-     * embedding row read is negligible) */
-    m->weight_bytes = 4 * (per_layer * (uint64_t)c->n_layers + D + (uint64_t)c->vocab_size * D);
-    m->fingerprint = model_fingerprint(m);
+    /* bytes read per decoded token, as stored: every layer, final norm,
+     * classifier (the embedding row read is negligible) */
+    uint64_t D = (uint64_t)c->dim, bytes = 4 * D + wmat_bytes(&m->w.wcls);
+    for (int l = 0; l < c->n_layers; l++) {
+        const pd_layer_weights *L = &m->w.layers[l];
+        bytes += 4 * 2 * D + wmat_bytes(&L->wq) + wmat_bytes(&L->wk) + wmat_bytes(&L->wv) +
+                 wmat_bytes(&L->wo) + wmat_bytes(&L->w1) + wmat_bytes(&L->w2) +
+                 wmat_bytes(&L->w3);
+    }
+    m->weight_bytes = bytes;
+    if (model_fingerprint(m, &m->fingerprint) < 0)
+        return pd_err_set(err, PD_ENOMEM, "out of memory computing the model fingerprint");
     snprintf(m->fingerprint_hex, sizeof m->fingerprint_hex, "%016llx",
              (unsigned long long)m->fingerprint);
     return PD_OK;

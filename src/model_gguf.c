@@ -11,9 +11,10 @@
  * matrix has ne = {in, out}: the same bytes as llama2.c's, and the rotary
  * pairs are adjacent in both, so nothing is permuted.
  *
- * Storage: F32 tensors point straight into the read-only mapping (m->map)
- * when 4-byte aligned; F16/BF16 (and misaligned F32) tensors are widened into
- * one owned buffer (m->owned) sliced per tensor. */
+ * Storage: weight matrices are typed views (pd_wmat) straight into the
+ * read-only mapping (m->map) in their stored type; F16/BF16 norm vectors and
+ * misaligned F32 tensors are widened into one owned buffer (m->owned) sliced
+ * per tensor. */
 #include <limits.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -61,12 +62,13 @@ static int ggml_of_dtype(int dtype)
 
 /* ---- loading ---- */
 
-/* One weight to bind: where it is in the file and which model pointer gets
- * it. */
+/* One weight to bind: where it is in the file and which model pointer (a
+ * vector) or view (a matrix) gets it. */
 typedef struct binding {
     const pd_gguf_tensor *t;
-    const float **dst;
-    int widen; /* 1: converted into m->owned */
+    const float **dst; /* vector, or NULL */
+    pd_wmat *mat;      /* matrix, or NULL */
+    int widen;         /* 1: converted into m->owned */
 } binding;
 
 typedef struct loader {
@@ -178,10 +180,10 @@ static void format_shape(const int64_t *ne, int n_dims, char *buf, size_t cap)
 }
 
 /* Finds tensor name, checks its type and shape {ne0} (ne1 == 0) or {ne0, ne1},
- * and records a binding to *dst. optional: a missing tensor returns
- * PD_ENOTFOUND without setting err. */
-static int want(loader *L, const char *name, int64_t ne0, int64_t ne1, const float **dst,
-                int optional)
+ * and records a binding to the vector *dst or the matrix view *mat (one of
+ * them). optional: a missing tensor returns PD_ENOTFOUND without setting err. */
+static int want_any(loader *L, const char *name, int64_t ne0, int64_t ne1, const float **dst,
+                    pd_wmat *mat, int optional)
 {
     const pd_gguf_tensor *t = pd_gguf_find_tensor(L->g, name);
     if (!t) {
@@ -210,8 +212,23 @@ static int want(loader *L, const char *name, int64_t ne0, int64_t ne1, const flo
     binding *b = &L->b[L->n_bind++];
     b->t = t;
     b->dst = dst;
-    b->widen = t->type != PD_GGML_F32 || ((uintptr_t)t->data % _Alignof(float)) != 0;
+    b->mat = mat;
+    /* matrices of F16/BF16 are used in place (the kernels convert them) */
+    b->widen = mat && t->type != PD_GGML_F32
+                   ? 0
+                   : t->type != PD_GGML_F32 || ((uintptr_t)t->data % _Alignof(float)) != 0;
     return PD_OK;
+}
+
+static int want(loader *L, const char *name, int64_t ne0, const float **dst)
+{
+    return want_any(L, name, ne0, 0, dst, NULL, 0);
+}
+
+static int want_mat(loader *L, const char *name, int64_t ne0, int64_t ne1, pd_wmat *mat,
+                    int optional)
+{
+    return want_any(L, name, ne0, ne1, NULL, mat, optional);
 }
 
 static int bind_weights(loader *L)
@@ -224,28 +241,30 @@ static int bind_weights(loader *L)
     L->b = calloc((size_t)c->n_layers * 9 + 3, sizeof *L->b);
     if (!m->w.layers || !L->b) return pd_err_set(L->err, PD_ENOMEM, "%s: out of memory", L->path);
 
-    if ((rc = want(L, "token_embd.weight", D, V, &m->w.token_embedding, 0)) < 0) return rc;
+    if ((rc = want_mat(L, "token_embd.weight", D, V, &m->w.token_embedding, 0)) < 0) return rc;
     for (int l = 0; l < c->n_layers; l++) {
         pd_layer_weights *lw = &m->w.layers[l];
         struct {
             const char *name;
             int64_t ne0, ne1;
-            const float **dst;
+            const float **dst; /* a vector, */
+            pd_wmat *mat;      /* or a matrix */
         } lt[9] = {
-            {"attn_norm", D, 0, &lw->rms_att}, {"attn_q", D, D, &lw->wq},
-            {"attn_k", D, KV, &lw->wk},        {"attn_v", D, KV, &lw->wv},
-            {"attn_output", D, D, &lw->wo},    {"ffn_norm", D, 0, &lw->rms_ffn},
-            {"ffn_gate", D, H, &lw->w1},       {"ffn_down", H, D, &lw->w2},
-            {"ffn_up", D, H, &lw->w3},
+            {"attn_norm", D, 0, &lw->rms_att, NULL}, {"attn_q", D, D, NULL, &lw->wq},
+            {"attn_k", D, KV, NULL, &lw->wk},        {"attn_v", D, KV, NULL, &lw->wv},
+            {"attn_output", D, D, NULL, &lw->wo},    {"ffn_norm", D, 0, &lw->rms_ffn, NULL},
+            {"ffn_gate", D, H, NULL, &lw->w1},       {"ffn_down", H, D, NULL, &lw->w2},
+            {"ffn_up", D, H, NULL, &lw->w3},
         };
         for (int i = 0; i < 9; i++) {
             char name[64];
             snprintf(name, sizeof name, "blk.%d.%s.weight", l, lt[i].name);
-            if ((rc = want(L, name, lt[i].ne0, lt[i].ne1, lt[i].dst, 0)) < 0) return rc;
+            if ((rc = want_any(L, name, lt[i].ne0, lt[i].ne1, lt[i].dst, lt[i].mat, 0)) < 0)
+                return rc;
         }
     }
-    if ((rc = want(L, "output_norm.weight", D, 0, &m->w.rms_final, 0)) < 0) return rc;
-    rc = want(L, "output.weight", D, V, &m->w.wcls, 1);
+    if ((rc = want(L, "output_norm.weight", D, &m->w.rms_final)) < 0) return rc;
+    rc = want_mat(L, "output.weight", D, V, &m->w.wcls, 1);
     if (rc == PD_ENOTFOUND) m->tied_classifier = 1;
     else if (rc < 0) return rc;
 
@@ -265,6 +284,16 @@ static int bind_weights(loader *L)
     for (int i = 0; i < L->n_bind; i++) {
         const binding *b = &L->b[i];
         size_t n = (size_t)b->t->n_elems;
+        if (b->mat && !b->widen) {
+            uint32_t be = 0, bb = 0;
+            PD_ASSERT(pd_ggml_type_block(b->t->type, &be, &bb) == PD_OK && b->t->ne[0] % be == 0);
+            *b->mat = (pd_wmat){.data = b->t->data,
+                                .type = b->t->type, /* pd_qtype ids are ggml's */
+                                .rows = (int)b->t->ne[1],
+                                .cols = (int)b->t->ne[0],
+                                .row_bytes = (size_t)(b->t->ne[0] / be) * bb};
+            continue;
+        }
         if (!b->widen) {
             *b->dst = b->t->data;
             continue;
@@ -275,7 +304,10 @@ static int bind_weights(loader *L)
         case PD_GGML_BF16: pd_bf16_to_f32_n(b->t->data, next, n); break;
         default: PD_ASSERT(0 && "type checked in want()");
         }
-        *b->dst = next;
+        if (b->mat)
+            *b->mat = pd_wmat_f32(next, (int)b->t->ne[1], (int)b->t->ne[0]);
+        else
+            *b->dst = next;
         next += n;
     }
     if (m->tied_classifier) m->w.wcls = m->w.token_embedding;
@@ -305,92 +337,19 @@ static int list_tensors(loader *L)
     return PD_OK;
 }
 
-/* Copies an optional array of n fixed-size elements into a new aligned
- * buffer (*out, NULL when the key is absent). */
-static int copy_array(loader *L, const char *key, int elem_type, uint64_t n, void **out)
-{
-    const void *data;
-    uint64_t count;
-    *out = NULL;
-    if (!pd_gguf_find_kv(L->g, key)) return PD_OK;
-    int rc = pd_gguf_get_arr(L->g, key, elem_type, &data, &count, L->err);
-    if (rc < 0) return rc;
-    if (count != n)
-        return pd_err_set(L->err, PD_EFORMAT, "%s: %s has %llu entries but there are %llu tokens",
-                          L->path, key, (unsigned long long)count, (unsigned long long)n);
-    size_t bytes = (size_t)n * pd_gguf_type_size(elem_type);
-    *out = malloc(bytes ? bytes : 1);
-    if (!*out) return pd_err_set(L->err, PD_ENOMEM, "%s: out of memory", L->path);
-    if (bytes) memcpy(*out, data, bytes);
-    return PD_OK;
-}
-
-/* Checks for the tokenizer and returns its token strings (borrowed). */
+/* Checks that there is a tokenizer and returns its token strings (borrowed);
+ * pd_tokenizer_load_gguf checks the rest. */
 static int find_tokens(loader *L, const pd_gguf_str **tokens, uint64_t *n)
 {
-    pd_gguf_str model;
-    char buf[48];
-    int rc;
     if (!pd_gguf_find_kv(L->g, "tokenizer.ggml.model"))
         return pd_err_set(L->err, PD_ENOTFOUND,
                           "%s: no tokenizer in the file (tokenizer.ggml.model is missing)",
                           L->path);
-    if ((rc = pd_gguf_get_str(L->g, "tokenizer.ggml.model", &model, L->err)) < 0) return rc;
-    if (!pd_gguf_str_eq(model, "llama")) {
-        snprintf(buf, sizeof buf, "%.*s", (int)(model.len < 32 ? model.len : 32), model.ptr);
-        return pd_err_set(L->err, PD_EUNSUPPORTED,
-                          "%s: tokenizer.ggml.model is '%s'; only 'llama' (SentencePiece BPE) "
-                          "is supported",
-                          L->path, buf);
-    }
     if (!pd_gguf_find_kv(L->g, "tokenizer.ggml.tokens"))
         return pd_err_set(L->err, PD_ENOTFOUND,
                           "%s: no tokenizer in the file (tokenizer.ggml.tokens is missing)",
                           L->path);
     return pd_gguf_get_str_arr(L->g, "tokenizer.ggml.tokens", tokens, n, L->err);
-}
-
-static int load_tokenizer(loader *L, const pd_gguf_str *tokens, uint64_t n)
-{
-    const char **pieces = malloc((size_t)n * sizeof *pieces);
-    uint32_t *lens = malloc((size_t)n * sizeof *lens);
-    void *scores = NULL, *types = NULL;
-    int rc = PD_OK;
-    int64_t bos = 1, eos = 2;
-    if (!pieces || !lens) {
-        rc = pd_err_set(L->err, PD_ENOMEM, "%s: out of memory", L->path);
-        goto done;
-    }
-    for (uint64_t i = 0; i < n; i++) {
-        if (tokens[i].len > UINT32_MAX) {
-            rc = pd_err_set(L->err, PD_EFORMAT, "%s: token %llu is %llu bytes long", L->path,
-                            (unsigned long long)i, (unsigned long long)tokens[i].len);
-            goto done;
-        }
-        pieces[i] = tokens[i].ptr;
-        lens[i] = (uint32_t)tokens[i].len;
-    }
-    if ((rc = copy_array(L, "tokenizer.ggml.scores", PD_GGUF_FLOAT32, n, &scores)) < 0 ||
-        (rc = copy_array(L, "tokenizer.ggml.token_type", PD_GGUF_INT32, n, &types)) < 0)
-        goto done;
-    if ((pd_gguf_find_kv(L->g, "tokenizer.ggml.bos_token_id") &&
-         (rc = pd_gguf_get_int(L->g, "tokenizer.ggml.bos_token_id", 0, (int64_t)n - 1, &bos,
-                               L->err)) < 0) ||
-        (pd_gguf_find_kv(L->g, "tokenizer.ggml.eos_token_id") &&
-         (rc = pd_gguf_get_int(L->g, "tokenizer.ggml.eos_token_id", 0, (int64_t)n - 1, &eos,
-                               L->err)) < 0))
-        goto done;
-    pd_err terr;
-    pd_err_clear(&terr);
-    rc = pd_tokenizer_create((int)n, pieces, lens, scores, types, (int)bos, (int)eos, &L->m->tok,
-                             &terr);
-    if (rc < 0) pd_err_set(L->err, rc, "%s: %s", L->path, terr.msg);
-done:
-    free(pieces);
-    free(lens);
-    free(scores);
-    free(types);
-    return rc;
 }
 
 int pd__model_load_gguf(pd_model *m, const char *path, pd_err *err)
@@ -424,7 +383,7 @@ int pd__model_load_gguf(pd_model *m, const char *path, pd_err *err)
     m->cfg.vocab_size = (int)vocab;
     if ((rc = pd_config_validate(&m->cfg, path, err)) >= 0 && (rc = check_variant(&L)) >= 0 &&
         (rc = bind_weights(&L)) >= 0 && (rc = list_tensors(&L)) >= 0)
-        rc = load_tokenizer(&L, tokens, n_tokens);
+        rc = pd_tokenizer_load_gguf(g, &m->tok, err);
 done:
     free(L.b);
     pd_gguf_free(g);
@@ -433,44 +392,11 @@ done:
 
 /* ---- writing ---- */
 
-/* The tokenizer's pieces with ' ' written as U+2581, in one buffer. */
-typedef struct spm_pieces {
-    char *blob;        /* (owned) */
-    const char **ptr;  /* (n) into blob (owned) */
-    uint64_t *len;     /* (n) (owned) */
-} spm_pieces;
-
-static int spm_encode(const pd_tokenizer *tok, int n, spm_pieces *sp)
-{
-    size_t total = 0;
-    for (int i = 0; i < n; i++) {
-        const char *p = pd_tokenizer_piece(tok, i);
-        for (; *p; p++) total += *p == ' ' ? 3 : 1;
-    }
-    sp->blob = malloc(total ? total : 1);
-    sp->ptr = malloc((size_t)n * sizeof *sp->ptr);
-    sp->len = malloc((size_t)n * sizeof *sp->len);
-    if (!sp->blob || !sp->ptr || !sp->len) return PD_ENOMEM;
-    char *dst = sp->blob;
-    for (int i = 0; i < n; i++) {
-        sp->ptr[i] = dst;
-        for (const char *p = pd_tokenizer_piece(tok, i); *p; p++) {
-            if (*p == ' ') {
-                memcpy(dst, "\xe2\x96\x81", 3);
-                dst += 3;
-            } else {
-                *dst++ = *p;
-            }
-        }
-        sp->len[i] = (uint64_t)(dst - sp->ptr[i]);
-    }
-    return PD_OK;
-}
-
 typedef struct out_tensor {
     char name[64];
-    const float *src; /* (ne1, ne0) */
-    int64_t ne0, ne1; /* ne1 == 0: 1-D */
+    const float *src;   /* (ne0) a vector, or */
+    const pd_wmat *mat; /* (ne1, ne0) a matrix */
+    int64_t ne0, ne1;   /* ne1 == 0: 1-D */
 } out_tensor;
 
 static int add_metadata(pd_gguf_writer *w, const pd_model *m, int dtype, const char *name,
@@ -498,43 +424,6 @@ static int add_metadata(pd_gguf_writer *w, const pd_model *m, int dtype, const c
     return PD_OK;
 }
 
-static int add_tokenizer(pd_gguf_writer *w, const pd_tokenizer *tok, const char *path,
-                         pd_err *err)
-{
-    int n = pd_tokenizer_vocab_size(tok);
-    spm_pieces sp = {0};
-    float *scores = malloc((size_t)n * sizeof *scores);
-    int32_t *types = malloc((size_t)n * sizeof *types);
-    int rc;
-    if (!scores || !types || spm_encode(tok, n, &sp) < 0) {
-        rc = pd_err_set(err, PD_ENOMEM, "%s: out of memory for the tokenizer", path);
-        goto done;
-    }
-    for (int i = 0; i < n; i++) {
-        scores[i] = pd_tokenizer_score(tok, i);
-        types[i] = pd_tokenizer_type(tok, i);
-    }
-    if ((rc = pd_gguf_add_str(w, "tokenizer.ggml.model", "llama", err)) >= 0 &&
-        (rc = pd_gguf_add_arr_str(w, "tokenizer.ggml.tokens", sp.ptr, sp.len, (uint64_t)n,
-                                  err)) >= 0 &&
-        (rc = pd_gguf_add_arr_f32(w, "tokenizer.ggml.scores", scores, (uint64_t)n, err)) >= 0 &&
-        (rc = pd_gguf_add_arr_i32(w, "tokenizer.ggml.token_type", types, (uint64_t)n, err)) >=
-            0 &&
-        (rc = pd_gguf_add_u32(w, "tokenizer.ggml.bos_token_id",
-                              (uint32_t)pd_tokenizer_bos(tok), err)) >= 0 &&
-        (rc = pd_gguf_add_u32(w, "tokenizer.ggml.eos_token_id",
-                              (uint32_t)pd_tokenizer_eos(tok), err)) >= 0 &&
-        (rc = pd_gguf_add_bool(w, "tokenizer.ggml.add_bos_token", 1, err)) >= 0)
-        rc = pd_gguf_add_bool(w, "tokenizer.ggml.add_eos_token", 0, err);
-done:
-    free(sp.blob);
-    free(sp.ptr);
-    free(sp.len);
-    free(scores);
-    free(types);
-    return rc;
-}
-
 int pd_gguf_write_model(const pd_model *m, const char *path, int dtype, const char *name,
                         pd_err *err)
 {
@@ -545,7 +434,8 @@ int pd_gguf_write_model(const pd_model *m, const char *path, int dtype, const ch
     int64_t D = c->dim, KV = c->kv_dim, H = c->hidden_dim, V = c->vocab_size;
     int n_out = 3 + 9 * c->n_layers;
     out_tensor *ts = calloc((size_t)n_out, sizeof *ts);
-    uint16_t *narrow = NULL;
+    unsigned char *conv = NULL; /* converted matrices */
+    float *row = NULL;          /* one dequantised row */
     pd_gguf_writer *w = NULL;
     int rc;
     if (!ts) {
@@ -555,70 +445,80 @@ int pd_gguf_write_model(const pd_model *m, const char *path, int dtype, const ch
 
     /* the tensor list, in llama.cpp's order */
     int k = 0;
-#define OUT(src_, ne0_, ne1_, ...)                                      \
+#define OUT(src_, mat_, ne0_, ne1_, ...)                                \
     do {                                                                \
         snprintf(ts[k].name, sizeof ts[k].name, __VA_ARGS__);           \
         ts[k].src = (src_);                                             \
+        ts[k].mat = (mat_);                                             \
         ts[k].ne0 = (ne0_);                                             \
         ts[k].ne1 = (ne1_);                                             \
         k++;                                                            \
     } while (0)
-    OUT(m->w.token_embedding, D, V, "token_embd.weight");
-    OUT(m->w.rms_final, D, 0, "output_norm.weight");
-    if (!m->tied_classifier) OUT(m->w.wcls, D, V, "output.weight");
+    OUT(NULL, &m->w.token_embedding, D, V, "token_embd.weight");
+    OUT(m->w.rms_final, NULL, D, 0, "output_norm.weight");
+    if (!m->tied_classifier) OUT(NULL, &m->w.wcls, D, V, "output.weight");
     for (int l = 0; l < c->n_layers; l++) {
         const pd_layer_weights *lw = &m->w.layers[l];
-        OUT(lw->rms_att, D, 0, "blk.%d.attn_norm.weight", l);
-        OUT(lw->wq, D, D, "blk.%d.attn_q.weight", l);
-        OUT(lw->wk, D, KV, "blk.%d.attn_k.weight", l);
-        OUT(lw->wv, D, KV, "blk.%d.attn_v.weight", l);
-        OUT(lw->wo, D, D, "blk.%d.attn_output.weight", l);
-        OUT(lw->rms_ffn, D, 0, "blk.%d.ffn_norm.weight", l);
-        OUT(lw->w1, D, H, "blk.%d.ffn_gate.weight", l);
-        OUT(lw->w2, H, D, "blk.%d.ffn_down.weight", l);
-        OUT(lw->w3, D, H, "blk.%d.ffn_up.weight", l);
+        OUT(lw->rms_att, NULL, D, 0, "blk.%d.attn_norm.weight", l);
+        OUT(NULL, &lw->wq, D, D, "blk.%d.attn_q.weight", l);
+        OUT(NULL, &lw->wk, D, KV, "blk.%d.attn_k.weight", l);
+        OUT(NULL, &lw->wv, D, KV, "blk.%d.attn_v.weight", l);
+        OUT(NULL, &lw->wo, D, D, "blk.%d.attn_output.weight", l);
+        OUT(lw->rms_ffn, NULL, D, 0, "blk.%d.ffn_norm.weight", l);
+        OUT(NULL, &lw->w1, D, H, "blk.%d.ffn_gate.weight", l);
+        OUT(NULL, &lw->w2, H, D, "blk.%d.ffn_down.weight", l);
+        OUT(NULL, &lw->w3, D, H, "blk.%d.ffn_up.weight", l);
     }
 #undef OUT
     PD_ASSERT(k <= n_out);
 
-    /* F16/BF16: the matrices narrowed into one buffer */
-    if (gtype != PD_GGML_F32) {
-        uint64_t total = 0;
-        for (int i = 0; i < k; i++)
-            if (ts[i].ne1) total += (uint64_t)ts[i].ne0 * (uint64_t)ts[i].ne1;
-        narrow = malloc((size_t)total * sizeof *narrow);
-        if (!narrow) {
-            rc = pd_err_set(err, PD_ENOMEM, "%s: out of memory for %llu %s weights", path,
-                            (unsigned long long)total, pd_dtype_name(dtype));
-            goto done;
-        }
+    /* matrices not stored as gtype are converted into one buffer, row by row */
+    const size_t esize = gtype == PD_GGML_F32 ? sizeof(float) : sizeof(uint16_t);
+    uint64_t total = 0;
+    for (int i = 0; i < k; i++)
+        if (ts[i].mat && ts[i].mat->type != gtype)
+            total += (uint64_t)ts[i].ne0 * (uint64_t)ts[i].ne1 * esize;
+    conv = malloc(total ? (size_t)total : 1);
+    row = malloc((size_t)(D > H ? D : H) * sizeof *row);
+    if (!conv || !row) {
+        rc = pd_err_set(err, PD_ENOMEM, "%s: out of memory for %llu bytes of %s weights", path,
+                        (unsigned long long)total, pd_dtype_name(dtype));
+        goto done;
     }
 
     if ((rc = pd_gguf_writer_create(&w, err)) < 0 ||
         (rc = add_metadata(w, m, dtype, name ? name : m->id, err)) < 0 ||
-        (rc = add_tokenizer(w, m->tok, path, err)) < 0)
+        (rc = pd_tokenizer_write_gguf(m->tok, w, err)) < 0)
         goto done;
-    uint16_t *next = narrow;
+    unsigned char *next = conv;
     for (int i = 0; i < k; i++) {
         const out_tensor *t = &ts[i];
         int64_t ne[2] = {t->ne0, t->ne1};
         int n_dims = t->ne1 ? 2 : 1;
-        if (gtype == PD_GGML_F32 || !t->ne1) {
+        if (!t->mat) {
             rc = pd_gguf_add_tensor(w, t->name, n_dims, ne, PD_GGML_F32, t->src, err);
+        } else if (t->mat->type == gtype) {
+            rc = pd_gguf_add_tensor(w, t->name, n_dims, ne, gtype, t->mat->data, err);
         } else {
-            size_t n = (size_t)t->ne0 * (size_t)t->ne1;
-            for (size_t j = 0; j < n; j++)
-                next[j] = gtype == PD_GGML_F16 ? pd_f32_to_f16(t->src[j])
-                                               : pd_f32_to_bf16(t->src[j]);
-            rc = pd_gguf_add_tensor(w, t->name, n_dims, ne, gtype, next, err);
-            next += n;
+            const unsigned char *start = next;
+            for (int r = 0; r < t->mat->rows; r++) {
+                pd_wmat_row_f32(t->mat, r, row);
+                for (int64_t j = 0; j < t->ne0; j++, next += esize) {
+                    uint16_t h = gtype == PD_GGML_F16 ? pd_f32_to_f16(row[j])
+                                                      : pd_f32_to_bf16(row[j]);
+                    if (gtype == PD_GGML_F32) memcpy(next, &row[j], esize);
+                    else memcpy(next, &h, esize);
+                }
+            }
+            rc = pd_gguf_add_tensor(w, t->name, n_dims, ne, gtype, start, err);
         }
         if (rc < 0) goto done;
     }
     rc = pd_gguf_writer_write(w, path, err);
 done:
     pd_gguf_writer_free(w);
-    free(narrow);
+    free(conv);
+    free(row);
     free(ts);
     return rc;
 }

@@ -133,18 +133,18 @@ int pd__model_load_llama2c(pd_model *m, const char *path, const char *tokenizer_
     for (uint64_t l = 0; l < L; l++) {
         pd_layer_weights *lw = &m->w.layers[l];
         lw->rms_att = rms_att + l * D;
-        lw->wq = wq + l * D * D;
-        lw->wk = wk + l * KV * D;
-        lw->wv = wv + l * KV * D;
-        lw->wo = wo + l * D * D;
+        lw->wq = pd_wmat_f32(wq + l * D * D, (int)D, (int)D);
+        lw->wk = pd_wmat_f32(wk + l * KV * D, (int)KV, (int)D);
+        lw->wv = pd_wmat_f32(wv + l * KV * D, (int)KV, (int)D);
+        lw->wo = pd_wmat_f32(wo + l * D * D, (int)D, (int)D);
         lw->rms_ffn = rms_ffn + l * D;
-        lw->w1 = w1 + l * H * D;
-        lw->w2 = w2 + l * D * H;
-        lw->w3 = w3 + l * H * D;
+        lw->w1 = pd_wmat_f32(w1 + l * H * D, (int)H, (int)D);
+        lw->w2 = pd_wmat_f32(w2 + l * D * H, (int)D, (int)H);
+        lw->w3 = pd_wmat_f32(w3 + l * H * D, (int)H, (int)D);
     }
-    m->w.token_embedding = emb;
+    m->w.token_embedding = pd_wmat_f32(emb, (int)V, (int)D);
     m->w.rms_final = rms_final;
-    m->w.wcls = wcls;
+    m->w.wcls = pd_wmat_f32(wcls, (int)V, (int)D);
     m->tied_classifier = shared;
     m->format = PD_FORMAT_LLAMA2C;
     m->dtype = PD_DTYPE_F32;

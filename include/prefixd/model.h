@@ -10,10 +10,12 @@
  *     ...
  *     pd_model_free(m);
  *
- * A pd_model is read-only after load and shared by every thread. F32 weights
- * point straight into a read-only mmap of the file; F16/BF16 tensors are
- * widened to F32 once at load (owned buffer). Every size and offset in the
- * file is checked against the file size before use.
+ * A pd_model is read-only after load and shared by every thread. The weight
+ * matrices point straight into a read-only mmap of the file in their stored
+ * type (F32, F16, BF16: used in place, converted in registers by the
+ * kernels); F16/BF16 norm vectors and misaligned F32 tensors are widened to
+ * F32 once at load (owned buffer). Every size and offset in the file is
+ * checked against the file size before use.
  *
  * Weight layout (both formats): every matrix is row-major [out][in], so
  * y = W·x is cblas_sgemm with W transposed. Rotary: adjacent pairs
@@ -31,6 +33,7 @@
 #include <stdint.h>
 
 #include "prefixd/common.h"
+#include "prefixd/quant.h"
 #include "prefixd/tokenizer.h"
 
 #ifdef __cplusplus
@@ -51,23 +54,26 @@ typedef struct pd_config {
     float norm_eps;  /* RMSNorm epsilon, default 1e-5 */
 } pd_config;
 
+/* The big matrices are typed views (pd_wmat, quant.h: rows = out, cols = in)
+ * of the weights as the file stores them; multiply with pd_wmatmul
+ * (matmul.h), read a row with pd_wmat_row_f32. The norms are always F32. */
 typedef struct pd_layer_weights {
     const float *rms_att; /* (dim) */
-    const float *wq;      /* (dim, dim)         [out][in] */
-    const float *wk;      /* (kv_dim, dim) */
-    const float *wv;      /* (kv_dim, dim) */
-    const float *wo;      /* (dim, dim) */
+    pd_wmat wq;           /* (dim, dim)         [out][in] */
+    pd_wmat wk;           /* (kv_dim, dim) */
+    pd_wmat wv;           /* (kv_dim, dim) */
+    pd_wmat wo;           /* (dim, dim) */
     const float *rms_ffn; /* (dim) */
-    const float *w1;      /* (hidden_dim, dim)  gate */
-    const float *w2;      /* (dim, hidden_dim)  down */
-    const float *w3;      /* (hidden_dim, dim)  up */
+    pd_wmat w1;           /* (hidden_dim, dim)  gate */
+    pd_wmat w2;           /* (dim, hidden_dim)  down */
+    pd_wmat w3;           /* (hidden_dim, dim)  up */
 } pd_layer_weights;
 
 typedef struct pd_weights {
-    const float *token_embedding; /* (vocab_size, dim) */
-    pd_layer_weights *layers;     /* n_layers entries (owned by the model) */
-    const float *rms_final;       /* (dim) */
-    const float *wcls;            /* (vocab_size, dim); == token_embedding when tied */
+    pd_wmat token_embedding;  /* (vocab_size, dim) */
+    pd_layer_weights *layers; /* n_layers entries (owned by the model) */
+    const float *rms_final;   /* (dim) */
+    pd_wmat wcls;             /* (vocab_size, dim); same data as token_embedding when tied */
 } pd_weights;
 
 typedef enum pd_model_format {
@@ -106,11 +112,11 @@ typedef struct pd_model {
     int tied_classifier;     /* 1 when wcls == token_embedding */
     pd_tensor_info *tensors; /* n_tensors entries (owned) */
     int n_tensors;
-    uint64_t weight_bytes;   /* F32 bytes of all weights used per token */
+    uint64_t weight_bytes;   /* bytes of all weights read per token, as stored */
     /* storage (private to the loaders) */
     void *map;               /* read-only mmap of the file */
     size_t map_size;
-    float *owned;            /* widened F16/BF16 weights, or NULL */
+    float *owned;            /* widened weights (see above), or NULL */
 } pd_model;
 
 typedef struct pd_model_params {

@@ -51,13 +51,20 @@ static void ref_rmsnorm(double *o, const double *x, const float *w, int C, doubl
     for (int j = 0; j < C; j++) o[j] = w[j] * x[j] * r;
 }
 
-static void ref_matvec(double *o, const float *W, const double *x, int n_out, int n_in)
+/* o = W·x in double over W's values as stored (rows dequantised). */
+static void ref_matvec(double *o, const pd_wmat *W, const double *x, int n_out, int n_in)
 {
+    assert_int_equal(W->rows, n_out);
+    assert_int_equal(W->cols, n_in);
+    float *row = malloc((size_t)n_in * sizeof *row);
+    assert_non_null(row);
     for (int i = 0; i < n_out; i++) {
+        pd_wmat_row_f32(W, i, row);
         double s = 0;
-        for (int j = 0; j < n_in; j++) s += (double)W[(size_t)i * n_in + j] * x[j];
+        for (int j = 0; j < n_in; j++) s += (double)row[j] * x[j];
         o[i] = s;
     }
+    free(row);
 }
 
 static void ref_rope(double *v, int n, int hd, int pos, double base)
@@ -84,14 +91,20 @@ static double ref_loss(const double *keys, const double *values, int P, const in
     double *h3 = malloc((size_t)H * 8), *att = malloc((size_t)(P + n) * 8), *lg = malloc((size_t)V * 8);
     assert_true(x && xn && q && k && v && ao && tmp && h1 && h3 && att && lg);
     for (int t = 0; t < n; t++)
-        for (int j = 0; j < C; j++) x[(size_t)t * C + j] = model->w.token_embedding[(size_t)tok[t] * C + j];
+        {
+            float *row = malloc((size_t)C * sizeof *row);
+            assert_non_null(row);
+            pd_wmat_row_f32(&model->w.token_embedding, tok[t], row);
+            for (int j = 0; j < C; j++) x[(size_t)t * C + j] = row[j];
+            free(row);
+        }
     for (int l = 0; l < L; l++) {
         const pd_layer_weights *w = &model->w.layers[l];
         for (int t = 0; t < n; t++) {
             ref_rmsnorm(xn, x + (size_t)t * C, w->rms_att, C, c->norm_eps);
-            ref_matvec(q + (size_t)t * C, w->wq, xn, C, C);
-            ref_matvec(k + (size_t)t * KV, w->wk, xn, KV, C);
-            ref_matvec(v + (size_t)t * KV, w->wv, xn, KV, C);
+            ref_matvec(q + (size_t)t * C, &w->wq, xn, C, C);
+            ref_matvec(k + (size_t)t * KV, &w->wk, xn, KV, C);
+            ref_matvec(v + (size_t)t * KV, &w->wv, xn, KV, C);
             ref_rope(q + (size_t)t * C, C, hd, P + t, c->rope_base);
             ref_rope(k + (size_t)t * KV, KV, hd, P + t, c->rope_base);
         }
@@ -121,14 +134,14 @@ static double ref_loss(const double *keys, const double *values, int P, const in
                 }
             }
             /* residual updates of row t only read rows <= t: safe in place */
-            ref_matvec(tmp, w->wo, ao, C, C);
+            ref_matvec(tmp, &w->wo, ao, C, C);
             double *xr = x + (size_t)t * C;
             for (int j = 0; j < C; j++) xr[j] += tmp[j];
             ref_rmsnorm(xn, xr, w->rms_ffn, C, c->norm_eps);
-            ref_matvec(h1, w->w1, xn, H, C);
-            ref_matvec(h3, w->w3, xn, H, C);
+            ref_matvec(h1, &w->w1, xn, H, C);
+            ref_matvec(h3, &w->w3, xn, H, C);
             for (int j = 0; j < H; j++) h1[j] = h1[j] / (1 + exp(-h1[j])) * h3[j];
-            ref_matvec(tmp, w->w2, h1, C, H);
+            ref_matvec(tmp, &w->w2, h1, C, H);
             for (int j = 0; j < C; j++) xr[j] += tmp[j];
         }
     }
@@ -136,7 +149,7 @@ static double ref_loss(const double *keys, const double *values, int P, const in
     for (int t = 1; t < n; t++) {
         if (!mask[t]) continue;
         ref_rmsnorm(xn, x + (size_t)(t - 1) * C, model->w.rms_final, C, c->norm_eps);
-        ref_matvec(lg, model->w.wcls, xn, V, C);
+        ref_matvec(lg, &model->w.wcls, xn, V, C);
         double mx = lg[0], sum = 0;
         for (int u = 1; u < V; u++) if (lg[u] > mx) mx = lg[u];
         for (int u = 0; u < V; u++) sum += exp(lg[u] - mx);
