@@ -109,15 +109,15 @@ int pd_chat_template_load(const char *spec, char **src, pd_err *err)
 
 const char *pd_chat_model_template(const pd_tokenizer *tok)
 {
-    (void)tok; /* the GGUF template arrives with the tokenizer's chat API */
-    return NULL;
+    PD_ASSERT(tok);
+    return pd_tokenizer_chat_template(tok);
 }
 
 void pd_chat_model_tokens(const pd_tokenizer *tok, pd_chat_params *p)
 {
     PD_ASSERT(tok && p);
-    p->bos_token = pd_tokenizer_piece(tok, pd_tokenizer_bos(tok));
-    p->eos_token = pd_tokenizer_piece(tok, pd_tokenizer_eos(tok));
+    p->bos_token = pd_tokenizer_token_text(tok, pd_tokenizer_bos(tok));
+    p->eos_token = pd_tokenizer_token_text(tok, pd_tokenizer_eos(tok));
 }
 
 /* The text of content parts: only {"type": "text", "text": ...}. */

@@ -81,12 +81,28 @@ void pd_rng_shuffle(pd_rng *r, int *idx, int n)
 
 /* ---- one example ---- */
 
-/* Tokenizes text[0..len) (BOS first) with the loss mask of the byte spans
- * [spans[2i], spans[2i+1]): token j (j >= first_target) is a target when
- * the bytes it decodes to are not empty and start inside a span. */
+/* The bytes token t[j] stands for in the text it was encoded from: its
+ * decoding, or with special parsing a control token's written text (but
+ * nothing for the BOS the encoder added). */
+static const char *token_bytes(const pd_tokenizer *tok, const int32_t *t, int j, int special,
+                               size_t *l)
+{
+    int added_bos = j == 0 && t[0] == pd_tokenizer_bos(tok) && pd_tokenizer_add_bos(tok);
+    if (special && !added_bos && pd_tokenizer_type(tok, t[j]) == PD_TOKEN_CONTROL) {
+        const char *s = pd_tokenizer_token_text(tok, t[j]);
+        *l = s ? strlen(s) : 0;
+        return s;
+    }
+    return pd_tokenizer_decode(tok, j ? t[j - 1] : -1, t[j], l);
+}
+
+/* Tokenizes text[0..len) (BOS first; special: control-token text parsed)
+ * with the loss mask of the byte spans [spans[2i], spans[2i+1]): token j
+ * (j >= first_target) is a target when the bytes it stands for are not
+ * empty and start inside a span. */
 static int encode_spans(const pd_tokenizer *tok, const char *text, size_t len, const size_t *spans,
-                        int n_spans, int first_target, int32_t **tokens, uint8_t **mask, int *n,
-                        pd_err *err)
+                        int n_spans, int special, int first_target, int32_t **tokens,
+                        uint8_t **mask, int *n, pd_err *err)
 {
     *tokens = NULL;
     *mask = NULL;
@@ -101,7 +117,9 @@ static int encode_spans(const pd_tokenizer *tok, const char *text, size_t len, c
         goto fail;
     }
 
-    int nt = pd_tokenizer_encode(tok, text, len, 1, 0, t, cap);
+    int nt = special ? pd_tokenizer_encode_flags(tok, text, len,
+                                                 PD_TOK_ADD_SPECIAL | PD_TOK_PARSE_SPECIAL, t, cap)
+                     : pd_tokenizer_encode(tok, text, len, 1, 0, t, cap);
     if (nt < 0 || nt > cap) {
         rc = pd_err_set(err, PD_EFORMAT, "the text cannot be tokenized");
         goto fail;
@@ -112,7 +130,7 @@ static int encode_spans(const pd_tokenizer *tok, const char *text, size_t len, c
     size_t total = 0;
     for (int j = 0; j < nt; j++) {
         size_t l;
-        pd_tokenizer_decode(tok, j ? t[j - 1] : -1, t[j], &l);
+        token_bytes(tok, t, j, special, &l);
         total += l;
     }
     size_t shift = total - len;
@@ -124,7 +142,7 @@ static int encode_spans(const pd_tokenizer *tok, const char *text, size_t len, c
     int n_targets = 0;
     for (int j = 0; j < nt; j++) {
         size_t l;
-        const char *s = pd_tokenizer_decode(tok, j ? t[j - 1] : -1, t[j], &l);
+        const char *s = token_bytes(tok, t, j, special, &l);
         size_t begin = at;
         for (size_t k = 0; k < l; k++, at++) {
             char want = at < shift ? ' ' : text[at - shift];
@@ -170,7 +188,7 @@ int pd_dataset_encode(const pd_tokenizer *tok, const char *prompt, size_t prompt
     memcpy(text + prompt_len, completion, completion_len);
     text[len] = 0;
     size_t span[2] = {prompt_len, len};
-    int rc = encode_spans(tok, text, len, span, 1, first_target, tokens, mask, n, err);
+    int rc = encode_spans(tok, text, len, span, 1, 0, first_target, tokens, mask, n, err);
     free(text);
     return rc;
 }
@@ -376,13 +394,15 @@ static int chat_line(builder *b, json_t *obj, const pd_tokenizer *tok, const pd_
             rc = PD_EFORMAT;
         }
     }
-    /* The encoder adds BOS: a BOS text the template put first is dropped. */
-    size_t skip = b->cp.bos_token ? strlen(b->cp.bos_token) : 0;
+    /* When the encoder adds BOS, a BOS text the template put first is
+     * dropped (else it would be there twice). */
+    size_t skip = b->cp.bos_token && pd_tokenizer_add_bos(tok) ? strlen(b->cp.bos_token) : 0;
     if (rc == PD_OK && (!skip || flen < skip || memcmp(full, b->cp.bos_token, skip))) skip = 0;
     for (int k = 0; rc == PD_OK && k < 2 * ns; k++) spans[k] = spans[k] > skip ? spans[k] - skip : 0;
     if (rc == PD_OK) {
         pd_err e;
-        rc = encode_spans(tok, full + skip, flen - skip, spans, ns, p->first_target, &t, &mk, &nt, &e);
+        rc = encode_spans(tok, full + skip, flen - skip, spans, ns, 1, p->first_target, &t, &mk,
+                          &nt, &e);
         if (rc < 0) snprintf(why, cap, "%s", e.msg);
     }
     if (rc == PD_OK && nt > p->max_tokens) {

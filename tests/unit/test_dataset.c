@@ -14,7 +14,11 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <unistd.h>
+
+#include "prefixd/chat.h"
 #include "prefixd/dataset.h"
+#include "prefixd/gguf.h"
 #include "prefixd/model.h"
 #include "prefixd/trainer.h"
 
@@ -510,6 +514,88 @@ static void test_chat_bad_lines(void **state)
 #undef BAD_CHAT
 }
 
+/* On Qwen 3's real vocabulary (control tokens <|im_start|>, <|im_end|>)
+ * with ChatML: the targets, in order, are exactly the tokens of each learned
+ * answer followed by <|im_end|> and the newline, each encoded on its own. */
+static void test_chat_masks_qwen3(void **state)
+{
+    (void)state;
+    char path[256];
+    const char *dir = getenv("PD_VOCAB_DIR");
+    snprintf(path, sizeof path, "%s/qwen3.gguf", dir && *dir ? dir : "build/vocab");
+    if (access(path, R_OK) != 0) fail_msg("%s is missing: `make vocabs` builds it", path);
+    pd_gguf *g;
+    pd_tokenizer *tok;
+    pd_err err;
+    if (pd_gguf_open(path, &g, &err) < 0 || pd_tokenizer_load_gguf(g, &tok, &err) < 0)
+        fail_msg("%s", err.msg);
+    pd_gguf_free(g);
+    assert_non_null(pd_chat_model_template(tok)); /* the GGUF carries Qwen 3's */
+    const char *line =
+        "{\"messages\": [{\"role\": \"system\", \"content\": \"You are terse.\"},"
+        " {\"role\": \"user\", \"content\": \"Name a colour.\"},"
+        " {\"role\": \"assistant\", \"content\": \"Blue.\"},"
+        " {\"role\": \"user\", \"content\": \"Another?\"},"
+        " {\"role\": \"assistant\", \"content\": \"Green, of course.\", \"weight\": 0},"
+        " {\"role\": \"user\", \"content\": \"One more.\"},"
+        " {\"role\": \"assistant\", \"content\": \"Red — like a tomato 🍅.\"}]}";
+    pd_dataset_params p = params(512, 0);
+    p.chat_template = pd_chat_builtin("chatml");
+    pd_dataset *d;
+    if (pd_dataset_parse(line, strlen(line), "chat.jsonl", tok, &p, &d, &err) < 0)
+        fail_msg("%s", err.msg);
+    const pd_example *ex = &d->ex[0];
+    /* the whole conversation, tokenized with the control tokens parsed */
+    const char *text =
+        "<|im_start|>system\nYou are terse.<|im_end|>\n<|im_start|>user\nName a colour.<|im_end|>\n"
+        "<|im_start|>assistant\nBlue.<|im_end|>\n<|im_start|>user\nAnother?<|im_end|>\n"
+        "<|im_start|>assistant\nGreen, of course.<|im_end|>\n<|im_start|>user\nOne more.<|im_end|>\n"
+        "<|im_start|>assistant\nRed — like a tomato 🍅.<|im_end|>\n";
+    int32_t want[512], part[128];
+    int nw = pd_tokenizer_encode_flags(tok, text, strlen(text), PD_TOK_ADD_SPECIAL | PD_TOK_PARSE_SPECIAL,
+                                       want, 512);
+    assert_int_equal(ex->n, nw);
+    assert_memory_equal(ex->tokens, want, (size_t)nw * sizeof *want);
+    /* the expected targets: each learned answer + <|im_end|> + newline */
+    const char *learned[] = {"Blue.<|im_end|>\n", "Red — like a tomato 🍅.<|im_end|>\n"};
+    int32_t expect[256];
+    int ne = 0;
+    for (int k = 0; k < 2; k++) {
+        int n = pd_tokenizer_encode_flags(tok, learned[k], strlen(learned[k]), PD_TOK_PARSE_SPECIAL,
+                                          part, 128);
+        assert_true(n > 2 && n < 128);
+        memcpy(expect + ne, part, (size_t)n * sizeof *part);
+        ne += n;
+    }
+    int32_t got[256];
+    int ng = 0;
+    for (int j = 0; j < ex->n; j++)
+        if (ex->loss_mask[j]) got[ng++] = ex->tokens[j];
+    assert_int_equal(ng, ne);
+    assert_memory_equal(got, expect, (size_t)ne * sizeof *got);
+    int eot = 0;
+    for (int j = 0; j < ng; j++) eot += pd_tokenizer_type(tok, got[j]) == PD_TOKEN_CONTROL;
+    assert_int_equal(eot, 2); /* each <|im_end|> is one control token, learned */
+    pd_dataset_free(d);
+
+    /* Qwen 3's own template renders a single turn with an empty thinking
+     * block before the answer: that block is part of what is learned */
+    const char *single = "{\"messages\": [{\"role\": \"user\", \"content\": \"Hi\"},"
+                         " {\"role\": \"assistant\", \"content\": \"Hello!\"}]}";
+    p.chat_template = NULL;
+    if (pd_dataset_parse(single, strlen(single), "chat.jsonl", tok, &p, &d, &err) < 0)
+        fail_msg("%s", err.msg);
+    ng = 0;
+    for (int j = 0; j < d->ex[0].n; j++)
+        if (d->ex[0].loss_mask[j]) got[ng++] = d->ex[0].tokens[j];
+    const char *tail = "<think>\n\n</think>\n\nHello!<|im_end|>\n";
+    ne = pd_tokenizer_encode_flags(tok, tail, strlen(tail), PD_TOK_PARSE_SPECIAL, expect, 256);
+    assert_int_equal(ng, ne);
+    assert_memory_equal(got, expect, (size_t)ne * sizeof *got);
+    pd_dataset_free(d);
+    pd_tokenizer_free(tok);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -522,6 +608,7 @@ int main(void)
         cmocka_unit_test(test_rng),
         cmocka_unit_test(test_chat_masks),
         cmocka_unit_test(test_chat_bad_lines),
+        cmocka_unit_test(test_chat_masks_qwen3),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
