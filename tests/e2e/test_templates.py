@@ -150,3 +150,38 @@ def test_template_cli_errors(tmp_path):
     p = subprocess.run([BIN, "template", "--messages", str(msgs), "--no-generation-prompt"],
                        capture_output=True, text=True)
     assert p.returncode == 0 and p.stdout == "<|im_start|>user\nhi<|im_end|>\n"
+
+
+def test_train_on_chat_data(tmp_path):
+    """`prefixd train` takes {"messages"} lines (mixed with prompt/completion
+    ones) and refuses a malformed conversation with FILE:LINE."""
+    from conftest import MODEL, TOKENIZER
+
+    names = ["Lily", "Ben", "Tim", "Sue", "Max", "Ann"]
+    lines = []
+    for i, n in enumerate(names):
+        lines.append({"messages": [
+            {"role": "system", "content": "You tell tiny stories."},
+            {"role": "user", "content": f"Tell me about {n}."},
+            {"role": "assistant", "content": f"{n} had a red ball.", "weight": i % 2},
+            {"role": "user", "content": "And then?"},
+            {"role": "assistant", "content": f"{n} played in the park all day."}]})
+    lines.append({"prompt": "Once upon a time", "completion": " there was a dog."})
+    data = tmp_path / "chat.jsonl"
+    data.write_text("\n".join(json.dumps(l) for l in lines) + "\n")
+    out = tmp_path / "out"
+    p = subprocess.run([BIN, "train", "--model", MODEL, "--tokenizer", TOKENIZER, "--data", str(data),
+                        "--task", "chatty", "--out", str(out), "--epochs", "1", "--batch-size", "2",
+                        "--virtual-tokens", "4", "--threads", "1"],
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    assert (out / "chatty.safetensors").stat().st_size > 0
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps(lines[0]) + "\n" +
+                   json.dumps({"messages": [{"role": "user", "content": "no answer"}]}) + "\n")
+    p = subprocess.run([BIN, "train", "--model", MODEL, "--tokenizer", TOKENIZER, "--data", str(bad),
+                        "--task", "bad", "--out", str(out), "--epochs", "1"],
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode != 0
+    assert "bad.jsonl:2:" in p.stderr and "no assistant message" in p.stderr, p.stderr
