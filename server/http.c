@@ -71,6 +71,8 @@ static const route_def routes[] = {
     {"POST", "/apply-template", "/apply-template", route_apply_template, AUTH_KEY, BODY_JSON, 1},
     {"GET", "/health", "/health", route_health, AUTH_OPEN, BODY_NONE, 0},
     {"GET", "/metrics", "/metrics", route_metrics, AUTH_OPEN, BODY_NONE, 0},
+    {"POST", "/tokenize", "/tokenize", route_tokenize, AUTH_KEY, BODY_JSON, 1},
+    {"POST", "/detokenize", "/detokenize", route_detokenize, AUTH_KEY, BODY_JSON, 1},
 };
 #define N_ROUTES ((int)(sizeof routes / sizeof routes[0]))
 #define ROUTE_NONE (-1)

@@ -149,6 +149,8 @@ enum MHD_Result route_jobs_cancel(http_req *r);     /* POST /v1/fine_tuning/jobs
 enum MHD_Result route_apply_template(http_req *r); /* POST /apply-template */
 enum MHD_Result route_health(http_req *r);          /* GET /health */
 enum MHD_Result route_metrics(http_req *r);         /* GET /metrics */
+enum MHD_Result route_tokenize(http_req *r);        /* POST /tokenize */
+enum MHD_Result route_detokenize(http_req *r);      /* POST /detokenize */
 
 /* The chat template source for a request (routes_template.c): override (a
  * built-in name or the template's source, from the request's
