@@ -164,7 +164,7 @@ int creq_parse_params(creq *q, json_t *body, const creq_limits *lim, creq_error 
         return creq_reject(e, 400, "model", "invalid_value", "'model' is too long.");
     snprintf(q->model_name, sizeof q->model_name, "%s", json_string_value(m));
 
-    if (get_int(e, body, "max_tokens", 1, CREQ_MAX_TOKENS, 16, &v) < 0) return -1;
+    if (get_int(e, body, "max_tokens", 0, CREQ_MAX_TOKENS, 16, &v) < 0) return -1;
     q->max_tokens = (int)v;
     if (get_int(e, body, "n", 1, lim->max_choices, 1, &v) < 0) return -1;
     q->n_per_prompt = (int)v;
@@ -201,9 +201,10 @@ int creq_parse_params(creq *q, json_t *body, const creq_limits *lim, creq_error 
                                "'stream_options.include_usage' must be a boolean.");
         q->include_usage = iu && json_is_true(iu);
     }
-    if (q->echo && q->logprobs >= 0)
-        return creq_reject(e, 400, "echo", "unsupported_parameter",
-                           "'echo' together with 'logprobs' (prompt logprobs) is not supported.");
+    if (q->max_tokens == 0 && !q->echo)
+        return creq_reject(e, 400, "max_tokens", "invalid_value",
+                           "'max_tokens' may be 0 only with 'echo': true (prompt scoring); "
+                           "otherwise it must be at least 1.");
     if (parse_stop(q, body, e) < 0) return -1;
     return check_unsupported(q, body, e);
 }

@@ -69,12 +69,12 @@ typedef struct creq_prompt {
 /* A parsed request. Owns prompts; everything else is plain data. */
 typedef struct creq {
     char model_name[PD_TASK_NAME_MAX + 136]; /* as requested */
-    int max_tokens;          /* 1..CREQ_MAX_TOKENS, default 16 */
+    int max_tokens;          /* 0..CREQ_MAX_TOKENS, default 16; 0 only with echo */
     int n_per_prompt;        /* `n`: choices per prompt, default 1 */
     pd_sampler_params sampling; /* temperature, top_p, top_k, seed (when given) */
     int seed_given;
     int logprobs;            /* -1: none; 0..PD_TOP_LOGPROBS_MAX */
-    int echo, stream, include_usage;
+    int echo, stream, include_usage; /* echo with logprobs: the prompt is scored too */
     char stop[CREQ_MAX_STOP][CREQ_STOP_MAX_BYTES + 1]; /* NUL-terminated copies */
     size_t stop_len[CREQ_MAX_STOP];
     int n_stop;

@@ -53,6 +53,7 @@ typedef struct choice {
     size_t emitted;     /* streaming: raw bytes sent */
     int emitted_tokens; /* streaming: tokens whose logprobs were sent */
     int final_sent;     /* streaming: the finishing chunk was sent */
+    int echo_sent;      /* streaming: the prompt (echo) was sent */
 } choice;
 
 typedef struct completion {
@@ -70,7 +71,6 @@ typedef struct completion {
     int submitted;      /* choices handed to the scheduler */
     int finished;       /* the whole answer was produced */
     int failed_status;  /* 0, or the status of a failure after submission */
-    int echo_sent;
     creq_error err;     /* a rejection, before anything was sent */
     char retry_after[16];
 } completion;
@@ -151,8 +151,9 @@ static int make_choices(completion *c)
         pd_err err;
         if (pd_request_create(p->tokens, p->n, c->q.max_tokens, &h->rq, &err) < 0)
             return creq_reject(&c->err, 503, NULL, "out_of_memory", "%s", err.msg);
-        h->tok_start = malloc((size_t)c->q.max_tokens * sizeof *h->tok_start);
-        h->tok_end = malloc((size_t)c->q.max_tokens * sizeof *h->tok_end);
+        size_t cap = (size_t)(c->q.max_tokens > 0 ? c->q.max_tokens : 1);
+        h->tok_start = malloc(cap * sizeof *h->tok_start);
+        h->tok_end = malloc(cap * sizeof *h->tok_end);
         if (!h->tok_start || !h->tok_end)
             return creq_reject(&c->err, 503, NULL, "out_of_memory",
                                "The server is out of memory.");
@@ -162,6 +163,7 @@ static int make_choices(completion *c)
         rq->sampling = c->q.sampling;
         rq->sampling.seed = c->q.sampling.seed + (uint64_t)k; /* choices differ, runs repeat */
         rq->top_logprobs = c->q.logprobs > 0 ? c->q.logprobs : 0;
+        rq->prompt_logprobs = c->q.echo && (c->q.logprobs >= 0 || c->q.max_tokens == 0);
         copy_str(rq->task, sizeof rq->task, c->is_task ? c->task : "");
     }
     return 0;
@@ -286,16 +288,62 @@ static int failure_status(const choice *h)
     return 0;
 }
 
-/* OpenAI's logprobs object for tokens [t0, t1) of h. New reference. */
-static json_t *logprobs_json(completion *c, const choice *h, int t0, int t1)
+/* The top alternatives of o as OpenAI's {token: logprob} object, decoded
+ * after prev. New reference (NULL on oom). */
+static json_t *top_json(completion *c, const pd_token_out *o, int prev)
 {
     const pd_tokenizer *tok = c->s->model->tok;
+    json_t *top = json_object();
+    for (int k = 0; top && k < o->n_top && k < c->q.logprobs; k++) {
+        size_t tl;
+        const char *tb = pd_tokenizer_decode(tok, prev, o->top_ids[k], &tl);
+        json_t *key = token_json(tb ? tb : "", tb ? tl : 0);
+        double v = isfinite(o->top_logprobs[k]) ? o->top_logprobs[k] : -9999.0;
+        if (key && !json_object_get(top, json_string_value(key)))
+            json_object_set_new(top, json_string_value(key), json_real(v));
+        json_decref(key);
+    }
+    return top;
+}
+
+/* Appends the prompt's tokens of h to the four arrays of a logprobs object
+ * (echo with logprobs: prompt scoring). The first token has no logprob
+ * (null), as in OpenAI's legacy shape; offsets count code points of the
+ * decoded tokens from 0. */
+static void prompt_logprobs_json(completion *c, const choice *h, json_t *tokens, json_t *lps,
+                                 json_t *tops, json_t *offs)
+{
+    const pd_tokenizer *tok = c->s->model->tok;
+    const creq_prompt *p = &c->q.prompts[h->prompt];
+    int prev = c->prefix && c->prefix->has_bos ? pd_tokenizer_bos(tok) : -1, chars = 0;
+    for (int i = 0; i < p->n; i++) {
+        size_t len;
+        const char *b = pd_tokenizer_decode(tok, prev, p->tokens[i], &len);
+        if (!b) b = "";
+        json_array_append_new(tokens, token_json(b, len));
+        const pd_token_out *o = &h->rq->prompt_out[i];
+        int scored = i > 0 && h->rq->prompt_logprobs;
+        json_array_append_new(lps, scored ? json_real(isfinite(o->logprob) ? o->logprob : -9999.0)
+                                          : json_null());
+        json_array_append_new(tops, scored && c->q.logprobs > 0 ? top_json(c, o, prev)
+                                                                : json_null());
+        json_array_append_new(offs, json_integer(chars));
+        chars += utf8_chars(b, len);
+        prev = p->tokens[i];
+    }
+}
+
+/* OpenAI's logprobs object for generated tokens [t0, t1) of h, after the
+ * prompt's tokens when with_prompt. New reference. */
+static json_t *logprobs_json(completion *c, const choice *h, int t0, int t1, int with_prompt)
+{
     const creq_prompt *p = &c->q.prompts[h->prompt];
     json_t *tokens = json_array(), *lps = json_array(), *tops = json_array(),
            *offs = json_array();
     json_t *o = json_pack("{s:o,s:o,s:o,s:o}", "tokens", tokens, "token_logprobs", lps,
                           "top_logprobs", tops, "text_offset", offs);
     if (!o) return NULL;
+    if (with_prompt) prompt_logprobs_json(c, h, tokens, lps, tops, offs);
     int base = p->text_chars;
     for (int t = t0; t < t1; t++) {
         const pd_token_out *out = &h->rq->out[t];
@@ -305,17 +353,7 @@ static json_t *logprobs_json(completion *c, const choice *h, int t0, int t1)
         json_array_append_new(tokens, token_json(b, len));
         double lp = isfinite(out->logprob) ? out->logprob : -9999.0;
         json_array_append_new(lps, json_real(lp));
-        json_t *top = json_object();
-        for (int k = 0; k < out->n_top && k < c->q.logprobs; k++) {
-            size_t tl;
-            const char *tb = pd_tokenizer_decode(tok, prev, out->top_ids[k], &tl);
-            json_t *key = token_json(tb ? tb : "", tb ? tl : 0);
-            double v = isfinite(out->top_logprobs[k]) ? out->top_logprobs[k] : -9999.0;
-            if (key && top && !json_object_get(top, json_string_value(key)))
-                json_object_set_new(top, json_string_value(key), json_real(v));
-            json_decref(key);
-        }
-        json_array_append_new(tops, top);
+        json_array_append_new(tops, top_json(c, out, prev));
         json_array_append_new(offs,
                               json_integer(base + utf8_chars(h->raw.p, (size_t)h->tok_start[t])));
     }
@@ -415,7 +453,7 @@ static enum MHD_Result answer_whole(completion *c, http_req *r)
         const creq_prompt *p = &c->q.prompts[h->prompt];
         if (c->q.echo) hbuf_add(&text, p->text, p->text_len);
         utf8_clean(&text, (const unsigned char *)(h->raw.p ? h->raw.p : ""), text_end(h), 0);
-        json_t *lp = c->q.logprobs >= 0 ? logprobs_json(c, h, 0, h->consumed) : NULL;
+        json_t *lp = c->q.logprobs >= 0 ? logprobs_json(c, h, 0, h->consumed, c->q.echo) : NULL;
         json_t *t = text.oom ? NULL : json_stringn(text.p ? text.p : "", text.len);
         hbuf_free(&text);
         json_array_append_new(choices, choice_json(h, t, lp, finish_name(h->finish)));
@@ -476,7 +514,8 @@ static void emit_choice(completion *c, choice *h, hbuf *out)
     else
         while (t1 < h->consumed && (size_t)h->tok_end[t1] <= h->emitted) t1++;
     if (h->done || text.len > 0) {
-        json_t *lp = c->q.logprobs >= 0 ? logprobs_json(c, h, h->emitted_tokens, t1) : NULL;
+        json_t *lp =
+            c->q.logprobs >= 0 ? logprobs_json(c, h, h->emitted_tokens, t1, 0) : NULL;
         h->emitted_tokens = t1;
         chunk(c, out, h, text.p, text.len, lp, h->done ? finish_name(h->finish) : NULL);
         if (h->done) h->final_sent = 1;
@@ -493,18 +532,22 @@ static int stream_fill(void *cls, hbuf *out)
         return -1;
     }
     for (;;) {
-        if (!c->echo_sent) {
-            c->echo_sent = 1;
-            if (c->q.echo)
-                for (int k = 0; k < c->n_ch; k++) {
-                    creq_prompt *p = &c->q.prompts[c->ch[k].prompt];
-                    chunk(c, out, &c->ch[k], p->text, p->text_len, NULL, NULL);
-                }
-        }
         int all = 1;
         for (int k = 0; k < c->n_ch; k++) {
             choice *h = &c->ch[k];
             pump(c, h);
+            if (c->q.echo && !h->echo_sent) {
+                /* the prompt first; with logprobs once the engine has scored it */
+                int scored = h->consumed > 0 || h->done;
+                if (c->q.logprobs >= 0 && !scored) {
+                    all = 0;
+                    continue;
+                }
+                creq_prompt *p = &c->q.prompts[h->prompt];
+                chunk(c, out, h, p->text, p->text_len,
+                      c->q.logprobs >= 0 ? logprobs_json(c, h, 0, 0, 1) : NULL, NULL);
+                h->echo_sent = 1;
+            }
             int st = failure_status(h);
             if (st) {
                 c->failed_status = st;
