@@ -35,6 +35,7 @@
 #include "http.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <netdb.h>
 #include <poll.h>
 #include <stdio.h>
@@ -73,24 +74,36 @@ struct http_watch {
     metrics *mx;
 };
 
-/* The answer to a request that did not arrive in time. */
+/* Writes a whole JSON error response straight to a socket and asks for the
+ * connection to close: for answers MHD cannot queue (a request that did not
+ * arrive in time, a chunk refused in the middle of an upload). Best effort:
+ * the connection is closed right after either way. */
+static void send_raw_error(int fd, unsigned status, const char *reason, const char *code,
+                           const char *message)
+{
+    char body[512], msg[768];
+    int nb = snprintf(body, sizeof body,
+                      "{\"error\": {\"message\": \"%s\", \"type\": \"invalid_request_error\", "
+                      "\"param\": null, \"code\": \"%s\"}}",
+                      message, code);
+    int n = snprintf(msg, sizeof msg,
+                     "HTTP/1.1 %u %s\r\nContent-Type: application/json\r\n"
+                     "Content-Length: %d\r\nConnection: close\r\n\r\n%s",
+                     status, reason, nb, body);
+    if (nb > 0 && nb < (int)sizeof body && n > 0 && n < (int)sizeof msg) {
+        ssize_t w = send(fd, msg, (size_t)n, MSG_NOSIGNAL | MSG_DONTWAIT);
+        (void)w;
+    }
+}
+
 static void send_timeout(int fd, double timeout_s)
 {
-    char body[320], msg[512];
-    int nb = snprintf(body, sizeof body,
-                      "{\"error\": {\"message\": \"The request (headers and body) was not "
-                      "received within %.0f s (request_timeout_s).\", \"type\": "
-                      "\"invalid_request_error\", \"param\": null, \"code\": "
-                      "\"request_timeout\"}}",
-                      timeout_s);
-    int n = snprintf(msg, sizeof msg,
-                     "HTTP/1.1 408 Request Timeout\r\nContent-Type: application/json\r\n"
-                     "Content-Length: %d\r\nConnection: close\r\n\r\n%s",
-                     nb, body);
-    if (n > 0 && n < (int)sizeof msg) {
-        ssize_t w = send(fd, msg, (size_t)n, MSG_NOSIGNAL | MSG_DONTWAIT);
-        (void)w; /* best effort: the connection is shut down either way */
-    }
+    char m[160];
+    snprintf(m, sizeof m,
+             "The request (headers and body) was not received within %.0f s "
+             "(request_timeout_s).",
+             timeout_s);
+    send_raw_error(fd, 408, "Request Timeout", "request_timeout", m);
 }
 
 static void *watch_main(void *arg)
@@ -743,6 +756,29 @@ static int on_headers(http_req *r, enum MHD_Result *ret)
     return 0;
 }
 
+/* The size the first chunk of a chunked body declares, or 0 when it cannot
+ * be seen. MHD hands out the chunk's data, not its size line; when the data
+ * arrived with the headers, that line lies in MHD's read buffer between the
+ * end of the header block and the data, and is read only when it is that
+ * short. */
+static unsigned long long first_chunk_size(http_req *r, const char *data)
+{
+    const char *te = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND,
+                                                 MHD_HTTP_HEADER_TRANSFER_ENCODING);
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(r->conn, MHD_CONNECTION_INFO_REQUEST_HEADER_SIZE);
+    if (!te || !strstr(te, "chunked") || !ci) return 0;
+    const char *line = r->method + ci->header_size;
+    uintptr_t a = (uintptr_t)line, b = (uintptr_t)data;
+    if (b <= a + 2 || b > a + 80) return 0;
+    unsigned long long v = 0;
+    for (const char *p = line; p < data && hexval(*p) >= 0; p++) {
+        if (v >> 60) return ULLONG_MAX; /* more than 2^64 - 1 */
+        v = v << 4 | (unsigned)hexval(*p);
+    }
+    return v;
+}
+
 static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const char *url,
                                  const char *method, const char *version,
                                  const char *upload_data, size_t *upload_data_size,
@@ -776,6 +812,21 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
     if (*upload_data_size) {
         size_t n = *upload_data_size;
         *upload_data_size = 0;
+        if (!r->body.len && !r->too_large && first_chunk_size(r, upload_data) > r->limit) {
+            /* refused now rather than waited on for bytes that will never fit;
+             * MHD takes no response in the middle of an upload, so it is
+             * written here and the connection closed */
+            if (conn_busy(s, r->hc) < 0 || !r->hc) return MHD_NO;
+            char m[200];
+            snprintf(m, sizeof m,
+                     "The first chunk of the request body declares more than the %zu bytes "
+                     "allowed on %s %s.",
+                     r->limit, r->method, routes[r->route].label);
+            send_raw_error(r->hc->fd, 413, "Content Too Large", "request_too_large", m);
+            metrics_http(s->mx, r->method, routes[r->route].label, 413);
+            r->answered = 1;
+            return MHD_NO;
+        }
         if (r->too_large || r->body.len + n > r->limit) {
             r->too_large = 1;
             r->discarded += n;
