@@ -108,15 +108,21 @@ def store_rows(db):
 
 # ---- fixtures ------------------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("badreq")
+def shipped_registry(tmp):
+    """A registry directory under tmp holding copies of the shipped prefixes."""
     reg = tmp / "registry"
     reg.mkdir()
     src = os.path.join(HERE, "..", "data", "prefixes")
     for f in os.listdir(src):
         with open(os.path.join(src, f), "rb") as a, open(reg / f, "wb") as b:
             b.write(a.read())
+    return reg
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("badreq")
+    reg = shipped_registry(tmp)
     srv = Server(tmp, str(reg), config=CONFIG, keys=[ADMIN])
     body, ctype = multipart([("purpose", "fine-tune")],
                             [("file", "t.jsonl", b'{"prompt": "a", "completion": " b"}\n' * 4,

@@ -5,26 +5,19 @@ tokens when it generated them (decode path vs the prefill path of scoring,
 within 1e-5). The scheduler's unit test compares the same scores with the
 engine stepped one token at a time (tests/unit/test_scheduler.c)."""
 import json
-import os
 
 import pytest
 
 from server_util import Server
+from test_badreq import shipped_registry
 
-HERE = os.path.dirname(os.path.abspath(__file__))
 BASE = "stories260K"
 
 
 @pytest.fixture(scope="module")
 def srv(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("scoring")
-    reg = tmp / "registry"
-    reg.mkdir()
-    src = os.path.join(HERE, "..", "data", "prefixes")
-    for f in os.listdir(src):
-        with open(os.path.join(src, f), "rb") as a, open(reg / f, "wb") as b:
-            b.write(a.read())
-    s = Server(tmp, str(reg))
+    s = Server(tmp_path_factory.mktemp("scoring"), str(shipped_registry(
+        tmp_path_factory.mktemp("scoring-reg"))))
     yield s
     s.stop()
 
