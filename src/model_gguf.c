@@ -305,92 +305,19 @@ static int list_tensors(loader *L)
     return PD_OK;
 }
 
-/* Copies an optional array of n fixed-size elements into a new aligned
- * buffer (*out, NULL when the key is absent). */
-static int copy_array(loader *L, const char *key, int elem_type, uint64_t n, void **out)
-{
-    const void *data;
-    uint64_t count;
-    *out = NULL;
-    if (!pd_gguf_find_kv(L->g, key)) return PD_OK;
-    int rc = pd_gguf_get_arr(L->g, key, elem_type, &data, &count, L->err);
-    if (rc < 0) return rc;
-    if (count != n)
-        return pd_err_set(L->err, PD_EFORMAT, "%s: %s has %llu entries but there are %llu tokens",
-                          L->path, key, (unsigned long long)count, (unsigned long long)n);
-    size_t bytes = (size_t)n * pd_gguf_type_size(elem_type);
-    *out = malloc(bytes ? bytes : 1);
-    if (!*out) return pd_err_set(L->err, PD_ENOMEM, "%s: out of memory", L->path);
-    if (bytes) memcpy(*out, data, bytes);
-    return PD_OK;
-}
-
-/* Checks for the tokenizer and returns its token strings (borrowed). */
+/* Checks that there is a tokenizer and returns its token strings (borrowed);
+ * pd_tokenizer_load_gguf checks the rest. */
 static int find_tokens(loader *L, const pd_gguf_str **tokens, uint64_t *n)
 {
-    pd_gguf_str model;
-    char buf[48];
-    int rc;
     if (!pd_gguf_find_kv(L->g, "tokenizer.ggml.model"))
         return pd_err_set(L->err, PD_ENOTFOUND,
                           "%s: no tokenizer in the file (tokenizer.ggml.model is missing)",
                           L->path);
-    if ((rc = pd_gguf_get_str(L->g, "tokenizer.ggml.model", &model, L->err)) < 0) return rc;
-    if (!pd_gguf_str_eq(model, "llama")) {
-        snprintf(buf, sizeof buf, "%.*s", (int)(model.len < 32 ? model.len : 32), model.ptr);
-        return pd_err_set(L->err, PD_EUNSUPPORTED,
-                          "%s: tokenizer.ggml.model is '%s'; only 'llama' (SentencePiece BPE) "
-                          "is supported",
-                          L->path, buf);
-    }
     if (!pd_gguf_find_kv(L->g, "tokenizer.ggml.tokens"))
         return pd_err_set(L->err, PD_ENOTFOUND,
                           "%s: no tokenizer in the file (tokenizer.ggml.tokens is missing)",
                           L->path);
     return pd_gguf_get_str_arr(L->g, "tokenizer.ggml.tokens", tokens, n, L->err);
-}
-
-static int load_tokenizer(loader *L, const pd_gguf_str *tokens, uint64_t n)
-{
-    const char **pieces = malloc((size_t)n * sizeof *pieces);
-    uint32_t *lens = malloc((size_t)n * sizeof *lens);
-    void *scores = NULL, *types = NULL;
-    int rc = PD_OK;
-    int64_t bos = 1, eos = 2;
-    if (!pieces || !lens) {
-        rc = pd_err_set(L->err, PD_ENOMEM, "%s: out of memory", L->path);
-        goto done;
-    }
-    for (uint64_t i = 0; i < n; i++) {
-        if (tokens[i].len > UINT32_MAX) {
-            rc = pd_err_set(L->err, PD_EFORMAT, "%s: token %llu is %llu bytes long", L->path,
-                            (unsigned long long)i, (unsigned long long)tokens[i].len);
-            goto done;
-        }
-        pieces[i] = tokens[i].ptr;
-        lens[i] = (uint32_t)tokens[i].len;
-    }
-    if ((rc = copy_array(L, "tokenizer.ggml.scores", PD_GGUF_FLOAT32, n, &scores)) < 0 ||
-        (rc = copy_array(L, "tokenizer.ggml.token_type", PD_GGUF_INT32, n, &types)) < 0)
-        goto done;
-    if ((pd_gguf_find_kv(L->g, "tokenizer.ggml.bos_token_id") &&
-         (rc = pd_gguf_get_int(L->g, "tokenizer.ggml.bos_token_id", 0, (int64_t)n - 1, &bos,
-                               L->err)) < 0) ||
-        (pd_gguf_find_kv(L->g, "tokenizer.ggml.eos_token_id") &&
-         (rc = pd_gguf_get_int(L->g, "tokenizer.ggml.eos_token_id", 0, (int64_t)n - 1, &eos,
-                               L->err)) < 0))
-        goto done;
-    pd_err terr;
-    pd_err_clear(&terr);
-    rc = pd_tokenizer_create((int)n, pieces, lens, scores, types, (int)bos, (int)eos, &L->m->tok,
-                             &terr);
-    if (rc < 0) pd_err_set(L->err, rc, "%s: %s", L->path, terr.msg);
-done:
-    free(pieces);
-    free(lens);
-    free(scores);
-    free(types);
-    return rc;
 }
 
 int pd__model_load_gguf(pd_model *m, const char *path, pd_err *err)
@@ -424,7 +351,7 @@ int pd__model_load_gguf(pd_model *m, const char *path, pd_err *err)
     m->cfg.vocab_size = (int)vocab;
     if ((rc = pd_config_validate(&m->cfg, path, err)) >= 0 && (rc = check_variant(&L)) >= 0 &&
         (rc = bind_weights(&L)) >= 0 && (rc = list_tensors(&L)) >= 0)
-        rc = load_tokenizer(&L, tokens, n_tokens);
+        rc = pd_tokenizer_load_gguf(g, &m->tok, err);
 done:
     free(L.b);
     pd_gguf_free(g);
@@ -432,40 +359,6 @@ done:
 }
 
 /* ---- writing ---- */
-
-/* The tokenizer's pieces with ' ' written as U+2581, in one buffer. */
-typedef struct spm_pieces {
-    char *blob;        /* (owned) */
-    const char **ptr;  /* (n) into blob (owned) */
-    uint64_t *len;     /* (n) (owned) */
-} spm_pieces;
-
-static int spm_encode(const pd_tokenizer *tok, int n, spm_pieces *sp)
-{
-    size_t total = 0;
-    for (int i = 0; i < n; i++) {
-        const char *p = pd_tokenizer_piece(tok, i);
-        for (; *p; p++) total += *p == ' ' ? 3 : 1;
-    }
-    sp->blob = malloc(total ? total : 1);
-    sp->ptr = malloc((size_t)n * sizeof *sp->ptr);
-    sp->len = malloc((size_t)n * sizeof *sp->len);
-    if (!sp->blob || !sp->ptr || !sp->len) return PD_ENOMEM;
-    char *dst = sp->blob;
-    for (int i = 0; i < n; i++) {
-        sp->ptr[i] = dst;
-        for (const char *p = pd_tokenizer_piece(tok, i); *p; p++) {
-            if (*p == ' ') {
-                memcpy(dst, "\xe2\x96\x81", 3);
-                dst += 3;
-            } else {
-                *dst++ = *p;
-            }
-        }
-        sp->len[i] = (uint64_t)(dst - sp->ptr[i]);
-    }
-    return PD_OK;
-}
 
 typedef struct out_tensor {
     char name[64];
@@ -496,43 +389,6 @@ static int add_metadata(pd_gguf_writer *w, const pd_model *m, int dtype, const c
         (rc = pd_gguf_add_u32(w, "llama.vocab_size", (uint32_t)c->vocab_size, err)) < 0)
         return rc;
     return PD_OK;
-}
-
-static int add_tokenizer(pd_gguf_writer *w, const pd_tokenizer *tok, const char *path,
-                         pd_err *err)
-{
-    int n = pd_tokenizer_vocab_size(tok);
-    spm_pieces sp = {0};
-    float *scores = malloc((size_t)n * sizeof *scores);
-    int32_t *types = malloc((size_t)n * sizeof *types);
-    int rc;
-    if (!scores || !types || spm_encode(tok, n, &sp) < 0) {
-        rc = pd_err_set(err, PD_ENOMEM, "%s: out of memory for the tokenizer", path);
-        goto done;
-    }
-    for (int i = 0; i < n; i++) {
-        scores[i] = pd_tokenizer_score(tok, i);
-        types[i] = pd_tokenizer_type(tok, i);
-    }
-    if ((rc = pd_gguf_add_str(w, "tokenizer.ggml.model", "llama", err)) >= 0 &&
-        (rc = pd_gguf_add_arr_str(w, "tokenizer.ggml.tokens", sp.ptr, sp.len, (uint64_t)n,
-                                  err)) >= 0 &&
-        (rc = pd_gguf_add_arr_f32(w, "tokenizer.ggml.scores", scores, (uint64_t)n, err)) >= 0 &&
-        (rc = pd_gguf_add_arr_i32(w, "tokenizer.ggml.token_type", types, (uint64_t)n, err)) >=
-            0 &&
-        (rc = pd_gguf_add_u32(w, "tokenizer.ggml.bos_token_id",
-                              (uint32_t)pd_tokenizer_bos(tok), err)) >= 0 &&
-        (rc = pd_gguf_add_u32(w, "tokenizer.ggml.eos_token_id",
-                              (uint32_t)pd_tokenizer_eos(tok), err)) >= 0 &&
-        (rc = pd_gguf_add_bool(w, "tokenizer.ggml.add_bos_token", 1, err)) >= 0)
-        rc = pd_gguf_add_bool(w, "tokenizer.ggml.add_eos_token", 0, err);
-done:
-    free(sp.blob);
-    free(sp.ptr);
-    free(sp.len);
-    free(scores);
-    free(types);
-    return rc;
 }
 
 int pd_gguf_write_model(const pd_model *m, const char *path, int dtype, const char *name,
@@ -596,7 +452,7 @@ int pd_gguf_write_model(const pd_model *m, const char *path, int dtype, const ch
 
     if ((rc = pd_gguf_writer_create(&w, err)) < 0 ||
         (rc = add_metadata(w, m, dtype, name ? name : m->id, err)) < 0 ||
-        (rc = add_tokenizer(w, m->tok, path, err)) < 0)
+        (rc = pd_tokenizer_write_gguf(m->tok, w, err)) < 0)
         goto done;
     uint16_t *next = narrow;
     for (int i = 0; i < k; i++) {

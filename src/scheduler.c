@@ -263,7 +263,7 @@ static void top_logprobs(const float *logits, int V, int n, pd_token_out *o)
 static void engine_iteration(pd_sched *s)
 {
     const int V = s->m->cfg.vocab_size;
-    const int bos = pd_tokenizer_bos(s->m->tok), eos = pd_tokenizer_eos(s->m->tok);
+    const int bos = pd_tokenizer_bos(s->m->tok);
     /* cancelled sequences leave first */
     for (int i = 0; i < s->n_running;) {
         if (atomic_load(&s->slots[i].rq->cancel))
@@ -368,7 +368,7 @@ static void engine_iteration(pd_sched *s)
         o.id = pd_sampler_sample(&sl->sampler, lg, &o.logprob);
         if (rq->top_logprobs > 0) top_logprobs(lg, V, rq->top_logprobs, &o);
         int finish = PD_FINISH_REASON_NONE;
-        if (o.id == eos || o.id == bos) {
+        if (pd_tokenizer_is_eog(s->m->tok, o.id) || o.id == bos) {
             finish = PD_FINISH_REASON_STOP;
         } else {
             pthread_mutex_lock(&rq->mu);
