@@ -10,5 +10,6 @@ int cmd_convert(int argc, char **argv);
 int cmd_prefix(int argc, char **argv);
 int cmd_serve(int argc, char **argv);
 int cmd_train(int argc, char **argv);
+int cmd_template(int argc, char **argv);
 
 #endif

@@ -26,6 +26,8 @@ static const char usage[] =
     "            [--epochs N] [--batch-size B] [--lr X] [--projection --hidden H]\n"
     "            [--init-text TEXT] [--seed S] [--threads N] [--checkpoint FILE]\n"
     "            learn a task prefix from JSONL data (base model frozen)\n"
+    "  template  [--model M] --messages FILE.json [--template FILE|NAME] [--no-generation-prompt]\n"
+    "            print the prompt a chat template makes of a conversation\n"
     "  serve     [--config FILE] [--listen HOST:PORT] [--model PATH] [--registry DIR] ...\n"
     "            the OpenAI-compatible HTTP server (prefixd serve --help: every flag)\n";
 
@@ -43,6 +45,7 @@ int main(int argc, char **argv)
     if (!strcmp(cmd, "convert")) return cmd_convert(argc - 1, argv + 1);
     if (!strcmp(cmd, "prefix")) return cmd_prefix(argc - 1, argv + 1);
     if (!strcmp(cmd, "train")) return cmd_train(argc - 1, argv + 1);
+    if (!strcmp(cmd, "template")) return cmd_template(argc - 1, argv + 1);
     if (!strcmp(cmd, "serve")) return cmd_serve(argc - 1, argv + 1);
     fprintf(stderr, "prefixd: unknown command '%s'\n%s", cmd, usage);
     return 2;
