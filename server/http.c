@@ -290,6 +290,9 @@ typedef struct route_def {
 
 static const route_def routes[] = {
     {"POST", "/v1/completions", "/v1/completions", route_completions, AUTH_KEY, BODY_JSON, 1},
+    {"POST", "/v1/chat/completions", "/v1/chat/completions", route_chat_completions, AUTH_KEY,
+     BODY_JSON, 1},
+    {"POST", "/apply-template", "/apply-template", route_apply_template, AUTH_KEY, BODY_JSON, 1},
     {"GET", "/v1/models", "/v1/models", route_models_list, AUTH_KEY, BODY_NONE, 1},
     {"GET", "/v1/models/{}", "/v1/models/{id}", route_models_get, AUTH_KEY, BODY_NONE, 1},
     {"GET", "/v1/prefixes", "/v1/prefixes", route_prefixes_list, AUTH_KEY, BODY_NONE, 1},

@@ -137,6 +137,8 @@ long long http_unix_now(void);
 /* ---- routes (routes_*.c) ----------------------------------------------- */
 
 enum MHD_Result route_completions(http_req *r);     /* POST /v1/completions */
+enum MHD_Result route_chat_completions(http_req *r); /* POST /v1/chat/completions */
+enum MHD_Result route_apply_template(http_req *r);  /* POST /apply-template */
 enum MHD_Result route_models_list(http_req *r);     /* GET /v1/models */
 enum MHD_Result route_models_get(http_req *r);      /* GET /v1/models/{id} */
 enum MHD_Result route_prefixes_list(http_req *r);   /* GET /v1/prefixes */
