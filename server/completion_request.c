@@ -209,6 +209,16 @@ int creq_parse_params(creq *q, json_t *body, const creq_limits *lim, creq_error 
     return check_unsupported(q, body, e);
 }
 
+/* Copies text into p->text (allocated len + 1 bytes) and counts its code
+ * points. */
+static void keep_text(creq_prompt *p, const char *text, size_t len)
+{
+    memcpy(p->text, text, len);
+    p->text[len] = 0;
+    p->text_len = len;
+    p->text_chars = utf8_chars(text, len);
+}
+
 int creq_parse_chat_params(creq *q, json_t *body, const creq_limits *lim, creq_error *e)
 {
     static const char *const not_chat[] = {"prompt", "echo", "suffix", "best_of"};
@@ -286,10 +296,7 @@ int creq_chat_prompt(creq *q, const char *text, size_t len, const pd_tokenizer *
         return creq_reject(e, 400, "messages", "invalid_value",
                            "The rendered conversation is empty.");
     p->n = n;
-    memcpy(p->text, text, len);
-    p->text[len] = 0;
-    p->text_len = len;
-    p->text_chars = utf8_chars(text, len);
+    keep_text(p, text, len);
     return 0;
 }
 
@@ -323,10 +330,7 @@ static int add_text_prompt(creq *q, creq_prompt *p, const char *text, size_t len
                            "at least one token of its own.",
                            q->model_name);
     p->n = n;
-    memcpy(p->text, text, len);
-    p->text[len] = 0;
-    p->text_len = len;
-    p->text_chars = utf8_chars(text, len);
+    keep_text(p, text, len);
     return 0;
 }
 

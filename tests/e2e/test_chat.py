@@ -1,0 +1,145 @@
+"""POST /v1/chat/completions end to end: the official OpenAI Node client's chat
+calls (plain, streamed with usage, n > 1, a task, a refused response_format);
+greedy chat output equals /v1/completions on the prompt /apply-template
+renders; generation stops at the end of the turn; chat errors have OpenAI's
+shape. The shipped stories260K has no chat template, so the ChatML built-in
+renders the conversation; its <|im_end|> is no token of that vocabulary, so
+the end of turn is also a stop string."""
+import json
+import os
+import shutil
+import subprocess
+
+import pytest
+
+from conftest import ROOT
+from server_util import Server
+from test_badreq import shipped_registry
+
+BASE = "stories260K"
+MSGS = [{"role": "system", "content": "You tell stories."},
+        {"role": "user", "content": "Tell me about a dog."}]
+
+
+@pytest.fixture(scope="module")
+def srv(tmp_path_factory):
+    s = Server(tmp_path_factory.mktemp("chat"),
+               str(shipped_registry(tmp_path_factory.mktemp("chat-reg"))))
+    yield s
+    s.stop()
+
+
+def chat(srv, **params):
+    r = srv.request("POST", "/v1/chat/completions", params)
+    assert r.status == 200, (r.status, r.body)
+    return r.json()
+
+
+def rendered(srv, messages, generation_prompt=True):
+    r = srv.request("POST", "/apply-template", {"messages": messages,
+                                                "add_generation_prompt": generation_prompt})
+    assert r.status == 200, r.body
+    return r.json()["prompt"]
+
+
+def test_apply_template_is_chatml(srv):
+    assert rendered(srv, MSGS) == ("<|im_start|>system\nYou tell stories.<|im_end|>\n"
+                                   "<|im_start|>user\nTell me about a dog.<|im_end|>\n"
+                                   "<|im_start|>assistant\n")
+    assert not rendered(srv, MSGS, False).endswith("assistant\n")
+
+
+@pytest.mark.parametrize("model", [BASE, "dragon"])
+def test_greedy_chat_equals_completion_of_rendered_prompt(srv, model):
+    c = chat(srv, model=model, messages=MSGS, max_tokens=24, temperature=0)
+    want = srv.complete(model=model, prompt=rendered(srv, MSGS), max_tokens=24, temperature=0,
+                        stop=["<|im_end|>"])
+    assert c["object"] == "chat.completion" and c["id"].startswith("chatcmpl-")
+    assert c["choices"][0]["message"] == {"role": "assistant",
+                                          "content": want["choices"][0]["text"]}
+    assert c["choices"][0]["finish_reason"] == want["choices"][0]["finish_reason"]
+    assert c["usage"] == want["usage"]
+
+
+def test_stops_at_end_of_turn(srv):
+    # this greedy story ends with the model's end-of-generation token (EOS)
+    # before max_tokens: the turn ends there with "stop", exactly where the
+    # completion of the rendered prompt ends
+    msgs = [{"role": "user", "content": "The end."}]
+    c = chat(srv, model=BASE, messages=msgs, max_tokens=460, temperature=0)
+    assert c["choices"][0]["finish_reason"] == "stop"
+    assert c["usage"]["completion_tokens"] < 460
+    want = srv.complete(model=BASE, prompt=rendered(srv, msgs), max_tokens=460, temperature=0)
+    assert want["choices"][0]["finish_reason"] == "stop"
+    assert want["usage"]["completion_tokens"] == c["usage"]["completion_tokens"]
+    # and a stop string ends it too, cut before the string
+    text = c["choices"][0]["message"]["content"]
+    word = text.split()[3]
+    s = chat(srv, model=BASE, messages=msgs, max_tokens=400, temperature=0, stop=[word])
+    assert s["choices"][0]["finish_reason"] == "stop"
+    assert s["choices"][0]["message"]["content"] == text[:text.index(word)]
+
+
+def test_stream_equals_whole_and_logprobs(srv):
+    params = dict(model=BASE, messages=MSGS, max_tokens=12, temperature=0, logprobs=True,
+                  top_logprobs=2)
+    whole = chat(srv, **params)
+    r = srv.request("POST", "/v1/chat/completions", dict(params, stream=True))
+    assert r.status == 200
+    events = [e[len("data: "):] for e in r.body.decode().split("\n\n") if e]
+    assert events[-1] == "[DONE]"
+    chunks = [json.loads(e) for e in events[:-1]]
+    assert all(c["object"] == "chat.completion.chunk" for c in chunks)
+    assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
+    text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks)
+    assert text == whole["choices"][0]["message"]["content"]
+    lp = [t for c in chunks if c["choices"][0]["logprobs"]
+          for t in c["choices"][0]["logprobs"]["content"]]
+    assert lp == whole["choices"][0]["logprobs"]["content"]
+    assert len(lp) == whole["usage"]["completion_tokens"]
+    for t in lp:
+        assert bytes(t["bytes"]).decode("utf-8", "replace") == t["token"] or t["bytes"]
+        assert len(t["top_logprobs"]) == 2 and t["logprob"] <= 0
+
+
+@pytest.mark.parametrize("params,param", [
+    ({"messages": "hi"}, "messages"),
+    ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]},
+     "messages"),
+    ({"messages": MSGS, "response_format": {"type": "json_schema"}}, "response_format"),
+    ({"messages": MSGS, "top_logprobs": 2}, "top_logprobs"),
+    ({"messages": MSGS, "logprobs": True, "top_logprobs": 9}, "top_logprobs"),
+    ({"messages": MSGS, "prompt": "x"}, "prompt"),
+    ({"messages": MSGS, "n": 0}, "n"),
+    ({}, "messages"),
+])
+def test_chat_errors(srv, params, param):
+    r = srv.request("POST", "/v1/chat/completions", dict({"model": BASE}, **params))
+    assert r.status == 400, r.body
+    err = r.json()["error"]
+    assert err["param"] == param and err["type"] == "invalid_request_error", err
+
+
+def test_official_client(srv):
+    node = shutil.which("node")
+    if not node:
+        pytest.skip("node is not installed")
+    e2e = os.path.join(ROOT, "tests", "e2e")
+    env = dict(os.environ, PREFIXD_URL=srv.url, PREFIXD_BASE=BASE, PREFIXD_TASK="dragon")
+    p = subprocess.run([node, os.path.join(e2e, "openai_chat.mjs")], capture_output=True,
+                       text=True, timeout=120, env=env)
+    assert p.returncode == 0, p.stderr
+    out = json.loads(p.stdout)
+    want = chat(srv, model=BASE, messages=MSGS, max_tokens=16, temperature=0)
+    content = want["choices"][0]["message"]["content"]
+    assert out["plain"]["object"] == "chat.completion"
+    assert out["plain"]["message"]["role"] == "assistant"
+    assert out["plain"]["message"]["content"] == content
+    assert out["stream"] == {"text": content, "role": "assistant",
+                             "finish": out["plain"]["finish"], "usage": out["plain"]["usage"]}
+    assert [c["index"] for c in out["many"]] == [0, 1, 2]
+    assert len({c["content"] for c in out["many"]}) > 1  # sampled choices differ
+    task = chat(srv, model="dragon", messages=MSGS, max_tokens=16, temperature=0)
+    assert out["task"] == {"model": "dragon", "content": task["choices"][0]["message"]["content"]}
+    assert out["task"]["content"] != content  # the prefix changes the answer
+    assert out["error"]["status"] == 400 and out["error"]["param"] == "response_format"
