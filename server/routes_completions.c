@@ -695,6 +695,9 @@ static int render_chat(completion *c, json_t *body, int generation_prompt, char 
     if (!msgs || json_is_null(msgs))
         return creq_reject(&c->err, 400, "messages", "missing_required_parameter",
                            "You must provide 'messages': an array of {role, content} objects.");
+    if (json_is_array(msgs) && json_array_size(msgs) == 0)
+        return creq_reject(&c->err, 400, "messages", "invalid_value",
+                           "'messages' must hold at least one message.");
     json_t *tools = json_object_get(body, "tools");
     if (tools && !json_is_null(tools) && !json_is_array(tools))
         return creq_reject(&c->err, 400, "tools", "invalid_type", "'tools' must be an array.");

@@ -160,6 +160,10 @@ def body_of(kind, env):
     if kind == "completion":
         return json.dumps({"model": "stories260K", "prompt": "Once", "max_tokens": 2}).encode(), \
             "application/json"
+    if kind == "chat":
+        return json.dumps({"model": "stories260K", "max_tokens": 2,
+                           "messages": [{"role": "user", "content": "Hi"}]}).encode(), \
+            "application/json"
     if kind == "from_prompt":
         return json.dumps({"from_prompt": "Once upon a time"}).encode(), "application/json"
     if kind == "job":
@@ -234,7 +238,7 @@ def request_bytes(case, env):
 def test_suite_size():
     assert len(ALL) >= 150, len(ALL)
     routes = {(m, p) for m, p, _, _ in json.load(open(CASES))["matrix"]["routes"]}
-    assert len(routes) >= 19  # every route of the server
+    assert len(routes) >= 21  # every route of the server
 
 
 @pytest.mark.parametrize("case", ALL, ids=[c["name"] for c in ALL])
