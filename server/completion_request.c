@@ -269,6 +269,8 @@ int creq_parse_chat_params(creq *q, json_t *body, const creq_limits *lim, creq_e
         json_object_del(copy, "logprobs");
     int rc = creq_parse_params(q, copy, lim, e);
     json_decref(copy);
+    if (rc < 0 && mct && !json_is_null(mct) && e->param && !strcmp(e->param, "max_tokens"))
+        e->param = "max_completion_tokens"; /* name what the client sent */
     return rc;
 }
 

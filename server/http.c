@@ -650,6 +650,11 @@ static enum MHD_Result scan_value(void *cls, enum MHD_ValueKind kind, const char
 static int check_request_bytes(http_req *r, enum MHD_Result *ret)
 {
     const srv_config *c = r->s->cfg;
+    if (!r->hc) { /* the connection's state could not be allocated: no checks, no service */
+        *ret = http_send_error(r, 503, NULL, "out_of_memory",
+                               "The server is out of memory; retry later.");
+        return -1;
+    }
     scan q = {0}, h = {0};
     MHD_get_connection_values_n(r->conn, MHD_GET_ARGUMENT_KIND, scan_value, &q);
     MHD_get_connection_values_n(r->conn, MHD_HEADER_KIND, scan_value, &h);
@@ -675,9 +680,9 @@ static int check_request_bytes(http_req *r, enum MHD_Result *ret)
     }
     /* a raw NUL in the request line cuts the URI MHD logged short of the
      * space before the version */
-    int raw_nul = r->hc && r->hc->raw_uri && r->version &&
+    int raw_nul = r->hc->raw_uri && r->version &&
                   (uintptr_t)r->hc->raw_uri + r->hc->raw_uri_len + 1 != (uintptr_t)r->version;
-    if ((r->hc && r->hc->bad_bytes) || raw_nul || has_ctl(r->url, strlen(r->url), 0)) {
+    if (r->hc->bad_bytes || raw_nul || has_ctl(r->url, strlen(r->url), 0)) {
         *ret = http_send_error(r, 400, "path", "invalid_characters",
                                "The request path or query holds a NUL or another control byte "
                                "(raw or %%-encoded); such requests are refused.");
