@@ -35,6 +35,8 @@ LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/%.o)
 SRV_OBJ  := $(SRV_SRC:%.c=$(BUILD)/%.o)
 TEST_BIN := $(TEST_SRC:tests/unit/%.c=$(BUILD)/tests/%)
 BENCH_BIN := $(BUILD)/bench/prefixd-bench
+SYNTH_BIN := $(BUILD)/tools/prefixd-synth
+SYNTH_OBJ := $(BUILD)/tests/tools/synth_model.o
 
 MODEL     ?= models/stories260K/stories260K.bin
 TOKENIZER ?= models/stories260K/tok512.bin
@@ -54,10 +56,12 @@ $(BUILD)/vocab/qwen3.gguf: $(NPM_TOK)/tokenizer-qwen3/models/tokenizer.json test
 	@mkdir -p $(@D)
 	$(PYTHON) tests/tools/vocab_from_hf.py $(<D) $@ --pre qwen2 --arch qwen3 --name qwen3-vocab
 
-all: $(BUILD)/prefixd $(BUILD)/libprefixd.a $(TEST_BIN)
+all: $(BUILD)/prefixd $(BUILD)/libprefixd.a $(TEST_BIN) $(SYNTH_BIN)
 
+# rebuilt from scratch: a source file removed must not leave its object behind
 $(BUILD)/libprefixd.a: $(LIB_OBJ)
 	@mkdir -p $(@D)
+	@rm -f $@
 	$(AR) rcs $@ $^
 
 $(BUILD)/prefixd: $(SRV_OBJ) $(BUILD)/libprefixd.a
@@ -73,13 +77,35 @@ $(BUILD)/tests/test_multipart: $(BUILD)/tests/unit/test_multipart.o $(BUILD)/ser
 	@mkdir -p $(@D)
 	$(CC) $(LDFLAGS) -o $@ $(filter %.o,$^) $(BUILD)/libprefixd.a $(LDLIBS)
 
-$(BENCH_BIN): $(BENCH_SRC:%.c=$(BUILD)/%.o) $(BUILD)/libprefixd.a
+# test models: random weights, any architecture, a real vocabulary (tests/tools)
+$(SYNTH_BIN): $(BUILD)/tests/tools/synth.o $(SYNTH_OBJ) $(BUILD)/libprefixd.a
+	@mkdir -p $(@D)
+	$(CC) $(LDFLAGS) -o $@ $(filter %.o,$^) $(BUILD)/libprefixd.a $(LDLIBS)
+
+$(BUILD)/tests/test_arch: $(BUILD)/tests/unit/test_arch.o $(SYNTH_OBJ) $(BUILD)/libprefixd.a
+	@mkdir -p $(@D)
+	$(CC) $(LDFLAGS) -o $@ $(filter %.o,$^) $(BUILD)/libprefixd.a $(LDLIBS)
+
+$(BUILD)/tests/test_backprop: $(BUILD)/tests/unit/test_backprop.o $(SYNTH_OBJ) $(BUILD)/libprefixd.a
+	@mkdir -p $(@D)
+	$(CC) $(LDFLAGS) -o $@ $(filter %.o,$^) $(BUILD)/libprefixd.a $(LDLIBS)
+
+$(BENCH_BIN): $(BENCH_SRC:%.c=$(BUILD)/%.o) $(SYNTH_OBJ) $(BUILD)/libprefixd.a
 	@mkdir -p $(@D)
 	$(CC) $(LDFLAGS) -o $@ $(filter %.o,$^) $(BUILD)/libprefixd.a $(LDLIBS)
 
 $(BUILD)/%.o: %.c
 	@mkdir -p $(@D)
 	$(CC) $(CFLAGS) -c -o $@ $<
+
+# The weight kernels of each instruction set (chosen at run time, qmatmul.c).
+# No contraction into FMA outside the intrinsics: every kernel dequantises to
+# the same floats. -O3 lets the dequantisers vectorise (not under sanitizers).
+QMM_FLAGS = -ffp-contract=off $(if $(SAN),,-O3)
+$(BUILD)/src/qmatmul_avx2.o: CFLAGS += -mavx2 -mfma -mf16c $(QMM_FLAGS)
+$(BUILD)/src/qmatmul_avx512.o: CFLAGS += -mavx2 -mfma -mf16c -mavx512f -mavx512bw -mavx512vl \
+                                         -mavx512dq $(QMM_FLAGS)
+$(BUILD)/src/qmatmul.o: CFLAGS += $(QMM_FLAGS)
 
 # Installs only what is missing; works as root on a fresh Debian 12 (sudo otherwise).
 deps:
@@ -114,7 +140,7 @@ unit: $(TEST_BIN) $(VOCABS)
 	@PD_VOCAB_DIR=$(BUILD)/vocab sh tests/run_unit.sh $(TEST_BIN)
 	$(MAKE) fuzz-regress
 
-e2e: $(BUILD)/prefixd $(VOCABS)
+e2e: $(BUILD)/prefixd $(VOCABS) $(SYNTH_BIN)
 	PD_VOCAB_DIR=$(BUILD)/vocab PREFIXD_BIN=$(BUILD)/prefixd $(PYTHON) -m pytest -q tests/e2e
 
 asan: deps

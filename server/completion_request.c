@@ -321,7 +321,9 @@ static int add_text_prompt(creq *q, creq_prompt *p, const char *text, size_t len
     int cap = (int)(len < (size_t)(1 << 28) ? len : (size_t)(1 << 28)) + 3;
     if (!(p->tokens = malloc((size_t)cap * sizeof *p->tokens)) || !(p->text = malloc(len + 1)))
         return creq_reject(e, 503, NULL, "out_of_memory", "The server is out of memory.");
-    int n = pd_tokenizer_encode(tok, text, len, bos, 0, p->tokens, cap);
+    int n = pd_tokenizer_encode_flags(tok, text, len,
+                                      PD_TOK_PARSE_SPECIAL | (bos ? PD_TOK_ADD_SPECIAL : 0),
+                                      p->tokens, cap);
     if (n < 0 || n > cap)
         return creq_reject(e, 400, "prompt", "invalid_value", "prompt[%d] cannot be tokenized.",
                            idx);

@@ -320,6 +320,8 @@ static const route_def routes[] = {
      route_jobs_cancel, AUTH_ADMIN, BODY_NONE, 1},
     {"GET", "/health", "/health", route_health, AUTH_OPEN, BODY_NONE, 0},
     {"GET", "/metrics", "/metrics", route_metrics, AUTH_OPEN, BODY_NONE, 0},
+    {"POST", "/tokenize", "/tokenize", route_tokenize, AUTH_KEY, BODY_JSON, 1},
+    {"POST", "/detokenize", "/detokenize", route_detokenize, AUTH_KEY, BODY_JSON, 1},
 };
 #define N_ROUTES ((int)(sizeof routes / sizeof routes[0]))
 #define ROUTE_NONE (-1)

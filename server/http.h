@@ -157,6 +157,8 @@ enum MHD_Result route_jobs_events(http_req *r);     /* GET /v1/fine_tuning/jobs/
 enum MHD_Result route_jobs_cancel(http_req *r);     /* POST /v1/fine_tuning/jobs/{id}/cancel */
 enum MHD_Result route_health(http_req *r);          /* GET /health */
 enum MHD_Result route_metrics(http_req *r);         /* GET /metrics */
+enum MHD_Result route_tokenize(http_req *r);        /* POST /tokenize */
+enum MHD_Result route_detokenize(http_req *r);      /* POST /detokenize */
 
 /* Answers a job-store failure (routes_files.c): PD_EINVAL 400 (with the
  * parameter named at the start of the message as "param"), PD_ENOTFOUND

@@ -4,7 +4,9 @@
  * Dimension letters: T tokens in the step, C = dim, KV = kv_dim,
  * H = hidden_dim, V = vocab_size, hd = head_dim, P = prefix slots.
  * Per layer: xb = rmsnorm(x); q,k,v = xb·W^T (one sgemm each, all T rows);
- * rotary on q,k at position P + pos; K/V rows stored in each token's cache;
+ * the architecture's biases and q/k head norms, then rotary on q,k at
+ * position P + pos (pd__qkv_finish, ops.c); q and the attention output
+ * are QD = q_dim wide; K/V rows stored in each token's cache;
  * attention per token and head over P prefix slots then cache 0..pos;
  * x += att·wo^T; x += (silu(xb·w1^T) ⊙ xb·w3^T)·w2^T. Logits only for the
  * rows that asked for them. The float operations mirror llama2.c run.c so
@@ -23,9 +25,9 @@ struct pd_engine {
     const pd_model *m;
     int max_tokens;
     float *x;       /* (T, C) residual stream */
-    float *xb;      /* (T, C) normed input / attention output */
+    float *xb;      /* (T, max(C, QD)) normed input / attention output */
     float *xb2;     /* (T, C) projection output */
-    float *q;       /* (T, C) */
+    float *q;       /* (T, QD) QD = q_dim (== C unless the head size is explicit) */
     float *k;       /* (T, KV) */
     float *v;       /* (T, KV) */
     float *hb;      /* (T, H) */
@@ -105,10 +107,11 @@ int pd_engine_create(const pd_model *m, const pd_engine_params *params, pd_engin
     }
     e->n_threads = pd_pool_threads(e->pool);
     size_t T = (size_t)max_tokens, C = (size_t)c->dim, KV = (size_t)c->kv_dim;
-    size_t H = (size_t)c->hidden_dim, V = (size_t)c->vocab_size;
+    size_t H = (size_t)c->hidden_dim, V = (size_t)c->vocab_size, QD = (size_t)c->q_dim;
+    const size_t CQ = QD > C ? QD : C;
     /* attention scores: prefix slots are bounded by the context as well */
     e->att_cap = 2 * c->seq_len;
-    size_t sizes[] = {T * C, T * C, T * C, T * C, T * KV, T * KV, T * H, T * H,
+    size_t sizes[] = {T * C, T * CQ, T * C, T * QD, T * KV, T * KV, T * H, T * H,
                       T * (size_t)c->head_dim, (size_t)e->n_threads * e->att_cap, T * C, T * V};
     size_t total = 0;
     for (size_t i = 0; i < sizeof sizes / sizeof *sizes; i++) total += (sizes[i] + 15) & ~(size_t)15;
@@ -161,7 +164,7 @@ static void attend_token(void *ctx, int task, int thread)
     const int t = task < half ? 2 * task : 2 * (task - half) + 1;
     pd_engine *e = j->e;
     const pd_config *c = &e->m->cfg;
-    const int l = j->l, C = c->dim, KV = c->kv_dim, hd = c->head_dim;
+    const int l = j->l, QD = c->q_dim, KV = c->kv_dim, hd = c->head_dim;
     const int n_rep = c->n_heads / c->n_kv_heads;
     const pd_seq *s = j->b->seqs[t];
     const int P = s->n_prefix, n_ctx = j->b->pos[t] + 1;
@@ -171,9 +174,9 @@ static void attend_token(void *ctx, int task, int thread)
     for (int h = 0; h < c->n_heads; h++) {
         const int g = h / n_rep;
         const size_t pg = (((size_t)l * c->n_kv_heads + g) * P) * hd;
-        pd__attend_head(e->q + (size_t)t * C + (size_t)h * hd, P ? s->prefix_k + pg : NULL,
+        pd__attend_head(e->q + (size_t)t * QD + (size_t)h * hd, P ? s->prefix_k + pg : NULL,
                         P ? s->prefix_v + pg : NULL, P, kc + (size_t)g * hd, vc + (size_t)g * hd,
-                        (size_t)KV, n_ctx, hd, att, e->xb + (size_t)t * C + (size_t)h * hd);
+                        (size_t)KV, n_ctx, hd, att, e->xb + (size_t)t * QD + (size_t)h * hd);
     }
 }
 
@@ -196,6 +199,11 @@ static int check_batch(const pd_engine *e, const pd_batch *b, pd_err *err)
         if (s->n_prefix + s->cap > e->att_cap)
             return pd_err_set(err, PD_EINVAL, "token %d: prefix of %d slots is too long", i,
                               s->n_prefix);
+        if (c->sliding_window > 0 && s->n_prefix + pos >= c->sliding_window)
+            return pd_err_set(err, PD_ERANGE,
+                              "token %d: position %d (prefix %d + index %d) is outside the "
+                              "model's sliding window of %d tokens",
+                              i, s->n_prefix + pos, s->n_prefix, pos, c->sliding_window);
         /* the previous token of the same sequence in this step must be pos-1;
          * the first must continue the cache */
         int j = i - 1;
@@ -219,22 +227,19 @@ int pd_engine_step(pd_engine *e, const pd_batch *b, const float **logits, pd_err
     const int T = b->n, C = c->dim, KV = c->kv_dim, H = c->hidden_dim, hd = c->head_dim;
 
     for (int t = 0; t < T; t++) {
-        memcpy(e->x + (size_t)t * C, m->w.token_embedding + (size_t)b->tokens[t] * C,
-               (size_t)C * sizeof(float));
+        pd_wmat_row_f32(&m->w.token_embedding, b->tokens[t], e->x + (size_t)t * C);
         /* rotary table of this token's absolute position */
-        pd__rope_table(e->rope + (size_t)t * hd, b->seqs[t]->n_prefix + b->pos[t], hd,
-                       c->rope_base);    }
+        pd__rope_table_ext(e->rope + (size_t)t * hd, b->seqs[t]->n_prefix + b->pos[t], hd,
+                           c->rope_base, c->rope_freq_scale, m->w.rope_freqs);
+    }
 
     for (int l = 0; l < c->n_layers; l++) {
         const pd_layer_weights *w = &m->w.layers[l];
         pd__rmsnorm_rows(e->xb, NULL, e->x, w->rms_att, T, C, c->norm_eps);
-        pd_matmul(e->pool, e->q, e->xb, w->wq, T, C, C);
-        pd_matmul(e->pool, e->k, e->xb, w->wk, T, C, KV);
-        pd_matmul(e->pool, e->v, e->xb, w->wv, T, C, KV);
+        pd_wmatmul_n(e->pool, 3, (float *const[]){e->q, e->k, e->v}, e->xb,
+                     (const pd_wmat *const[]){&w->wq, &w->wk, &w->wv}, T);
+        pd__qkv_finish(m, l, e->q, e->k, e->v, T, e->rope, NULL);
         for (int t = 0; t < T; t++) {
-            const float *cs = e->rope + (size_t)t * hd;
-            pd__rope_apply(e->q + (size_t)t * C, C, hd, cs, 1.0f);
-            pd__rope_apply(e->k + (size_t)t * KV, KV, hd, cs, 1.0f);
             pd_seq *s = b->seqs[t];
             size_t at = ((size_t)l * s->cap + (size_t)b->pos[t]) * KV;
             memcpy(s->k_cache + at, e->k + (size_t)t * KV, (size_t)KV * sizeof(float));
@@ -242,18 +247,18 @@ int pd_engine_step(pd_engine *e, const pd_batch *b, const float **logits, pd_err
         }
         attn_job aj = {e, b, l};
         pd_pool_run(T * (double)C > 4096 ? e->pool : NULL, attend_token, &aj, T);
-        pd_matmul(e->pool, e->xb2, e->xb, w->wo, T, C, C);
+        pd_wmatmul(e->pool, e->xb2, e->xb, &w->wo, T);
         for (size_t i = 0; i < (size_t)T * C; i++) e->x[i] += e->xb2[i];
 
         pd__rmsnorm_rows(e->xb, NULL, e->x, w->rms_ffn, T, C, c->norm_eps);
-        pd_matmul(e->pool, e->hb, e->xb, w->w1, T, C, H);
-        pd_matmul(e->pool, e->hb2, e->xb, w->w3, T, C, H);
+        pd_wmatmul_n(e->pool, 2, (float *const[]){e->hb, e->hb2}, e->xb,
+                     (const pd_wmat *const[]){&w->w1, &w->w3}, T);
         for (size_t i = 0; i < (size_t)T * H; i++) {
             float val = e->hb[i];
             val *= (1.0f / (1.0f + expf(-val)));
             e->hb[i] = val * e->hb2[i];
         }
-        pd_matmul(e->pool, e->xb2, e->hb, w->w2, T, H, C);
+        pd_wmatmul(e->pool, e->xb2, e->hb, &w->w2, T);
         for (size_t i = 0; i < (size_t)T * C; i++) e->x[i] += e->xb2[i];
     }
 
@@ -268,7 +273,7 @@ int pd_engine_step(pd_engine *e, const pd_batch *b, const float **logits, pd_err
                      c->norm_eps);
         n_out++;
     }
-    if (n_out > 0) pd_matmul(e->pool, e->logits, e->xl, m->w.wcls, n_out, C, c->vocab_size);
+    if (n_out > 0) pd_wmatmul(e->pool, e->logits, e->xl, &m->w.wcls, n_out);
     *logits = e->logits;
     return n_out;
 }
