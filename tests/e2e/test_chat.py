@@ -12,7 +12,7 @@ import subprocess
 
 import pytest
 
-from conftest import ROOT
+from conftest import BIN, ROOT
 from server_util import Server
 from test_badreq import shipped_registry
 
@@ -143,3 +143,60 @@ def test_official_client(srv):
     assert out["task"] == {"model": "dragon", "content": task["choices"][0]["message"]["content"]}
     assert out["task"]["content"] != content  # the prefix changes the answer
     assert out["error"]["status"] == 400 and out["error"]["param"] == "response_format"
+
+
+# ---- a model with its own chat template and special tokens ----------------------------------
+
+SYNTH = os.path.join(os.path.dirname(BIN), "tools", "prefixd-synth")
+QWEN3_VOCAB = os.path.join(os.path.dirname(BIN), "vocab", "qwen3.gguf")
+IM_START, IM_END = 151644, 151645  # <|im_start|>, <|im_end|> in Qwen 3's vocabulary
+
+
+@pytest.fixture(scope="module")
+def qwen(tmp_path_factory):
+    """A Qwen3-shaped random-weight model carrying Qwen 3's real vocabulary and
+    chat template (prefixd-synth copies the vocab GGUF's tokenizer keys)."""
+    if not (os.path.exists(SYNTH) and os.path.exists(QWEN3_VOCAB)):
+        pytest.skip("build/tools/prefixd-synth and build/vocab/qwen3.gguf: make all vocabs")
+    tmp = tmp_path_factory.mktemp("qwen")
+    path = str(tmp / "q3.gguf")
+    subprocess.run([SYNTH, "--arch", "qwen3", "--vocab", QWEN3_VOCAB, "--dim", "64", "--hidden",
+                    "128", "--layers", "2", "--heads", "4", "--kv-heads", "2", "--head-dim", "16",
+                    "--ctx", "512", "--seed", "5", "--out", path], check=True,
+                   capture_output=True, timeout=120)
+    (tmp / "registry").mkdir()
+    s = Server(tmp, str(tmp / "registry"), config={"model": path, "tokenizer": None})
+    yield s
+    s.stop()
+
+
+def test_gguf_template_and_special_tokens(qwen):
+    msgs = [{"role": "system", "content": "S"}, {"role": "user", "content": "Hi"}]
+    prompt = rendered(qwen, msgs)
+    # Qwen 3's own template (not the ChatML fallback: it opens a thinking-free turn the
+    # same way, but it renders tools its own way)
+    assert prompt == "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n" \
+                     "<|im_start|>assistant\n"
+    tools = [{"type": "function", "function": {"name": "f", "description": "d",
+                                               "parameters": {}}}]
+    r = qwen.request("POST", "/apply-template", {"messages": msgs, "tools": tools})
+    assert "<tools>" in r.json()["prompt"]
+    # the markers become their control tokens, and no BOS is added (Qwen adds none)
+    ids = qwen.request("POST", "/tokenize", {"content": prompt, "parse_special": True}).json()
+    ids = ids["tokens"]
+    assert ids.count(IM_END) == 2 and ids.count(IM_START) == 3 and len(ids) == 15
+    c = chat(qwen, model="q3", messages=msgs, max_tokens=6, temperature=0)
+    assert c["usage"]["prompt_tokens"] == len(ids)
+    # greedy chat equals the completion of exactly those token ids
+    want = qwen.complete(model="q3", prompt=ids, max_tokens=6, temperature=0)
+    assert c["choices"][0]["message"]["content"] == want["choices"][0]["text"]
+    assert c["usage"] == want["usage"]
+
+
+def test_gguf_end_of_turn_is_an_eog_id(qwen):
+    with open(qwen.config_path) as f:
+        model = json.load(f)["model"]
+    info = subprocess.run([BIN, "inspect", model], capture_output=True, text=True,
+                          check=True).stdout
+    eog = [int(x) for x in info.split("eog:")[1].splitlines()[0].split()]
+    assert IM_END in eog  # the scheduler stops at every EOG id
