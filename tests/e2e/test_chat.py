@@ -4,7 +4,10 @@ greedy chat output equals /v1/completions on the prompt /apply-template
 renders; generation stops at the end of the turn; chat errors have OpenAI's
 shape. The shipped stories260K has no chat template, so the ChatML built-in
 renders the conversation; its <|im_end|> is no token of that vocabulary, so
-the end of turn is also a stop string."""
+the end of turn is also a stop string. A Qwen3-shaped random-weight model with
+Qwen 3's real vocabulary and chat template (prefixd-synth) checks the path of
+the GGUFs people download: the file's own template, special tokens parsed,
+<|im_end|> an end-of-generation id."""
 import json
 import os
 import shutil
