@@ -70,10 +70,10 @@ def send_raw(port, data, wait=5.0, dribble=False, src=None):
     with socket.create_connection(("127.0.0.1", port), timeout=wait,
                                   source_address=(src, 0) if src else None) as s:
         try:
-            if dribble:
-                for i in range(len(data)):
-                    s.sendall(data[i:i + 1])
-                    time.sleep(0.004)
+            if dribble:  # in small pieces, well inside the request deadline
+                for i in range(0, len(data), 16):
+                    s.sendall(data[i:i + 16])
+                    time.sleep(0.01)
             else:
                 s.sendall(data)
         except (BrokenPipeError, ConnectionResetError):
