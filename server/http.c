@@ -318,7 +318,6 @@ static const route_def routes[] = {
      route_jobs_events, AUTH_ADMIN, BODY_NONE, 1},
     {"POST", "/v1/fine_tuning/jobs/{}/cancel", "/v1/fine_tuning/jobs/{id}/cancel",
      route_jobs_cancel, AUTH_ADMIN, BODY_NONE, 1},
-    {"POST", "/apply-template", "/apply-template", route_apply_template, AUTH_KEY, BODY_JSON, 1},
     {"GET", "/health", "/health", route_health, AUTH_OPEN, BODY_NONE, 0},
     {"GET", "/metrics", "/metrics", route_metrics, AUTH_OPEN, BODY_NONE, 0},
     {"POST", "/tokenize", "/tokenize", route_tokenize, AUTH_KEY, BODY_JSON, 1},
