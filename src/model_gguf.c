@@ -7,8 +7,8 @@
  * under "<arch>.*"; tensors token_embd.weight, blk.N.{attn_norm, attn_q, attn_k,
  * attn_v, attn_output, ffn_norm, ffn_gate, ffn_down, ffn_up}.weight,
  * output_norm.weight and output.weight (absent: the classifier is tied to the
- * embedding); the tokenizer under tokenizer.ggml.* with SentencePiece's
- * U+2581 for space. ggml's ne[0] is the row length, so a row-major [out][in]
+ * embedding); the tokenizer under tokenizer.ggml.* (SentencePiece or
+ * byte-level BPE: src/tokenizer_gguf.c reads and writes it). ggml's ne[0] is the row length, so a row-major [out][in]
  * matrix has ne = {in, out}: the same bytes as llama2.c's, and the rotary
  * pairs are adjacent in both, so nothing is permuted.
  *
