@@ -288,15 +288,14 @@ int synth_write(const synth_spec *spec, const char *vocab_path, const char *out,
     int rc, n_tok = 0;
     if ((rc = pd_gguf_writer_create(&w, err)) < 0) return rc;
     if (vocab_path) {
-        /* the vocabulary goes first so vocab_size is known for the tensors */
-        pd_gguf_writer *vw = NULL;
-        if ((rc = pd_gguf_open(vocab_path, &voc, err)) < 0 ||
-            (rc = pd_gguf_writer_create(&vw, err)) < 0)
+        /* the vocabulary's size decides the embedding's */
+        if ((rc = pd_gguf_open(vocab_path, &voc, err)) < 0) goto done;
+        const pd_gguf_kv *kv = pd_gguf_find_kv(voc, "tokenizer.ggml.tokens");
+        if (!kv || kv->type != PD_GGUF_ARRAY || kv->arr_n < 1 || kv->arr_n > (1u << 22)) {
+            rc = pd_err_set(err, PD_EFORMAT, "%s: no usable tokenizer.ggml.tokens", vocab_path);
             goto done;
-        rc = synth_copy_vocab(vw, voc, &n_tok, err);
-        pd_gguf_writer_free(vw);
-        if (rc < 0) goto done;
-        s.vocab_size = n_tok;
+        }
+        s.vocab_size = (int)kv->arr_n;
     }
     if ((rc = synth_add_hparams(w, &s, 0, err)) < 0) goto done;
     if (vocab_path) rc = synth_copy_vocab(w, voc, &n_tok, err);
