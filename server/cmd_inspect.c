@@ -1,12 +1,14 @@
 /* cmd_inspect.c — `prefixd inspect PATH`: loads a model (any format) and
- * prints its format, hyper-parameters, tokenizer ids, tensor list, total
- * weight bytes and fingerprint, one "key: value" per line. */
+ * prints its format, hyper-parameters, tokenizer ids, tensor list (each
+ * tensor's type and bits per weight), total weight bytes and fingerprint,
+ * one "key: value" per line. */
 #include <inttypes.h>
 #include <stdio.h>
 #include <string.h>
 
 #include "cli.h"
 #include "commands.h"
+#include "prefixd/gguf.h"
 #include "prefixd/model.h"
 #include "prefixd/tokenizer.h"
 
@@ -65,7 +67,7 @@ int cmd_inspect(int argc, char **argv)
     printf("path: %s\n", path);
     printf("id: %s\n", m->id);
     printf("format: %s\n", m->format == PD_FORMAT_GGUF ? "gguf" : "llama2c");
-    printf("dtype: %s\n", pd_dtype_name(m->dtype));
+    printf("dtype: %s\n", pd_ggml_type_name(m->weight_type));
     print_arch(m);
     printf("dim: %d\n", c->dim);
     printf("hidden_dim: %d\n", c->hidden_dim);
@@ -98,12 +100,16 @@ int cmd_inspect(int argc, char **argv)
         const pd_tensor_info *t = &m->tensors[i];
         printf("  %-28s ", t->name);
         print_shape(t);
-        printf(" %-5s offset %-12" PRIu64 " bytes %" PRIu64 "\n", pd_dtype_name(t->dtype),
-               t->offset, t->nbytes);
+        uint64_t n = 1;
+        for (int d = 0; d < t->n_dims && d < 4; d++) n *= (uint64_t)t->shape[d];
+        const char *type = pd_ggml_type_name(t->type);
+        printf(" %-6s %6.3f bpw  offset %-12" PRIu64 " bytes %" PRIu64 "\n", type ? type : "?",
+               n ? 8.0 * (double)t->nbytes / (double)n : 0.0, t->offset, t->nbytes);
         file_bytes += t->nbytes;
     }
     printf("tensor_bytes: %" PRIu64 "\n", file_bytes);
     printf("weight_bytes: %" PRIu64 "\n", m->weight_bytes);
+    printf("resident_weight_bytes: %" PRIu64 "\n", m->resident_bytes);
     printf("fingerprint: %s\n", m->fingerprint_hex);
     pd_model_free(m);
     return 0;

@@ -24,6 +24,7 @@
 
 #include "prefixd/matmul.h"
 #include "prefixd/threadpool.h"
+#include "attention.h"
 #include "ops.h"
 
 #define LOGIT_CHUNK 64
@@ -207,8 +208,9 @@ typedef struct attn_ctx {
     float *dpk, *dpv;     /* their gradients, or NULL */
 } attn_ctx;
 
-/* Forward attention of row t, every head (the engine's attend_token over
- * the packed rows of the row's own example). */
+/* Forward attention of row t, every head (the engine's attention over the
+ * packed rows of the row's own example, attention.h), one call per kv
+ * group; the probabilities stay for the backward pass. */
 static void attn_fwd_row(void *vctx, int t, int thread)
 {
     (void)thread;
@@ -218,17 +220,30 @@ static void attn_fwd_row(void *vctx, int t, int thread)
     const int QD = c->q_dim, KV = c->kv_dim, hd = c->head_dim, P = a->P, l = a->l;
     const int n_rep = c->n_heads / c->n_kv_heads, n_ctx = b->row_pos[t] + 1;
     const size_t R = (size_t)b->max_rows;
-    const float *K = b->k + (size_t)l * R * KV + (size_t)b->row_start[t] * KV;
-    const float *Vv = b->v + (size_t)l * R * KV + (size_t)b->row_start[t] * KV;
+    const size_t kv = (size_t)l * R * KV + (size_t)b->row_start[t] * KV;
+    const size_t row = (size_t)l * R * QD + (size_t)t * QD;
     float *probs = b->att + (size_t)l * b->att_layer + b->att_off[t];
-    for (int h = 0; h < c->n_heads; h++) {
-        const int g = h / n_rep;
-        pd__attend_head(b->q + (size_t)l * R * QD + (size_t)t * QD + (size_t)h * hd,
-                        P ? a->pk + (size_t)g * P * hd : NULL,
-                        P ? a->pv + (size_t)g * P * hd : NULL, P, K + (size_t)g * hd,
-                        Vv + (size_t)g * hd, (size_t)KV, n_ctx, hd,
-                        probs + (size_t)h * (P + n_ctx),
-                        b->ao + (size_t)l * R * QD + (size_t)t * QD + (size_t)h * hd);
+    for (int g = 0; g < c->n_kv_heads; g++) {
+        const size_t h0 = (size_t)g * n_rep;
+        const pd_attn at = {
+            .hd = hd,
+            .P = P,
+            .pk = P ? a->pk + (size_t)g * P * hd : NULL,
+            .pv = P ? a->pv + (size_t)g * P * hd : NULL,
+            .k = b->k + kv + (size_t)g * hd,
+            .v = b->v + kv + (size_t)g * hd,
+            .kv_stride = (size_t)KV,
+            .q = b->q + row + h0 * hd,
+            .q_stride = (size_t)QD,
+            .o = b->ao + row + h0 * hd,
+            .o_stride = (size_t)QD,
+            .probs = probs + h0 * (size_t)(P + n_ctx),
+            .p_stride = (size_t)(P + n_ctx),
+            .n_tok = 1,
+            .n_heads = n_rep,
+            .n_keys0 = P + n_ctx,
+        };
+        pd__attend(&at);
     }
 }
 

@@ -130,33 +130,6 @@ static uint64_t fp_final(fp_state *s)
     return h;
 }
 
-/* The architecture variant's hyper-parameters and vectors, hashed only when
- * they differ from plain llama so a plain llama model keeps the fingerprint
- * it always had. */
-static void fp_variant(fp_state *s, const pd_model *m)
-{
-    const pd_config *c = &m->cfg;
-    const size_t QD = (size_t)c->q_dim, KV = (size_t)c->kv_dim, hd = (size_t)c->head_dim;
-    int plain = c->arch == PD_ARCH_LLAMA && c->q_dim == c->dim && c->rope_type == PD_ROPE_NORM &&
-                c->rope_scaling == PD_ROPE_SCALING_NONE && c->rope_freq_scale == 1.0f &&
-                c->sliding_window == 0 && !m->w.rope_freqs;
-    for (int l = 0; l < c->n_layers; l++) plain = plain && !m->w.layers[l].bq;
-    if (plain) return;
-    float hp[7] = {(float)c->arch,      (float)c->q_dim,        (float)c->head_dim,
-                   (float)c->rope_type, (float)c->rope_scaling, c->rope_freq_scale,
-                   (float)c->sliding_window};
-    fp_floats(s, hp, 7);
-    if (m->w.rope_freqs) fp_floats(s, m->w.rope_freqs, hd / 2);
-    for (int l = 0; l < c->n_layers; l++) {
-        const pd_layer_weights *L = &m->w.layers[l];
-        if (L->bq) fp_floats(s, L->bq, QD);
-        if (L->bk) fp_floats(s, L->bk, KV);
-        if (L->bv) fp_floats(s, L->bv, KV);
-        if (L->q_norm) fp_floats(s, L->q_norm, hd);
-        if (L->k_norm) fp_floats(s, L->k_norm, hd);
-    }
-}
-
 /* The F32 values of W, dequantised row by row, hashed exactly as fp_floats
  * hashes the whole array: whole groups of 8 through a carry, the last < 8
  * values one by one. */
@@ -186,6 +159,33 @@ static void fp_wmat(fp_state *s, const pd_wmat *W, float *row)
         s->lane[i & 3] = fp_round(s->lane[i & 3], u);
     }
     s->total += n;
+}
+
+/* The architecture variant's hyper-parameters and vectors, hashed only when
+ * they differ from plain llama so a plain llama model keeps the fingerprint
+ * it always had. */
+static void fp_variant(fp_state *s, const pd_model *m)
+{
+    const pd_config *c = &m->cfg;
+    const size_t QD = (size_t)c->q_dim, KV = (size_t)c->kv_dim, hd = (size_t)c->head_dim;
+    int plain = c->arch == PD_ARCH_LLAMA && c->q_dim == c->dim && c->rope_type == PD_ROPE_NORM &&
+                c->rope_scaling == PD_ROPE_SCALING_NONE && c->rope_freq_scale == 1.0f &&
+                c->sliding_window == 0 && !m->w.rope_freqs;
+    for (int l = 0; l < c->n_layers; l++) plain = plain && !m->w.layers[l].bq;
+    if (plain) return;
+    float hp[7] = {(float)c->arch,      (float)c->q_dim,        (float)c->head_dim,
+                   (float)c->rope_type, (float)c->rope_scaling, c->rope_freq_scale,
+                   (float)c->sliding_window};
+    fp_floats(s, hp, 7);
+    if (m->w.rope_freqs) fp_floats(s, m->w.rope_freqs, hd / 2);
+    for (int l = 0; l < c->n_layers; l++) {
+        const pd_layer_weights *L = &m->w.layers[l];
+        if (L->bq) fp_floats(s, L->bq, QD);
+        if (L->bk) fp_floats(s, L->bk, KV);
+        if (L->bv) fp_floats(s, L->bv, KV);
+        if (L->q_norm) fp_floats(s, L->q_norm, hd);
+        if (L->k_norm) fp_floats(s, L->k_norm, hd);
+    }
 }
 
 static int model_fingerprint(const pd_model *m, uint64_t *out)
@@ -246,6 +246,9 @@ int pd__model_finish(pd_model *m, pd_err *err)
                  wmat_bytes(&L->w3);
     }
     m->weight_bytes = bytes;
+    /* held in memory: the above and the embedding when untied (widened
+     * tensors at their F32 size) */
+    m->resident_bytes = bytes + (m->tied_classifier ? 0 : wmat_bytes(&m->w.token_embedding));
     if (model_fingerprint(m, &m->fingerprint) < 0)
         return pd_err_set(err, PD_ENOMEM, "out of memory computing the model fingerprint");
     snprintf(m->fingerprint_hex, sizeof m->fingerprint_hex, "%016llx",

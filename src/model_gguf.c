@@ -104,11 +104,14 @@ static int want_any(loader *L, const char *name, int64_t ne0, int64_t ne1, const
         if (optional) return PD_ENOTFOUND;
         return pd_err_set(L->err, PD_ENOTFOUND, "%s: tensor %s is missing", L->path, name);
     }
-    if (dtype_of_ggml(t->type) < 0)
+    if (mat ? !pd_qtype_is_weight_type(t->type) : dtype_of_ggml(t->type) < 0)
         return pd_err_set(L->err, PD_EUNSUPPORTED,
-                          "%s: tensor %s has type %s; only F32, F16 and BF16 can be loaded "
-                          "(quantised types are not supported yet)",
-                          L->path, name, pd_ggml_type_name(t->type));
+                          "%s: tensor %s has type %s, which prefixd cannot load (%s: %s)",
+                          L->path, name, pd_ggml_type_name(t->type),
+                          mat ? "matrices" : "vectors",
+                          mat ? "F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, "
+                                "Q4_K, Q5_K, Q6_K"
+                              : "F32, F16, BF16");
     int64_t want_ne[PD_GGUF_MAX_DIMS] = {ne0, ne1 ? ne1 : 1, 1, 1};
     for (int d = 0; d < PD_GGUF_MAX_DIMS; d++) {
         if (t->ne[d] != want_ne[d]) {
@@ -123,11 +126,21 @@ static int want_any(loader *L, const char *name, int64_t ne0, int64_t ne1, const
                               c->vocab_size, exp);
         }
     }
+    /* the reader checked the block multiple and the bounds; the view's rows
+     * must cover exactly the tensor's bytes */
+    if (mat && pd_qtype_row_bytes(t->type, t->ne[0]) * (uint64_t)t->ne[1] != t->nbytes)
+        return pd_err_set(L->err, PD_EFORMAT,
+                          "%s: tensor %s (%s): %llu bytes for %lld rows of %lld do not match "
+                          "the type's %zu bytes per row",
+                          L->path, name, pd_ggml_type_name(t->type),
+                          (unsigned long long)t->nbytes, (long long)t->ne[1],
+                          (long long)t->ne[0], pd_qtype_row_bytes(t->type, t->ne[0]));
     binding *b = &L->b[L->n_bind++];
     b->t = t;
     b->dst = dst;
     b->mat = mat;
-    /* matrices of F16/BF16 are used in place (the kernels convert them) */
+    /* matrices of every weight type but misaligned F32 are used in place
+     * (the kernels convert or dequantise them) */
     b->widen = mat && t->type != PD_GGML_F32
                    ? 0
                    : t->type != PD_GGML_F32 || ((uintptr_t)t->data % _Alignof(float)) != 0;
@@ -250,13 +263,11 @@ static int bind_weights(loader *L)
         const binding *b = &L->b[i];
         size_t n = (size_t)b->t->n_elems;
         if (b->mat && !b->widen) {
-            uint32_t be = 0, bb = 0;
-            PD_ASSERT(pd_ggml_type_block(b->t->type, &be, &bb) == PD_OK && b->t->ne[0] % be == 0);
             *b->mat = (pd_wmat){.data = b->t->data,
                                 .type = b->t->type, /* pd_qtype ids are ggml's */
                                 .rows = (int)b->t->ne[1],
                                 .cols = (int)b->t->ne[0],
-                                .row_bytes = (size_t)(b->t->ne[0] / be) * bb};
+                                .row_bytes = pd_qtype_row_bytes(b->t->type, b->t->ne[0])};
             continue;
         }
         if (!b->widen) {
@@ -276,7 +287,8 @@ static int bind_weights(loader *L)
         next += n;
     }
     if (m->tied_classifier) m->w.wcls = m->w.token_embedding;
-    m->dtype = dtype_of_ggml(pd_gguf_find_tensor(L->g, "blk.0.attn_q.weight")->type);
+    m->weight_type = pd_gguf_find_tensor(L->g, "blk.0.attn_q.weight")->type;
+    m->dtype = dtype_of_ggml(m->weight_type);
     return PD_OK;
 }
 
@@ -295,6 +307,7 @@ static int list_tensors(loader *L)
         ti->n_dims = t->n_dims;
         memcpy(ti->shape, t->ne, sizeof ti->shape);
         ti->dtype = dtype_of_ggml(t->type);
+        ti->type = t->type;
         ti->offset = t->file_offset;
         ti->nbytes = t->nbytes;
     }
@@ -488,7 +501,7 @@ int pd_gguf_write_model(const pd_model *m, const char *path, int dtype, const ch
         if (ts[i].mat && ts[i].mat->type != gtype)
             total += (uint64_t)ts[i].ne0 * (uint64_t)ts[i].ne1 * esize;
     conv = malloc(total ? (size_t)total : 1);
-    row = malloc((size_t)(D > H ? D : H) * sizeof *row);
+    row = malloc((size_t)(D > H ? (D > QD ? D : QD) : (H > QD ? H : QD)) * sizeof *row);
     if (!conv || !row) {
         rc = pd_err_set(err, PD_ENOMEM, "%s: out of memory for %llu bytes of %s weights", path,
                         (unsigned long long)total, pd_dtype_name(dtype));

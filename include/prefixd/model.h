@@ -1,7 +1,7 @@
 /* prefixd/model.h — the frozen base model: a Llama-family transformer loaded
  * from a llama2.c checkpoint (.bin + tokenizer.bin) or a GGUF v3 file
  * (general.architecture = llama, qwen2 or qwen3 — see pd_arch and
- * src/arch.c —, tensors F32/F16/BF16, tokenizer in metadata).
+ * src/arch.c —, matrices of any weight type of quant.h, tokenizer in metadata).
  *
  *     pd_model_params mp = pd_model_default_params();
  *     mp.path = "models/stories260K/stories260K.bin";
@@ -13,9 +13,10 @@
  *
  * A pd_model is read-only after load and shared by every thread. The weight
  * matrices point straight into a read-only mmap of the file in their stored
- * type (F32, F16, BF16: used in place, converted in registers by the
- * kernels); F16/BF16 norm vectors and misaligned F32 tensors are widened to
- * F32 once at load (owned buffer). Every size and offset in the file is
+ * type (F32, F16, BF16, Q8_0, Q4_0 … Q6_K: used in place, converted or
+ * dequantised in registers by the kernels; other types are refused naming
+ * the tensor); F16/BF16 norm vectors and misaligned F32 tensors are widened
+ * to F32 once at load (owned buffer). Every size and offset in the file is
  * checked against the file size before use.
  *
  * Weight layout (both formats): every matrix is row-major [out][in], so
@@ -27,8 +28,10 @@
  * The fingerprint is a 64-bit hash over the hyper-parameters and the F32
  * weight values in canonical order (embedding, per layer rms_att wq wk wv wo
  * rms_ffn w1 w2 w3, rms_final, classifier if untied; then, only when the
- * model has them, the variant's hyper-parameters and vectors): the same weights give
- * the same fingerprint whatever file format carried them.
+ * model has them, the variant's hyper-parameters and vectors), typed matrices
+ * dequantised to F32 row by row: the same weight values give the same
+ * fingerprint whatever file format or type carried them (a quantised model
+ * and its F32 rewrite agree; it differs from its F32 original).
  */
 #ifndef PREFIXD_MODEL_H
 #define PREFIXD_MODEL_H
@@ -144,7 +147,8 @@ typedef struct pd_tensor_info {
     char name[96];
     int n_dims;
     int64_t shape[4]; /* GGUF order: shape[0] is the innermost (row) length */
-    int dtype;        /* pd_dtype */
+    int dtype;        /* pd_dtype, or -1 for a quantised type */
+    int type;         /* pd_qtype (ggml's id) as stored: any GGUF type */
     uint64_t offset;  /* byte offset in the file */
     uint64_t nbytes;
 } pd_tensor_info;
@@ -157,11 +161,15 @@ typedef struct pd_model {
     char fingerprint_hex[17]; /* 16 lowercase hex digits + NUL */
     char id[128];            /* model id served as `model` (file base name) */
     int format;              /* pd_model_format */
-    int dtype;               /* dtype of the big matrices in the file */
+    int dtype;               /* pd_dtype of the big matrices in the file, or -1 when
+                                quantised (see weight_type) */
+    int weight_type;         /* pd_qtype of the big matrices (blk.0.attn_q as stored) */
     int tied_classifier;     /* 1 when wcls == token_embedding */
     pd_tensor_info *tensors; /* n_tensors entries (owned) */
     int n_tensors;
     uint64_t weight_bytes;   /* bytes of all weights read per token, as stored */
+    uint64_t resident_bytes; /* bytes of all weights held in memory (mapped or widened),
+                                the embedding included */
     /* storage (private to the loaders) */
     void *map;               /* read-only mmap of the file */
     size_t map_size;

@@ -22,6 +22,7 @@
 #include <stdlib.h>
 
 #include "prefixd/model.h"
+#include "prefixd/quant.h"
 
 static void ref_rmsnorm(double *o, const double *x, const float *w, int C, double eps)
 {
@@ -45,7 +46,6 @@ static int ref_matvec(double *o, const pd_wmat *W, const double *x, int n_out, i
     }
     return 0;
 }
-
 /* Rotary of every head of v (n floats) at position pos, as the config says. */
 static void ref_rope_cfg(const pd_model *m, double *v, int n, int pos)
 {

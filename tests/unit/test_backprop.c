@@ -239,6 +239,27 @@ static void ref_mlp(const double *prm, const pd_prefix_mlp *mlp, double *keys, d
 /* The gradient with the projection MLP: d(loss)/d(MLP parameters) through
  * the model, against central differences of the double-precision MLP and
  * forward pass. Same tolerance as above. */
+/* The same through models whose matrices stay quantised (Q8_0 and Q4_K, rows
+ * of 256): the backward products read the quantised weights, the reference
+ * their dequantised values. */
+static void test_gradient_quantised(void **state)
+{
+    (void)state;
+    static const int qtypes[2] = {PD_Q_Q8_0, PD_Q_Q4_K};
+    static const char *const names[2] = {"Q8_0", "Q4_K"};
+    for (int i = 0; i < 2; i++) {
+        pd_model *m = test_model_synth(qtypes[i], 31 + (uint64_t)i);
+        assert_non_null(m);
+        const int32_t t1[10] = {1, 17, 200, 3, 99, 45, 128, 7, 250, 64};
+        const int32_t t2[7] = {1, 5, 77, 140, 33, 201, 9};
+        uint8_t m1[10], m2[7];
+        for (int j = 0; j < 10; j++) m1[j] = 1;
+        for (int j = 0; j < 7; j++) m2[j] = j >= 2; /* the first tokens are context only */
+        check_gradient(m, names[i], t1, m1, 10, t2, m2, 7);
+        pd_model_free(m);
+    }
+}
+
 static void test_projection_gradient_matches_finite_differences(void **state)
 {
     (void)state;
@@ -397,6 +418,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_gradient_matches_finite_differences),
         cmocka_unit_test(test_gradient_every_architecture),
+        cmocka_unit_test(test_gradient_quantised),
         cmocka_unit_test(test_projection_gradient_matches_finite_differences),
         cmocka_unit_test(test_packing_and_engine_agreement),
         cmocka_unit_test(test_bad_batches),

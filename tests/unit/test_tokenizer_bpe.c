@@ -225,6 +225,233 @@ static void test_qwen3_vectors(void **s)
     check_built("qwen3", "qwen2", "qwen2");
 }
 
+static pd_tokenizer *load_built(const char *name)
+{
+    char gguf[256];
+    built_vocab_path(gguf, sizeof gguf, name);
+    return load_vocab(gguf, NULL);
+}
+
+static void expect_ids(const pd_tokenizer *tok, const char *text, unsigned flags,
+                       const int32_t *want, int n_want)
+{
+    int n;
+    int32_t *got = encode(tok, text, strlen(text), flags, &n);
+    if (n != n_want || memcmp(got, want, (size_t)n * sizeof *got) != 0) {
+        fprintf(stderr, "'%s' flags %u: got", text, flags);
+        for (int i = 0; i < n; i++) fprintf(stderr, " %d", got[i]);
+        fprintf(stderr, "\n");
+        fail();
+    }
+    free(got);
+}
+
+/* Control tokens only with PD_TOK_PARSE_SPECIAL, user-defined ones always;
+ * BOS as add_bos_token says. */
+static void test_special_tokens(void **s)
+{
+    (void)s;
+    pd_tokenizer *l3 = load_built("llama3");
+    assert_int_equal(pd_tokenizer_add_bos(l3), 1);
+    expect_ids(l3, "Hi<|eot_id|>", PD_TOK_PARSE_SPECIAL, (const int32_t[]){13347, 128009}, 2);
+    expect_ids(l3, "Hi<|eot_id|>", PD_TOK_PARSE_SPECIAL | PD_TOK_ADD_SPECIAL,
+               (const int32_t[]){128000, 13347, 128009}, 3);
+    expect_ids(l3, "<|eot_id|>", 0, (const int32_t[]){27, 91, 68, 354, 851, 91, 29}, 7);
+    /* the old entry point: no special parsing, BOS on request */
+    int32_t ids[8];
+    assert_int_equal(pd_tokenizer_encode(l3, "<|eot_id|>", 10, 1, 0, ids, 8), 8);
+    assert_int_equal(ids[0], 128000);
+    assert_string_equal(pd_tokenizer_token_text(l3, 128009), "<|eot_id|>");
+    assert_string_equal(pd_tokenizer_token_text(l3, 1917), " world");
+    assert_null(pd_tokenizer_token_text(l3, 128256));
+    assert_string_equal(pd_tokenizer_kind_name(l3), "bpe");
+    pd_tokenizer_free(l3);
+
+    pd_tokenizer *q3 = load_built("qwen3");
+    assert_int_equal(pd_tokenizer_add_bos(q3), 0);
+    assert_int_equal(pd_tokenizer_type(q3, 151667), PD_TOKEN_USER_DEFINED); /* <think> */
+    assert_int_equal(pd_tokenizer_type(q3, 151644), PD_TOKEN_CONTROL);      /* <|im_start|> */
+    expect_ids(q3, "<think>x</think>", 0, (const int32_t[]){151667, 87, 151668}, 3);
+    expect_ids(q3, "<|im_start|>", PD_TOK_ADD_SPECIAL | PD_TOK_PARSE_SPECIAL,
+               (const int32_t[]){151644}, 1);
+    assert_non_null(pd_tokenizer_chat_template(q3));
+    assert_non_null(strstr(pd_tokenizer_chat_template(q3), "<|im_start|>"));
+    pd_tokenizer_free(q3);
+}
+
+/* End-of-generation ids found as llama.cpp finds them. */
+static void test_eog(void **s)
+{
+    (void)s;
+    pd_tokenizer *l3 = load_built("llama3");
+    int32_t eog[16];
+    int n = pd_tokenizer_eog_ids(l3, eog, 16);
+    /* <|end_of_text|> (eos), <|eot_id|> (found by text); this Llama 3 has no
+     * <|eom_id|> (3.1 added it) */
+    static const int32_t want_l3[] = {128001, 128009};
+    assert_int_equal(n, 2);
+    assert_memory_equal(eog, want_l3, sizeof want_l3);
+    assert_int_equal(pd_tokenizer_eot(l3), 128009);
+    assert_true(pd_tokenizer_is_eog(l3, 128009));
+    assert_false(pd_tokenizer_is_eog(l3, 128000));
+    pd_tokenizer_free(l3);
+
+    pd_tokenizer *q3 = load_built("qwen3");
+    n = pd_tokenizer_eog_ids(q3, eog, 16);
+    /* <|endoftext|>, <|im_end|>, <|fim_pad|>, <|repo_name|>, <|file_sep|> */
+    static const int32_t want_q3[] = {151643, 151645, 151662, 151663, 151664};
+    assert_int_equal(n, 5);
+    assert_memory_equal(eog, want_q3, sizeof want_q3);
+    pd_tokenizer_free(q3);
+
+    pd_tokenizer *spm = load_vocab(VOCAB_DIR "ggml-vocab-llama-spm.gguf", NULL);
+    n = pd_tokenizer_eog_ids(spm, eog, 16);
+    assert_int_equal(n, 1);
+    assert_int_equal(eog[0], 2);
+    pd_tokenizer_free(spm);
+}
+
+/* Writing a tokenizer to GGUF and loading it back gives the same one. */
+static void roundtrip_gguf(const pd_tokenizer *a)
+{
+    pd_gguf_writer *w;
+    pd_err err;
+    void *mem;
+    size_t size;
+    pd_gguf *g;
+    pd_tokenizer *b;
+    assert_int_equal(pd_gguf_writer_create(&w, &err), PD_OK);
+    if (pd_tokenizer_write_gguf(a, w, &err) < 0) fail_msg("%s", err.msg);
+    assert_int_equal(pd_gguf_writer_to_mem(w, &mem, &size, &err), PD_OK);
+    if (pd_gguf_parse(mem, size, "mem.gguf", &g, &err) < 0) fail_msg("%s", err.msg);
+    if (pd_tokenizer_load_gguf(g, &b, &err) < 0) fail_msg("%s", err.msg);
+    int n = pd_tokenizer_vocab_size(a);
+    assert_int_equal(pd_tokenizer_vocab_size(b), n);
+    assert_int_equal(pd_tokenizer_kind(b), pd_tokenizer_kind(a));
+    assert_int_equal(pd_tokenizer_bos(b), pd_tokenizer_bos(a));
+    assert_int_equal(pd_tokenizer_eos(b), pd_tokenizer_eos(a));
+    assert_int_equal(pd_tokenizer_add_bos(b), pd_tokenizer_add_bos(a));
+    for (int i = 0; i < n; i++) {
+        assert_string_equal(pd_tokenizer_piece(b, i), pd_tokenizer_piece(a, i));
+        assert_int_equal(pd_tokenizer_type(b, i), pd_tokenizer_type(a, i));
+    }
+    int32_t ea[16], eb[16];
+    assert_int_equal(pd_tokenizer_eog_ids(a, ea, 16), pd_tokenizer_eog_ids(b, eb, 16));
+    assert_memory_equal(ea, eb, (size_t)pd_tokenizer_eog_ids(a, NULL, 0) * sizeof *ea);
+    static const char text[] = "Hello <|im_end|> wörld's 12345 \n\n  🦙 <think>";
+    for (unsigned f = 0; f < 4; f++) {
+        int na, nb;
+        int32_t *ia = encode(a, text, sizeof text - 1, f, &na);
+        int32_t *ib = encode(b, text, sizeof text - 1, f, &nb);
+        assert_int_equal(na, nb);
+        assert_memory_equal(ia, ib, (size_t)na * sizeof *ia);
+        free(ia);
+        free(ib);
+    }
+    const char *ta = pd_tokenizer_chat_template(a), *tb = pd_tokenizer_chat_template(b);
+    assert_true((ta == NULL) == (tb == NULL));
+    if (ta) assert_string_equal(ta, tb);
+    pd_tokenizer_free(b);
+    pd_gguf_free(g);
+    free(mem);
+    pd_gguf_writer_free(w);
+}
+
+static void test_gguf_roundtrip(void **s)
+{
+    (void)s;
+    pd_tokenizer *q3 = load_built("qwen3");
+    roundtrip_gguf(q3);
+    pd_tokenizer_free(q3);
+    pd_tokenizer *phi = load_vocab(VOCAB_DIR "ggml-vocab-phi-3.gguf", NULL);
+    roundtrip_gguf(phi);
+    pd_tokenizer_free(phi);
+}
+
+/* SentencePiece from GGUF: a literal U+2581 in the input is a space, as in
+ * llama.cpp and HF. */
+static void test_spm_literal_space(void **s)
+{
+    (void)s;
+    pd_tokenizer *spm = load_vocab(VOCAB_DIR "ggml-vocab-llama-spm.gguf", NULL);
+    int na, nb;
+    int32_t *a = encode(spm, "Hello world", 11, 0, &na);
+    int32_t *b = encode(spm, "Hello\xe2\x96\x81world", 13, 0, &nb);
+    assert_int_equal(na, nb);
+    assert_memory_equal(a, b, (size_t)na * sizeof *a);
+    free(a);
+    free(b);
+    assert_string_equal(pd_tokenizer_kind_name(spm), "spm");
+    assert_null(pd_tokenizer_pre(spm));
+    expect_ids(spm, "<s>", PD_TOK_PARSE_SPECIAL | PD_TOK_ADD_SPECIAL, (const int32_t[]){1, 1}, 2);
+    pd_tokenizer_free(spm);
+}
+
+/* One tokenizer shared by threads gives every thread the same ids. */
+typedef struct job {
+    const pd_tokenizer *tok;
+    const char *text;
+    size_t len;
+    int n;
+    int32_t *ids;
+} job;
+
+static void *encode_job(void *arg)
+{
+    job *j = arg;
+    for (int rep = 0; rep < 20; rep++) {
+        int cap = (int)j->len + 8;
+        int32_t *ids = malloc((size_t)cap * sizeof *ids);
+        if (!ids) return NULL;
+        int n = pd_tokenizer_encode_flags(j->tok, j->text, j->len, PD_TOK_PARSE_SPECIAL, ids, cap);
+        if (rep == 0) {
+            j->n = n;
+            j->ids = ids;
+        } else {
+            if (n != j->n || memcmp(ids, j->ids, (size_t)n * sizeof *ids) != 0) j->n = -1;
+            free(ids);
+        }
+    }
+    return NULL;
+}
+
+static void test_threads(void **s)
+{
+    (void)s;
+    pd_tokenizer *tok = load_built("qwen3");
+    size_t len;
+    char *text = read_all(VOCAB_DIR "ggml-vocab-qwen2.gguf.inp", &len);
+    job jobs[4];
+    pthread_t th[4];
+    for (int i = 0; i < 4; i++) {
+        jobs[i] = (job){tok, text, len, 0, NULL};
+        assert_int_equal(pthread_create(&th[i], NULL, encode_job, &jobs[i]), 0);
+    }
+    for (int i = 0; i < 4; i++) assert_int_equal(pthread_join(th[i], NULL), 0);
+    for (int i = 0; i < 4; i++) {
+        assert_true(jobs[i].n > 0);
+        assert_int_equal(jobs[i].n, jobs[0].n);
+        assert_memory_equal(jobs[i].ids, jobs[0].ids, (size_t)jobs[0].n * sizeof(int32_t));
+    }
+    for (int i = 0; i < 4; i++) free(jobs[i].ids);
+    free(text);
+    pd_tokenizer_free(tok);
+}
+
+/* WordPiece (bert) vocabularies are refused by name. */
+static void test_bert_refused(void **s)
+{
+    (void)s;
+    pd_gguf *g;
+    pd_err err;
+    pd_tokenizer *tok = NULL;
+    assert_int_equal(pd_gguf_open(VOCAB_DIR "ggml-vocab-bert-bge.gguf", &g, &err), PD_OK);
+    assert_int_equal(pd_tokenizer_load_gguf(g, &tok, &err), PD_EUNSUPPORTED);
+    assert_null(tok);
+    assert_non_null(strstr(err.msg, "tokenizer.ggml.model is 'bert'"));
+    pd_gguf_free(g);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -233,7 +460,10 @@ int main(void)
         cmocka_unit_test(test_falcon),       cmocka_unit_test(test_refact),
         cmocka_unit_test(test_starcoder),    cmocka_unit_test(test_deepseek_llm),
         cmocka_unit_test(test_deepseek_coder), cmocka_unit_test(test_llama3_vectors),
-        cmocka_unit_test(test_qwen3_vectors),
+        cmocka_unit_test(test_qwen3_vectors),  cmocka_unit_test(test_special_tokens),
+        cmocka_unit_test(test_eog),            cmocka_unit_test(test_gguf_roundtrip),
+        cmocka_unit_test(test_spm_literal_space), cmocka_unit_test(test_threads),
+        cmocka_unit_test(test_bert_refused),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
