@@ -46,6 +46,15 @@ int synth_list_tensors(const synth_spec *s, synth_tensor *t)
     const int biases = s->arch == PD_ARCH_QWEN2 || (s->arch == PD_ARCH_LLAMA && s->biases);
     for (int l = 0; l < s->n_layers; l++) {
         ADD(SYNTH_NORM, D, 0, "blk.%d.attn_norm.weight", l);
+        if (s->arch == PD_ARCH_PHI3) {
+            /* q, k, v in one matrix; gate then up in one (llama.cpp's phi3) */
+            ADD(SYNTH_MATRIX, D, QD + 2 * KV, "blk.%d.attn_qkv.weight", l);
+            ADD(SYNTH_MATRIX, QD, D, "blk.%d.attn_output.weight", l);
+            ADD(SYNTH_NORM, D, 0, "blk.%d.ffn_norm.weight", l);
+            ADD(SYNTH_MATRIX, H, D, "blk.%d.ffn_down.weight", l);
+            ADD(SYNTH_MATRIX, D, 2 * H, "blk.%d.ffn_up.weight", l);
+            continue;
+        }
         ADD(SYNTH_MATRIX, D, QD, "blk.%d.attn_q.weight", l);
         ADD(SYNTH_MATRIX, D, KV, "blk.%d.attn_k.weight", l);
         ADD(SYNTH_MATRIX, D, KV, "blk.%d.attn_v.weight", l);
@@ -154,7 +163,7 @@ int synth_add_hparams(pd_gguf_writer *w, const synth_spec *s, uint32_t file_type
         return rc;
     if (s->extra_key && (rc = pd_gguf_add_f32(w, s->extra_key, s->extra_value, err)) < 0)
         return rc;
-    if (s->sliding_window > 0 &&
+    if ((s->sliding_window > 0 || s->arch == PD_ARCH_PHI3) &&
         (rc = pd_gguf_add_u32(w, KEY("attention.sliding_window"), (uint32_t)s->sliding_window,
                               err)) < 0)
         return rc;
