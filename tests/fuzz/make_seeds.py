@@ -149,7 +149,8 @@ def make_gguf(tmp, models):
                         ("qwen3", ["--arch", "qwen3", "--head-dim", "6"]),
                         ("llama3", ["--arch", "llama", "--rope-scaling", "llama3"]),
                         ("linear", ["--arch", "llama", "--rope-scaling", "linear", "--biases",
-                                    "--sliding-window", "8"])]:
+                                    "--sliding-window", "8"]),
+                        ("phi3", ["--arch", "phi3", "--sliding-window", "8"])]:
         p = os.path.join(tmp, "synth-%s.gguf" % name)
         r = subprocess.run([synth, *common, *extra, "--out", p], stderr=subprocess.PIPE)
         if r.returncode != 0:
