@@ -16,6 +16,8 @@
  *     at least the figures measured (deterministic): F16, BF16, Q8_0, Q5_0,
  *     Q6_K (→ Q8_0), Q4_K_M (→ Q5_0) all 64; Q4_0, Q2_K (→ Q4_0) 23; Q5_1,
  *     Q4_1, Q5_K_M (→ Q5_1), Q3_K_M 16;
+ *   - the K-quant file types on a synthetic Llama with rows of 256: the mix's
+ *     types, the dequantised twin, the logits' distance from F32 per type;
  *   - converting a converted file again: a Q8_0 file requantised to Q8_0 is
  *     byte-identical (the fixed point of the format);
  *   - the mixes' per-tensor choices on a synthetic 8-layer shape with rows of
@@ -43,6 +45,7 @@
 #include "prefixd/quant.h"
 #include "prefixd/quantize.h"
 
+#include "../tools/synth_model.h"
 #include "testutil.h"
 
 static char tmpdir[] = "/tmp/prefixd-test-quant-XXXXXX";
@@ -246,6 +249,96 @@ static void test_stories_every_type(void **state)
         pd_model_free(d);
         pd_model_free(q);
     }
+    free(lq);
+    free(ld);
+    pd_model_free(ref);
+}
+
+/* The K-quant file types on a synthetic Llama whose rows allow them (dim
+ * 256, hidden 512, 4 layers, 4 query heads per kv head, untied output): the
+ * mix's types, the dequantised twin (same fingerprint, same logits), and the
+ * logits' distance from the F32 original, relative RMS over 24 positions,
+ * at most the bound per type (measured on these random weights, which
+ * amplify the error more than trained ones: Q6_K 0.046, Q5_K_M 0.081, Q5_K_S
+ * 0.084, Q4_K_M 0.154, Q4_K_S 0.160, Q3_K_L 0.247, Q3_K_M 0.260, Q3_K_S
+ * 0.373, Q2_K 0.451; bounds 1.25x those). */
+static void test_k_quants_synthetic(void **state)
+{
+    (void)state;
+    synth_spec sp = {0};
+    sp.arch = PD_ARCH_LLAMA;
+    sp.dim = 256;
+    sp.hidden_dim = 512;
+    sp.n_layers = 4;
+    sp.n_heads = 4;
+    sp.n_kv_heads = 1;
+    sp.vocab_size = 512;
+    sp.seq_len = 64;
+    sp.seed = 7;
+    char src[300];
+    path_in(src, sizeof src, "synth-f32.gguf");
+    pd_err err;
+    if (synth_write(&sp, NULL, src, &err) < 0) fail_msg("%s", err.msg);
+    pd_model *ref = load(src);
+    const int V = ref->cfg.vocab_size, N = 24;
+    int32_t toks[24];
+    for (int i = 0; i < N; i++) toks[i] = (int32_t)(3 + (i * 37) % 500);
+    float *lr = malloc((size_t)N * V * sizeof *lr), *lq = malloc((size_t)N * V * sizeof *lq),
+          *ld = malloc((size_t)N * V * sizeof *ld);
+    assert_true(lr && lq && ld);
+    run_all(ref, toks, N, lr);
+    static const struct {
+        int ftype, attn_q, attn_v3, ffn_down3;
+        double max_rel;
+    } cases[] = {
+        /* layer 3 of 4 is a "more bits" layer (i >= 7n/8) */
+        {PD_FTYPE_Q6_K, PD_Q_Q6_K, PD_Q_Q6_K, PD_Q_Q6_K, 0.057},
+        {PD_FTYPE_Q5_K_M, PD_Q_Q5_K, PD_Q_Q6_K, PD_Q_Q6_K, 0.1},
+        {PD_FTYPE_Q5_K_S, PD_Q_Q5_K, PD_Q_Q5_K, PD_Q_Q5_K, 0.105},
+        {PD_FTYPE_Q4_K_M, PD_Q_Q4_K, PD_Q_Q6_K, PD_Q_Q6_K, 0.19},
+        {PD_FTYPE_Q4_K_S, PD_Q_Q4_K, PD_Q_Q5_K, PD_Q_Q4_K, 0.2},
+        {PD_FTYPE_Q3_K_L, PD_Q_Q3_K, PD_Q_Q5_K, PD_Q_Q5_K, 0.31},
+        {PD_FTYPE_Q3_K_M, PD_Q_Q3_K, PD_Q_Q4_K, PD_Q_Q4_K, 0.325},
+        {PD_FTYPE_Q3_K_S, PD_Q_Q3_K, PD_Q_Q3_K, PD_Q_Q3_K, 0.47},
+        {PD_FTYPE_Q2_K, PD_Q_Q2_K, PD_Q_Q4_K, PD_Q_Q3_K, 0.56},
+    };
+    for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
+        const char *fname = pd_ftype_name(cases[k].ftype);
+        char path[300], deq[300], name[64];
+        pd_quantize_params qp = pd_quantize_default_params();
+        qp.ftype = cases[k].ftype;
+        snprintf(name, sizeof name, "synth-%s.gguf", fname);
+        path_in(path, sizeof path, name);
+        if (pd_quantize_gguf(src, path, &qp, NULL, &err) < 0) fail_msg("%s", err.msg);
+        pd_model *q = load(path);
+        assert_int_equal(q->w.layers[2].wq.type, cases[k].attn_q);
+        assert_int_equal(q->w.layers[3].wv.type, cases[k].attn_v3);
+        assert_int_equal(q->w.layers[3].w2.type, cases[k].ffn_down3);
+        assert_int_equal(q->w.wcls.type, PD_Q_Q6_K);
+        snprintf(name, sizeof name, "synth-deq-%s.gguf", fname);
+        path_in(deq, sizeof deq, name);
+        if (pd_gguf_write_model(q, deq, PD_DTYPE_F32, NULL, &err) < 0) fail_msg("%s", err.msg);
+        pd_model *d = load(deq);
+        assert_string_equal(q->fingerprint_hex, d->fingerprint_hex);
+        assert_string_not_equal(q->fingerprint_hex, ref->fingerprint_hex);
+        run_all(q, toks, N, lq);
+        run_all(d, toks, N, ld);
+        double diff2 = 0, ref2 = 0, max_twin = 0, range = 0;
+        for (size_t i = 0; i < (size_t)N * V; i++) {
+            diff2 += ((double)lq[i] - lr[i]) * ((double)lq[i] - lr[i]);
+            ref2 += (double)lr[i] * lr[i];
+            max_twin = fmax(max_twin, fabs((double)lq[i] - ld[i]));
+            range = fmax(range, fabs(ld[i]));
+        }
+        if (max_twin > 1e-2 * range)
+            fail_msg("%s: logits differ from the dequantised twin by %.3g", fname, max_twin);
+        if (sqrt(diff2 / ref2) > cases[k].max_rel)
+            fail_msg("%s: logits' relative RMS distance from F32 %.4f above %.4f", fname,
+                     sqrt(diff2 / ref2), cases[k].max_rel);
+        pd_model_free(d);
+        pd_model_free(q);
+    }
+    free(lr);
     free(lq);
     free(ld);
     pd_model_free(ref);
@@ -470,6 +563,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_mixes),
         cmocka_unit_test(test_stories_every_type),
+        cmocka_unit_test(test_k_quants_synthetic),
         cmocka_unit_test(test_requantize_stable),
         cmocka_unit_test(test_bad_input),
     };
