@@ -265,16 +265,9 @@ static void test_stories_every_type(void **state)
 static void test_k_quants_synthetic(void **state)
 {
     (void)state;
-    synth_spec sp = {0};
-    sp.arch = PD_ARCH_LLAMA;
-    sp.dim = 256;
-    sp.hidden_dim = 512;
-    sp.n_layers = 4;
-    sp.n_heads = 4;
-    sp.n_kv_heads = 1;
-    sp.vocab_size = 512;
-    sp.seq_len = 64;
-    sp.seed = 7;
+    const synth_spec sp = {.arch = PD_ARCH_LLAMA, .dim = 256, .hidden_dim = 512, .n_layers = 4,
+                           .n_heads = 4, .n_kv_heads = 1, .vocab_size = 512, .seq_len = 64,
+                           .seed = 7};
     char src[300];
     path_in(src, sizeof src, "synth-f32.gguf");
     pd_err err;
