@@ -30,6 +30,8 @@ static const char usage[] =
     "            [--epochs N] [--batch-size B] [--lr X] [--projection --hidden H]\n"
     "            [--init-text TEXT] [--seed S] [--threads N] [--checkpoint FILE]\n"
     "            learn a task prefix from JSONL data (base model frozen)\n"
+    "  template  [--model M] --messages FILE.json [--template FILE|NAME] [--no-generation-prompt]\n"
+    "            print the prompt a chat template makes of a conversation\n"
     "  tokenize  --model M [--tokenizer T] [--no-bos] [--special] [--pieces]\n"
     "            (--text TEXT | --file F)   the token ids as a JSON array\n"
     "  detokenize --model M [--tokenizer T] --ids 1,2,3   the text of token ids\n"
@@ -51,6 +53,7 @@ int main(int argc, char **argv)
     if (!strcmp(cmd, "quantize")) return cmd_quantize(argc - 1, argv + 1);
     if (!strcmp(cmd, "prefix")) return cmd_prefix(argc - 1, argv + 1);
     if (!strcmp(cmd, "train")) return cmd_train(argc - 1, argv + 1);
+    if (!strcmp(cmd, "template")) return cmd_template(argc - 1, argv + 1);
     if (!strcmp(cmd, "serve")) return cmd_serve(argc - 1, argv + 1);
     if (!strcmp(cmd, "tokenize")) return cmd_tokenize(argc - 1, argv + 1);
     if (!strcmp(cmd, "detokenize")) return cmd_detokenize(argc - 1, argv + 1);
