@@ -7,15 +7,17 @@
  *     its ffn_down rows of 172 stay F16), and its resident weight bytes are
  *     the file's tensor bytes;
  *   - the same weights dequantised into an F32 GGUF (pd_gguf_write_model) give
- *     the same fingerprint and the same logits within 1e-2 of the logit range
- *     (room for kernels that round activations to 8 bits, as ggml's do;
- *     measured: 0, bit-identical, as the kernels dequantise the weights into
- *     registers and sum in pd_matmul's order);
+ *     the same fingerprint and the same logits up to the kernels' rounding
+ *     of the activations to 8 bits per block (ggml's integer dot products):
+ *     relative RMS difference <= 0.03 (measured: 0 for F16/BF16, whose
+ *     kernels convert the weights exactly; 0.004-0.007 on stories260K,
+ *     0.007-0.017 on the synthetic K-quant model);
  *   - greedy generations stay close to the F32 original: tokens equal before
- *     the first divergence over 64 generated tokens from "Once upon a time",
- *     at least the figures measured (deterministic): F16, BF16, Q8_0, Q5_0,
- *     Q6_K (→ Q8_0), Q4_K_M (→ Q5_0) all 64; Q4_0, Q2_K (→ Q4_0) 23; Q5_1,
- *     Q4_1, Q5_K_M (→ Q5_1), Q3_K_M 16;
+ *     the first divergence over 64 generated tokens from "Once upon a time"
+ *     (measured with the integer kernels: F16, BF16, Q8_0, Q6_K (→ Q8_0),
+ *     Q5_K_M (→ Q5_1), Q4_K_M (→ Q5_0) 64; Q5_0 57; Q4_0, Q2_K (→ Q4_0) 23;
+ *     Q5_1, Q4_1, Q3_K_M 16); the test asks for half of that, as a kernel's
+ *     rounding moves the point where a near tie breaks;
  *   - the K-quant file types on a synthetic Llama with rows of 256: the mix's
  *     types, the dequantised twin, the logits' distance from F32 per type;
  *   - converting a converted file again: a Q8_0 file requantised to Q8_0 is
@@ -118,6 +120,22 @@ static void run_all(const pd_model *m, const int32_t *toks, int n, float *out)
     pd_engine_free(e);
 }
 
+/* sqrt(Σ (a - b)²) / sqrt(Σ b²) over n values. */
+static double rel_rms(const float *a, const float *b, size_t n)
+{
+    double d2 = 0, b2 = 0;
+    for (size_t i = 0; i < n; i++) {
+        d2 += ((double)a[i] - b[i]) * ((double)a[i] - b[i]);
+        b2 += (double)b[i] * b[i];
+    }
+    return b2 > 0 ? sqrt(d2 / b2) : sqrt(d2);
+}
+
+/* A quantised model vs the F32 model of its dequantised weights: the kernels
+ * may round the activations to 8 bits per block (ggml's integer dot
+ * products), nothing else. */
+#define TWIN_TOL 0.03
+
 static int argmax(const float *x, int n)
 {
     int best = 0;
@@ -174,19 +192,19 @@ static void test_stories_every_type(void **state)
         /* rows of 64: K-quants fall back to 32-blocks (Q4_K → Q5_0, Q5_K → Q5_1,
          * Q6_K → Q8_0, Q2_K/Q3_K → Q4_0); ffn_down rows of 172 to F16; the tied
          * embedding (the output) Q8_0 in every quantised file */
-        {PD_FTYPE_F16, 0, PD_Q_F16, PD_Q_F16, PD_Q_F16, 64},
-        {PD_FTYPE_BF16, 0, PD_Q_BF16, PD_Q_BF16, PD_Q_BF16, 64},
-        {PD_FTYPE_Q8_0, 0, PD_Q_Q8_0, PD_Q_F16, PD_Q_Q8_0, 64},
-        {PD_FTYPE_Q5_1, 0, PD_Q_Q5_1, PD_Q_F16, PD_Q_Q8_0, 16},
-        {PD_FTYPE_Q5_0, 0, PD_Q_Q5_0, PD_Q_F16, PD_Q_Q8_0, 64},
-        {PD_FTYPE_Q4_1, 0, PD_Q_Q4_1, PD_Q_F16, PD_Q_Q8_0, 16},
-        {PD_FTYPE_Q4_0, 0, PD_Q_Q4_0, PD_Q_F16, PD_Q_Q8_0, 23},
-        {PD_FTYPE_Q6_K, 0, PD_Q_Q8_0, PD_Q_F16, PD_Q_Q8_0, 64},
-        {PD_FTYPE_Q5_K_M, 0, PD_Q_Q5_1, PD_Q_F16, PD_Q_Q8_0, 16},
-        {PD_FTYPE_Q4_K_M, 0, PD_Q_Q5_0, PD_Q_F16, PD_Q_Q8_0, 64},
-        {PD_FTYPE_Q3_K_M, 0, PD_Q_Q4_0, PD_Q_F16, PD_Q_Q8_0, 16},
-        {PD_FTYPE_Q2_K, 0, PD_Q_Q4_0, PD_Q_F16, PD_Q_Q8_0, 23},
-        {PD_FTYPE_Q4_0, 1, PD_Q_Q4_0, PD_Q_F16, PD_Q_Q4_0, 23},
+        {PD_FTYPE_F16, 0, PD_Q_F16, PD_Q_F16, PD_Q_F16, 32},
+        {PD_FTYPE_BF16, 0, PD_Q_BF16, PD_Q_BF16, PD_Q_BF16, 32},
+        {PD_FTYPE_Q8_0, 0, PD_Q_Q8_0, PD_Q_F16, PD_Q_Q8_0, 32},
+        {PD_FTYPE_Q5_1, 0, PD_Q_Q5_1, PD_Q_F16, PD_Q_Q8_0, 8},
+        {PD_FTYPE_Q5_0, 0, PD_Q_Q5_0, PD_Q_F16, PD_Q_Q8_0, 28},
+        {PD_FTYPE_Q4_1, 0, PD_Q_Q4_1, PD_Q_F16, PD_Q_Q8_0, 8},
+        {PD_FTYPE_Q4_0, 0, PD_Q_Q4_0, PD_Q_F16, PD_Q_Q8_0, 12},
+        {PD_FTYPE_Q6_K, 0, PD_Q_Q8_0, PD_Q_F16, PD_Q_Q8_0, 32},
+        {PD_FTYPE_Q5_K_M, 0, PD_Q_Q5_1, PD_Q_F16, PD_Q_Q8_0, 32},
+        {PD_FTYPE_Q4_K_M, 0, PD_Q_Q5_0, PD_Q_F16, PD_Q_Q8_0, 32},
+        {PD_FTYPE_Q3_K_M, 0, PD_Q_Q4_0, PD_Q_F16, PD_Q_Q8_0, 8},
+        {PD_FTYPE_Q2_K, 0, PD_Q_Q4_0, PD_Q_F16, PD_Q_Q8_0, 12},
+        {PD_FTYPE_Q4_0, 1, PD_Q_Q4_0, PD_Q_F16, PD_Q_Q4_0, 12},
     };
     pd_model *ref = test_model_load();
     assert_non_null(ref);
@@ -228,14 +246,10 @@ static void test_stories_every_type(void **state)
         assert_string_equal(q->fingerprint_hex, d->fingerprint_hex);
         run_all(q, want, N, lq);
         run_all(d, want, N, ld);
-        double max_diff = 0, range = 0;
-        for (size_t i = 0; i < (size_t)N * V; i++) {
-            max_diff = fmax(max_diff, fabs((double)lq[i] - ld[i]));
-            range = fmax(range, fabs(ld[i]));
-        }
-        if (max_diff > 1e-2 * range)
-            fail_msg("%s: logits differ from the dequantised F32 model by %.3g (range %.3g)",
-                     fname, max_diff, range);
+        double twin = rel_rms(lq, ld, (size_t)N * V);
+        if (twin > TWIN_TOL)
+            fail_msg("%s: logits differ from the dequantised F32 model by %.4f (relative RMS)",
+                     fname, twin);
 
         /* greedy agreement with the F32 original */
         int32_t got[NP + NG];
@@ -316,18 +330,13 @@ static void test_k_quants_synthetic(void **state)
         assert_string_not_equal(q->fingerprint_hex, ref->fingerprint_hex);
         run_all(q, toks, N, lq);
         run_all(d, toks, N, ld);
-        double diff2 = 0, ref2 = 0, max_twin = 0, range = 0;
-        for (size_t i = 0; i < (size_t)N * V; i++) {
-            diff2 += ((double)lq[i] - lr[i]) * ((double)lq[i] - lr[i]);
-            ref2 += (double)lr[i] * lr[i];
-            max_twin = fmax(max_twin, fabs((double)lq[i] - ld[i]));
-            range = fmax(range, fabs(ld[i]));
-        }
-        if (max_twin > 1e-2 * range)
-            fail_msg("%s: logits differ from the dequantised twin by %.3g", fname, max_twin);
-        if (sqrt(diff2 / ref2) > cases[k].max_rel)
-            fail_msg("%s: logits' relative RMS distance from F32 %.4f above %.4f", fname,
-                     sqrt(diff2 / ref2), cases[k].max_rel);
+        double twin = rel_rms(lq, ld, (size_t)N * V), dist = rel_rms(lq, lr, (size_t)N * V);
+        if (twin > TWIN_TOL)
+            fail_msg("%s: logits differ from the dequantised twin by %.4f (relative RMS)", fname,
+                     twin);
+        if (dist > cases[k].max_rel)
+            fail_msg("%s: logits' relative RMS distance from F32 %.4f above %.4f", fname, dist,
+                     cases[k].max_rel);
         pd_model_free(d);
         pd_model_free(q);
     }
