@@ -544,6 +544,7 @@ static void test_bad_input(void **state)
     assert_true(pd_model_load(&mp, &m, &err) < 0);
     assert_non_null(strstr(err.msg, "trunc.gguf"));
     assert_non_null(strstr(err.msg, "tensor"));
+    assert_non_null(strstr(err.msg, "(Q8_0)"));
     free(buf);
 
     /* quantize refuses an input tensor it cannot read */
