@@ -443,6 +443,49 @@ static void test_mixes(void **state)
     assert_int_equal(pd_ftype_base_type(PD_FTYPE_Q3_K_L), PD_Q_Q3_K);
 }
 
+/* pd_gguf_add_kv copies pairs of every value type (nested arrays, strings,
+ * general.alignment as the writer's alignment) byte for byte. */
+static void test_copy_metadata(void **state)
+{
+    (void)state;
+    pd_gguf *g, *h;
+    pd_gguf_writer *w;
+    pd_err err;
+    assert_int_equal(pd_gguf_open("tests/fuzz/corpus/gguf/every-kv-type.gguf", &g, &err), PD_OK);
+    assert_int_equal(g->alignment, 64);
+    assert_int_equal(pd_gguf_writer_create(&w, &err), PD_OK);
+    for (size_t i = 0; i < g->n_kv; i++) assert_int_equal(pd_gguf_add_kv(w, &g->kv[i], &err), PD_OK);
+    float one[64] = {1};
+    int64_t ne[1] = {64};
+    assert_int_equal(pd_gguf_add_tensor(w, "t", 1, ne, PD_GGML_F32, one, &err), PD_OK);
+    void *buf;
+    size_t n;
+    assert_int_equal(pd_gguf_writer_to_mem(w, &buf, &n, &err), PD_OK);
+    assert_int_equal(pd_gguf_parse(buf, n, "copy", &h, &err), PD_OK);
+    assert_int_equal(h->alignment, 64);
+    assert_int_equal(h->n_kv, g->n_kv);
+    for (size_t i = 0; i < g->n_kv; i++) {
+        const pd_gguf_kv *a = &g->kv[i], *b = &h->kv[i];
+        assert_true(a->key.len == b->key.len && !memcmp(a->key.ptr, b->key.ptr, a->key.len));
+        assert_int_equal(a->type, b->type);
+        if (a->type == PD_GGUF_ARRAY) {
+            assert_int_equal(a->arr_type, b->arr_type);
+            assert_int_equal(a->arr_n, b->arr_n);
+            assert_int_equal(a->arr_bytes, b->arr_bytes);
+            assert_memory_equal(a->arr_data, b->arr_data, a->arr_bytes);
+        } else if (a->type == PD_GGUF_STRING) {
+            assert_true(a->v.s.len == b->v.s.len && !memcmp(a->v.s.ptr, b->v.s.ptr, a->v.s.len));
+        } else {
+            assert_true(a->v.u == b->v.u); /* the 8 bytes of any scalar */
+        }
+    }
+    assert_int_equal(((const float *)pd_gguf_find_tensor(h, "t")->data)[0], 1);
+    pd_gguf_free(h);
+    free(buf);
+    pd_gguf_writer_free(w);
+    pd_gguf_free(g);
+}
+
 /* ---- bad input ---- */
 
 /* The F32 stories file rewritten with blk.0.<which> stored as `type`
@@ -568,6 +611,7 @@ int main(void)
         cmocka_unit_test(test_stories_every_type),
         cmocka_unit_test(test_k_quants_synthetic),
         cmocka_unit_test(test_requantize_stable),
+        cmocka_unit_test(test_copy_metadata),
         cmocka_unit_test(test_bad_input),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
