@@ -247,11 +247,13 @@ static void test_gradient_matches_finite_differences(void **state)
  * of 256; the backward products dequantise bands of rows): the reference
  * forward uses the same dequantised weights, so the tolerance is the F32
  * one. */
+static pd_model *shipped; /* the shipped model while a test swaps in another */
+
 static void test_gradient_quantised(void **state)
 {
     (void)state;
     static const int qtypes[2] = {PD_Q_Q8_0, PD_Q_Q4_K};
-    pd_model *keep = model;
+    shipped = model;
     for (int i = 0; i < 2; i++) {
         model = test_model_synth(qtypes[i], 31 + (uint64_t)i);
         assert_non_null(model);
@@ -259,8 +261,21 @@ static void test_gradient_quantised(void **state)
         const int32_t t2[7] = {1, 5, 77, 140, 33, 201, 9};
         gradient_check(t1, 10, t2, 7);
         pd_model_free(model);
+        model = shipped;
     }
-    model = keep;
+    shipped = NULL;
+}
+
+/* puts the shipped model back when test_gradient_quantised failed midway */
+static int restore_model(void **state)
+{
+    (void)state;
+    if (shipped) {
+        if (model != shipped) pd_model_free(model);
+        model = shipped;
+        shipped = NULL;
+    }
+    return 0;
 }
 
 /* The projection MLP (PEFT's prefix_projection) computed in double inside
@@ -450,7 +465,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_gradient_matches_finite_differences),
-        cmocka_unit_test(test_gradient_quantised),
+        cmocka_unit_test_teardown(test_gradient_quantised, restore_model),
         cmocka_unit_test(test_projection_gradient_matches_finite_differences),
         cmocka_unit_test(test_packing_and_engine_agreement),
         cmocka_unit_test(test_bad_batches),
