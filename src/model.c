@@ -34,15 +34,27 @@ int pd_config_validate(const pd_config *c, const char *path, pd_err *err)
     CHECK_RANGE(vocab_size, 1, 1 << 22);
     CHECK_RANGE(seq_len, 1, 1 << 22);
 #undef CHECK_RANGE
-    if (c->dim % c->n_heads != 0)
+    if (c->q_dim == c->dim && c->dim % c->n_heads != 0)
         return pd_err_set(err, PD_EFORMAT, "%s: dim %d is not a multiple of n_heads %d", path,
                           c->dim, c->n_heads);
     if (c->n_heads % c->n_kv_heads != 0)
         return pd_err_set(err, PD_EFORMAT, "%s: n_heads %d is not a multiple of n_kv_heads %d",
                           path, c->n_heads, c->n_kv_heads);
-    if (c->head_dim != c->dim / c->n_heads || c->head_dim % 2 != 0)
-        return pd_err_set(err, PD_EFORMAT, "%s: head_dim %d must be dim/n_heads and even", path,
-                          c->head_dim);
+    if (c->head_dim < 2 || c->head_dim > (1 << 12) || c->head_dim % 2 != 0)
+        return pd_err_set(err, PD_EFORMAT, "%s: head_dim %d must be even and in [2, 4096]",
+                          path, c->head_dim);
+    if ((int64_t)c->q_dim != (int64_t)c->n_heads * c->head_dim || c->q_dim > (1 << 16))
+        return pd_err_set(err, PD_EFORMAT,
+                          "%s: q_dim %d must be n_heads * head_dim = %d * %d (at most 65536)",
+                          path, c->q_dim, c->n_heads, c->head_dim);
+    if (c->arch < PD_ARCH_LLAMA || c->arch > PD_ARCH_QWEN3 || c->rope_type < PD_ROPE_NORM ||
+        c->rope_type > PD_ROPE_NEOX || c->rope_scaling < PD_ROPE_SCALING_NONE ||
+        c->rope_scaling > PD_ROPE_SCALING_LLAMA3)
+        return pd_err_set(err, PD_EFORMAT, "%s: unknown architecture %d, rope type %d or scaling %d",
+                          path, c->arch, c->rope_type, c->rope_scaling);
+    if (!(c->rope_freq_scale > 0.0f) || !isfinite(c->rope_freq_scale))
+        return pd_err_set(err, PD_EFORMAT, "%s: rope frequency scale %g must be positive", path,
+                          (double)c->rope_freq_scale);
     if (c->kv_dim != c->n_kv_heads * c->head_dim)
         return pd_err_set(err, PD_EFORMAT, "%s: kv_dim %d != n_kv_heads * head_dim", path,
                           c->kv_dim);
@@ -149,6 +161,33 @@ static void fp_wmat(fp_state *s, const pd_wmat *W, float *row)
     s->total += n;
 }
 
+/* The architecture variant's hyper-parameters and vectors, hashed only when
+ * they differ from plain llama so a plain llama model keeps the fingerprint
+ * it always had. */
+static void fp_variant(fp_state *s, const pd_model *m)
+{
+    const pd_config *c = &m->cfg;
+    const size_t QD = (size_t)c->q_dim, KV = (size_t)c->kv_dim, hd = (size_t)c->head_dim;
+    int plain = c->arch == PD_ARCH_LLAMA && c->q_dim == c->dim && c->rope_type == PD_ROPE_NORM &&
+                c->rope_scaling == PD_ROPE_SCALING_NONE && c->rope_freq_scale == 1.0f &&
+                c->sliding_window == 0 && !m->w.rope_freqs;
+    for (int l = 0; l < c->n_layers; l++) plain = plain && !m->w.layers[l].bq;
+    if (plain) return;
+    float hp[7] = {(float)c->arch,      (float)c->q_dim,        (float)c->head_dim,
+                   (float)c->rope_type, (float)c->rope_scaling, c->rope_freq_scale,
+                   (float)c->sliding_window};
+    fp_floats(s, hp, 7);
+    if (m->w.rope_freqs) fp_floats(s, m->w.rope_freqs, hd / 2);
+    for (int l = 0; l < c->n_layers; l++) {
+        const pd_layer_weights *L = &m->w.layers[l];
+        if (L->bq) fp_floats(s, L->bq, QD);
+        if (L->bk) fp_floats(s, L->bk, KV);
+        if (L->bv) fp_floats(s, L->bv, KV);
+        if (L->q_norm) fp_floats(s, L->q_norm, hd);
+        if (L->k_norm) fp_floats(s, L->k_norm, hd);
+    }
+}
+
 static int model_fingerprint(const pd_model *m, uint64_t *out)
 {
     const pd_config *c = &m->cfg;
@@ -159,7 +198,9 @@ static int model_fingerprint(const pd_model *m, uint64_t *out)
                    c->rope_base,         c->norm_eps,          (float)m->tied_classifier};
     fp_floats(&s, hp, 9);
     size_t D = (size_t)c->dim;
-    float *row = malloc((size_t)(c->dim > c->hidden_dim ? c->dim : c->hidden_dim) * sizeof *row);
+    int row_max = c->dim > c->hidden_dim ? c->dim : c->hidden_dim;
+    if (c->q_dim > row_max) row_max = c->q_dim;
+    float *row = malloc((size_t)row_max * sizeof *row);
     if (!row) return PD_ENOMEM;
     fp_wmat(&s, &m->w.token_embedding, row);
     for (int l = 0; l < c->n_layers; l++) {
@@ -177,6 +218,7 @@ static int model_fingerprint(const pd_model *m, uint64_t *out)
     fp_floats(&s, m->w.rms_final, D);
     if (!m->tied_classifier) fp_wmat(&s, &m->w.wcls, row);
     free(row);
+    fp_variant(&s, m);
     *out = fp_final(&s);
     return PD_OK;
 }
@@ -204,6 +246,9 @@ int pd__model_finish(pd_model *m, pd_err *err)
                  wmat_bytes(&L->w3);
     }
     m->weight_bytes = bytes;
+    /* held in memory: the above and the embedding when untied (widened
+     * tensors at their F32 size) */
+    m->resident_bytes = bytes + (m->tied_classifier ? 0 : wmat_bytes(&m->w.token_embedding));
     if (model_fingerprint(m, &m->fingerprint) < 0)
         return pd_err_set(err, PD_ENOMEM, "out of memory computing the model fingerprint");
     snprintf(m->fingerprint_hex, sizeof m->fingerprint_hex, "%016llx",

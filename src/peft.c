@@ -17,6 +17,12 @@
  * holds the computed prefix in prompt_embeddings and imports the same way.
  * PEFT's virtual tokens take positions 0..P-1 and its prefix holds no BOS:
  * has_bos = 0.
+ *
+ * Layout of a key head: PEFT's keys are in HF's layout, where rotary pairs
+ * are (i, i + head_dim/2). Llama-architecture files (GGUF llama, llama2.c)
+ * store q/k rows permuted so that pairs are adjacent (2i, 2i+1); the
+ * imported keys get the same permutation, so each q·k equals HF's. qwen2 and
+ * qwen3 keep HF's layout (NeoX rotary) and import unpermuted.
  */
 #include "prefixd/prefix.h"
 
@@ -187,8 +193,12 @@ static int check_embeddings(const char *file, const pd_st_tensor *t, const peft_
                       file, t->name, (long long)t->shape[1], c->n_layers, c->kv_dim, width, hint);
 }
 
-/* Moves PEFT rows src (P, L*2*KV) into the prefix layout (L, KVH, P, hd). */
-static void scatter(pd_prefix *p, const float *src)
+/* Moves PEFT rows src (P, L*2*KV) into the prefix layout (L, KVH, P, hd).
+ * adjacent: the model rotates adjacent pairs (llama: its q/k rows were
+ * permuted from HF's halves layout), so each key head is permuted the same
+ * way, ours[2i + r] = hf[r·hd/2 + i], which keeps every q·k of HF; NeoX
+ * models (qwen2/qwen3) use HF's layout as is. Values are never permuted. */
+static void scatter(pd_prefix *p, const float *src, int adjacent)
 {
     const int P = p->n_tokens, L = p->n_layers, KVH = p->n_kv_heads, hd = p->head_dim;
     const size_t width = (size_t)L * 2 * KVH * hd;
@@ -198,7 +208,14 @@ static void scatter(pd_prefix *p, const float *src)
                 for (int h = 0; h < KVH; h++) {
                     const float *s = src + (size_t)t * width + (((size_t)l * 2 + kv) * KVH + h) * hd;
                     float *d = (kv ? p->values : p->keys) + (((size_t)l * KVH + h) * P + t) * hd;
-                    memcpy(d, s, (size_t)hd * sizeof *d);
+                    if (kv || !adjacent) {
+                        memcpy(d, s, (size_t)hd * sizeof *d);
+                        continue;
+                    }
+                    for (int i = 0; i < hd / 2; i++) {
+                        d[2 * i] = s[i];
+                        d[2 * i + 1] = s[hd / 2 + i];
+                    }
                 }
 }
 
@@ -255,7 +272,7 @@ int pd_prefix_import_peft(const char *dir, const pd_model *m, const char *task,
                         st_path, t->name, bad / width, bad % width);
         goto done;
     }
-    scatter(p, rows);
+    scatter(p, rows, m->cfg.rope_type == PD_ROPE_NORM);
     p->has_bos = 0;
     if ((rc = pd__prefix_stamp(p, "peft", err)) < 0) goto done;
     if (pc.base_model && (rc = pd_prefix_meta_set(p, "peft_base_model", pc.base_model, err)) < 0)

@@ -72,47 +72,55 @@ static int k3_scale(const uint8_t *s, int j)
 static void dequant_q2_K(const pd_block_q2_K *b, float *y)
 {
     float d = pd_f16_to_f32(b->d), dmin = pd_f16_to_f32(b->dmin);
-    for (int e = 0; e < PD_QK_K; e++) {
-        int sb = e / 16;
+    for (int sb = 0; sb < 16; sb++) {
         float dl = d * (float)(b->scales[sb] & 0xF), ml = dmin * (float)(b->scales[sb] >> 4);
-        int q = (b->qs[(e / 128) * 32 + e % 32] >> (2 * ((e % 128) / 32))) & 3;
-        y[e] = dl * (float)q - ml;
+        for (int e = 16 * sb; e < 16 * sb + 16; e++) {
+            int q = (b->qs[(e / 128) * 32 + e % 32] >> (2 * ((e % 128) / 32))) & 3;
+            y[e] = dl * (float)q - ml;
+        }
     }
 }
 
 static void dequant_q3_K(const pd_block_q3_K *b, float *y)
 {
     float d = pd_f16_to_f32(b->d);
-    for (int e = 0; e < PD_QK_K; e++) {
-        float dl = d * (float)k3_scale(b->scales, e / 16);
-        int q = (b->qs[(e / 128) * 32 + e % 32] >> (2 * ((e % 128) / 32))) & 3;
-        int high = (b->hmask[e % 32] >> (e / 32)) & 1;
-        y[e] = dl * (float)(q - (high ? 0 : 4));
+    for (int sb = 0; sb < 16; sb++) {
+        float dl = d * (float)k3_scale(b->scales, sb);
+        for (int e = 16 * sb; e < 16 * sb + 16; e++) {
+            int q = (b->qs[(e / 128) * 32 + e % 32] >> (2 * ((e % 128) / 32))) & 3;
+            int high = (b->hmask[e % 32] >> (e / 32)) & 1;
+            y[e] = dl * (float)(q - (high ? 0 : 4));
+        }
+    }
+}
+
+/* Q4_K and Q5_K: sub-block sb's scale and min applied to its 32 codes
+ * (qh NULL for Q4_K). */
+static void dequant_k4(const uint8_t *scales, pd_half dh, pd_half dminh, const uint8_t *qs,
+                       const uint8_t *qh, float *y)
+{
+    float d = pd_f16_to_f32(dh), dmin = pd_f16_to_f32(dminh);
+    for (int sb = 0; sb < 8; sb++) {
+        int sc, mn;
+        k4_scale_min(scales, sb, &sc, &mn);
+        float dl = d * (float)sc, ml = dmin * (float)mn;
+        for (int e = 32 * sb; e < 32 * sb + 32; e++) {
+            uint8_t byte = qs[(e / 64) * 32 + e % 32];
+            int q = (e % 64) < 32 ? byte & 0xF : byte >> 4;
+            if (qh) q |= ((qh[e % 32] >> (e / 32)) & 1) << 4;
+            y[e] = dl * (float)q - ml;
+        }
     }
 }
 
 static void dequant_q4_K(const pd_block_q4_K *b, float *y)
 {
-    float d = pd_f16_to_f32(b->d), dmin = pd_f16_to_f32(b->dmin);
-    for (int e = 0; e < PD_QK_K; e++) {
-        int sc, mn;
-        k4_scale_min(b->scales, e / 32, &sc, &mn);
-        uint8_t byte = b->qs[(e / 64) * 32 + e % 32];
-        int q = (e % 64) < 32 ? byte & 0xF : byte >> 4;
-        y[e] = (d * (float)sc) * (float)q - dmin * (float)mn;
-    }
+    dequant_k4(b->scales, b->d, b->dmin, b->qs, NULL, y);
 }
 
 static void dequant_q5_K(const pd_block_q5_K *b, float *y)
 {
-    float d = pd_f16_to_f32(b->d), dmin = pd_f16_to_f32(b->dmin);
-    for (int e = 0; e < PD_QK_K; e++) {
-        int sc, mn;
-        k4_scale_min(b->scales, e / 32, &sc, &mn);
-        uint8_t byte = b->qs[(e / 64) * 32 + e % 32];
-        int q = ((e % 64) < 32 ? byte & 0xF : byte >> 4) | ((b->qh[e % 32] >> (e / 32)) & 1) << 4;
-        y[e] = (d * (float)sc) * (float)q - dmin * (float)mn;
-    }
+    dequant_k4(b->scales, b->d, b->dmin, b->qs, b->qh, y);
 }
 
 /* The 6-bit code (0..63) of element e of a Q6_K block. */
@@ -128,8 +136,10 @@ static int q6_code(const pd_block_q6_K *b, int e)
 static void dequant_q6_K(const pd_block_q6_K *b, float *y)
 {
     float d = pd_f16_to_f32(b->d);
-    for (int e = 0; e < PD_QK_K; e++)
-        y[e] = (d * (float)b->scales[e / 16]) * (float)(q6_code(b, e) - 32);
+    for (int sb = 0; sb < 16; sb++) {
+        float dl = d * (float)b->scales[sb];
+        for (int e = 16 * sb; e < 16 * sb + 16; e++) y[e] = dl * (float)(q6_code(b, e) - 32);
+    }
 }
 
 static void dequant_q8_K(const pd_block_q8_K *b, float *y)

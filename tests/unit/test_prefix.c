@@ -973,7 +973,8 @@ static void write_peft(const char *dir, const char *config, const char *name, in
 }
 
 /* PEFT's rows for prefix p: flat index f of row t decomposed as
- * f = ((layer * 2 + kv) * n_kv_heads + head) * head_dim + d. */
+ * f = ((layer * 2 + kv) * n_kv_heads + head) * head_dim + d; keys in HF's
+ * halves layout: HF's d = r * hd/2 + i is the model's (adjacent-pair) 2i + r. */
 static float *peft_rows(const pd_prefix *p)
 {
     const int P = p->n_tokens, L = p->n_layers, KVH = p->n_kv_heads, hd = p->head_dim;
@@ -984,7 +985,8 @@ static float *peft_rows(const pd_prefix *p)
         for (size_t f = 0; f < width; f++) {
             size_t d = f % hd, head = f / hd % KVH, kv = f / hd / KVH % 2, layer = f / hd / KVH / 2;
             const float *src = kv ? p->values : p->keys;
-            rows[(size_t)t * width + f] = src[((layer * KVH + head) * P + t) * hd + d];
+            size_t dm = kv ? d : 2 * (d % (hd / 2)) + d / (hd / 2);
+            rows[(size_t)t * width + f] = src[((layer * KVH + head) * P + t) * hd + dm];
         }
     return rows;
 }
