@@ -68,6 +68,7 @@ def test_every_type_from_llama2c(tmp_path):
         assert gguf_u32(str(out), "general.file_type") == FILE_TYPE[t]
         assert gguf_u32(str(out), "general.quantization_version") == 2
         text, types = tensor_types(str(out))
+        assert f"file_type: {t} ({FILE_TYPE[t]})" in text
         assert types["blk.0.attn_norm.weight"] == ("F32", 32.0)
         # rows of 64 take the 32-element blocks; ffn_down's rows of 172 none
         if t not in ("F32", "F16", "BF16"):
