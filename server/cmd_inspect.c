@@ -1,5 +1,5 @@
 /* cmd_inspect.c — `prefixd inspect PATH`: loads a model (any format) and
- * prints its format, hyper-parameters, tokenizer ids, tensor list (each
+ * prints its format, GGUF file type, hyper-parameters, tokenizer ids, tensor list (each
  * tensor's type and bits per weight), total weight bytes and fingerprint,
  * one "key: value" per line. */
 #include <inttypes.h>
