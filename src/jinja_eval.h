@@ -39,13 +39,16 @@ enum {
     F_O_GET, F_O_ITEMS, F_O_KEYS, F_O_VALUES
 };
 
+typedef struct jscope jscope;
+
 struct jfunc {
     int id;
     jv self;            /* the string or object a method is bound to */
     const jnode *macro; /* F_MACRO: its definition */
+    jscope *closure;    /* a call block's caller(): the scope it sees; NULL:
+                           a macro sees the scope it is called from */
 };
 
-typedef struct jscope jscope;
 struct jscope {
     jscope *parent;
     jobj vars;
