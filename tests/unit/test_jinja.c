@@ -182,6 +182,10 @@ static void test_semantics(void **state)
     expect_output("{% macro each(xs) %}{% for x in xs %}{{ caller(x) }}{% endfor %}{% endmacro %}"
                   "{% set v = 'V' %}{% call(item) each([1,2]) %}[{{ item }}{{ v }}]{% endcall %}",
                   NULL, "[1V][2V]");
+    expect_output("{% for k, v in d | dictsort %}{{ k }}={{ v }};{% endfor %}|"
+                  "{{ d.dictsort(by='value', reverse=true) }}|{{ d.dictsort(true) }}",
+                  "{\"d\": {\"b\": 2, \"a\": 3, \"C\": 1}}",
+                  "a=3;b=2;C=1;|[[\"a\", 3], [\"b\", 2], [\"C\", 1]]|[[\"C\", 1], [\"a\", 3], [\"b\", 2]]");
     /* tuples cannot be unpacked in for, as in the reference */
     expect_error("{% for a, b in [(1, 2)] %}{{ a }}{% endfor %}", NULL, PD_EINVAL, "line 1, column 8",
                  "TupleValue");
