@@ -601,6 +601,8 @@ static jv number_value(double f, int integer)
 static jv simple_filter(jctx *C, const jnode *at, const jv *v, const char *f)
 {
     if (!strcmp(f, "safe")) return *v;
+    if (!strcmp(f, "count") && (v->t == V_ARRAY || v->t == V_STR || v->t == V_OBJECT))
+        f = "length"; /* Jinja's alias, which the reference lacks */
     if (!strcmp(f, "tojson")) {
         jjson_opts o = {.undefined_as_null = 1};
         jsbuf b = {0};

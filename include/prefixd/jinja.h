@@ -32,7 +32,7 @@
  * tojson's sort_keys orders by bytes (the reference by locale); case changes
  * are ASCII-only; a context variable may shadow a global (the reference
  * refuses it); division and modulo by zero are errors (the reference prints
- * Infinity or NaN).
+ * Infinity or NaN). One addition: the filter count (Jinja's alias of length).
  *
  * Anything else (an unknown statement, filter, test or method, a type
  * error) fails with PD_EFORMAT (parse) or PD_EINVAL (render) and

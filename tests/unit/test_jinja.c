@@ -176,6 +176,9 @@ static void test_semantics(void **state)
     /* a macro sees the scope it is called from; kwargs when read */
     expect_output("{% macro m() %}{{ v }}{{ kwargs.k }}{% endmacro %}{% set v = 'V' %}{{ m(k=1) }}",
                   NULL, "V1");
+    /* count: Jinja's alias of length, which the reference lacks */
+    expect_output("{{ xs | count }} {{ 'abc' | count }} {{ d | count }}", "{\"xs\": [1, 2], \"d\": {}}",
+                  "2 3 0");
     /* call blocks (outputs from the reference) */
     expect_output("{% macro wrap(t) %}<{{ t }}:{{ caller() }}>{% endmacro %}{% call wrap('a') %}"
                   "inner {{ 1 + 1 }}{% endcall %}", NULL, "<a:inner 2>");
