@@ -53,6 +53,10 @@ static const key_def keys[] = {
     {"shutdown_grace_ms", K_INT, OFF(shutdown_grace_ms), 0, 3600000, NULL, 10000},
     {"max_connections", K_INT, OFF(max_connections), 1, 65536, NULL, 512},
     {"connection_timeout_s", K_INT, OFF(connection_timeout_s), 0, 86400, NULL, 60},
+    {"max_connections_per_client", K_INT, OFF(max_connections_per_client), 1, 65536, NULL, 32},
+    {"request_timeout_s", K_INT, OFF(request_timeout_s), 0, 86400, NULL, 30},
+    {"max_url_bytes", K_INT, OFF(max_url_bytes), 256, 1L << 20, NULL, 8192},
+    {"max_header_bytes", K_INT, OFF(max_header_bytes), 1024, 1L << 20, NULL, 16384},
     {"max_file_bytes", K_INT, OFF(max_file_bytes), 1024, 1L << 34, NULL, 64 * MIB},
     {"max_jobs", K_INT, OFF(max_jobs), 1, 1000000, NULL, 100},
     {"train_threads", K_INT, OFF(train_threads), 0, 256, NULL, 1},
@@ -72,6 +76,8 @@ const char config_usage[] =
     "            [--api-key [admin:]KEY]... [--max-body-bytes N] [--max-prefix-bytes N]\n"
     "            [--registry-budget-mb N] [--registry-rescan-ms N] [--shutdown-grace-ms N]\n"
     "            [--max-connections N] [--connection-timeout-s N] [--log-level LEVEL]\n"
+    "            [--max-connections-per-client N] [--request-timeout-s N]\n"
+    "            [--max-url-bytes N] [--max-header-bytes N]\n"
     "            [--max-file-bytes N] [--max-jobs N] [--train-threads N] [--train-nice N]\n"
     "            [--checkpoint-every N] [--train-eval-every N] [--train-metrics-every N]\n"
     "            [--train-max-pause-ms N] [--chat-template NAME|FILE]\n"
@@ -337,6 +343,9 @@ int config_check(const srv_config *c, char *err, size_t cap)
         return fail(err, cap, "no model: set \"model\" in the config file or pass --model PATH");
     if (!c->registry || !*c->registry)
         return fail(err, cap, "no registry: set \"registry\" or pass --registry DIR");
+    if (c->max_url_bytes > c->max_header_bytes)
+        return fail(err, cap, "max_url_bytes (%ld) must not exceed max_header_bytes (%ld)",
+                    c->max_url_bytes, c->max_header_bytes);
     if (!c->log_level || pd_log_level_parse(c->log_level) < 0)
         return fail(err, cap, "log_level: '%s' is not one of debug, info, warn, error, off",
                     c->log_level ? c->log_level : "");
