@@ -30,11 +30,14 @@ LIB_SRC  := $(wildcard src/*.c)
 SRV_SRC  := $(wildcard server/*.c)
 TEST_SRC := $(wildcard tests/unit/test_*.c)
 BENCH_SRC := $(wildcard tests/bench/*.c)
+MICRO_SRC := $(wildcard tests/bench/micro/*.c)
 
 LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/%.o)
 SRV_OBJ  := $(SRV_SRC:%.c=$(BUILD)/%.o)
 TEST_BIN := $(TEST_SRC:tests/unit/%.c=$(BUILD)/tests/%)
 BENCH_BIN := $(BUILD)/bench/prefixd-bench
+# micro-benchmarks: tests/bench/micro/NAME.c is build/bench/micro_NAME
+MICRO_BIN := $(MICRO_SRC:tests/bench/micro/%.c=$(BUILD)/bench/micro_%)
 SYNTH_BIN := $(BUILD)/tools/prefixd-synth
 SYNTH_OBJ := $(BUILD)/tests/tools/synth_model.o
 
@@ -56,7 +59,7 @@ $(BUILD)/vocab/qwen3.gguf: $(NPM_TOK)/tokenizer-qwen3/models/tokenizer.json test
 	@mkdir -p $(@D)
 	$(PYTHON) tests/tools/vocab_from_hf.py $(<D) $@ --pre qwen2 --arch qwen3 --name qwen3-vocab
 
-all: $(BUILD)/prefixd $(BUILD)/libprefixd.a $(TEST_BIN) $(SYNTH_BIN)
+all: $(BUILD)/prefixd $(BUILD)/libprefixd.a $(TEST_BIN) $(SYNTH_BIN) $(MICRO_BIN)
 
 # rebuilt from scratch: a source file removed must not leave its object behind
 $(BUILD)/libprefixd.a: $(LIB_OBJ)
@@ -93,6 +96,10 @@ $(BUILD)/tests/test_backprop: $(BUILD)/tests/unit/test_backprop.o $(SYNTH_OBJ) $
 $(BENCH_BIN): $(BENCH_SRC:%.c=$(BUILD)/%.o) $(SYNTH_OBJ) $(BUILD)/libprefixd.a
 	@mkdir -p $(@D)
 	$(CC) $(LDFLAGS) -o $@ $(filter %.o,$^) $(BUILD)/libprefixd.a $(LDLIBS)
+
+$(BUILD)/bench/micro_%: $(BUILD)/tests/bench/micro/%.o $(BUILD)/libprefixd.a
+	@mkdir -p $(@D)
+	$(CC) $(LDFLAGS) -o $@ $< $(BUILD)/libprefixd.a $(LDLIBS)
 
 $(BUILD)/%.o: %.c
 	@mkdir -p $(@D)
@@ -155,7 +162,8 @@ asan: deps
 
 SYNTH ?= $(BUILD)/bench/synth-134m-f32.gguf
 bench: deps
-	$(MAKE) $(BENCH_BIN) $(BUILD)/prefixd
+	$(MAKE) $(BENCH_BIN) $(BUILD)/prefixd $(MICRO_BIN)
+	for b in $(MICRO_BIN); do $$b || exit 1; done
 	$(BENCH_BIN)
 	$(PYTHON) tests/bench/load.py serve --model $(SYNTH)
 	$(PYTHON) tests/bench/load.py prefix --model $(SYNTH)

@@ -88,7 +88,8 @@ int cmd_template(int argc, char **argv)
             goto done;
         }
     } else {
-        src = strdup(pd_chat_builtin(PD_CHAT_DEFAULT));
+        const char *own = m ? pd_chat_model_template(m->tok) : NULL;
+        src = strdup(own ? own : pd_chat_builtin(PD_CHAT_DEFAULT));
         if (!src) {
             cli_fail("out of memory");
             goto done;
@@ -98,10 +99,7 @@ int cmd_template(int argc, char **argv)
     cp.add_generation_prompt = agp;
     cp.tools = json_is_null(tools) ? NULL : tools;
     cp.now = now;
-    if (m) {
-        cp.bos_token = pd_tokenizer_piece(m->tok, pd_tokenizer_bos(m->tok));
-        cp.eos_token = pd_tokenizer_piece(m->tok, pd_tokenizer_eos(m->tok));
-    }
+    if (m) pd_chat_model_tokens(m->tok, &cp);
     if (bos) cp.bos_token = bos;
     if (eos) cp.eos_token = eos;
     if (pd_chat_render(src, messages, &cp, &out, &err) < 0) {

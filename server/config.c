@@ -14,6 +14,8 @@
 #include <string.h>
 
 #include "cli.h"
+#include "prefixd/chat.h"
+#include "prefixd/jinja.h"
 #include "prefixd/log.h"
 
 enum { K_STR, K_INT, K_KEYS };
@@ -37,6 +39,7 @@ static const key_def keys[] = {
     {"registry", K_STR, OFF(registry), 0, 0, "registry", 0},
     {"data", K_STR, OFF(data), 0, 0, "data", 0},
     {"log_level", K_STR, OFF(log_level), 0, 0, "info", 0},
+    {"chat_template", K_STR, OFF(chat_template), 0, 0, NULL, 0},
     {"threads", K_INT, OFF(threads), 0, 256, NULL, 0},
     {"max_seqs", K_INT, OFF(max_seqs), 1, 4096, NULL, 64},
     {"max_step_tokens", K_INT, OFF(max_step_tokens), 1, 65536, NULL, 256},
@@ -77,7 +80,7 @@ const char config_usage[] =
     "            [--max-url-bytes N] [--max-header-bytes N]\n"
     "            [--max-file-bytes N] [--max-jobs N] [--train-threads N] [--train-nice N]\n"
     "            [--checkpoint-every N] [--train-eval-every N] [--train-metrics-every N]\n"
-    "            [--train-max-pause-ms N]\n"
+    "            [--train-max-pause-ms N] [--chat-template NAME|FILE]\n"
     "            the OpenAI-compatible HTTP server (config/README.md lists every key)\n";
 
 static int fail(char *err, size_t cap, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
@@ -346,5 +349,16 @@ int config_check(const srv_config *c, char *err, size_t cap)
     if (!c->log_level || pd_log_level_parse(c->log_level) < 0)
         return fail(err, cap, "log_level: '%s' is not one of debug, info, warn, error, off",
                     c->log_level ? c->log_level : "");
+    if (c->chat_template) { /* refuse a template that cannot be read or parsed now */
+        char *src;
+        pd_err e;
+        pd_jinja_template *t = NULL;
+        if (pd_chat_template_load(c->chat_template, &src, &e) < 0)
+            return fail(err, cap, "chat_template: %s", e.msg);
+        int rc = pd_jinja_parse(src, strlen(src), &t, &e);
+        free(src);
+        pd_jinja_free(t);
+        if (rc < 0) return fail(err, cap, "chat_template %s: %s", c->chat_template, e.msg);
+    }
     return 0;
 }

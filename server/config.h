@@ -20,6 +20,7 @@ typedef struct srv_config {
     char *registry;           /* registry directory */
     char *data;               /* data directory (job store, uploaded files) */
     char *log_level;          /* debug | info | warn | error | off */
+    char *chat_template;      /* built-in name or template file; NULL: the model's */
     long threads;             /* engine threads, 0: online CPUs */
     long max_seqs;            /* running sequences at most */
     long max_step_tokens;     /* tokens per engine step at most */

@@ -163,6 +163,20 @@ enum MHD_Result route_metrics(http_req *r);         /* GET /metrics */
 enum MHD_Result route_tokenize(http_req *r);        /* POST /tokenize */
 enum MHD_Result route_detokenize(http_req *r);      /* POST /detokenize */
 
+/* The chat template source for a request (routes_template.c): override (a
+ * built-in name or the template's source, from the request's
+ * "chat_template"; NULL: none), else the configured chat_template (a
+ * built-in name or a file), else the model's own, else the default
+ * (ChatML). *src is new (free()). PD_OK, or PD_ENOTFOUND/PD_EIO/PD_ENOMEM. */
+int srv_chat_template(const srv *s, const char *override, char **src, pd_err *err);
+
+/* Renders body's "messages" (and "tools", "chat_template") with the
+ * model's BOS/EOS text into *prompt (new, free()). On failure *param names
+ * the request field at fault and err says what; PD_EINVAL for bad input or
+ * a template error, PD_ENOMEM. */
+int srv_chat_render(const srv *s, const json_t *body, int add_generation_prompt, char **prompt,
+                    const char **param, pd_err *err);
+
 /* Answers a job-store failure (routes_files.c): PD_EINVAL 400 (with the
  * parameter named at the start of the message as "param"), PD_ENOTFOUND
  * 404, PD_EBUSY 409, PD_ENOMEM 503, anything else 500. code may be NULL. */

@@ -17,7 +17,7 @@ static const char usage[] =
     "  inspect   PATH [--tokenizer PATH]   hyper-parameters, tensors, fingerprint\n"
     "  convert   --model IN [--tokenizer TOK] --out OUT.gguf [--dtype TYPE]\n"
     "            write a model as GGUF v3 (TYPE: f32, f16, bf16 or a quantize type)\n"
-    "  quantize  IN OUT.gguf --type TYPE [--pure] [--tokenizer TOK] [--name NAME]\n"
+    "  quantize  IN OUT.gguf --type TYPE [--pure] [--tokenizer TOK] [--name NAME] [--threads N]\n"
     "            rewrite a model in a weight type as llama-quantize does: F32 F16 BF16\n"
     "            Q8_0 Q4_0 Q4_1 Q5_0 Q5_1 Q2_K Q3_K_S/M/L Q4_K_S/M Q5_K_S/M Q6_K\n"
     "  prefix from-prompt --model M [--tokenizer T] --task NAME --text TEXT --out DIR [--f16]\n"

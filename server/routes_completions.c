@@ -713,15 +713,30 @@ static int render_chat(completion *c, json_t *body, int generation_prompt, char 
     if (rc < 0)
         return creq_reject(&c->err, rc == PD_ENOMEM ? 503 : 400, "messages",
                            rc == PD_ENOMEM ? "out_of_memory" : "invalid_value", "%s", err.msg);
-    const char *tmpl = pd_tokenizer_chat_template(tok);
-    *builtin = !tmpl;
-    if (!tmpl) tmpl = pd_chat_builtin(PD_CHAT_DEFAULT);
+    json_t *ct = json_object_get(body, "chat_template");
+    if (ct && !json_is_null(ct) && !json_is_string(ct)) {
+        json_decref(norm);
+        return creq_reject(&c->err, 400, "chat_template", "invalid_type",
+                           "'chat_template' must be a string: a template or a built-in name.");
+    }
+    /* the one choice of template every chat route shares (routes_template.c):
+     * the request's, the configured one, the model's own, else ChatML */
+    char *tmpl;
+    rc = srv_chat_template(c->s, json_is_string(ct) ? json_string_value(ct) : NULL, &tmpl, &err);
+    if (rc < 0) {
+        json_decref(norm);
+        return creq_reject(&c->err, rc == PD_ENOMEM ? 503 : 400, "chat_template",
+                           rc == PD_ENOMEM ? "out_of_memory" : "invalid_value", "%s", err.msg);
+    }
+    /* ChatML as the fallback (or chosen by name): its end-of-turn text is a
+     * stop string when the vocabulary has no such token */
+    *builtin = strcmp(tmpl, pd_chat_builtin(PD_CHAT_DEFAULT)) == 0;
     pd_chat_params cp = pd_chat_default_params();
     cp.add_generation_prompt = generation_prompt;
-    cp.bos_token = pd_tokenizer_token_text(tok, pd_tokenizer_bos(tok));
-    cp.eos_token = pd_tokenizer_token_text(tok, pd_tokenizer_eos(tok));
+    pd_chat_model_tokens(tok, &cp);
     cp.tools = tools && json_is_array(tools) ? tools : NULL;
     rc = pd_chat_render(tmpl, norm, &cp, text, &err);
+    free(tmpl);
     json_decref(norm);
     if (rc < 0)
         return creq_reject(&c->err, rc == PD_ENOMEM ? 503 : 400, "messages",
@@ -808,29 +823,3 @@ static enum MHD_Result serve_completion(http_req *r, int chat)
 enum MHD_Result route_completions(http_req *r) { return serve_completion(r, 0); }
 
 enum MHD_Result route_chat_completions(http_req *r) { return serve_completion(r, 1); }
-
-enum MHD_Result route_apply_template(http_req *r)
-{
-    enum MHD_Result ret;
-    json_t *body = http_body_json(r, &ret);
-    if (!body) return ret;
-    completion c = {.s = r->s};
-    json_t *agp = json_object_get(body, "add_generation_prompt");
-    char *text = NULL;
-    int builtin;
-    if (agp && !json_is_null(agp) && !json_is_boolean(agp)) {
-        json_decref(body);
-        return http_send_error(r, 400, "add_generation_prompt", "invalid_type",
-                               "'add_generation_prompt' must be a boolean.");
-    }
-    int rc = render_chat(&c, body, !agp || json_is_null(agp) || json_is_true(agp), &text,
-                         &builtin);
-    json_decref(body);
-    if (rc < 0)
-        return http_send_error(r, (unsigned)c.err.status, c.err.param, c.err.code, "%s",
-                               c.err.msg);
-    json_t *resp = json_pack("{s:s}", "prompt", text);
-    free(text);
-    if (!resp) return http_send_error(r, 503, NULL, "out_of_memory", "Out of memory.");
-    return http_send_json(r, 200, resp);
-}

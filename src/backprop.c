@@ -24,6 +24,7 @@
 
 #include "prefixd/matmul.h"
 #include "prefixd/threadpool.h"
+#include "attention.h"
 #include "ops.h"
 
 #define LOGIT_CHUNK 64
@@ -82,6 +83,8 @@ int pd_backprop_create(const pd_model *m, int max_rows, int max_prefix, int n_th
     if (max_rows < 2 || max_rows > (1 << 16) || max_prefix < 0 || max_prefix >= c->seq_len)
         return pd_err_set(err, PD_EINVAL, "backprop limits out of range: rows %d, prefix %d",
                           max_rows, max_prefix);
+    int vrc = pd_config_validate(c, "backprop", err);
+    if (vrc < 0) return vrc;
     pd_backprop *b = calloc(1, sizeof *b);
     if (!b) return pd_err_set(err, PD_ENOMEM, "out of memory for backprop");
     b->m = m;
@@ -110,14 +113,14 @@ int pd_backprop_create(const pd_model *m, int max_rows, int max_prefix, int n_th
                       L * R * C, L * R * H, L * R * H, R * C, R,
                       R * C,     R * (size_t)c->head_dim, R * H, R * H, R * C,
                       R * CQ,    R * CQ,    R * QD,     R * KV, R * KV,
-                      LOGIT_CHUNK * V, LOGIT_CHUNK * C,
+                      LOGIT_CHUNK * V, LOGIT_CHUNK * C, wdeq,
                       QN * L * R * QD, QN * L * R * KV, QN * L * R * (size_t)c->n_heads,
-                      QN * L * R * (size_t)c->n_kv_heads, wdeq};
+                      QN * L * R * (size_t)c->n_kv_heads};
     float **slots[] = {&b->x_in, &b->rs1, &b->xn1, &b->q,   &b->k,  &b->v,  &b->att,
                        &b->ao,   &b->x_mid, &b->rs2, &b->xn2, &b->h1, &b->h3, &b->x_fin,
                        &b->rsf,  &b->xnf, &b->rope, &b->g,   &b->dh1, &b->x, &b->dn,
-                       &b->tmp,  &b->dq,  &b->dk,  &b->dv,  &b->lg,  &b->lx,
-                       &b->q_pre, &b->k_pre, &b->q_rs, &b->k_rs, &b->wdeq};
+                       &b->tmp,  &b->dq,  &b->dk,  &b->dv,  &b->lg,  &b->lx, &b->wdeq,
+                       &b->q_pre, &b->k_pre, &b->q_rs, &b->k_rs};
     const size_t n_slots = sizeof sizes / sizeof *sizes;
     size_t total = 0;
     for (size_t i = 0; i < n_slots; i++) total += (sizes[i] + 15) & ~(size_t)15;
@@ -205,8 +208,9 @@ typedef struct attn_ctx {
     float *dpk, *dpv;     /* their gradients, or NULL */
 } attn_ctx;
 
-/* Forward attention of row t, every head (the engine's attend_token over
- * the packed rows of the row's own example). */
+/* Forward attention of row t, every head (the engine's attention over the
+ * packed rows of the row's own example, attention.h), one call per kv
+ * group; the probabilities stay for the backward pass. */
 static void attn_fwd_row(void *vctx, int t, int thread)
 {
     (void)thread;
@@ -216,17 +220,30 @@ static void attn_fwd_row(void *vctx, int t, int thread)
     const int QD = c->q_dim, KV = c->kv_dim, hd = c->head_dim, P = a->P, l = a->l;
     const int n_rep = c->n_heads / c->n_kv_heads, n_ctx = b->row_pos[t] + 1;
     const size_t R = (size_t)b->max_rows;
-    const float *K = b->k + (size_t)l * R * KV + (size_t)b->row_start[t] * KV;
-    const float *Vv = b->v + (size_t)l * R * KV + (size_t)b->row_start[t] * KV;
+    const size_t kv = (size_t)l * R * KV + (size_t)b->row_start[t] * KV;
+    const size_t row = (size_t)l * R * QD + (size_t)t * QD;
     float *probs = b->att + (size_t)l * b->att_layer + b->att_off[t];
-    for (int h = 0; h < c->n_heads; h++) {
-        const int g = h / n_rep;
-        pd__attend_head(b->q + (size_t)l * R * QD + (size_t)t * QD + (size_t)h * hd,
-                        P ? a->pk + (size_t)g * P * hd : NULL,
-                        P ? a->pv + (size_t)g * P * hd : NULL, P, K + (size_t)g * hd,
-                        Vv + (size_t)g * hd, (size_t)KV, n_ctx, hd,
-                        probs + (size_t)h * (P + n_ctx),
-                        b->ao + (size_t)l * R * QD + (size_t)t * QD + (size_t)h * hd);
+    for (int g = 0; g < c->n_kv_heads; g++) {
+        const size_t h0 = (size_t)g * n_rep;
+        const pd_attn at = {
+            .hd = hd,
+            .P = P,
+            .pk = P ? a->pk + (size_t)g * P * hd : NULL,
+            .pv = P ? a->pv + (size_t)g * P * hd : NULL,
+            .k = b->k + kv + (size_t)g * hd,
+            .v = b->v + kv + (size_t)g * hd,
+            .kv_stride = (size_t)KV,
+            .q = b->q + row + h0 * hd,
+            .q_stride = (size_t)QD,
+            .o = b->ao + row + h0 * hd,
+            .o_stride = (size_t)QD,
+            .probs = probs + h0 * (size_t)(P + n_ctx),
+            .p_stride = (size_t)(P + n_ctx),
+            .n_tok = 1,
+            .n_heads = n_rep,
+            .n_keys0 = P + n_ctx,
+        };
+        pd__attend(&at);
     }
 }
 

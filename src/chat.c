@@ -107,6 +107,19 @@ int pd_chat_template_load(const char *spec, char **src, pd_err *err)
     return PD_OK;
 }
 
+const char *pd_chat_model_template(const pd_tokenizer *tok)
+{
+    PD_ASSERT(tok);
+    return pd_tokenizer_chat_template(tok);
+}
+
+void pd_chat_model_tokens(const pd_tokenizer *tok, pd_chat_params *p)
+{
+    PD_ASSERT(tok && p);
+    p->bos_token = pd_tokenizer_token_text(tok, pd_tokenizer_bos(tok));
+    p->eos_token = pd_tokenizer_token_text(tok, pd_tokenizer_eos(tok));
+}
+
 /* The text of content parts: only {"type": "text", "text": ...}. */
 static int join_parts(const json_t *parts, size_t mi, json_t **out, pd_err *err)
 {
@@ -178,10 +191,10 @@ int pd_chat_normalize(const json_t *messages, json_t **out, pd_err *err)
     return PD_OK;
 }
 
-int pd_chat_render(const char *tmpl, const json_t *messages, const pd_chat_params *p, char **out,
-                   pd_err *err)
+int pd_chat_render_parsed(const pd_jinja_template *t, const json_t *messages,
+                          const pd_chat_params *p, char **out, size_t *out_len, pd_err *err)
 {
-    PD_ASSERT(tmpl && out);
+    PD_ASSERT(t && out);
     *out = NULL;
     pd_chat_params def = pd_chat_default_params();
     if (!p) p = &def;
@@ -207,19 +220,25 @@ int pd_chat_render(const char *tmpl, const json_t *messages, const pd_chat_param
         json_decref(ctx);
         return pd_err_set(err, PD_EINVAL, "bos_token/eos_token must be UTF-8");
     }
+    pd_jinja_params jp = pd_jinja_default_params();
+    jp.now = p->now;
+    pd_err e;
+    rc = pd_jinja_render(t, ctx, &jp, out, out_len, &e);
+    json_decref(ctx);
+    if (rc < 0) return pd_err_set(err, rc, "chat template: %s", e.msg);
+    return PD_OK;
+}
+
+int pd_chat_render(const char *tmpl, const json_t *messages, const pd_chat_params *p, char **out,
+                   pd_err *err)
+{
+    PD_ASSERT(tmpl && out);
+    *out = NULL;
     pd_jinja_template *t;
     pd_err e;
-    rc = pd_jinja_parse(tmpl, strlen(tmpl), &t, &e);
-    if (rc == PD_OK) {
-        pd_jinja_params jp = pd_jinja_default_params();
-        jp.now = p->now;
-        rc = pd_jinja_render(t, ctx, &jp, out, NULL, &e);
-        pd_jinja_free(t);
-    }
-    json_decref(ctx);
-    if (rc < 0) {
-        if (rc == PD_EFORMAT) rc = PD_EINVAL;
-        return pd_err_set(err, rc, "chat template: %s", e.msg);
-    }
-    return PD_OK;
+    int rc = pd_jinja_parse(tmpl, strlen(tmpl), &t, &e);
+    if (rc < 0) return pd_err_set(err, rc == PD_EFORMAT ? PD_EINVAL : rc, "chat template: %s", e.msg);
+    rc = pd_chat_render_parsed(t, messages, p, out, NULL, err);
+    pd_jinja_free(t);
+    return rc;
 }

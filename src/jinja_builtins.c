@@ -347,6 +347,7 @@ static jv range(jctx *C, const jnode *at, jarr *pos)
     for (int64_t i = a; st > 0 ? i < b : i > b; i += st) {
         pd__jv_iterate(C, at);
         pd__jv_push(C, out.a, pd__jv_int(i));
+        if (st > 0 ? i > INT64_MAX - st : i < INT64_MIN - st) break; /* the next is out of range */
     }
     return out;
 }
@@ -638,7 +639,9 @@ static jv simple_filter(jctx *C, const jnode *at, const jv *v, const char *f)
         }
         FAIL("Unknown StringValue filter: %s", f);
     case V_INT: case V_FLOAT:
-        if (!strcmp(f, "abs")) return v->t == V_INT ? pd__jv_int(v->i < 0 ? -v->i : v->i) : pd__jv_float(fabs(v->f));
+        if (!strcmp(f, "abs"))
+            return v->t == V_INT ? pd__jv_int(v->i == INT64_MIN ? INT64_MAX : v->i < 0 ? -v->i : v->i)
+                                 : pd__jv_float(fabs(v->f));
         if (!strcmp(f, "int")) return v->t == V_INT ? *v : number_value(floor(v->f), 1);
         if (!strcmp(f, "float")) return pd__jv_float(v->t == V_INT ? (double)v->i : v->f);
         if (!strcmp(f, "string")) {

@@ -675,7 +675,10 @@ int pd__jv_slice(jctx *C, const jnode *at, int n, const jv *start, const jv *sto
     }
     int cnt = 0;
     *idx = pd__ja_alloc(&C->a, (size_t)(n > 0 ? n : 1) * sizeof **idx);
-    for (int64_t i = a; st > 0 ? i < b : i > b; i += st) (*idx)[cnt++] = (int)i;
+    for (int64_t i = a; st > 0 ? i < b : i > b; i += st) {
+        (*idx)[cnt++] = (int)i;
+        if (st > 0 ? i > INT64_MAX - st : i < INT64_MIN - st) break; /* the next is out of range */
+    }
     return cnt;
 }
 

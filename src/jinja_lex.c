@@ -9,8 +9,8 @@
 #include "jinja_internal.h"
 
 typedef struct {
-    char *s;     /* preprocessed text */
-    size_t *map; /* (n + 1) original offset of each byte */
+    char *s;       /* preprocessed text */
+    uint32_t *map; /* (n + 1) original offset of each byte (sources < 4 GiB) */
     size_t n;
 } ptext;
 
@@ -23,20 +23,28 @@ static int is_digit(unsigned char c) { return c >= '0' && c <= '9'; }
 
 static ptext pt_new(jarena *a, size_t cap)
 {
-    ptext p = {pd__ja_alloc(a, cap + 1), pd__ja_alloc(a, (cap + 1) * sizeof(size_t)), 0};
+    ptext p = {pd__ja_alloc(a, cap + 1), pd__ja_alloc(a, (cap + 1) * sizeof(uint32_t)), 0};
+    return p;
+}
+
+/* The passes below only delete: each rewrites its input in place (the
+ * write position never passes the read position). */
+static ptext pt_same(ptext in)
+{
+    ptext p = {in.s, in.map, 0};
     return p;
 }
 
 static void pt_put(ptext *p, char c, size_t orig)
 {
-    p->map[p->n] = orig;
+    p->map[p->n] = (uint32_t)orig;
     p->s[p->n++] = c;
 }
 
 /* ^[ \t]*({[#%-]) with the m flag: drop the blanks. */
-static ptext lstrip_blocks(jarena *a, ptext in)
+static ptext lstrip_blocks(ptext in)
 {
-    ptext out = pt_new(a, in.n);
+    ptext out = pt_same(in);
     size_t i = 0;
     while (i < in.n) {
         if (i == 0 || in.s[i - 1] == '\n' || in.s[i - 1] == '\r') {
@@ -54,9 +62,9 @@ static ptext lstrip_blocks(jarena *a, ptext in)
 }
 
 /* ([#%-]})\n: drop the newline. */
-static ptext trim_blocks(jarena *a, ptext in)
+static ptext trim_blocks(ptext in)
 {
-    ptext out = pt_new(a, in.n);
+    ptext out = pt_same(in);
     for (size_t i = 0; i < in.n; i++) {
         pt_put(&out, in.s[i], in.map[i]);
         if (i + 2 < in.n && (in.s[i] == '#' || in.s[i] == '%' || in.s[i] == '-') &&
@@ -92,10 +100,10 @@ static size_t generation_tag(const ptext *p, size_t i, int *ls, int *rs)
 
 /* (\s*){%(-?)\s*(?:end)?generation\s*(-?)%}(\s*) -> before unless {%-,
  * after unless -%}. */
-static ptext generation_tags(jarena *a, ptext in)
+static ptext generation_tags(ptext in)
 {
     if (!memmem(in.s, in.n, "generation", 10)) return in;
-    ptext out = pt_new(a, in.n);
+    ptext out = pt_same(in);
     size_t i = 0, kept = 0; /* out holds in[0..kept) minus removed parts */
     while (i < in.n) {
         int ls, rs;
@@ -225,7 +233,10 @@ static void lex_string(lexer *L, char q, size_t start)
 {
     const char *s = L->p.s;
     size_t n = L->p.n;
-    char *buf = pd__ja_alloc(L->a, n - L->pos + 1);
+    size_t end = L->pos; /* the body is at most as long as the source up to the quote */
+    while (end < n && s[end] != q) end += s[end] == '\\' ? 2 : 1;
+    if (end > n) end = n;
+    char *buf = pd__ja_alloc(L->a, end - L->pos + 4);
     size_t o = 0;
     while (L->pos < n && s[L->pos] != q) {
         if (s[L->pos] == '\\') {
@@ -296,7 +307,7 @@ int pd__jinja_lex(jarena *a, const char *src, size_t len, jtoken **toks, int *nt
     for (size_t i = 0; i < len; i++) pt_put(&p, src[i], i);
     p.map[p.n] = len;
     if (p.n && p.s[p.n - 1] == '\n') p.n--, p.map[p.n] = len;
-    p = generation_tags(a, trim_blocks(a, lstrip_blocks(a, p)));
+    p = generation_tags(trim_blocks(lstrip_blocks(p)));
     L.p = p;
     const char *s = p.s;
     size_t n = p.n;

@@ -95,11 +95,13 @@ static jnode *parse_primary(parser *P);
 static jnode *parse_call(parser *P, jnode *callee);
 static jnode *parse_member(parser *P, jnode *obj);
 
-/* Statements until one of the names opens a statement. */
+/* Statements until one of the names opens a statement (the last one named
+ * closes the block). */
 static void parse_body(parser *P, nlist *l, const char *n1, const char *n2, const char *n3)
 {
     while (!(is_stmt(P, n1) || (n2 && is_stmt(P, n2)) || (n3 && is_stmt(P, n3)))) {
-        if (P->cur >= P->n) fail(P, "Unexpected end of template: missing {%% %s %%}", n1);
+        if (P->cur >= P->n)
+            fail(P, "Unexpected end of template: missing {%% %s %%}", n3 ? n3 : n2 ? n2 : n1);
         nl_push(P, l, parse_any(P));
     }
 }

@@ -198,9 +198,9 @@ static int model_fingerprint(const pd_model *m, uint64_t *out)
                    c->rope_base,         c->norm_eps,          (float)m->tied_classifier};
     fp_floats(&s, hp, 9);
     size_t D = (size_t)c->dim;
-    int width = c->dim > c->hidden_dim ? c->dim : c->hidden_dim;
-    if (c->q_dim > width) width = c->q_dim;
-    float *row = malloc((size_t)width * sizeof *row);
+    int row_max = c->dim > c->hidden_dim ? c->dim : c->hidden_dim;
+    if (c->q_dim > row_max) row_max = c->q_dim;
+    float *row = malloc((size_t)row_max * sizeof *row);
     if (!row) return PD_ENOMEM;
     fp_wmat(&s, &m->w.token_embedding, row);
     for (int l = 0; l < c->n_layers; l++) {

@@ -4,9 +4,6 @@
 #include <math.h>
 #include <string.h>
 
-#include <immintrin.h>
-
-#include "prefixd/matmul.h"
 #include "prefixd/model.h"
 
 void pd__rmsnorm_rows(float *o, float *rs, const float *x, const float *w, int T, int C,
@@ -104,72 +101,5 @@ void pd__rope_apply(float *vec, int n, int hd, const float *cs, float sign)
         float v0 = vec[i], v1 = vec[i + 1];
         vec[i] = v0 * fcr - v1 * fci;
         vec[i + 1] = v0 * fci + v1 * fcr;
-    }
-}
-
-/* q·k over n floats in one fixed order whatever the CPU: eight lane sums
- * over i ≡ j (mod 8) with fused multiply-adds, a tail into the first lanes,
- * then the reduction (l0+l4, l1+l5, l2+l6, l3+l7) -> (s0+s2, s1+s3) -> sum,
- * as pd_matmul (matmul.h). */
-static float dot_portable(const float *q, const float *k, int n)
-{
-    float l[8] = {0};
-    int i = 0;
-    for (; i + 8 <= n; i += 8)
-        for (int j = 0; j < 8; j++) l[j] = fmaf(q[i + j], k[i + j], l[j]);
-    for (int j = 0; i + j < n; j++) l[j] = fmaf(q[i + j], k[i + j], l[j]);
-    float s0 = l[0] + l[4], s1 = l[1] + l[5], s2 = l[2] + l[6], s3 = l[3] + l[7];
-    return (s0 + s2) + (s1 + s3);
-}
-
-__attribute__((target("avx2,fma"))) static float dot_avx2(const float *q, const float *k, int n)
-{
-    __m256 acc = _mm256_setzero_ps();
-    int i = 0;
-    for (; i + 8 <= n; i += 8)
-        acc = _mm256_fmadd_ps(_mm256_loadu_ps(q + i), _mm256_loadu_ps(k + i), acc);
-    float l[8];
-    _mm256_storeu_ps(l, acc);
-    for (int j = 0; i + j < n; j++) l[j] = fmaf(q[i + j], k[i + j], l[j]);
-    float s0 = l[0] + l[4], s1 = l[1] + l[5], s2 = l[2] + l[6], s3 = l[3] + l[7];
-    return (s0 + s2) + (s1 + s3);
-}
-
-static float dot(const float *q, const float *k, int n)
-{
-    return pd_matmul_uses_avx2() ? dot_avx2(q, k, n) : dot_portable(q, k, n);
-}
-
-void pd__attend_head(const float *q, const float *pk, const float *pv, int P, const float *k,
-                     const float *v, size_t stride, int n_ctx, int hd, float *att, float *o)
-{
-    const float scale = 1.0f / sqrtf((float)hd);
-    for (int p = 0; p < P; p++) {
-        att[p] = dot(q, pk + (size_t)p * hd, hd) * scale;
-    }
-    for (int j = 0; j < n_ctx; j++) {
-        const float *kk = k + (size_t)j * stride;
-        att[P + j] = dot(q, kk, hd) * scale;
-    }
-    const int n = P + n_ctx;
-    float max = att[0];
-    for (int i = 1; i < n; i++)
-        if (att[i] > max) max = att[i];
-    float sum = 0.0f;
-    for (int i = 0; i < n; i++) {
-        att[i] = expf(att[i] - max);
-        sum += att[i];
-    }
-    for (int i = 0; i < n; i++) att[i] /= sum;
-    memset(o, 0, (size_t)hd * sizeof(float));
-    for (int p = 0; p < P; p++) {
-        const float *vv = pv + (size_t)p * hd;
-        float a = att[p];
-        for (int i = 0; i < hd; i++) o[i] += a * vv[i];
-    }
-    for (int j = 0; j < n_ctx; j++) {
-        const float *vv = v + (size_t)j * stride;
-        float a = att[P + j];
-        for (int i = 0; i < hd; i++) o[i] += a * vv[i];
     }
 }

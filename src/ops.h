@@ -1,4 +1,4 @@
-/* ops.h — the forward pass's elementwise and attention operations, shared by
+/* ops.h — the forward pass's elementwise operations, shared by
  * the engine (engine.c) and training (backprop.c) so both compute the same
  * float operations in the same order, and so the same logits. Internal to
  * libprefixd. */
@@ -47,12 +47,5 @@ struct pd_model;
  * q (T, q_dim), k/v (T, kv_dim), rope (T, hd). */
 void pd__qkv_finish(const struct pd_model *m, int l, float *q, float *k, float *v, int T,
                     const float *rope, pd__qk_saved *save);
-
-/* One query head's attention over P prefix slots then n_ctx real tokens:
- * att[0..P+n_ctx) receives the softmax probabilities, o[0..hd) the output.
- * pk/pv: (P, hd) of the head's kv group; k/v: the first real token's key and
- * value of the group, the next one `stride` floats further. */
-void pd__attend_head(const float *q, const float *pk, const float *pv, int P, const float *k,
-                     const float *v, size_t stride, int n_ctx, int hd, float *att, float *o);
 
 #endif

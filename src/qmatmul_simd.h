@@ -19,7 +19,8 @@
 #include <string.h>
 
 #include "prefixd/matmul.h"
-#include "qmatmul_deq.h"
+#include "qmatmul_deq_simd.h"
+#include "qmatmul_int_simd.h"
 
 #define QMM_KC 256
 #define QMM_NRMAX (QMM_NR1 > QMM_NRB ? QMM_NR1 : QMM_NRB)
@@ -86,8 +87,13 @@ static void qmm_tile_single(__m256 *acc, const float *const *x, const float *wb,
     qmm_tile(acc, x, wb, kn, tail_mask, 1, QMM_NR1);
 }
 
-void QMM_FN(float *out, const float *in, const pd_wmat *W, int t0, int t1, int n0, int n1)
+void QMM_FN(float *out, const float *in, const void *xq, const pd_wmat *W, int t0, int t1,
+            int n0, int n1)
 {
+    if (xq) {
+        qi_block(out, xq, W, t0, t1, n0, n1);
+        return;
+    }
     const int K = W->cols, N = W->rows, TT = t1 - t0;
     PD_ASSERT(W->type != PD_Q_F32 && TT >= 1 && TT <= PD__QMM_TB);
     const int MR = TT == 1 ? 1 : QMM_MR, NR = TT == 1 ? QMM_NR1 : QMM_NRB;
@@ -106,7 +112,7 @@ void QMM_FN(float *out, const float *in, const pd_wmat *W, int t0, int t1, int n
             const int kn = K - kc < QMM_KC ? K - kc : QMM_KC, kn8 = (kn + 7) & ~7;
             for (int j = 0; j < NR; j++) {
                 float *w = wb + j * QMM_KC;
-                if (j < nr) pd__deq_span(W, n + j, kc, kn, w);
+                if (j < nr) pd__deq_span_simd(W, n + j, kc, kn, w);
                 else memset(w, 0, (size_t)kn8 * sizeof(float));
                 for (int k = kn; k < kn8; k++) w[k] = 0.0f;
             }

@@ -343,7 +343,15 @@ int pd__tokenizer_bpe_init(pd_tokenizer *tok, const char *pre, size_t pre_len,
         pd__strmap_put(&tok->merge_map, dst, len, (int32_t)i, 0); /* first rank wins */
         dst += len + 1;
     }
-    for (int i = 0; i < tok->n; i++) pd__strmap_put(&tok->tok_map, tok->piece[i], tok->len[i], i, 1);
+    /* The model's own tokens only: control and user-defined tokens are cut
+     * out of the text before (tokenizer.c), and an added token that repeats
+     * a model piece (deepseek-llm's "ÿ" at 100005) must not replace it, as
+     * it does not in HF. Among repeats, the last id wins (llama.cpp). */
+    for (int i = 0; i < tok->n; i++) {
+        int t = tok->type[i];
+        if (t != PD_TOKEN_CONTROL && t != PD_TOKEN_USER_DEFINED)
+            pd__strmap_put(&tok->tok_map, tok->piece[i], tok->len[i], i, 1);
+    }
 
     byte_table bt;
     build_byte_table(&bt);

@@ -35,6 +35,8 @@
 #include <jansson.h>
 
 #include "prefixd/common.h"
+#include "prefixd/jinja.h"
+#include "prefixd/tokenizer.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -63,6 +65,14 @@ const char *pd_chat_builtin(const char *name);
  * PD_ENOTFOUND / PD_EIO with err naming spec. */
 int pd_chat_template_load(const char *spec, char **src, pd_err *err);
 
+/* The model's own template (GGUF tokenizer.chat_template), or NULL when it
+ * has none. Borrowed from tok. */
+const char *pd_chat_model_template(const pd_tokenizer *tok);
+
+/* Sets p->bos_token and p->eos_token to the text of tok's BOS and EOS
+ * (borrowed from tok). */
+void pd_chat_model_tokens(const pd_tokenizer *tok, pd_chat_params *p);
+
 /* Checks and normalizes messages (borrowed) into *out, a new JSON array
  * (json_decref) where every content is a string or null. Returns PD_OK or
  * PD_EINVAL with err naming the field ("messages[2].role must be a
@@ -75,6 +85,11 @@ int pd_chat_normalize(const json_t *messages, json_t **out, pd_err *err);
  * PD_ERANGE at a rendering limit, PD_ENOMEM. */
 int pd_chat_render(const char *tmpl, const json_t *messages, const pd_chat_params *p,
                    char **out, pd_err *err);
+
+/* pd_chat_render with a template parsed once (pd_jinja_parse), for callers
+ * that render many conversations; *out_len (may be NULL) is its length. */
+int pd_chat_render_parsed(const pd_jinja_template *t, const json_t *messages,
+                          const pd_chat_params *p, char **out, size_t *out_len, pd_err *err);
 
 #ifdef __cplusplus
 }

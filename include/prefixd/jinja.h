@@ -25,6 +25,14 @@
  * Strings are UTF-8; length and indexing count UTF-16 units as the reference
  * does; upper/lower/title change ASCII letters only.
  *
+ * Known differences from the reference, none of which the templates under
+ * test reach: integers are 64-bit (JavaScript rounds beyond 2^53); mapping
+ * keys keep the JSON order (JavaScript lists integer-like keys first);
+ * tojson's sort_keys orders by bytes (the reference by locale); case changes
+ * are ASCII-only; a context variable may shadow a global (the reference
+ * refuses it); division and modulo by zero are errors (the reference prints
+ * Infinity or NaN); call blocks ({% call %}) and dictsort are not supported.
+ *
  * Anything else (an unknown statement, filter, test or method, a call block,
  * a type error) fails with PD_EFORMAT (parse) or PD_EINVAL (render) and
  * "line L, column C: what", never a crash. Rendering is bounded: output size,

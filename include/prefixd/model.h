@@ -1,7 +1,7 @@
 /* prefixd/model.h — the frozen base model: a Llama-family transformer loaded
  * from a llama2.c checkpoint (.bin + tokenizer.bin) or a GGUF v3 file
- * (general.architecture = llama, matrices of any weight type of quant.h,
- * tokenizer in metadata).
+ * (general.architecture = llama, qwen2 or qwen3 — see pd_arch and
+ * src/arch.c —, matrices of any weight type of quant.h, tokenizer in metadata).
  *
  *     pd_model_params mp = pd_model_default_params();
  *     mp.path = "models/stories260K/stories260K.bin";

@@ -141,6 +141,21 @@ def make_gguf(tmp, models):
             out("model_gguf", os.path.basename(p), data)
             if len(data) <= 16384:
                 out("gguf", os.path.basename(p), data)
+    # one small model of each architecture variant (tests/tools/synth.c)
+    synth = os.path.join(os.path.dirname(BIN), "tools", "prefixd-synth")
+    common = ["--dim", "8", "--hidden", "12", "--layers", "1", "--heads", "2",
+              "--kv-heads", "1", "--vocab-size", "260", "--ctx", "16"]
+    for name, extra in [("qwen2", ["--arch", "qwen2", "--tied"]),
+                        ("qwen3", ["--arch", "qwen3", "--head-dim", "6"]),
+                        ("llama3", ["--arch", "llama", "--rope-scaling", "llama3"]),
+                        ("linear", ["--arch", "llama", "--rope-scaling", "linear", "--biases",
+                                    "--sliding-window", "8"])]:
+        p = os.path.join(tmp, "synth-%s.gguf" % name)
+        r = subprocess.run([synth, *common, *extra, "--out", p], stderr=subprocess.PIPE)
+        if r.returncode != 0:
+            sys.exit("%s: %s" % (synth, r.stderr.decode()))
+        with open(p, "rb") as f:
+            out("model_gguf", os.path.basename(p), f.read())
     with open(os.path.join(tmp, "vocab3-f16.gguf"), "rb") as f:
         small = f.read()
     out("model_gguf", "vocab3-truncated.gguf", small[: len(small) * 2 // 3])
@@ -419,6 +434,19 @@ def make_tokenizer():
     out("tokenizer_load", "empty", b"\x00")
 
 
+def make_tokenizer_bpe():
+    """Vocabulary byte (gpt-2, deepseek-llm, starcoder, falcon, phi-3), flags
+    byte, text."""
+    texts = [b"Hello world! I'm 12345 years old.\n\n\tdef f(x): return x",
+             " \u00e9t\u00e9 \U0001F999 \u4e2d\u6587\u3002 \u0420\u0443\u0441".encode(),
+             b"<|endoftext|>text<|endoftext|><s></s><unk>", b"\xff\xfe\x80\xc3(\xe2\x82\x00 bad",
+             b"   \r\n   \n" * 4, b"a" * 200]
+    for v in range(5):
+        for f in range(4):
+            t = texts[(v + f) % len(texts)]
+            out("tokenizer_bpe", "v%d-f%d" % (v, f), bytes([v, f]) + t)
+
+
 def main():
     if os.path.isdir(CORPUS):
         shutil.rmtree(CORPUS)
@@ -432,6 +460,7 @@ def main():
     make_dataset()
     make_multipart()
     make_tokenizer()
+    make_tokenizer_bpe()
     total = 0
     for d, _, files in os.walk(CORPUS):
         total += sum(os.path.getsize(os.path.join(d, f)) for f in files)

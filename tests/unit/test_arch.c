@@ -407,18 +407,17 @@ static pd_model hf_of(const pd_model *m, pd_layer_weights **layers, float **bufs
         *w = m->w.layers[l];
         for (int which = 0; which < 2; which++) {
             const int rows = which ? c->kv_dim : c->q_dim;
-            const pd_wmat *wsrc = which ? &w->wk : &w->wq;
-            assert_int_equal(wsrc->type, PD_Q_F32);
-            const float *src = wsrc->data, *bsrc = which ? w->bk : w->bq;
+            pd_wmat *W = which ? &w->wk : &w->wq;
+            const float **bias = which ? &w->bk : &w->bq;
             float *dst = next, *bdst = next + (size_t)rows * C;
             next += (size_t)rows * (C + 1);
             for (int r = 0; r < rows; r++) {
                 int head = r / hd, d = r % hd, ours = head * hd + 2 * (d % (hd / 2)) + d / (hd / 2);
-                memcpy(dst + (size_t)r * C, src + (size_t)ours * C, (size_t)C * sizeof *dst);
-                if (bsrc) bdst[r] = bsrc[ours];
+                pd_wmat_row_f32(W, ours, dst + (size_t)r * C);
+                if (*bias) bdst[r] = (*bias)[ours];
             }
-            if (which) { w->wk = pd_wmat_f32(dst, rows, C); w->bk = bsrc ? bdst : NULL; }
-            else { w->wq = pd_wmat_f32(dst, rows, C); w->bq = bsrc ? bdst : NULL; }
+            *W = pd_wmat_f32(dst, rows, C);
+            if (*bias) *bias = bdst;
         }
     }
     h.w.layers = *layers;
