@@ -109,7 +109,7 @@ static void on_yield(void *user_data) { ((watch *)user_data)->yields++; }
 
 static int run(const pd_train_params *p, watch *w, pd_prefix **out, pd_err *err)
 {
-    pd_train_hooks h = {on_progress, on_yield, w, &w->cancel};
+    pd_train_hooks h = {on_progress, on_yield, w, &w->cancel, NULL};
     return pd_train_run(model, p, &h, out, err);
 }
 
@@ -251,7 +251,7 @@ static void test_resume_projection(void **state)
     p.encoder_hidden_size = 16;
     p.learning_rate = 1e-2;
     p.weight_decay = 0.01;
-    p.cosine = 1;
+    p.schedule = PD_LR_COSINE;
     interrupted_equals_uninterrupted(p, 3, 5);
     unlink(ckpt_path);
 }
