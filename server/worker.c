@@ -237,6 +237,7 @@ int worker_train_params(const json_t *params, const char *job_id, pd_train_param
                         const char **init_from, pd_err *err)
 {
     *tp = pd_train_default_params();
+    tp->eval_every = -1; /* not stored (a job of an older version): the server's setting */
     *init_from = NULL;
     tp->job_id = job_id;
     const json_t *suffix = json_object_get(params, "suffix");
@@ -760,7 +761,7 @@ static void run_job(worker *w, const char *id, pd_job_status status)
     tp.valid_path = json_is_string(valid) ? valid_path : NULL;
     tp.checkpoint_path = ckpt;
     tp.checkpoint_every = w->p.checkpoint_every;
-    tp.eval_every = w->p.eval_every;
+    if (tp.eval_every < 0) tp.eval_every = w->p.eval_every;
     tp.n_threads = w->p.train_threads;
     if (init_from) { /* a file of purpose "prefix", or a task of the registry */
         char path[4096];

@@ -108,7 +108,8 @@ void worker_stats_get(worker *w, worker_stats *out);
  * (type "supervised" or "prefix"; routes_jobs.c lists them) with "auto" or
  * absent meaning the trainer's default. The learning rate is learning_rate
  * (default PD_TRAIN_DEFAULT_LR, or _PROJECTION with prefix_projection) times
- * learning_rate_multiplier. *init_from is the job's init_from (a task name
+ * learning_rate_multiplier. eval_every is -1 when the job does not say
+ * (the caller applies its own). *init_from is the job's init_from (a task name
  * or a file id) or NULL. String fields point into params (borrowed: keep
  * params alive while *tp is used). task is the suffix, or the job id when
  * there is none (job_id borrowed too). PD_EINVAL with err naming the field. */
