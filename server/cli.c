@@ -77,6 +77,34 @@ int cli_u64(const char *opt, const char *s, uint64_t *out)
     return 0;
 }
 
+int cli_ids(const char *opt, const char *s, int vocab, int32_t **out)
+{
+    *out = NULL;
+    size_t cap = 1;
+    for (const char *p = s; *p; p++) cap += *p == ',';
+    int32_t *ids = malloc(cap * sizeof *ids);
+    if (!ids) {
+        cli_fail("%s: out of memory", opt);
+        return -1;
+    }
+    int n = 0;
+    for (const char *p = s;;) {
+        char *end;
+        errno = 0;
+        long v = strtol(p, &end, 10);
+        if (errno || end == p || v < 0 || v >= vocab || (*end && *end != ',')) {
+            cli_fail("%s: '%s': item %d is not a token id in [0, %d)", opt, s, n + 1, vocab);
+            free(ids);
+            return -1;
+        }
+        ids[n++] = (int32_t)v;
+        if (!*end) break;
+        p = end + 1;
+    }
+    *out = ids;
+    return n;
+}
+
 pd_model *cli_load_model(const char *path, const char *tokenizer)
 {
     if (!path) {

@@ -18,6 +18,11 @@ int cli_int(const char *opt, const char *s, long lo, long hi, long *out);
 int cli_float(const char *opt, const char *s, double lo, double hi, double *out);
 int cli_u64(const char *opt, const char *s, uint64_t *out);
 
+/* Parses a comma-separated list of token ids, each in [0, vocab), into a
+ * new array *out (free() it). Returns the count (>= 1), or -1 after
+ * printing "prefixd: <opt>: …". */
+int cli_ids(const char *opt, const char *s, int vocab, int32_t **out);
+
 /* Prints "prefixd: <formatted>" and a newline on stderr; returns 1. */
 int cli_fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 

@@ -1,6 +1,8 @@
 /* cmd_convert.c — `prefixd convert`: loads a model in any supported format
- * and writes it as a GGUF v3 llama file (pd_gguf_write_model), atomically.
- * Silent on success apart from one summary line on stderr. */
+ * and writes it as a GGUF v3 llama file, atomically: F32, F16 and BF16 by
+ * pd_gguf_write_model, the quantised file types (--dtype q4_k_m, …) through
+ * `prefixd quantize`'s path. Silent on success apart from one summary line on
+ * stderr. */
 #include <stdio.h>
 #include <string.h>
 #include <strings.h>
@@ -8,6 +10,7 @@
 #include "cli.h"
 #include "commands.h"
 #include "prefixd/gguf.h"
+#include "prefixd/quantize.h"
 
 static int parse_dtype(const char *s)
 {
@@ -35,10 +38,25 @@ int cmd_convert(int argc, char **argv)
     if (!model || !out)
         return cli_fail("convert: --model IN and --out OUT.gguf are required") + 1;
     int dtype = parse_dtype(dtype_s);
-    if (dtype < 0) return cli_fail("convert: --dtype '%s' is not f32, f16 or bf16", dtype_s) + 1;
+    pd_quantize_params qp = pd_quantize_default_params();
+    qp.ftype = pd_ftype_from_name(dtype_s);
+    qp.name = name;
+    if (dtype < 0 && qp.ftype < 0)
+        return cli_fail("convert: --dtype '%s' is not f32, f16, bf16 or a quantize type (q8_0, "
+                        "q4_0, q4_1, q5_0, q5_1, q2_k, q3_k_s/m/l, q4_k_s/m, q5_k_s/m, q6_k)",
+                        dtype_s) + 1;
 
     pd_model *m = cli_load_model(model, tokenizer);
     if (!m) return 1;
+    if (dtype < 0) {
+        pd_quantize_stats st;
+        int rc = cli_quantize_model(m, out, &qp, &st);
+        if (!rc)
+            fprintf(stderr, "prefixd: wrote %s (GGUF v3, %s, %d layers, vocab %d)\n", out,
+                    pd_ftype_name(qp.ftype), m->cfg.n_layers, m->cfg.vocab_size);
+        pd_model_free(m);
+        return rc;
+    }
     pd_err err;
     int rc = pd_gguf_write_model(m, out, dtype, name, &err);
     if (rc < 0) {

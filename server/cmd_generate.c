@@ -31,7 +31,7 @@ static int on_token(int token, const char *bytes, size_t len, void *user_data)
 
 int cmd_generate(int argc, char **argv)
 {
-    const char *model = NULL, *tokenizer = NULL, *prompt = NULL, *v;
+    const char *model = NULL, *tokenizer = NULL, *prompt = NULL, *prompt_ids = NULL, *v;
     const char *prefix_path = NULL, *registry_dir = NULL, *task = NULL;
     long max_tokens = 256, top_k = 0, threads = 0;
     double temperature = 1.0, top_p = 1.0;
@@ -42,6 +42,7 @@ int cmd_generate(int argc, char **argv)
         if ((r = cli_opt(argc, argv, &i, "--model", &model))) {
         } else if ((r = cli_opt(argc, argv, &i, "--tokenizer", &tokenizer))) {
         } else if ((r = cli_opt(argc, argv, &i, "--prompt", &prompt))) {
+        } else if ((r = cli_opt(argc, argv, &i, "--prompt-ids", &prompt_ids))) {
         } else if ((r = cli_opt(argc, argv, &i, "--max-tokens", &v))) {
             if (r > 0 && cli_int("--max-tokens", v, 0, 1 << 20, &max_tokens) < 0) return 2;
         } else if ((r = cli_opt(argc, argv, &i, "--temperature", &v))) {
@@ -64,6 +65,7 @@ int cmd_generate(int argc, char **argv)
         }
         if (r < 0) return 2;
     }
+    if (prompt && prompt_ids) return cli_fail("give either --prompt or --prompt-ids") + 1;
     if (!prompt) prompt = "";
     if ((registry_dir != NULL) != (task != NULL))
         return cli_fail("--registry and --task go together") + 1;
@@ -102,7 +104,14 @@ int cmd_generate(int argc, char **argv)
         cli_fail("out of memory");
         goto done;
     }
-    int n = pd_tokenizer_encode(m->tok, prompt, plen, bos, 0, toks, cap);
+    int n;
+    if (prompt_ids) { /* ids as given: no BOS added */
+        free(toks);
+        if ((n = cli_ids("--prompt-ids", prompt_ids, m->cfg.vocab_size, &toks)) < 0) goto done;
+        cap = n;
+    } else {
+        n = pd_tokenizer_encode(m->tok, prompt, plen, bos, 0, toks, cap);
+    }
     if (n < 0 || n > cap) {
         cli_fail("cannot encode the prompt");
         goto done;

@@ -8,6 +8,7 @@
 #include "metrics.h"
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -46,6 +47,8 @@ struct metrics {
     int n_tasks, cap_tasks;
     route_mx *routes;
     int n_routes, cap_routes;
+    _Atomic uint64_t weight_resident; /* set once the model is loaded */
+    _Atomic uint64_t weight_per_token;
 };
 
 metrics *metrics_create(void)
@@ -194,11 +197,22 @@ static void scalar(hbuf *out, const char *name, const char *type, const char *he
     hbuf_printf(out, "%s %llu\n", name, (unsigned long long)v);
 }
 
+void metrics_set_model(metrics *m, uint64_t resident_bytes, uint64_t per_token_bytes)
+{
+    atomic_store(&m->weight_resident, resident_bytes);
+    atomic_store(&m->weight_per_token, per_token_bytes);
+}
+
 void metrics_render(metrics *m, const pd_sched_stats *ss, const pd_registry_stats *rs,
                     int ready, hbuf *out)
 {
     scalar(out, "prefixd_ready", "gauge", "1 once the model, registry and scheduler are up.",
            (uint64_t)(ready != 0));
+    scalar(out, "prefixd_model_weight_resident_bytes", "gauge",
+           "Bytes of model weights held in memory, as stored (0 before the model is loaded).",
+           atomic_load(&m->weight_resident));
+    scalar(out, "prefixd_model_weight_read_bytes_per_token", "gauge",
+           "Bytes of model weights read per decoded token.", atomic_load(&m->weight_per_token));
 
     pthread_mutex_lock(&m->mu);
     head(out, "prefixd_requests_total", "counter",

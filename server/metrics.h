@@ -30,6 +30,10 @@ int metrics_request(metrics *m, const char *task, int status, uint64_t prompt_to
  * table, or "other"). */
 void metrics_http(metrics *m, const char *method, const char *route, int status);
 
+/* Records the loaded model's weight bytes (pd_model.resident_bytes and
+ * weight_bytes) for the gauges; any thread. */
+void metrics_set_model(metrics *m, uint64_t resident_bytes, uint64_t per_token_bytes);
+
 /* Appends the whole exposition to out: the server counters, and the
  * scheduler / registry figures when the pointers are not NULL. */
 void metrics_render(metrics *m, const pd_sched_stats *ss, const pd_registry_stats *rs,

@@ -41,6 +41,7 @@
 #include "commands.h"
 #include "config.h"
 #include "http.h"
+#include "prefixd/gguf.h"
 #include "prefixd/log.h"
 
 #define DEFAULT_CONFIG "config/prefixd.json"
@@ -314,6 +315,10 @@ int cmd_serve(int argc, char **argv)
         PD_LOGE("%s", err.msg);
         goto done;
     }
+    PD_LOGI("model %s: %s weights, %.1f MiB resident, %.1f MiB read per token",
+            s->model->id, pd_ggml_type_name(s->model->weight_type),
+            s->model->resident_bytes / 1048576.0, s->model->weight_bytes / 1048576.0);
+    metrics_set_model(s->mx, s->model->resident_bytes, s->model->weight_bytes);
     int seq_len = s->model->cfg.seq_len;
     if (cfg.context > seq_len) {
         PD_LOGE("context: %ld tokens is more than the model's context length of %d", cfg.context,

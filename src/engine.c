@@ -4,8 +4,11 @@
  * Dimension letters: T tokens in the step, C = dim, KV = kv_dim,
  * H = hidden_dim, V = vocab_size, hd = head_dim, P = prefix slots.
  * Per layer: xb = rmsnorm(x); q,k,v = xb·W^T (one sgemm each, all T rows);
- * rotary on q,k at position P + pos; K/V rows stored in each token's cache;
- * attention per token and head over P prefix slots then cache 0..pos;
+ * the architecture's biases and q/k head norms, then rotary on q,k at
+ * position P + pos (pd__qkv_finish, ops.c); q and the attention output
+ * are QD = q_dim wide; K/V rows stored in each token's cache;
+ * attention over P prefix slots then cache 0..pos, in blocks of a
+ * sequence's tokens x the heads of a kv group (attention.h);
  * x += att·wo^T; x += (silu(xb·w1^T) ⊙ xb·w3^T)·w2^T. Logits only for the
  * rows that asked for them. The float operations mirror llama2.c run.c so
  * greedy output matches it token for token. */
@@ -13,26 +16,39 @@
 
 #include "prefixd/matmul.h"
 #include "prefixd/threadpool.h"
+#include "attention.h"
 #include "ops.h"
 
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
+/* Attention work: query rows per task (tokens x heads of one kv group) that
+ * share the group's keys while they are in registers (attention.h). */
+#define ATT_ROWS 16
+
+/* Tokens [t0, t0 + n_tok) of the step (one sequence, consecutive
+ * positions), query heads [h0, h0 + n_h) of kv group g. */
+typedef struct attn_task {
+    int t0, n_tok, g, h0, n_h;
+} attn_task;
+
 struct pd_engine {
     const pd_model *m;
     int max_tokens;
     float *x;       /* (T, C) residual stream */
-    float *xb;      /* (T, C) normed input / attention output */
+    float *xb;      /* (T, max(C, QD)) normed input / attention output */
     float *xb2;     /* (T, C) projection output */
-    float *q;       /* (T, C) */
+    float *q;       /* (T, QD) QD = q_dim (== C unless the head size is explicit) */
     float *k;       /* (T, KV) */
     float *v;       /* (T, KV) */
     float *hb;      /* (T, H) */
     float *hb2;     /* (T, H) */
     float *rope;    /* (T, hd/2, 2) cos, sin per token */
-    float *att;     /* (n_threads, att_cap) attention scores, one row per thread */
+    float *att;     /* (n_threads, ATT_ROWS, att_cap) attention probabilities per thread */
     int att_cap;    /* prefix slots + cache entries one token may attend to */
+    attn_task *tasks; /* (max_tokens * n_heads) this layer's attention work */
+    int *blocks;    /* (max_tokens) first token of each attention block of the step */
     pd_pool *pool;
     int n_threads;
     float *xl;      /* (T, C) rows whose logits are wanted */
@@ -96,6 +112,9 @@ int pd_engine_create(const pd_model *m, const pd_engine_params *params, pd_engin
     if (max_tokens < 1 || max_tokens > (1 << 16))
         return pd_err_set(err, PD_EINVAL, "max tokens per step %d outside [1, 65536]", max_tokens);
     const pd_config *c = &m->cfg;
+    /* a hand-made config must be complete (every buffer is sized from it) */
+    int vrc = pd_config_validate(c, "engine", err);
+    if (vrc < 0) return vrc;
     pd_engine *e = calloc(1, sizeof *e);
     if (!e) return pd_err_set(err, PD_ENOMEM, "out of memory for the engine");
     int rc = pd_pool_create(params->n_threads, &e->pool, err);
@@ -105,16 +124,23 @@ int pd_engine_create(const pd_model *m, const pd_engine_params *params, pd_engin
     }
     e->n_threads = pd_pool_threads(e->pool);
     size_t T = (size_t)max_tokens, C = (size_t)c->dim, KV = (size_t)c->kv_dim;
-    size_t H = (size_t)c->hidden_dim, V = (size_t)c->vocab_size;
+    size_t H = (size_t)c->hidden_dim, V = (size_t)c->vocab_size, QD = (size_t)c->q_dim;
+    const size_t CQ = QD > C ? QD : C;
     /* attention scores: prefix slots are bounded by the context as well */
     e->att_cap = 2 * c->seq_len;
-    size_t sizes[] = {T * C, T * C, T * C, T * C, T * KV, T * KV, T * H, T * H,
-                      T * (size_t)c->head_dim, (size_t)e->n_threads * e->att_cap, T * C, T * V};
+    size_t sizes[] = {T * C, T * CQ, T * C, T * QD, T * KV, T * KV, T * H, T * H,
+                      T * (size_t)c->head_dim, (size_t)e->n_threads * ATT_ROWS * e->att_cap,
+                      T * C, T * V};
     size_t total = 0;
     for (size_t i = 0; i < sizeof sizes / sizeof *sizes; i++) total += (sizes[i] + 15) & ~(size_t)15;
     e->block = aligned_alloc(64, total * sizeof(float));
-    if (!e->block) {
+    e->tasks = malloc(T * (size_t)c->n_heads * sizeof *e->tasks);
+    e->blocks = malloc(T * sizeof *e->blocks);
+    if (!e->block || !e->tasks || !e->blocks) {
         pd_pool_free(e->pool);
+        free(e->block);
+        free(e->tasks);
+        free(e->blocks);
         free(e);
         return pd_err_set(err, PD_ENOMEM, "out of memory for engine scratch (%zu MB)",
                           total * 4 >> 20);
@@ -137,6 +163,8 @@ void pd_engine_free(pd_engine *e)
     if (!e) return;
     pd_pool_free(e->pool);
     free(e->block);
+    free(e->tasks);
+    free(e->blocks);
     free(e);
 }
 
@@ -148,33 +176,77 @@ typedef struct attn_job {
     int l;
 } attn_job;
 
-/* Attention of token `task` of the step, layer l, every head:
- * xb = softmax(q·K^T / sqrt(hd)) · V over the P prefix slots, then the
- * sequence's cache entries 0..pos. */
-static void attend_token(void *ctx, int task, int thread)
+/* One task of layer l: softmax(q·K^T / sqrt(hd)) · V of its rows over the P
+ * prefix slots then the sequence's cache entries 0..pos (attention.h). */
+static void attend_task(void *ctx, int task, int thread)
 {
     const attn_job *j = ctx;
-    /* the pool hands each thread a contiguous run of tasks, and a token's
-     * cost grows with its position: interleave so the runs cost the same
-     * (tasks [0, half) are the even tokens, the rest the odd ones) */
-    const int half = (j->b->n + 1) / 2;
-    const int t = task < half ? 2 * task : 2 * (task - half) + 1;
     pd_engine *e = j->e;
+    const attn_task *tk = &e->tasks[task];
     const pd_config *c = &e->m->cfg;
-    const int l = j->l, C = c->dim, KV = c->kv_dim, hd = c->head_dim;
+    const int l = j->l, QD = c->q_dim, KV = c->kv_dim, hd = c->head_dim;
+    const int h = tk->g * (c->n_heads / c->n_kv_heads) + tk->h0;
+    const pd_seq *s = j->b->seqs[tk->t0];
+    const int P = s->n_prefix;
+    const size_t pg = (((size_t)l * c->n_kv_heads + tk->g) * P) * hd;
+    const size_t at = (size_t)l * s->cap * KV + (size_t)tk->g * hd;
+    const size_t row = (size_t)tk->t0 * QD + (size_t)h * hd;
+    const pd_attn a = {
+        .hd = hd,
+        .P = P,
+        .pk = P ? s->prefix_k + pg : NULL,
+        .pv = P ? s->prefix_v + pg : NULL,
+        .k = s->k_cache + at,
+        .v = s->v_cache + at,
+        .kv_stride = (size_t)KV,
+        .q = e->q + row,
+        .q_stride = (size_t)QD,
+        .o = e->xb + row,
+        .o_stride = (size_t)QD,
+        .probs = e->att + (size_t)thread * ATT_ROWS * e->att_cap,
+        .p_stride = (size_t)e->att_cap,
+        .n_tok = tk->n_tok,
+        .n_heads = tk->n_h,
+        .n_keys0 = P + j->b->pos[tk->t0] + 1,
+    };
+    pd__attend(&a);
+}
+
+/* Attention of layer l for every token of the step. Tasks are blocks of a
+ * sequence's consecutive tokens x heads of one kv group, listed group by
+ * group; the pool hands each thread a contiguous run of tasks, and a
+ * block's cost grows with its position, so within a group the blocks are
+ * interleaved (even ones, then odd ones) to make the runs cost alike. */
+static void attend_layer(pd_engine *e, const pd_batch *b, int l)
+{
+    const pd_config *c = &e->m->cfg;
     const int n_rep = c->n_heads / c->n_kv_heads;
-    const pd_seq *s = j->b->seqs[t];
-    const int P = s->n_prefix, n_ctx = j->b->pos[t] + 1;
-    const float *kc = s->k_cache + (size_t)l * s->cap * KV;
-    const float *vc = s->v_cache + (size_t)l * s->cap * KV;
-    float *att = e->att + (size_t)thread * e->att_cap;
-    for (int h = 0; h < c->n_heads; h++) {
-        const int g = h / n_rep;
-        const size_t pg = (((size_t)l * c->n_kv_heads + g) * P) * hd;
-        pd__attend_head(e->q + (size_t)t * C + (size_t)h * hd, P ? s->prefix_k + pg : NULL,
-                        P ? s->prefix_v + pg : NULL, P, kc + (size_t)g * hd, vc + (size_t)g * hd,
-                        (size_t)KV, n_ctx, hd, att, e->xb + (size_t)t * C + (size_t)h * hd);
+    const int n_h = n_rep < ATT_ROWS ? n_rep : ATT_ROWS, per_block = ATT_ROWS / n_h;
+    int n_blocks = 0;
+    double work = 0.0; /* multiply-adds, to decide whether waking the workers pays */
+    for (int t = 0; t < b->n; t++) {
+        const int t0 = n_blocks ? e->blocks[n_blocks - 1] : -1;
+        if (t0 < 0 || b->seqs[t] != b->seqs[t0] || b->pos[t] != b->pos[t0] + (t - t0) ||
+            t - t0 == per_block)
+            e->blocks[n_blocks++] = t;
+        work += (double)(b->seqs[t]->n_prefix + b->pos[t] + 1) * 2.0 * c->q_dim;
     }
+    int n_tasks = 0;
+    const int half = (n_blocks + 1) / 2;
+    for (int g = 0; g < c->n_kv_heads; g++)
+        for (int h0 = 0; h0 < n_rep; h0 += n_h)
+            for (int k = 0; k < n_blocks; k++) {
+                const int bi = k < half ? 2 * k : 2 * (k - half) + 1;
+                const int t0 = e->blocks[bi], t1 = bi + 1 < n_blocks ? e->blocks[bi + 1] : b->n;
+                attn_task *tk = &e->tasks[n_tasks++];
+                tk->t0 = t0;
+                tk->n_tok = t1 - t0;
+                tk->g = g;
+                tk->h0 = h0;
+                tk->n_h = n_rep - h0 < n_h ? n_rep - h0 : n_h;
+            }
+    attn_job aj = {e, b, l};
+    pd_pool_run(work > 65536.0 ? e->pool : NULL, attend_task, &aj, n_tasks);
 }
 
 static int check_batch(const pd_engine *e, const pd_batch *b, pd_err *err)
@@ -196,6 +268,11 @@ static int check_batch(const pd_engine *e, const pd_batch *b, pd_err *err)
         if (s->n_prefix + s->cap > e->att_cap)
             return pd_err_set(err, PD_EINVAL, "token %d: prefix of %d slots is too long", i,
                               s->n_prefix);
+        if (c->sliding_window > 0 && s->n_prefix + pos >= c->sliding_window)
+            return pd_err_set(err, PD_ERANGE,
+                              "token %d: position %d (prefix %d + index %d) is outside the "
+                              "model's sliding window of %d tokens",
+                              i, s->n_prefix + pos, s->n_prefix, pos, c->sliding_window);
         /* the previous token of the same sequence in this step must be pos-1;
          * the first must continue the cache */
         int j = i - 1;
@@ -219,41 +296,37 @@ int pd_engine_step(pd_engine *e, const pd_batch *b, const float **logits, pd_err
     const int T = b->n, C = c->dim, KV = c->kv_dim, H = c->hidden_dim, hd = c->head_dim;
 
     for (int t = 0; t < T; t++) {
-        memcpy(e->x + (size_t)t * C, m->w.token_embedding + (size_t)b->tokens[t] * C,
-               (size_t)C * sizeof(float));
+        pd_wmat_row_f32(&m->w.token_embedding, b->tokens[t], e->x + (size_t)t * C);
         /* rotary table of this token's absolute position */
-        pd__rope_table(e->rope + (size_t)t * hd, b->seqs[t]->n_prefix + b->pos[t], hd,
-                       c->rope_base);    }
+        pd__rope_table_ext(e->rope + (size_t)t * hd, b->seqs[t]->n_prefix + b->pos[t], hd,
+                           c->rope_base, c->rope_freq_scale, m->w.rope_freqs);
+    }
 
     for (int l = 0; l < c->n_layers; l++) {
         const pd_layer_weights *w = &m->w.layers[l];
         pd__rmsnorm_rows(e->xb, NULL, e->x, w->rms_att, T, C, c->norm_eps);
-        pd_matmul(e->pool, e->q, e->xb, w->wq, T, C, C);
-        pd_matmul(e->pool, e->k, e->xb, w->wk, T, C, KV);
-        pd_matmul(e->pool, e->v, e->xb, w->wv, T, C, KV);
+        pd_wmatmul_n(e->pool, 3, (float *const[]){e->q, e->k, e->v}, e->xb,
+                     (const pd_wmat *const[]){&w->wq, &w->wk, &w->wv}, T);
+        pd__qkv_finish(m, l, e->q, e->k, e->v, T, e->rope, NULL);
         for (int t = 0; t < T; t++) {
-            const float *cs = e->rope + (size_t)t * hd;
-            pd__rope_apply(e->q + (size_t)t * C, C, hd, cs, 1.0f);
-            pd__rope_apply(e->k + (size_t)t * KV, KV, hd, cs, 1.0f);
             pd_seq *s = b->seqs[t];
             size_t at = ((size_t)l * s->cap + (size_t)b->pos[t]) * KV;
             memcpy(s->k_cache + at, e->k + (size_t)t * KV, (size_t)KV * sizeof(float));
             memcpy(s->v_cache + at, e->v + (size_t)t * KV, (size_t)KV * sizeof(float));
         }
-        attn_job aj = {e, b, l};
-        pd_pool_run(T * (double)C > 4096 ? e->pool : NULL, attend_token, &aj, T);
-        pd_matmul(e->pool, e->xb2, e->xb, w->wo, T, C, C);
+        attend_layer(e, b, l);
+        pd_wmatmul(e->pool, e->xb2, e->xb, &w->wo, T);
         for (size_t i = 0; i < (size_t)T * C; i++) e->x[i] += e->xb2[i];
 
         pd__rmsnorm_rows(e->xb, NULL, e->x, w->rms_ffn, T, C, c->norm_eps);
-        pd_matmul(e->pool, e->hb, e->xb, w->w1, T, C, H);
-        pd_matmul(e->pool, e->hb2, e->xb, w->w3, T, C, H);
+        pd_wmatmul_n(e->pool, 2, (float *const[]){e->hb, e->hb2}, e->xb,
+                     (const pd_wmat *const[]){&w->w1, &w->w3}, T);
         for (size_t i = 0; i < (size_t)T * H; i++) {
             float val = e->hb[i];
             val *= (1.0f / (1.0f + expf(-val)));
             e->hb[i] = val * e->hb2[i];
         }
-        pd_matmul(e->pool, e->xb2, e->hb, w->w2, T, H, C);
+        pd_wmatmul(e->pool, e->xb2, e->hb, &w->w2, T);
         for (size_t i = 0; i < (size_t)T * C; i++) e->x[i] += e->xb2[i];
     }
 
@@ -268,7 +341,7 @@ int pd_engine_step(pd_engine *e, const pd_batch *b, const float **logits, pd_err
                      c->norm_eps);
         n_out++;
     }
-    if (n_out > 0) pd_matmul(e->pool, e->logits, e->xl, m->w.wcls, n_out, C, c->vocab_size);
+    if (n_out > 0) pd_wmatmul(e->pool, e->logits, e->xl, &m->w.wcls, n_out);
     *logits = e->logits;
     return n_out;
 }

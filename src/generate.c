@@ -47,12 +47,12 @@ int pd_generate(pd_engine *e, const pd_model *m, pd_seq *seq, const int32_t *pro
     const float *logits = NULL;
     rc = pd_prefill(e, m, seq, prompt, n_prompt, &logits, err);
     if (rc < 0) goto done;
-    const int bos = pd_tokenizer_bos(m->tok), eos = pd_tokenizer_eos(m->tok);
+    const int bos = pd_tokenizer_bos(m->tok);
     int prev = prompt[n_prompt - 1];
     rc = PD_FINISH_LENGTH;
     while (*n_out < p->max_tokens && *n_out < cap_out) {
         int tok = pd_sampler_sample(&s, logits, NULL);
-        if (tok == eos || tok == bos) {
+        if (pd_tokenizer_is_eog(m->tok, tok) || tok == bos) {
             rc = PD_FINISH_STOP;
             break;
         }

@@ -227,6 +227,51 @@ int pd_gguf_add_arr_str(pd_gguf_writer *w, const char *key, const char *const *s
     return end_kv(w, key, mark, err);
 }
 
+int pd_gguf_add_kv(pd_gguf_writer *w, const pd_gguf_kv *kv, pd_err *err)
+{
+    if (kv->key.len == 0 || kv->key.len > PD_GGUF_MAX_KEY)
+        return pd_err_set(err, PD_EINVAL, "gguf writer: key must be 1..%d bytes",
+                          PD_GGUF_MAX_KEY);
+    char *key = malloc((size_t)kv->key.len + 1);
+    if (!key) return pd_err_set(err, PD_ENOMEM, "gguf writer: out of memory");
+    memcpy(key, kv->key.ptr, (size_t)kv->key.len);
+    key[kv->key.len] = 0;
+    int rc;
+    size_t sz = pd_gguf_type_size(kv->type);
+    if (kv->type == PD_GGUF_STRING) {
+        size_t mark = w->kv_len;
+        if ((rc = begin_kv(w, key, PD_GGUF_STRING, err)) >= 0)
+            rc = put_str(w, kv->v.s.ptr, kv->v.s.len) < 0 ? undo_kv(w, key, mark, err)
+                                                          : end_kv(w, key, mark, err);
+    } else if (kv->type == PD_GGUF_ARRAY) {
+        size_t mark = w->kv_len;
+        if ((rc = begin_kv(w, key, PD_GGUF_ARRAY, err)) >= 0)
+            rc = put_u32(w, (uint32_t)kv->arr_type) < 0 || put_u64(w, kv->arr_n) < 0 ||
+                         put(w, kv->arr_data, (size_t)kv->arr_bytes) < 0
+                     ? undo_kv(w, key, mark, err)
+                     : end_kv(w, key, mark, err);
+    } else if (sz) {
+        /* scalars: the stored bytes, from the decoded value (little-endian) */
+        uint8_t raw[8];
+        if (kv->type == PD_GGUF_FLOAT32) {
+            float f = (float)kv->v.f; /* exact: it was widened from this float */
+            memcpy(raw, &f, 4);
+        } else if (kv->type == PD_GGUF_FLOAT64) {
+            memcpy(raw, &kv->v.f, 8);
+        } else if (kv->type == PD_GGUF_INT8 || kv->type == PD_GGUF_INT16 ||
+                   kv->type == PD_GGUF_INT32 || kv->type == PD_GGUF_INT64) {
+            memcpy(raw, &kv->v.i, 8);
+        } else {
+            memcpy(raw, &kv->v.u, 8);
+        }
+        rc = pd_gguf_add_scalar(w, key, kv->type, raw, err);
+    } else {
+        rc = pd_err_set(err, PD_EINVAL, "gguf writer: key %s has unknown type %d", key, kv->type);
+    }
+    free(key);
+    return rc;
+}
+
 int pd_gguf_writer_set_alignment(pd_gguf_writer *w, uint32_t alignment, pd_err *err)
 {
     if (w->n_tensors > 0)

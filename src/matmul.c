@@ -12,15 +12,9 @@ void pd__matmul_block_portable(float *out, const float *in, const float *W, int 
     for (int t = t0; t < t1; t++) {
         const float *x = in + (size_t)t * K;
         for (int n = n0; n < n1; n++) {
-            const float *w = W + (size_t)n * K;
             float l[8] = {0};
-            int k = 0;
-            for (; k + 8 <= K; k += 8)
-                for (int j = 0; j < 8; j++) l[j] = fmaf(x[k + j], w[k + j], l[j]);
-            for (int j = 0; k + j < K; j++) l[j] = fmaf(x[k + j], w[k + j], l[j]);
-            float s0 = l[0] + l[4], s1 = l[1] + l[5], s2 = l[2] + l[6], s3 = l[3] + l[7];
-            float u0 = s0 + s2, u1 = s1 + s3;
-            out[(size_t)t * N + n] = u0 + u1;
+            pd__lanes_fma(l, x, W + (size_t)n * K, K);
+            out[(size_t)t * N + n] = pd__lanes_sum(l);
         }
     }
 }

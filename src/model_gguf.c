@@ -2,8 +2,9 @@
  * writing a loaded model back out (pd_gguf_write_model, behind `prefixd
  * convert`).
  *
- * Conventions (llama.cpp's): general.architecture = "llama"; hyper-parameters
- * under llama.*; tensors token_embd.weight, blk.N.{attn_norm, attn_q, attn_k,
+ * Conventions (llama.cpp's): general.architecture = "llama", "qwen2" or
+ * "qwen3" (src/arch.c has each one's keys and extra tensors); hyper-parameters
+ * under "<arch>.*"; tensors token_embd.weight, blk.N.{attn_norm, attn_q, attn_k,
  * attn_v, attn_output, ffn_norm, ffn_gate, ffn_down, ffn_up}.weight,
  * output_norm.weight and output.weight (absent: the classifier is tied to the
  * embedding); the tokenizer under tokenizer.ggml.* with SentencePiece's
@@ -11,9 +12,10 @@
  * matrix has ne = {in, out}: the same bytes as llama2.c's, and the rotary
  * pairs are adjacent in both, so nothing is permuted.
  *
- * Storage: F32 tensors point straight into the read-only mapping (m->map)
- * when 4-byte aligned; F16/BF16 (and misaligned F32) tensors are widened into
- * one owned buffer (m->owned) sliced per tensor. */
+ * Storage: weight matrices are typed views (pd_wmat) straight into the
+ * read-only mapping (m->map) in their stored type; F16/BF16 norm vectors and
+ * misaligned F32 tensors are widened into one owned buffer (m->owned) sliced
+ * per tensor. */
 #include <limits.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -24,6 +26,7 @@
 #include "prefixd/gguf.h"
 #include "prefixd/half.h"
 #include "prefixd/model.h"
+#include "arch.h"
 
 #if !defined(__BYTE_ORDER__) || __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
 #error "model_gguf.c copies little-endian file values as host values"
@@ -61,12 +64,13 @@ static int ggml_of_dtype(int dtype)
 
 /* ---- loading ---- */
 
-/* One weight to bind: where it is in the file and which model pointer gets
- * it. */
+/* One weight to bind: where it is in the file and which model pointer (a
+ * vector) or view (a matrix) gets it. */
 typedef struct binding {
     const pd_gguf_tensor *t;
-    const float **dst;
-    int widen; /* 1: converted into m->owned */
+    const float **dst; /* vector, or NULL */
+    pd_wmat *mat;      /* matrix, or NULL */
+    int widen;         /* 1: converted into m->owned */
 } binding;
 
 typedef struct loader {
@@ -78,96 +82,8 @@ typedef struct loader {
     int n_bind;
 } loader;
 
-/* Reads an integer key into an int in [1, INT_MAX]; def < 0 means required. */
-static int get_dim(loader *L, const char *key, int def, int *out)
-{
-    int64_t v = 0;
-    if (def >= 0 && !pd_gguf_find_kv(L->g, key)) {
-        *out = def;
-        return PD_OK;
-    }
-    int rc = pd_gguf_get_int(L->g, key, 1, INT_MAX, &v, L->err);
-    if (rc == PD_ENOTFOUND)
-        return pd_err_set(L->err, PD_ENOTFOUND, "%s: required key %s is missing", L->path, key);
-    if (rc < 0) return rc;
-    *out = (int)v;
-    return PD_OK;
-}
-
-static int get_real(loader *L, const char *key, float def, float *out)
-{
-    double v = 0;
-    if (!pd_gguf_find_kv(L->g, key)) {
-        *out = def;
-        return PD_OK;
-    }
-    int rc = pd_gguf_get_float(L->g, key, &v, L->err);
-    if (rc < 0) return rc;
-    *out = (float)v;
-    return PD_OK;
-}
-
-static int read_config(loader *L)
-{
-    pd_config *c = &L->m->cfg;
-    pd_gguf_str arch;
-    char buf[64];
-    int rc;
-    if (!pd_gguf_find_kv(L->g, "general.architecture"))
-        return pd_err_set(L->err, PD_EFORMAT,
-                          "%s: general.architecture is missing (not a model file?)", L->path);
-    if ((rc = pd_gguf_get_str(L->g, "general.architecture", &arch, L->err)) < 0) return rc;
-    if (!pd_gguf_str_eq(arch, "llama")) {
-        snprintf(buf, sizeof buf, "%.*s", (int)(arch.len < 40 ? arch.len : 40), arch.ptr);
-        return pd_err_set(L->err, PD_EUNSUPPORTED,
-                          "%s: general.architecture is '%s'; prefixd runs 'llama' models only",
-                          L->path, buf);
-    }
-    if ((rc = get_dim(L, "llama.context_length", -1, &c->seq_len)) < 0 ||
-        (rc = get_dim(L, "llama.embedding_length", -1, &c->dim)) < 0 ||
-        (rc = get_dim(L, "llama.block_count", -1, &c->n_layers)) < 0 ||
-        (rc = get_dim(L, "llama.feed_forward_length", -1, &c->hidden_dim)) < 0 ||
-        (rc = get_dim(L, "llama.attention.head_count", -1, &c->n_heads)) < 0 ||
-        (rc = get_dim(L, "llama.attention.head_count_kv", c->n_heads, &c->n_kv_heads)) < 0)
-        return rc;
-    if ((rc = get_real(L, "llama.rope.freq_base", 10000.0f, &c->rope_base)) < 0 ||
-        (rc = get_real(L, "llama.attention.layer_norm_rms_epsilon", 1e-5f, &c->norm_eps)) < 0)
-        return rc;
-    c->head_dim = c->dim / c->n_heads;
-    int64_t kv_dim = (int64_t)c->n_kv_heads * c->head_dim;
-    c->kv_dim = kv_dim > INT_MAX ? -1 : (int)kv_dim; /* pd_config_validate refuses it */
-    return PD_OK;
-}
-
-/* Keys that must agree with a validated config, or name unsupported
- * variants. */
-static int check_variant(loader *L)
-{
-    const pd_config *c = &L->m->cfg;
-    int rc;
-    int64_t experts = 0;
-    if (pd_gguf_find_kv(L->g, "llama.expert_count") &&
-        (rc = pd_gguf_get_int(L->g, "llama.expert_count", 0, INT_MAX, &experts, L->err)) < 0)
-        return rc;
-    if (experts > 0)
-        return pd_err_set(L->err, PD_EUNSUPPORTED,
-                          "%s: llama.expert_count = %d: mixture-of-experts models are not "
-                          "supported",
-                          L->path, (int)experts);
-    static const char *const per_head[] = {"llama.rope.dimension_count",
-                                           "llama.attention.key_length",
-                                           "llama.attention.value_length"};
-    for (int i = 0; i < 3; i++) {
-        int v = 0;
-        if ((rc = get_dim(L, per_head[i], c->head_dim, &v)) < 0) return rc;
-        if (v != c->head_dim)
-            return pd_err_set(L->err, PD_EUNSUPPORTED,
-                              "%s: %s = %d but head_dim (embedding_length / head_count) is %d; "
-                              "only full rotary and standard head sizes are supported",
-                              L->path, per_head[i], v, c->head_dim);
-    }
-    return PD_OK;
-}
+/* The hyper-parameters of the file's architecture (src/arch.c). */
+static int read_config(loader *L) { return pd__arch_read_config(L->g, L->path, &L->m->cfg, L->err); }
 
 static void format_shape(const int64_t *ne, int n_dims, char *buf, size_t cap)
 {
@@ -178,21 +94,24 @@ static void format_shape(const int64_t *ne, int n_dims, char *buf, size_t cap)
 }
 
 /* Finds tensor name, checks its type and shape {ne0} (ne1 == 0) or {ne0, ne1},
- * and records a binding to *dst. optional: a missing tensor returns
- * PD_ENOTFOUND without setting err. */
-static int want(loader *L, const char *name, int64_t ne0, int64_t ne1, const float **dst,
-                int optional)
+ * and records a binding to the vector *dst or the matrix view *mat (one of
+ * them). optional: a missing tensor returns PD_ENOTFOUND without setting err. */
+static int want_any(loader *L, const char *name, int64_t ne0, int64_t ne1, const float **dst,
+                    pd_wmat *mat, int optional)
 {
     const pd_gguf_tensor *t = pd_gguf_find_tensor(L->g, name);
     if (!t) {
         if (optional) return PD_ENOTFOUND;
         return pd_err_set(L->err, PD_ENOTFOUND, "%s: tensor %s is missing", L->path, name);
     }
-    if (dtype_of_ggml(t->type) < 0)
+    if (mat ? !pd_qtype_is_weight_type(t->type) : dtype_of_ggml(t->type) < 0)
         return pd_err_set(L->err, PD_EUNSUPPORTED,
-                          "%s: tensor %s has type %s; only F32, F16 and BF16 can be loaded "
-                          "(quantised types are not supported yet)",
-                          L->path, name, pd_ggml_type_name(t->type));
+                          "%s: tensor %s has type %s, which prefixd cannot load (%s: %s)",
+                          L->path, name, pd_ggml_type_name(t->type),
+                          mat ? "matrices" : "vectors",
+                          mat ? "F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, "
+                                "Q4_K, Q5_K, Q6_K"
+                              : "F32, F16, BF16");
     int64_t want_ne[PD_GGUF_MAX_DIMS] = {ne0, ne1 ? ne1 : 1, 1, 1};
     for (int d = 0; d < PD_GGUF_MAX_DIMS; d++) {
         if (t->ne[d] != want_ne[d]) {
@@ -207,10 +126,85 @@ static int want(loader *L, const char *name, int64_t ne0, int64_t ne1, const flo
                               c->vocab_size, exp);
         }
     }
+    /* the reader checked the block multiple and the bounds; the view's rows
+     * must cover exactly the tensor's bytes */
+    if (mat && pd_qtype_row_bytes(t->type, t->ne[0]) * (uint64_t)t->ne[1] != t->nbytes)
+        return pd_err_set(L->err, PD_EFORMAT,
+                          "%s: tensor %s (%s): %llu bytes for %lld rows of %lld do not match "
+                          "the type's %zu bytes per row",
+                          L->path, name, pd_ggml_type_name(t->type),
+                          (unsigned long long)t->nbytes, (long long)t->ne[1],
+                          (long long)t->ne[0], pd_qtype_row_bytes(t->type, t->ne[0]));
     binding *b = &L->b[L->n_bind++];
     b->t = t;
     b->dst = dst;
-    b->widen = t->type != PD_GGML_F32 || ((uintptr_t)t->data % _Alignof(float)) != 0;
+    b->mat = mat;
+    /* matrices of every weight type but misaligned F32 are used in place
+     * (the kernels convert or dequantise them) */
+    b->widen = mat && t->type != PD_GGML_F32
+                   ? 0
+                   : t->type != PD_GGML_F32 || ((uintptr_t)t->data % _Alignof(float)) != 0;
+    return PD_OK;
+}
+
+static int want(loader *L, const char *name, int64_t ne0, const float **dst)
+{
+    return want_any(L, name, ne0, 0, dst, NULL, 0);
+}
+
+static int want_mat(loader *L, const char *name, int64_t ne0, int64_t ne1, pd_wmat *mat,
+                    int optional)
+{
+    return want_any(L, name, ne0, ne1, NULL, mat, optional);
+}
+
+/* The architecture's per-layer vectors and rope_freqs.weight (arch.c says
+ * which); vectors must be F32 (or F16/BF16, widened). */
+static int bind_arch(loader *L)
+{
+    pd_model *m = L->m;
+    pd_config *c = &m->cfg;
+    pd__arch_vec v[PD__ARCH_MAX_VECS];
+    const int nv = pd__arch_layer_vecs(c, v);
+    int rc;
+    for (int l = 0; l < c->n_layers; l++)
+        for (int i = 0; i < nv; i++) {
+            char name[64];
+            snprintf(name, sizeof name, "blk.%d.%s", l, v[i].name);
+            const float **dst = (const float **)((char *)&m->w.layers[l] + v[i].field);
+            rc = want_any(L, name, v[i].n, 0, dst, NULL, !v[i].required);
+            if (rc < 0 && (v[i].required || rc != PD_ENOTFOUND)) return rc;
+        }
+    if (pd__arch_has_rope_freqs(c->arch)) {
+        rc = want_any(L, "rope_freqs.weight", c->head_dim / 2, 0, &m->w.rope_freqs, NULL, 1);
+        if (rc < 0 && rc != PD_ENOTFOUND) return rc;
+        if (rc == PD_OK) c->rope_scaling = PD_ROPE_SCALING_LLAMA3;
+        else if (c->rope_scaling == PD_ROPE_SCALING_LLAMA3)
+            return pd_err_set(L->err, PD_ENOTFOUND,
+                              "%s: rope.scaling.type is llama3 but tensor rope_freqs.weight "
+                              "(its per-pair factors) is missing",
+                              L->path);
+    }
+    return PD_OK;
+}
+
+/* Every tensor of the file must have been bound: an extra tensor (an output
+ * bias, a layer norm bias, a tensor of another architecture) would change
+ * the math, so it is refused by name rather than ignored. */
+static int check_unused(loader *L)
+{
+    for (size_t i = 0; i < L->g->n_tensors; i++) {
+        const pd_gguf_tensor *t = &L->g->tensors[i];
+        int used = 0;
+        for (int j = 0; j < L->n_bind && !used; j++) used = L->b[j].t == t;
+        if (!used)
+            return pd_err_set(L->err, PD_EUNSUPPORTED,
+                              "%s: tensor %.*s is not used by prefixd's %s architecture and "
+                              "would change the math; refusing the model rather than ignoring "
+                              "it",
+                              L->path, (int)(t->name.len < 80 ? t->name.len : 80), t->name.ptr,
+                              pd_arch_name(L->m->cfg.arch));
+    }
     return PD_OK;
 }
 
@@ -218,36 +212,39 @@ static int bind_weights(loader *L)
 {
     pd_model *m = L->m;
     const pd_config *c = &m->cfg;
-    int64_t D = c->dim, KV = c->kv_dim, H = c->hidden_dim, V = c->vocab_size;
+    int64_t D = c->dim, KV = c->kv_dim, H = c->hidden_dim, V = c->vocab_size, QD = c->q_dim;
     int rc;
     m->w.layers = calloc((size_t)c->n_layers, sizeof *m->w.layers);
-    L->b = calloc((size_t)c->n_layers * 9 + 3, sizeof *L->b);
+    L->b = calloc((size_t)c->n_layers * (9 + PD__ARCH_MAX_VECS) + 4, sizeof *L->b);
     if (!m->w.layers || !L->b) return pd_err_set(L->err, PD_ENOMEM, "%s: out of memory", L->path);
 
-    if ((rc = want(L, "token_embd.weight", D, V, &m->w.token_embedding, 0)) < 0) return rc;
+    if ((rc = want_mat(L, "token_embd.weight", D, V, &m->w.token_embedding, 0)) < 0) return rc;
     for (int l = 0; l < c->n_layers; l++) {
         pd_layer_weights *lw = &m->w.layers[l];
         struct {
             const char *name;
             int64_t ne0, ne1;
-            const float **dst;
+            const float **dst; /* a vector, */
+            pd_wmat *mat;      /* or a matrix */
         } lt[9] = {
-            {"attn_norm", D, 0, &lw->rms_att}, {"attn_q", D, D, &lw->wq},
-            {"attn_k", D, KV, &lw->wk},        {"attn_v", D, KV, &lw->wv},
-            {"attn_output", D, D, &lw->wo},    {"ffn_norm", D, 0, &lw->rms_ffn},
-            {"ffn_gate", D, H, &lw->w1},       {"ffn_down", H, D, &lw->w2},
-            {"ffn_up", D, H, &lw->w3},
+            {"attn_norm", D, 0, &lw->rms_att, NULL}, {"attn_q", D, QD, NULL, &lw->wq},
+            {"attn_k", D, KV, NULL, &lw->wk},        {"attn_v", D, KV, NULL, &lw->wv},
+            {"attn_output", QD, D, NULL, &lw->wo},   {"ffn_norm", D, 0, &lw->rms_ffn, NULL},
+            {"ffn_gate", D, H, NULL, &lw->w1},       {"ffn_down", H, D, NULL, &lw->w2},
+            {"ffn_up", D, H, NULL, &lw->w3},
         };
         for (int i = 0; i < 9; i++) {
             char name[64];
             snprintf(name, sizeof name, "blk.%d.%s.weight", l, lt[i].name);
-            if ((rc = want(L, name, lt[i].ne0, lt[i].ne1, lt[i].dst, 0)) < 0) return rc;
+            if ((rc = want_any(L, name, lt[i].ne0, lt[i].ne1, lt[i].dst, lt[i].mat, 0)) < 0)
+                return rc;
         }
     }
-    if ((rc = want(L, "output_norm.weight", D, 0, &m->w.rms_final, 0)) < 0) return rc;
-    rc = want(L, "output.weight", D, V, &m->w.wcls, 1);
+    if ((rc = want(L, "output_norm.weight", D, &m->w.rms_final)) < 0) return rc;
+    rc = want_mat(L, "output.weight", D, V, &m->w.wcls, 1);
     if (rc == PD_ENOTFOUND) m->tied_classifier = 1;
     else if (rc < 0) return rc;
+    if ((rc = bind_arch(L)) < 0 || (rc = check_unused(L)) < 0) return rc;
 
     /* widened tensors share one buffer */
     uint64_t total = 0;
@@ -265,6 +262,14 @@ static int bind_weights(loader *L)
     for (int i = 0; i < L->n_bind; i++) {
         const binding *b = &L->b[i];
         size_t n = (size_t)b->t->n_elems;
+        if (b->mat && !b->widen) {
+            *b->mat = (pd_wmat){.data = b->t->data,
+                                .type = b->t->type, /* pd_qtype ids are ggml's */
+                                .rows = (int)b->t->ne[1],
+                                .cols = (int)b->t->ne[0],
+                                .row_bytes = pd_qtype_row_bytes(b->t->type, b->t->ne[0])};
+            continue;
+        }
         if (!b->widen) {
             *b->dst = b->t->data;
             continue;
@@ -275,11 +280,15 @@ static int bind_weights(loader *L)
         case PD_GGML_BF16: pd_bf16_to_f32_n(b->t->data, next, n); break;
         default: PD_ASSERT(0 && "type checked in want()");
         }
-        *b->dst = next;
+        if (b->mat)
+            *b->mat = pd_wmat_f32(next, (int)b->t->ne[1], (int)b->t->ne[0]);
+        else
+            *b->dst = next;
         next += n;
     }
     if (m->tied_classifier) m->w.wcls = m->w.token_embedding;
-    m->dtype = dtype_of_ggml(pd_gguf_find_tensor(L->g, "blk.0.attn_q.weight")->type);
+    m->weight_type = pd_gguf_find_tensor(L->g, "blk.0.attn_q.weight")->type;
+    m->dtype = dtype_of_ggml(m->weight_type);
     return PD_OK;
 }
 
@@ -298,6 +307,7 @@ static int list_tensors(loader *L)
         ti->n_dims = t->n_dims;
         memcpy(ti->shape, t->ne, sizeof ti->shape);
         ti->dtype = dtype_of_ggml(t->type);
+        ti->type = t->type;
         ti->offset = t->file_offset;
         ti->nbytes = t->nbytes;
     }
@@ -305,92 +315,19 @@ static int list_tensors(loader *L)
     return PD_OK;
 }
 
-/* Copies an optional array of n fixed-size elements into a new aligned
- * buffer (*out, NULL when the key is absent). */
-static int copy_array(loader *L, const char *key, int elem_type, uint64_t n, void **out)
-{
-    const void *data;
-    uint64_t count;
-    *out = NULL;
-    if (!pd_gguf_find_kv(L->g, key)) return PD_OK;
-    int rc = pd_gguf_get_arr(L->g, key, elem_type, &data, &count, L->err);
-    if (rc < 0) return rc;
-    if (count != n)
-        return pd_err_set(L->err, PD_EFORMAT, "%s: %s has %llu entries but there are %llu tokens",
-                          L->path, key, (unsigned long long)count, (unsigned long long)n);
-    size_t bytes = (size_t)n * pd_gguf_type_size(elem_type);
-    *out = malloc(bytes ? bytes : 1);
-    if (!*out) return pd_err_set(L->err, PD_ENOMEM, "%s: out of memory", L->path);
-    if (bytes) memcpy(*out, data, bytes);
-    return PD_OK;
-}
-
-/* Checks for the tokenizer and returns its token strings (borrowed). */
+/* Checks that there is a tokenizer and returns its token strings (borrowed);
+ * pd_tokenizer_load_gguf checks the rest. */
 static int find_tokens(loader *L, const pd_gguf_str **tokens, uint64_t *n)
 {
-    pd_gguf_str model;
-    char buf[48];
-    int rc;
     if (!pd_gguf_find_kv(L->g, "tokenizer.ggml.model"))
         return pd_err_set(L->err, PD_ENOTFOUND,
                           "%s: no tokenizer in the file (tokenizer.ggml.model is missing)",
                           L->path);
-    if ((rc = pd_gguf_get_str(L->g, "tokenizer.ggml.model", &model, L->err)) < 0) return rc;
-    if (!pd_gguf_str_eq(model, "llama")) {
-        snprintf(buf, sizeof buf, "%.*s", (int)(model.len < 32 ? model.len : 32), model.ptr);
-        return pd_err_set(L->err, PD_EUNSUPPORTED,
-                          "%s: tokenizer.ggml.model is '%s'; only 'llama' (SentencePiece BPE) "
-                          "is supported",
-                          L->path, buf);
-    }
     if (!pd_gguf_find_kv(L->g, "tokenizer.ggml.tokens"))
         return pd_err_set(L->err, PD_ENOTFOUND,
                           "%s: no tokenizer in the file (tokenizer.ggml.tokens is missing)",
                           L->path);
     return pd_gguf_get_str_arr(L->g, "tokenizer.ggml.tokens", tokens, n, L->err);
-}
-
-static int load_tokenizer(loader *L, const pd_gguf_str *tokens, uint64_t n)
-{
-    const char **pieces = malloc((size_t)n * sizeof *pieces);
-    uint32_t *lens = malloc((size_t)n * sizeof *lens);
-    void *scores = NULL, *types = NULL;
-    int rc = PD_OK;
-    int64_t bos = 1, eos = 2;
-    if (!pieces || !lens) {
-        rc = pd_err_set(L->err, PD_ENOMEM, "%s: out of memory", L->path);
-        goto done;
-    }
-    for (uint64_t i = 0; i < n; i++) {
-        if (tokens[i].len > UINT32_MAX) {
-            rc = pd_err_set(L->err, PD_EFORMAT, "%s: token %llu is %llu bytes long", L->path,
-                            (unsigned long long)i, (unsigned long long)tokens[i].len);
-            goto done;
-        }
-        pieces[i] = tokens[i].ptr;
-        lens[i] = (uint32_t)tokens[i].len;
-    }
-    if ((rc = copy_array(L, "tokenizer.ggml.scores", PD_GGUF_FLOAT32, n, &scores)) < 0 ||
-        (rc = copy_array(L, "tokenizer.ggml.token_type", PD_GGUF_INT32, n, &types)) < 0)
-        goto done;
-    if ((pd_gguf_find_kv(L->g, "tokenizer.ggml.bos_token_id") &&
-         (rc = pd_gguf_get_int(L->g, "tokenizer.ggml.bos_token_id", 0, (int64_t)n - 1, &bos,
-                               L->err)) < 0) ||
-        (pd_gguf_find_kv(L->g, "tokenizer.ggml.eos_token_id") &&
-         (rc = pd_gguf_get_int(L->g, "tokenizer.ggml.eos_token_id", 0, (int64_t)n - 1, &eos,
-                               L->err)) < 0))
-        goto done;
-    pd_err terr;
-    pd_err_clear(&terr);
-    rc = pd_tokenizer_create((int)n, pieces, lens, scores, types, (int)bos, (int)eos, &L->m->tok,
-                             &terr);
-    if (rc < 0) pd_err_set(L->err, rc, "%s: %s", L->path, terr.msg);
-done:
-    free(pieces);
-    free(lens);
-    free(scores);
-    free(types);
-    return rc;
 }
 
 int pd__model_load_gguf(pd_model *m, const char *path, pd_err *err)
@@ -405,16 +342,18 @@ int pd__model_load_gguf(pd_model *m, const char *path, pd_err *err)
     int64_t vocab;
     m->format = PD_FORMAT_GGUF;
     if ((rc = read_config(&L)) < 0 || (rc = find_tokens(&L, &tokens, &n_tokens)) < 0) goto done;
-    if (pd_gguf_find_kv(g, "llama.vocab_size")) {
-        if ((rc = pd_gguf_get_int(g, "llama.vocab_size", 1, INT_MAX, &vocab, err)) < 0)
+    char vkey[48];
+    snprintf(vkey, sizeof vkey, "%s.vocab_size", pd__arch_prefix(m->cfg.arch));
+    if (pd_gguf_find_kv(g, vkey)) {
+        if ((rc = pd_gguf_get_int(g, vkey, 1, INT_MAX, &vocab, err)) < 0)
             goto done;
     } else {
         vocab = (int64_t)n_tokens;
     }
     if ((uint64_t)vocab != n_tokens) {
         rc = pd_err_set(err, PD_EFORMAT,
-                        "%s: the tokenizer has %llu tokens but llama.vocab_size is %lld", path,
-                        (unsigned long long)n_tokens, (long long)vocab);
+                        "%s: the tokenizer has %llu tokens but %s is %lld", path,
+                        (unsigned long long)n_tokens, vkey, (long long)vocab);
         goto done;
     }
     if (vocab > INT_MAX) {
@@ -422,9 +361,9 @@ int pd__model_load_gguf(pd_model *m, const char *path, pd_err *err)
         goto done;
     }
     m->cfg.vocab_size = (int)vocab;
-    if ((rc = pd_config_validate(&m->cfg, path, err)) >= 0 && (rc = check_variant(&L)) >= 0 &&
+    if ((rc = pd_config_validate(&m->cfg, path, err)) >= 0 &&
         (rc = bind_weights(&L)) >= 0 && (rc = list_tensors(&L)) >= 0)
-        rc = load_tokenizer(&L, tokens, n_tokens);
+        rc = pd_tokenizer_load_gguf(g, &m->tok, err);
 done:
     free(L.b);
     pd_gguf_free(g);
@@ -433,106 +372,70 @@ done:
 
 /* ---- writing ---- */
 
-/* The tokenizer's pieces with ' ' written as U+2581, in one buffer. */
-typedef struct spm_pieces {
-    char *blob;        /* (owned) */
-    const char **ptr;  /* (n) into blob (owned) */
-    uint64_t *len;     /* (n) (owned) */
-} spm_pieces;
-
-static int spm_encode(const pd_tokenizer *tok, int n, spm_pieces *sp)
-{
-    size_t total = 0;
-    for (int i = 0; i < n; i++) {
-        const char *p = pd_tokenizer_piece(tok, i);
-        for (; *p; p++) total += *p == ' ' ? 3 : 1;
-    }
-    sp->blob = malloc(total ? total : 1);
-    sp->ptr = malloc((size_t)n * sizeof *sp->ptr);
-    sp->len = malloc((size_t)n * sizeof *sp->len);
-    if (!sp->blob || !sp->ptr || !sp->len) return PD_ENOMEM;
-    char *dst = sp->blob;
-    for (int i = 0; i < n; i++) {
-        sp->ptr[i] = dst;
-        for (const char *p = pd_tokenizer_piece(tok, i); *p; p++) {
-            if (*p == ' ') {
-                memcpy(dst, "\xe2\x96\x81", 3);
-                dst += 3;
-            } else {
-                *dst++ = *p;
-            }
-        }
-        sp->len[i] = (uint64_t)(dst - sp->ptr[i]);
-    }
-    return PD_OK;
-}
-
 typedef struct out_tensor {
     char name[64];
-    const float *src; /* (ne1, ne0) */
-    int64_t ne0, ne1; /* ne1 == 0: 1-D */
+    const float *src;   /* (ne0) a vector, or */
+    const pd_wmat *mat; /* (ne1, ne0) a matrix */
+    int64_t ne0, ne1;   /* ne1 == 0: 1-D */
 } out_tensor;
+
+/* "<arch>.suffix" into buf (the architecture's key prefix, arch.c). */
+static const char *arch_key(char *buf, size_t cap, const pd_config *c, const char *suffix)
+{
+    snprintf(buf, cap, "%s.%s", pd__arch_prefix(c->arch), suffix);
+    return buf;
+}
+
+/* The variant's keys: explicit head size, rope scaling, sliding window. */
+static int add_arch_metadata(pd_gguf_writer *w, const pd_config *c, pd_err *err)
+{
+    char k[96];
+    int rc;
+#define KEY(suffix) arch_key(k, sizeof k, c, suffix)
+    if (c->q_dim != c->dim &&
+        ((rc = pd_gguf_add_u32(w, KEY("attention.key_length"), (uint32_t)c->head_dim, err)) < 0 ||
+         (rc = pd_gguf_add_u32(w, KEY("attention.value_length"), (uint32_t)c->head_dim, err)) < 0))
+        return rc;
+    if (c->rope_scaling == PD_ROPE_SCALING_LINEAR &&
+        ((rc = pd_gguf_add_str(w, KEY("rope.scaling.type"), "linear", err)) < 0 ||
+         (rc = pd_gguf_add_f32(w, KEY("rope.scaling.factor"), 1.0f / c->rope_freq_scale, err)) <
+             0))
+        return rc;
+    if (c->sliding_window > 0 &&
+        (rc = pd_gguf_add_u32(w, KEY("attention.sliding_window"), (uint32_t)c->sliding_window,
+                              err)) < 0)
+        return rc;
+#undef KEY
+    return PD_OK;
+}
 
 static int add_metadata(pd_gguf_writer *w, const pd_model *m, int dtype, const char *name,
                         pd_err *err)
 {
     const pd_config *c = &m->cfg;
     static const uint32_t file_type[] = {0, 1, 32}; /* llama.cpp: ALL_F32, MOSTLY_F16, MOSTLY_BF16 */
+    const int ctx = c->ctx_train > 0 ? c->ctx_train : c->seq_len;
+    char k[96];
     int rc;
-    if ((rc = pd_gguf_add_str(w, "general.architecture", "llama", err)) < 0 ||
+#define KEY(suffix) arch_key(k, sizeof k, c, suffix)
+    if ((rc = pd_gguf_add_str(w, "general.architecture", pd__arch_prefix(c->arch), err)) < 0 ||
         (rc = pd_gguf_add_str(w, "general.name", name, err)) < 0 ||
         (rc = pd_gguf_add_u32(w, "general.file_type", file_type[dtype], err)) < 0 ||
-        (rc = pd_gguf_add_u32(w, "llama.context_length", (uint32_t)c->seq_len, err)) < 0 ||
-        (rc = pd_gguf_add_u32(w, "llama.embedding_length", (uint32_t)c->dim, err)) < 0 ||
-        (rc = pd_gguf_add_u32(w, "llama.block_count", (uint32_t)c->n_layers, err)) < 0 ||
-        (rc = pd_gguf_add_u32(w, "llama.feed_forward_length", (uint32_t)c->hidden_dim, err)) < 0 ||
-        (rc = pd_gguf_add_u32(w, "llama.attention.head_count", (uint32_t)c->n_heads, err)) < 0 ||
-        (rc = pd_gguf_add_u32(w, "llama.attention.head_count_kv", (uint32_t)c->n_kv_heads,
+        (rc = pd_gguf_add_u32(w, KEY("context_length"), (uint32_t)ctx, err)) < 0 ||
+        (rc = pd_gguf_add_u32(w, KEY("embedding_length"), (uint32_t)c->dim, err)) < 0 ||
+        (rc = pd_gguf_add_u32(w, KEY("block_count"), (uint32_t)c->n_layers, err)) < 0 ||
+        (rc = pd_gguf_add_u32(w, KEY("feed_forward_length"), (uint32_t)c->hidden_dim, err)) < 0 ||
+        (rc = pd_gguf_add_u32(w, KEY("attention.head_count"), (uint32_t)c->n_heads, err)) < 0 ||
+        (rc = pd_gguf_add_u32(w, KEY("attention.head_count_kv"), (uint32_t)c->n_kv_heads,
                               err)) < 0 ||
-        (rc = pd_gguf_add_f32(w, "llama.rope.freq_base", c->rope_base, err)) < 0 ||
-        (rc = pd_gguf_add_u32(w, "llama.rope.dimension_count", (uint32_t)c->head_dim, err)) < 0 ||
-        (rc = pd_gguf_add_f32(w, "llama.attention.layer_norm_rms_epsilon", c->norm_eps, err)) <
+        (rc = pd_gguf_add_f32(w, KEY("rope.freq_base"), c->rope_base, err)) < 0 ||
+        (rc = pd_gguf_add_u32(w, KEY("rope.dimension_count"), (uint32_t)c->head_dim, err)) < 0 ||
+        (rc = pd_gguf_add_f32(w, KEY("attention.layer_norm_rms_epsilon"), c->norm_eps, err)) <
             0 ||
-        (rc = pd_gguf_add_u32(w, "llama.vocab_size", (uint32_t)c->vocab_size, err)) < 0)
+        (rc = pd_gguf_add_u32(w, KEY("vocab_size"), (uint32_t)c->vocab_size, err)) < 0)
         return rc;
-    return PD_OK;
-}
-
-static int add_tokenizer(pd_gguf_writer *w, const pd_tokenizer *tok, const char *path,
-                         pd_err *err)
-{
-    int n = pd_tokenizer_vocab_size(tok);
-    spm_pieces sp = {0};
-    float *scores = malloc((size_t)n * sizeof *scores);
-    int32_t *types = malloc((size_t)n * sizeof *types);
-    int rc;
-    if (!scores || !types || spm_encode(tok, n, &sp) < 0) {
-        rc = pd_err_set(err, PD_ENOMEM, "%s: out of memory for the tokenizer", path);
-        goto done;
-    }
-    for (int i = 0; i < n; i++) {
-        scores[i] = pd_tokenizer_score(tok, i);
-        types[i] = pd_tokenizer_type(tok, i);
-    }
-    if ((rc = pd_gguf_add_str(w, "tokenizer.ggml.model", "llama", err)) >= 0 &&
-        (rc = pd_gguf_add_arr_str(w, "tokenizer.ggml.tokens", sp.ptr, sp.len, (uint64_t)n,
-                                  err)) >= 0 &&
-        (rc = pd_gguf_add_arr_f32(w, "tokenizer.ggml.scores", scores, (uint64_t)n, err)) >= 0 &&
-        (rc = pd_gguf_add_arr_i32(w, "tokenizer.ggml.token_type", types, (uint64_t)n, err)) >=
-            0 &&
-        (rc = pd_gguf_add_u32(w, "tokenizer.ggml.bos_token_id",
-                              (uint32_t)pd_tokenizer_bos(tok), err)) >= 0 &&
-        (rc = pd_gguf_add_u32(w, "tokenizer.ggml.eos_token_id",
-                              (uint32_t)pd_tokenizer_eos(tok), err)) >= 0 &&
-        (rc = pd_gguf_add_bool(w, "tokenizer.ggml.add_bos_token", 1, err)) >= 0)
-        rc = pd_gguf_add_bool(w, "tokenizer.ggml.add_eos_token", 0, err);
-done:
-    free(sp.blob);
-    free(sp.ptr);
-    free(sp.len);
-    free(scores);
-    free(types);
-    return rc;
+#undef KEY
+    return add_arch_metadata(w, c, err);
 }
 
 int pd_gguf_write_model(const pd_model *m, const char *path, int dtype, const char *name,
@@ -543,9 +446,13 @@ int pd_gguf_write_model(const pd_model *m, const char *path, int dtype, const ch
     if (gtype < 0) return pd_err_set(err, PD_EINVAL, "%s: unknown dtype %d", path, dtype);
     PD_ASSERT(m->tok && m->w.layers);
     int64_t D = c->dim, KV = c->kv_dim, H = c->hidden_dim, V = c->vocab_size;
-    int n_out = 3 + 9 * c->n_layers;
+    const int64_t QD = c->q_dim;
+    pd__arch_vec vecs[PD__ARCH_MAX_VECS];
+    const int n_vecs = pd__arch_layer_vecs(c, vecs);
+    int n_out = 4 + (9 + n_vecs) * c->n_layers;
     out_tensor *ts = calloc((size_t)n_out, sizeof *ts);
-    uint16_t *narrow = NULL;
+    unsigned char *conv = NULL; /* converted matrices */
+    float *row = NULL;          /* one dequantised row */
     pd_gguf_writer *w = NULL;
     int rc;
     if (!ts) {
@@ -555,70 +462,85 @@ int pd_gguf_write_model(const pd_model *m, const char *path, int dtype, const ch
 
     /* the tensor list, in llama.cpp's order */
     int k = 0;
-#define OUT(src_, ne0_, ne1_, ...)                                      \
+#define OUT(src_, mat_, ne0_, ne1_, ...)                                \
     do {                                                                \
         snprintf(ts[k].name, sizeof ts[k].name, __VA_ARGS__);           \
         ts[k].src = (src_);                                             \
+        ts[k].mat = (mat_);                                             \
         ts[k].ne0 = (ne0_);                                             \
         ts[k].ne1 = (ne1_);                                             \
         k++;                                                            \
     } while (0)
-    OUT(m->w.token_embedding, D, V, "token_embd.weight");
-    OUT(m->w.rms_final, D, 0, "output_norm.weight");
-    if (!m->tied_classifier) OUT(m->w.wcls, D, V, "output.weight");
+    OUT(NULL, &m->w.token_embedding, D, V, "token_embd.weight");
+    OUT(m->w.rms_final, NULL, D, 0, "output_norm.weight");
+    if (!m->tied_classifier) OUT(NULL, &m->w.wcls, D, V, "output.weight");
+    if (m->w.rope_freqs) OUT(m->w.rope_freqs, NULL, c->head_dim / 2, 0, "rope_freqs.weight");
     for (int l = 0; l < c->n_layers; l++) {
         const pd_layer_weights *lw = &m->w.layers[l];
-        OUT(lw->rms_att, D, 0, "blk.%d.attn_norm.weight", l);
-        OUT(lw->wq, D, D, "blk.%d.attn_q.weight", l);
-        OUT(lw->wk, D, KV, "blk.%d.attn_k.weight", l);
-        OUT(lw->wv, D, KV, "blk.%d.attn_v.weight", l);
-        OUT(lw->wo, D, D, "blk.%d.attn_output.weight", l);
-        OUT(lw->rms_ffn, D, 0, "blk.%d.ffn_norm.weight", l);
-        OUT(lw->w1, D, H, "blk.%d.ffn_gate.weight", l);
-        OUT(lw->w2, H, D, "blk.%d.ffn_down.weight", l);
-        OUT(lw->w3, D, H, "blk.%d.ffn_up.weight", l);
+        OUT(lw->rms_att, NULL, D, 0, "blk.%d.attn_norm.weight", l);
+        OUT(NULL, &lw->wq, D, QD, "blk.%d.attn_q.weight", l);
+        OUT(NULL, &lw->wk, D, KV, "blk.%d.attn_k.weight", l);
+        OUT(NULL, &lw->wv, D, KV, "blk.%d.attn_v.weight", l);
+        OUT(NULL, &lw->wo, QD, D, "blk.%d.attn_output.weight", l);
+        for (int i = 0; i < n_vecs; i++) {
+            const float *v = *(const float *const *)((const char *)lw + vecs[i].field);
+            if (v) OUT(v, NULL, vecs[i].n, 0, "blk.%d.%s", l, vecs[i].name);
+        }
+        OUT(lw->rms_ffn, NULL, D, 0, "blk.%d.ffn_norm.weight", l);
+        OUT(NULL, &lw->w1, D, H, "blk.%d.ffn_gate.weight", l);
+        OUT(NULL, &lw->w2, H, D, "blk.%d.ffn_down.weight", l);
+        OUT(NULL, &lw->w3, D, H, "blk.%d.ffn_up.weight", l);
     }
 #undef OUT
     PD_ASSERT(k <= n_out);
 
-    /* F16/BF16: the matrices narrowed into one buffer */
-    if (gtype != PD_GGML_F32) {
-        uint64_t total = 0;
-        for (int i = 0; i < k; i++)
-            if (ts[i].ne1) total += (uint64_t)ts[i].ne0 * (uint64_t)ts[i].ne1;
-        narrow = malloc((size_t)total * sizeof *narrow);
-        if (!narrow) {
-            rc = pd_err_set(err, PD_ENOMEM, "%s: out of memory for %llu %s weights", path,
-                            (unsigned long long)total, pd_dtype_name(dtype));
-            goto done;
-        }
+    /* matrices not stored as gtype are converted into one buffer, row by row */
+    const size_t esize = gtype == PD_GGML_F32 ? sizeof(float) : sizeof(uint16_t);
+    uint64_t total = 0;
+    for (int i = 0; i < k; i++)
+        if (ts[i].mat && ts[i].mat->type != gtype)
+            total += (uint64_t)ts[i].ne0 * (uint64_t)ts[i].ne1 * esize;
+    conv = malloc(total ? (size_t)total : 1);
+    row = malloc((size_t)(D > H ? (D > QD ? D : QD) : (H > QD ? H : QD)) * sizeof *row);
+    if (!conv || !row) {
+        rc = pd_err_set(err, PD_ENOMEM, "%s: out of memory for %llu bytes of %s weights", path,
+                        (unsigned long long)total, pd_dtype_name(dtype));
+        goto done;
     }
 
     if ((rc = pd_gguf_writer_create(&w, err)) < 0 ||
         (rc = add_metadata(w, m, dtype, name ? name : m->id, err)) < 0 ||
-        (rc = add_tokenizer(w, m->tok, path, err)) < 0)
+        (rc = pd_tokenizer_write_gguf(m->tok, w, err)) < 0)
         goto done;
-    uint16_t *next = narrow;
+    unsigned char *next = conv;
     for (int i = 0; i < k; i++) {
         const out_tensor *t = &ts[i];
         int64_t ne[2] = {t->ne0, t->ne1};
         int n_dims = t->ne1 ? 2 : 1;
-        if (gtype == PD_GGML_F32 || !t->ne1) {
+        if (!t->mat) {
             rc = pd_gguf_add_tensor(w, t->name, n_dims, ne, PD_GGML_F32, t->src, err);
+        } else if (t->mat->type == gtype) {
+            rc = pd_gguf_add_tensor(w, t->name, n_dims, ne, gtype, t->mat->data, err);
         } else {
-            size_t n = (size_t)t->ne0 * (size_t)t->ne1;
-            for (size_t j = 0; j < n; j++)
-                next[j] = gtype == PD_GGML_F16 ? pd_f32_to_f16(t->src[j])
-                                               : pd_f32_to_bf16(t->src[j]);
-            rc = pd_gguf_add_tensor(w, t->name, n_dims, ne, gtype, next, err);
-            next += n;
+            const unsigned char *start = next;
+            for (int r = 0; r < t->mat->rows; r++) {
+                pd_wmat_row_f32(t->mat, r, row);
+                for (int64_t j = 0; j < t->ne0; j++, next += esize) {
+                    uint16_t h = gtype == PD_GGML_F16 ? pd_f32_to_f16(row[j])
+                                                      : pd_f32_to_bf16(row[j]);
+                    if (gtype == PD_GGML_F32) memcpy(next, &row[j], esize);
+                    else memcpy(next, &h, esize);
+                }
+            }
+            rc = pd_gguf_add_tensor(w, t->name, n_dims, ne, gtype, start, err);
         }
         if (rc < 0) goto done;
     }
     rc = pd_gguf_writer_write(w, path, err);
 done:
     pd_gguf_writer_free(w);
-    free(narrow);
+    free(conv);
+    free(row);
     free(ts);
     return rc;
 }

@@ -40,6 +40,7 @@ static void add_info(pd_model *m, const char *name, uint64_t rows, uint64_t cols
     t->shape[0] = (int64_t)cols;
     t->shape[1] = (int64_t)rows;
     t->dtype = PD_DTYPE_F32;
+    t->type = PD_Q_F32;
     t->offset = (uint64_t)((const char *)p - (const char *)m->map);
     t->nbytes = rows * cols * 4;
 }
@@ -99,6 +100,12 @@ int pd__model_load_llama2c(pd_model *m, const char *path, const char *tokenizer_
     c->kv_dim = kv_dim > INT_MAX || kv_dim < INT_MIN ? -1 : (int)kv_dim;
     c->rope_base = 10000.0f;
     c->norm_eps = 1e-5f;
+    c->arch = PD_ARCH_LLAMA;
+    c->q_dim = c->dim;
+    c->rope_type = PD_ROPE_NORM;
+    c->rope_scaling = PD_ROPE_SCALING_NONE;
+    c->rope_freq_scale = 1.0f;
+    c->ctx_train = c->seq_len;
     if ((rc = pd_config_validate(c, path, err)) < 0) {
         /* a wrong magic shows up as absurd header values: say so */
         if (strstr(err ? err->msg : "", "out of range"))
@@ -133,21 +140,22 @@ int pd__model_load_llama2c(pd_model *m, const char *path, const char *tokenizer_
     for (uint64_t l = 0; l < L; l++) {
         pd_layer_weights *lw = &m->w.layers[l];
         lw->rms_att = rms_att + l * D;
-        lw->wq = wq + l * D * D;
-        lw->wk = wk + l * KV * D;
-        lw->wv = wv + l * KV * D;
-        lw->wo = wo + l * D * D;
+        lw->wq = pd_wmat_f32(wq + l * D * D, (int)D, (int)D);
+        lw->wk = pd_wmat_f32(wk + l * KV * D, (int)KV, (int)D);
+        lw->wv = pd_wmat_f32(wv + l * KV * D, (int)KV, (int)D);
+        lw->wo = pd_wmat_f32(wo + l * D * D, (int)D, (int)D);
         lw->rms_ffn = rms_ffn + l * D;
-        lw->w1 = w1 + l * H * D;
-        lw->w2 = w2 + l * D * H;
-        lw->w3 = w3 + l * H * D;
+        lw->w1 = pd_wmat_f32(w1 + l * H * D, (int)H, (int)D);
+        lw->w2 = pd_wmat_f32(w2 + l * D * H, (int)D, (int)H);
+        lw->w3 = pd_wmat_f32(w3 + l * H * D, (int)H, (int)D);
     }
-    m->w.token_embedding = emb;
+    m->w.token_embedding = pd_wmat_f32(emb, (int)V, (int)D);
     m->w.rms_final = rms_final;
-    m->w.wcls = wcls;
+    m->w.wcls = pd_wmat_f32(wcls, (int)V, (int)D);
     m->tied_classifier = shared;
     m->format = PD_FORMAT_LLAMA2C;
     m->dtype = PD_DTYPE_F32;
+    m->weight_type = PD_Q_F32;
     add_info(m, "token_embedding", V, D, emb);
     add_info(m, "rms_att", L, D, rms_att);
     add_info(m, "wq", L * D, D, wq);

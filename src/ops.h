@@ -1,4 +1,4 @@
-/* ops.h — the forward pass's elementwise and attention operations, shared by
+/* ops.h — the forward pass's elementwise operations, shared by
  * the engine (engine.c) and training (backprop.c) so both compute the same
  * float operations in the same order, and so the same logits. Internal to
  * libprefixd. */
@@ -20,11 +20,32 @@ void pd__rope_table(float *cs, int pos, int hd, float base);
  * sign -1 rotates back (the transpose, for the backward pass). */
 void pd__rope_apply(float *vec, int n, int hd, const float *cs, float sign);
 
-/* One query head's attention over P prefix slots then n_ctx real tokens:
- * att[0..P+n_ctx) receives the softmax probabilities, o[0..hd) the output.
- * pk/pv: (P, hd) of the head's kv group; k/v: the first real token's key and
- * value of the group, the next one `stride` floats further. */
-void pd__attend_head(const float *q, const float *pk, const float *pv, int P, const float *k,
-                     const float *v, size_t stride, int n_ctx, int hd, float *att, float *o);
+/* pd__rope_table with the model's scaling: angle = pos · freq_scale ·
+ * base^(-2j/hd) / factors[j] (factors NULL: 1). With freq_scale 1 and no
+ * factors the same floats as pd__rope_table. */
+void pd__rope_table_ext(float *cs, int pos, int hd, float base, float freq_scale,
+                        const float *factors);
+
+/* Rotates every row of x (R rows of n floats, heads of hd) by its own table
+ * row (rope: (R, hd)): adjacent pairs (PD_ROPE_NORM, pd__rope_apply) or
+ * NeoX halves (x[i], x[i + hd/2]) (PD_ROPE_NEOX); sign -1 rotates back. */
+void pd__rope_rows(float *x, int R, int n, int hd, const float *rope, int rope_type, float sign);
+
+/* What pd__qkv_finish saved for the backward pass of the q/k norms (NULL in
+ * the engine): pre-norm rows and each head's 1/rms. */
+typedef struct pd__qk_saved {
+    float *q_pre; /* (T, q_dim) */
+    float *k_pre; /* (T, kv_dim) */
+    float *q_rs;  /* (T, n_heads) */
+    float *k_rs;  /* (T, n_kv_heads) */
+} pd__qk_saved;
+
+struct pd_model;
+/* Turns the projections of T rows into attention inputs, layer l: q += bq,
+ * k += bk, v += bv (when the layer has biases); per-head RMSNorm of q and k
+ * with q_norm/k_norm (when present); then rotary by each row's table.
+ * q (T, q_dim), k/v (T, kv_dim), rope (T, hd). */
+void pd__qkv_finish(const struct pd_model *m, int l, float *q, float *k, float *v, int T,
+                    const float *rope, pd__qk_saved *save);
 
 #endif

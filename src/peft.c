@@ -18,10 +18,16 @@
  * PEFT's virtual tokens take positions 0..P-1 and its prefix holds no BOS:
  * has_bos = 0.
  *
- * Export writes the same layout back (gather is scatter's inverse), in
- * F32, with the config in PEFT >= 0.12's convention (token_dim = kv_dim,
- * num_attention_heads = the kv head count), so an exported adapter imports
- * to the same bits.
+ * Layout of a key head: PEFT's keys are in HF's layout, where rotary pairs
+ * are (i, i + head_dim/2). Llama-architecture files (GGUF llama, llama2.c)
+ * store q/k rows permuted so that pairs are adjacent (2i, 2i+1); the
+ * imported keys get the same permutation, so each q·k equals HF's. qwen2 and
+ * qwen3 keep HF's layout (NeoX rotary) and import unpermuted.
+ *
+ * Export writes the same layout back (gather is scatter's inverse, key
+ * heads permuted back to HF's layout), in F32, with the config in
+ * PEFT >= 0.12's convention (token_dim = kv_dim, num_attention_heads = the
+ * kv head count), so an exported adapter imports to the same bits.
  */
 #include "prefixd/prefix.h"
 
@@ -193,8 +199,12 @@ static int check_embeddings(const char *file, const pd_st_tensor *t, const peft_
 }
 
 /* Copies between PEFT rows (P, L*2*KV) and the prefix layout (L, KVH, P, hd)
- * of p's shape: rows -> p's keys/values when to_prefix, else back. */
-static void move_rows(const pd_prefix *p, float *rows, int to_prefix)
+ * of p's shape: rows -> p's keys/values when to_prefix, else back.
+ * adjacent: the model rotates adjacent pairs (llama: its q/k rows were
+ * permuted from HF's halves layout), so each key head is permuted the same
+ * way, ours[2i + r] = hf[r·hd/2 + i], which keeps every q·k of HF; NeoX
+ * models (qwen2/qwen3) use HF's layout as is. Values are never permuted. */
+static void move_rows(const pd_prefix *p, float *rows, int to_prefix, int adjacent)
 {
     const int P = p->n_tokens, L = p->n_layers, KVH = p->n_kv_heads, hd = p->head_dim;
     const size_t width = (size_t)L * 2 * KVH * hd;
@@ -204,15 +214,27 @@ static void move_rows(const pd_prefix *p, float *rows, int to_prefix)
                 for (int h = 0; h < KVH; h++) {
                     float *r = rows + (size_t)t * width + (((size_t)l * 2 + kv) * KVH + h) * hd;
                     float *x = (kv ? p->values : p->keys) + (((size_t)l * KVH + h) * P + t) * hd;
-                    memcpy(to_prefix ? x : r, to_prefix ? r : x, (size_t)hd * sizeof *x);
+                    if (kv || !adjacent) {
+                        memcpy(to_prefix ? x : r, to_prefix ? r : x, (size_t)hd * sizeof *x);
+                        continue;
+                    }
+                    for (int i = 0; i < hd / 2; i++)
+                        for (int k = 0; k < 2; k++) {
+                            float *ours = &x[2 * i + k], *hf = &r[k * (hd / 2) + i];
+                            if (to_prefix) *ours = *hf;
+                            else *hf = *ours;
+                        }
                 }
 }
 
 /* Moves PEFT rows src (P, L*2*KV) into the prefix layout (L, KVH, P, hd). */
-static void scatter(pd_prefix *p, float *src) { move_rows(p, src, 1); }
+static void scatter(pd_prefix *p, float *src, int adjacent) { move_rows(p, src, 1, adjacent); }
 
 /* Moves the prefix layout (L, KVH, P, hd) into PEFT rows dst (P, L*2*KV). */
-static void gather(const pd_prefix *p, float *dst) { move_rows(p, dst, 0); }
+static void gather(const pd_prefix *p, float *dst, int adjacent)
+{
+    move_rows(p, dst, 0, adjacent);
+}
 
 int pd_prefix_export_peft(const pd_prefix *p, const pd_model *m, char **config,
                           size_t *config_size, void **tensors, size_t *tensors_size, pd_err *err)
@@ -248,7 +270,7 @@ int pd_prefix_export_peft(const pd_prefix *p, const pd_model *m, char **config,
     if (!rows || !w) rc = pd_err_set(err, PD_ENOMEM, "prefix '%s': out of memory", p->task);
     int64_t shape[2] = {p->n_tokens, (int64_t)width};
     if (rc == PD_OK) {
-        gather(p, rows);
+        gather(p, rows, c->rope_type == PD_ROPE_NORM);
         rc = pd_st_writer_set_meta(w, "format", "pt", err);
     }
     if (rc == PD_OK) rc = pd_st_writer_add(w, TENSOR_NAME, PD_ST_F32, 2, shape, rows, err);
@@ -317,7 +339,7 @@ int pd_prefix_import_peft(const char *dir, const pd_model *m, const char *task,
                         st_path, t->name, bad / width, bad % width);
         goto done;
     }
-    scatter(p, rows);
+    scatter(p, rows, m->cfg.rope_type == PD_ROPE_NORM);
     p->has_bos = 0;
     if ((rc = pd__prefix_stamp(p, "peft", err)) < 0) goto done;
     if (pc.base_model && (rc = pd_prefix_meta_set(p, "peft_base_model", pc.base_model, err)) < 0)

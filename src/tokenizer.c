@@ -27,10 +27,12 @@
 #include "prefixd/tokenizer.h"
 
 #include <limits.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "prefixd/fsutil.h"
+#include "tokenizer_internal.h"
 
 /* A piece longer than this is refused as malformed (real vocabularies stay
  * under a few hundred bytes). */
@@ -39,28 +41,6 @@
 #define FILE_MAX ((size_t)1 << 30)
 /* run.c's initial best score: merges scoring at or below it never happen. */
 #define MERGE_SCORE_FLOOR -1e10f
-
-typedef struct piece_ref {
-    const char *s; /* borrowed from the tokenizer's blob */
-    uint32_t len;
-    int32_t id;
-} piece_ref;
-
-struct pd_tokenizer {
-    int n;       /* vocabulary size */
-    int bos, eos;
-    int unk;     /* id used when a byte has no <0xXX> token */
-    uint32_t max_len;      /* longest piece, bytes */
-    char *blob;            /* all pieces, each NUL-terminated (owned) */
-    const char **piece;    /* (n) pointers into blob */
-    uint32_t *len;         /* (n) piece lengths in bytes */
-    float *score;          /* (n) merge scores */
-    int32_t *type;         /* (n) pd_token_type values */
-    int16_t *byte_val;     /* (n) byte of an exact "<0xXX>" piece, else -1 */
-    piece_ref *sorted;     /* (n) pieces in byte order, ties by id */
-    int32_t byte_id[256];  /* token for each raw byte, -1 if none */
-    char byte_str[256][2]; /* one-byte strings returned by decode */
-};
 
 /* ---- construction helpers ---------------------------------------------- */
 
@@ -122,14 +102,16 @@ static int lookup(const pd_tokenizer *tok, const char *key, uint32_t klen)
     return -1;
 }
 
-/* Allocates the per-token arrays of a tokenizer for n tokens whose pieces
- * take blob_size bytes (NULs included). Returns NULL when out of memory. */
-static pd_tokenizer *alloc_tokenizer(int n, size_t blob_size)
+pd_tokenizer *pd__tokenizer_alloc(int n, size_t blob_size)
 {
     pd_tokenizer *tok = calloc(1, sizeof *tok);
     if (!tok) return NULL;
     size_t un = (size_t)n;
+    tok->kind = PD_TOKENIZER_SPM;
     tok->n = n;
+    tok->eot = tok->eom = -1;
+    tok->add_bos = 1;
+    tok->add_space_prefix = 1;
     tok->blob = malloc(blob_size ? blob_size : 1);
     tok->piece = calloc(un, sizeof *tok->piece);
     tok->len = calloc(un, sizeof *tok->len);
@@ -145,10 +127,7 @@ static pd_tokenizer *alloc_tokenizer(int n, size_t blob_size)
     return tok;
 }
 
-/* Completes a tokenizer whose piece/len/score arrays are filled: infers the
- * types when have_types is 0, then builds the sorted index, the byte table,
- * the unknown id and the one-byte strings. Cannot fail. */
-static void finish_tokenizer(pd_tokenizer *tok, int have_types)
+void pd__tokenizer_finish(pd_tokenizer *tok, int have_types)
 {
     tok->max_len = 0;
     for (int i = 0; i < tok->n; i++) {
@@ -198,6 +177,7 @@ static void finish_tokenizer(pd_tokenizer *tok, int have_types)
         tok->byte_str[b][0] = (char)b;
         tok->byte_str[b][1] = 0;
     }
+    if (tok->n_eog == 0) tok->eog[tok->n_eog++] = tok->eos;
 }
 
 /* ---- loading ------------------------------------------------------------ */
@@ -274,7 +254,7 @@ int pd_tokenizer_load_llama2c(const char *path, int vocab_size, pd_tokenizer **o
         blob_size += (size_t)len + 1;
     }
 
-    pd_tokenizer *tok = alloc_tokenizer(vocab_size, blob_size);
+    pd_tokenizer *tok = pd__tokenizer_alloc(vocab_size, blob_size);
     if (!tok) {
         free(data);
         return pd_err_set(err, PD_ENOMEM, "%s: out of memory for %d tokens", path,
@@ -298,7 +278,11 @@ int pd_tokenizer_load_llama2c(const char *path, int vocab_size, pd_tokenizer **o
         off += len;
     }
     free(data);
-    finish_tokenizer(tok, 0);
+    pd__tokenizer_finish(tok, 0);
+    if (pd__tokenizer_build_special(tok) < 0) {
+        pd_tokenizer_free(tok);
+        return pd_err_set(err, PD_ENOMEM, "%s: out of memory for %d tokens", path, vocab_size);
+    }
     *out = tok;
     return PD_OK;
 }
@@ -343,7 +327,7 @@ int pd_tokenizer_create(int n, const char *const *pieces, const uint32_t *lens,
         blob_size += (size_t)lens[i] + 1;
     }
 
-    pd_tokenizer *tok = alloc_tokenizer(n, blob_size);
+    pd_tokenizer *tok = pd__tokenizer_alloc(n, blob_size);
     if (!tok) return pd_err_set(err, PD_ENOMEM, "tokenizer: out of memory for %d tokens", n);
     tok->bos = bos_id;
     tok->eos = eos_id;
@@ -357,7 +341,11 @@ int pd_tokenizer_create(int n, const char *const *pieces, const uint32_t *lens,
         if (types) tok->type[i] = types[i];
         dst += len + 1;
     }
-    finish_tokenizer(tok, types != NULL);
+    pd__tokenizer_finish(tok, types != NULL);
+    if (pd__tokenizer_build_special(tok) < 0) {
+        pd_tokenizer_free(tok);
+        return pd_err_set(err, PD_ENOMEM, "tokenizer: out of memory for %d tokens", n);
+    }
     *out = tok;
     return PD_OK;
 }
@@ -365,6 +353,9 @@ int pd_tokenizer_create(int n, const char *const *pieces, const uint32_t *lens,
 void pd_tokenizer_free(pd_tokenizer *tok)
 {
     if (!tok) return;
+    pd__tokenizer_bpe_free(tok);
+    free(tok->special);
+    free(tok->chat_template);
     free(tok->blob);
     free(tok->piece);
     free(tok->len);
@@ -509,80 +500,235 @@ static void push_unit(const pd_tokenizer *tok, const char *u, uint32_t ulen, sym
     }
 }
 
-int pd_tokenizer_encode(const pd_tokenizer *tok, const char *text, size_t len, int bos,
-                        int eos, int32_t *tokens, int cap)
+/* SentencePiece: appends the ids of text[0..len) (len > 0), after the
+ * dummy-prefix space when prefix. Returns PD_OK or PD_ENOMEM. */
+static int spm_encode_run(const pd_tokenizer *tok, const char *text, size_t len, int prefix,
+                          int32_t *tokens, int cap, int *count)
+{
+    size_t max_sym = len + 1;
+    symbol *sym = malloc(max_sym * sizeof *sym);
+    /* n - 1 initial pairs plus at most two per merge, n - 1 merges. */
+    candidate *cands = malloc(3 * max_sym * sizeof *cands);
+    char *buf = malloc(2 * (size_t)tok->max_len + 1);
+    char *esc = tok->escape_input ? malloc(len) : NULL;
+    if (!sym || !cands || !buf || (tok->escape_input && !esc)) {
+        free(sym);
+        free(cands);
+        free(buf);
+        free(esc);
+        return PD_ENOMEM;
+    }
+    if (esc) { /* U+2581 in the input is SentencePiece's space */
+        size_t o = 0;
+        for (size_t i = 0; i < len;) {
+            if (len - i >= 3 && memcmp(text + i, "\xe2\x96\x81", 3) == 0) {
+                esc[o++] = ' ';
+                i += 3;
+            } else {
+                esc[o++] = text[i++];
+            }
+        }
+        text = esc;
+        len = o;
+    }
+
+    /* Dummy prefix, then text units grouped as run.c does: a byte plus the
+     * continuation bytes (10xxxxxx) that follow it, at most 4. */
+    int32_t n_sym = 0;
+    if (prefix) push_unit(tok, " ", 1, sym, &n_sym);
+    for (size_t i = 0; i < len;) {
+        size_t j = i + 1;
+        while (j < len && j - i < 4 && ((unsigned char)text[j] & 0xC0) == 0x80) j++;
+        push_unit(tok, text + i, (uint32_t)(j - i), sym, &n_sym);
+        i = j;
+    }
+    PD_ASSERT((size_t)n_sym <= max_sym);
+    for (int32_t i = 0; i < n_sym; i++) {
+        sym[i].prev = i - 1;
+        sym[i].next = i + 1 < n_sym ? i + 1 : -1;
+    }
+
+    heap h = {.v = cands, .n = 0, .cap = 3 * max_sym};
+    for (int32_t i = 0; i + 1 < n_sym; i++) try_pair(tok, sym, i, i + 1, buf, &h);
+    while (h.n > 0) {
+        candidate c = heap_pop(&h);
+        symbol *l = &sym[c.left], *r = &sym[c.right];
+        if (l->id != c.left_id || r->id != c.right_id || l->next != c.right)
+            continue; /* stale: a neighbour merged since it was pushed */
+        l->id = c.merged_id;
+        l->next = r->next;
+        if (r->next >= 0) sym[r->next].prev = c.left;
+        r->id = -1;
+        r->prev = r->next = -1;
+        try_pair(tok, sym, l->prev, c.left, buf, &h);
+        try_pair(tok, sym, c.left, l->next, buf, &h);
+    }
+    for (int32_t i = n_sym > 0 ? 0 : -1; i >= 0; i = sym[i].next) {
+        if (*count < cap) tokens[*count] = sym[i].id;
+        (*count)++;
+    }
+    free(sym);
+    free(cands);
+    free(buf);
+    free(esc);
+    return PD_OK;
+}
+
+/* ---- special tokens ----------------------------------------------------- */
+
+/* A piece of the input: raw text [off, off + len), or special token id. */
+typedef struct frag {
+    size_t off, len;
+    int32_t id; /* -1: raw text */
+} frag;
+
+static int special_cmp(const void *pa, const void *pb)
+{
+    const piece_ref *a = pa, *b = pb;
+    if (a->len != b->len) return a->len > b->len ? -1 : 1;
+    return (a->id > b->id) - (a->id < b->id);
+}
+
+int pd__tokenizer_build_special(pd_tokenizer *tok)
+{
+    int n = 0;
+    for (int i = 0; i < tok->n; i++) {
+        int t = tok->type[i];
+        if ((t == PD_TOKEN_CONTROL || t == PD_TOKEN_USER_DEFINED || t == PD_TOKEN_UNKNOWN) &&
+            tok->len[i] > 0)
+            n++;
+    }
+    free(tok->special);
+    tok->special = NULL;
+    tok->n_special = 0;
+    if (n == 0) return PD_OK;
+    piece_ref *r = malloc((size_t)n * sizeof *r);
+    tok->special = malloc((size_t)n * sizeof *tok->special);
+    if (!r || !tok->special) {
+        free(r);
+        return PD_ENOMEM;
+    }
+    int k = 0;
+    for (int i = 0; i < tok->n; i++) {
+        int t = tok->type[i];
+        if ((t == PD_TOKEN_CONTROL || t == PD_TOKEN_USER_DEFINED || t == PD_TOKEN_UNKNOWN) &&
+            tok->len[i] > 0)
+            r[k++] = (piece_ref){.s = tok->piece[i], .len = tok->len[i], .id = i};
+    }
+    qsort(r, (size_t)n, sizeof *r, special_cmp);
+    for (int i = 0; i < n; i++) tok->special[i] = r[i].id;
+    tok->n_special = n;
+    free(r);
+    return PD_OK;
+}
+
+/* Splits text[0..len) at the special tokens (longest first, leftmost
+ * occurrence first, as llama.cpp's tokenizer_st_partition does): user-defined
+ * tokens always, control and unknown tokens only when parse_special. Writes
+ * the pieces to a new array *out (free() it) and their count to *n. */
+static int partition(const pd_tokenizer *tok, const char *text, size_t len, int parse_special,
+                     frag **out, size_t *n)
+{
+    size_t cap = 2 * len + 2; /* each split adds at most two pieces and consumes >= 1 byte */
+    frag *a = malloc(cap * sizeof *a), *b = malloc(cap * sizeof *b);
+    if (!a || !b) {
+        free(a);
+        free(b);
+        return PD_ENOMEM;
+    }
+    size_t na = 1;
+    a[0] = (frag){0, len, -1};
+    for (int s = 0; s < tok->n_special; s++) {
+        int32_t id = tok->special[s];
+        int t = tok->type[id];
+        if (!parse_special && t != PD_TOKEN_USER_DEFINED) continue;
+        const char *pat = tok->piece[id];
+        size_t plen = tok->len[id];
+        size_t nb = 0;
+        for (size_t i = 0; i < na; i++) {
+            if (a[i].id >= 0 || a[i].len < plen) {
+                b[nb++] = a[i];
+                continue;
+            }
+            size_t at = a[i].off, end = a[i].off + a[i].len;
+            for (;;) {
+                const char *m = memmem(text + at, end - at, pat, plen);
+                if (!m) break;
+                size_t mo = (size_t)(m - text);
+                if (mo > at) b[nb++] = (frag){at, mo - at, -1};
+                b[nb++] = (frag){mo, plen, id};
+                at = mo + plen;
+            }
+            if (at < end) b[nb++] = (frag){at, end - at, -1};
+        }
+        PD_ASSERT(nb <= cap);
+        frag *t2 = a;
+        a = b;
+        b = t2;
+        na = nb;
+    }
+    free(b);
+    *out = a;
+    *n = na;
+    return PD_OK;
+}
+
+static int encode_impl(const pd_tokenizer *tok, const char *text, size_t len,
+                       int parse_special, int bos, int eos, int32_t *tokens, int cap)
 {
     PD_ASSERT(tok);
     if ((!text && len > 0) || cap < 0 || (!tokens && cap > 0)) return PD_EINVAL;
-    /* Every byte yields at most one symbol, plus the dummy prefix, BOS, EOS. */
+    /* Every byte yields at most one token, plus the dummy prefixes, BOS, EOS. */
     if (len > (size_t)INT_MAX / 4 - 4) return PD_ERANGE;
 
-    int32_t n_sym = 0;
-    symbol *sym = NULL;
-    candidate *cands = NULL;
-    char *buf = NULL;
-    if (len > 0) {
-        size_t max_sym = len + 1;
-        sym = malloc(max_sym * sizeof *sym);
-        /* n - 1 initial pairs plus at most two per merge, n - 1 merges. */
-        cands = malloc(3 * max_sym * sizeof *cands);
-        buf = malloc(2 * (size_t)tok->max_len + 1);
-        if (!sym || !cands || !buf) {
-            free(sym);
-            free(cands);
-            free(buf);
-            return PD_ENOMEM;
-        }
-
-        /* Dummy prefix, then text units grouped as run.c does: a byte plus
-         * the continuation bytes (10xxxxxx) that follow it, at most 4. */
-        push_unit(tok, " ", 1, sym, &n_sym);
-        for (size_t i = 0; i < len;) {
-            size_t j = i + 1;
-            while (j < len && j - i < 4 && ((unsigned char)text[j] & 0xC0) == 0x80) j++;
-            push_unit(tok, text + i, (uint32_t)(j - i), sym, &n_sym);
-            i = j;
-        }
-        PD_ASSERT((size_t)n_sym <= max_sym);
-        for (int32_t i = 0; i < n_sym; i++) {
-            sym[i].prev = i - 1;
-            sym[i].next = i + 1 < n_sym ? i + 1 : -1;
-        }
-
-        heap h = {.v = cands, .n = 0, .cap = 3 * max_sym};
-        for (int32_t i = 0; i + 1 < n_sym; i++) try_pair(tok, sym, i, i + 1, buf, &h);
-        while (h.n > 0) {
-            candidate c = heap_pop(&h);
-            symbol *l = &sym[c.left], *r = &sym[c.right];
-            if (l->id != c.left_id || r->id != c.right_id || l->next != c.right)
-                continue; /* stale: a neighbour merged since it was pushed */
-            l->id = c.merged_id;
-            l->next = r->next;
-            if (r->next >= 0) sym[r->next].prev = c.left;
-            r->id = -1;
-            r->prev = r->next = -1;
-            try_pair(tok, sym, l->prev, c.left, buf, &h);
-            try_pair(tok, sym, c.left, l->next, buf, &h);
-        }
-    }
-
-    int count = 0;
+    int count = 0, rc = PD_OK;
     if (bos) {
         if (count < cap) tokens[count] = tok->bos;
         count++;
     }
-    for (int32_t i = n_sym > 0 ? 0 : -1; i >= 0; i = sym[i].next) {
-        if (count < cap) tokens[count] = sym[i].id;
-        count++;
+    if (len > 0) {
+        frag *f = NULL;
+        size_t nf = 0;
+        if ((rc = partition(tok, text, len, parse_special, &f, &nf)) < 0) return rc;
+        int prev_special = 1; /* the text start counts as after a special token */
+        for (size_t i = 0; i < nf && rc >= 0; i++) {
+            if (f[i].id >= 0) {
+                if (count < cap) tokens[count] = f[i].id;
+                count++;
+                prev_special = 1;
+            } else if (tok->kind == PD_TOKENIZER_BPE) {
+                rc = pd__tokenizer_bpe_encode(tok, text + f[i].off, f[i].len, tokens, cap, &count);
+                prev_special = 0;
+            } else {
+                rc = spm_encode_run(tok, text + f[i].off, f[i].len,
+                                    tok->add_space_prefix && prev_special, tokens, cap, &count);
+                prev_special = 0;
+            }
+        }
+        free(f);
+        if (rc < 0) return rc;
     }
     if (eos) {
         if (count < cap) tokens[count] = tok->eos;
         count++;
     }
-    free(sym);
-    free(cands);
-    free(buf);
     return count;
+}
+
+int pd_tokenizer_encode(const pd_tokenizer *tok, const char *text, size_t len, int bos,
+                        int eos, int32_t *tokens, int cap)
+{
+    PD_ASSERT(tok);
+    return encode_impl(tok, text, len, 0, bos && tok->add_bos, eos, tokens, cap);
+}
+
+int pd_tokenizer_encode_flags(const pd_tokenizer *tok, const char *text, size_t len,
+                              unsigned flags, int32_t *tokens, int cap)
+{
+    PD_ASSERT(tok);
+    int special = (flags & PD_TOK_ADD_SPECIAL) != 0;
+    return encode_impl(tok, text, len, (flags & PD_TOK_PARSE_SPECIAL) != 0,
+                       special && tok->add_bos, special && tok->add_eos, tokens, cap);
 }
 
 /* ---- decoding ----------------------------------------------------------- */
@@ -592,7 +738,13 @@ const char *pd_tokenizer_decode(const pd_tokenizer *tok, int prev, int id, size_
     PD_ASSERT(tok && len);
     *len = 0;
     if (id < 0 || id >= tok->n) return NULL;
-    if (tok->type[id] == PD_TOKEN_CONTROL) return tok->piece[id] + tok->len[id]; /* "" */
+    if (tok->kind == PD_TOKENIZER_BPE) {
+        *len = tok->dec_len[id];
+        return tok->dec[id];
+    }
+    int t = tok->type[id];
+    if (t == PD_TOKEN_CONTROL || t == PD_TOKEN_UNUSED)
+        return tok->piece[id] + tok->len[id]; /* "" */
     int b = tok->byte_val[id];
     if (b >= 0) {
         *len = 1;
@@ -600,10 +752,80 @@ const char *pd_tokenizer_decode(const pd_tokenizer *tok, int prev, int id, size_
     }
     const char *s = tok->piece[id];
     size_t n = tok->len[id];
-    if (prev == tok->bos && n > 0 && s[0] == ' ') {
+    if (tok->add_space_prefix && prev == tok->bos && n > 0 && s[0] == ' ') {
         s++;
         n--;
     }
     *len = n;
     return s;
+}
+
+/* ---- vocabulary facts --------------------------------------------------- */
+
+int pd_tokenizer_is_eog(const pd_tokenizer *tok, int id)
+{
+    PD_ASSERT(tok);
+    for (int i = 0; i < tok->n_eog; i++)
+        if (tok->eog[i] == id) return 1;
+    return 0;
+}
+
+int pd_tokenizer_eog_ids(const pd_tokenizer *tok, int32_t *ids, int cap)
+{
+    PD_ASSERT(tok && (ids || cap == 0));
+    for (int i = 0; i < tok->n_eog && i < cap; i++) ids[i] = tok->eog[i];
+    return tok->n_eog;
+}
+
+const char *pd_tokenizer_token_text(const pd_tokenizer *tok, int id)
+{
+    PD_ASSERT(tok);
+    if (id < 0 || id >= tok->n) return NULL;
+    int t = tok->type[id];
+    if (tok->kind == PD_TOKENIZER_BPE && t != PD_TOKEN_CONTROL && t != PD_TOKEN_USER_DEFINED &&
+        t != PD_TOKEN_UNKNOWN)
+        return tok->dec[id];
+    return tok->piece[id];
+}
+
+const char *pd_tokenizer_chat_template(const pd_tokenizer *tok)
+{
+    PD_ASSERT(tok);
+    return tok->chat_template;
+}
+
+int pd_tokenizer_add_bos(const pd_tokenizer *tok)
+{
+    PD_ASSERT(tok);
+    return tok->add_bos;
+}
+
+int pd_tokenizer_add_eos(const pd_tokenizer *tok)
+{
+    PD_ASSERT(tok);
+    return tok->add_eos;
+}
+
+int pd_tokenizer_kind(const pd_tokenizer *tok)
+{
+    PD_ASSERT(tok);
+    return tok->kind;
+}
+
+const char *pd_tokenizer_kind_name(const pd_tokenizer *tok)
+{
+    PD_ASSERT(tok);
+    return tok->kind == PD_TOKENIZER_BPE ? "bpe" : "spm";
+}
+
+const char *pd_tokenizer_pre(const pd_tokenizer *tok)
+{
+    PD_ASSERT(tok);
+    return tok->kind == PD_TOKENIZER_BPE ? tok->pre : NULL;
+}
+
+int pd_tokenizer_eot(const pd_tokenizer *tok)
+{
+    PD_ASSERT(tok);
+    return tok->eot;
 }

@@ -274,6 +274,10 @@ typedef struct pd_gguf_writer pd_gguf_writer;
 int pd_gguf_writer_create(pd_gguf_writer **out, pd_err *err);
 void pd_gguf_writer_free(pd_gguf_writer *w);
 
+/* Copies a pair of a parsed file (kv borrowed; its bytes are copied): any
+ * type, arrays (nested too) as encoded. Same errors as the adders below. */
+int pd_gguf_add_kv(pd_gguf_writer *w, const pd_gguf_kv *kv, pd_err *err);
+
 /* Sets the alignment (a power of two up to 65536) and stores it as
  * general.alignment (u32). Call before adding tensors. PD_EINVAL otherwise. */
 int pd_gguf_writer_set_alignment(pd_gguf_writer *w, uint32_t alignment, pd_err *err);

@@ -138,6 +138,9 @@ int pd_qtype_is_weight_type(int type);
 /* The type named `name` (case-insensitive: "q4_k", "F16"), or -1. */
 int pd_qtype_from_name(const char *name);
 
+/* Bits per weight of a type (e.g. 4.5 for Q4_0, 4.5 for Q4_K); 0 when unknown. */
+double pd_qtype_bits_per_weight(int type);
+
 /* Bytes of a row of n elements of type; 0 when n is not a multiple of the
  * block size (the caller reports that as an error). */
 size_t pd_qtype_row_bytes(int type, int64_t n);

@@ -1,7 +1,11 @@
 /* prefixd/threadpool.h — a fixed pool of worker threads for the engine's
  * parallel loops. pd_pool_run() splits n_tasks among the workers and the
  * calling thread and returns when all are done. A pool is driven by one
- * thread at a time (the engine's owner); workers sleep between runs. */
+ * thread at a time (the engine's owner). Between runs the workers spin for
+ * about 0.1 ms (a decode step hands out work every few microseconds, and a
+ * spinning worker starts within a microsecond), yielding the CPU to any
+ * other runnable thread meanwhile, then sleep in the kernel: an idle pool
+ * uses no CPU. A run allocates nothing. */
 #ifndef PREFIXD_THREADPOOL_H
 #define PREFIXD_THREADPOOL_H
 
@@ -25,7 +29,10 @@ void pd_pool_free(pd_pool *p);
 int pd_pool_threads(const pd_pool *p);
 
 /* Runs fn over [0, n_tasks); tasks are handed out in contiguous chunks, one
- * per thread. With p == NULL or one thread it runs inline. */
+ * per thread: thread k runs [n_tasks k / n, n_tasks (k + 1) / n) in
+ * increasing order (the caller is thread 0). With p == NULL, one thread or
+ * one task it runs inline. Returns after every task, whose writes are then
+ * visible to the caller. */
 void pd_pool_run(pd_pool *p, pd_pool_fn fn, void *ctx, int n_tasks);
 
 #ifdef __cplusplus

@@ -218,7 +218,7 @@ int bench_weights_pass(const pd_model *m, int T, int reps, double budget_s, doub
                        pd_err *err)
 {
     const pd_config *c = &m->cfg;
-    const int C = c->dim, KV = c->kv_dim, H = c->hidden_dim, V = c->vocab_size;
+    const int C = c->dim, H = c->hidden_dim, V = c->vocab_size;
     size_t in_n = (size_t)T * (H > C ? H : C);
     size_t out_n = (size_t)T * (V > H ? V : H);
     float *in = malloc(in_n * sizeof(float)), *out = malloc(out_n * sizeof(float));
@@ -237,15 +237,15 @@ int bench_weights_pass(const pd_model *m, int T, int reps, double budget_s, doub
         double t0 = bench_now();
         for (int l = 0; l < c->n_layers; l++) {
             const pd_layer_weights *w = &m->w.layers[l];
-            pd_matmul(pool, out, in, w->wq, T, C, C);
-            pd_matmul(pool, out, in, w->wk, T, C, KV);
-            pd_matmul(pool, out, in, w->wv, T, C, KV);
-            pd_matmul(pool, out, in, w->wo, T, C, C);
-            pd_matmul(pool, out, in, w->w1, T, C, H);
-            pd_matmul(pool, out, in, w->w3, T, C, H);
-            pd_matmul(pool, out, in, w->w2, T, H, C);
+            pd_wmatmul(pool, out, in, &w->wq, T);
+            pd_wmatmul(pool, out, in, &w->wk, T);
+            pd_wmatmul(pool, out, in, &w->wv, T);
+            pd_wmatmul(pool, out, in, &w->wo, T);
+            pd_wmatmul(pool, out, in, &w->w1, T);
+            pd_wmatmul(pool, out, in, &w->w3, T);
+            pd_wmatmul(pool, out, in, &w->w2, T);
         }
-        pd_matmul(pool, out, in, m->w.wcls, T, C, V);
+        pd_wmatmul(pool, out, in, &m->w.wcls, T);
         double dt = bench_now() - t0;
         if (r > 0 && dt < *best) *best = dt;
     }

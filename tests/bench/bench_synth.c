@@ -1,14 +1,11 @@
 /* bench_synth.c — a synthetic Llama GGUF of a real model's shape, for speed
  * figures of a size that the shipped 260K model cannot give.
  *
- * The file follows the keys and tensor names that model_gguf.c loads
- * (llama.cpp's): general.architecture = "llama", the llama.* hyper-parameters,
- * token_embd.weight, blk.N.{attn_norm, attn_q, attn_k, attn_v, attn_output,
- * ffn_norm, ffn_gate, ffn_down, ffn_up}.weight, output_norm.weight and an
- * untied output.weight; matrices have ne = {in, out}. The tokenizer is
- * synthetic: "<unk>", "<s>", "</s>", the 256 byte pieces "<0xXX>", then
- * "tok<i>" pieces; BOS 1, EOS 2. Weights are uniform in ±scale from a fixed
- * seed, norm weights 1, so every run benchmarks the same model. */
+ * Layout, keys and the synthetic tokenizer ("<unk>", "<s>", "</s>", the 256
+ * byte pieces "<0xXX>", then "tok<i>"; BOS 1, EOS 2) are those of
+ * tests/tools/synth_model.c for a llama with an untied output.weight.
+ * Weights are uniform in ±scale from a fixed seed, norm weights 1, so every
+ * run benchmarks the same model. */
 #include "bench.h"
 
 #include <stdio.h>
@@ -19,6 +16,7 @@
 
 #include "prefixd/gguf.h"
 #include "prefixd/half.h"
+#include "../tools/synth_model.h"
 
 #define SPARE_DISK ((uint64_t)256 << 20) /* left free after writing */
 
@@ -37,39 +35,30 @@ bench_synth bench_synth_110m(void)
     return s;
 }
 
-/* One tensor of the file: a name, a row length and a row count (0 for a
- * vector), and whether it is a norm (ones, always F32). */
-typedef struct tensor_spec {
-    char name[64];
-    int64_t ne0, ne1;
-    int norm;
-} tensor_spec;
+/* The file's layout and metadata are tests/tools/synth_model.c's (a llama
+ * with an untied classifier); this file only adds the bench's own weights
+ * (norms exactly 1), F16 and the reuse of an existing file. */
+typedef synth_tensor tensor_spec;
 
-/* Lists the tensors in file order into t (n_layers * 9 + 3 entries). */
+static synth_spec spec_of(const bench_synth *s)
+{
+    synth_spec sp = {0};
+    sp.arch = PD_ARCH_LLAMA;
+    sp.dim = s->dim;
+    sp.hidden_dim = s->hidden_dim;
+    sp.n_layers = s->n_layers;
+    sp.n_heads = s->n_heads;
+    sp.n_kv_heads = s->n_kv_heads;
+    sp.vocab_size = s->vocab_size;
+    sp.seq_len = s->seq_len;
+    sp.name = "prefixd-bench synthetic 134M";
+    return sp;
+}
+
 static int list_tensors(const bench_synth *s, tensor_spec *t)
 {
-    const int64_t D = s->dim, KV = (int64_t)s->dim / s->n_heads * s->n_kv_heads;
-    const int64_t H = s->hidden_dim, V = s->vocab_size;
-    int n = 0;
-    t[n++] = (tensor_spec){"token_embd.weight", D, V, 0};
-    static const struct {
-        const char *name;
-        int ne0, ne1; /* 0: D, 1: KV, 2: H; ne1 -1: a vector */
-    } layer[9] = {{"attn_norm", 0, -1}, {"attn_q", 0, 0},   {"attn_k", 0, 1},
-                  {"attn_v", 0, 1},     {"attn_output", 0, 0}, {"ffn_norm", 0, -1},
-                  {"ffn_gate", 0, 2},   {"ffn_down", 2, 0},  {"ffn_up", 0, 2}};
-    const int64_t size[3] = {D, KV, H};
-    for (int l = 0; l < s->n_layers; l++)
-        for (int i = 0; i < 9; i++) {
-            tensor_spec *ts = &t[n++];
-            snprintf(ts->name, sizeof ts->name, "blk.%d.%s.weight", l, layer[i].name);
-            ts->ne0 = size[layer[i].ne0];
-            ts->ne1 = layer[i].ne1 < 0 ? 0 : size[layer[i].ne1];
-            ts->norm = layer[i].ne1 < 0;
-        }
-    t[n++] = (tensor_spec){"output_norm.weight", D, 0, 1};
-    t[n++] = (tensor_spec){"output.weight", D, V, 0};
-    return n;
+    synth_spec sp = spec_of(s);
+    return synth_list_tensors(&sp, t);
 }
 
 static size_t n_elems(const tensor_spec *t) { return (size_t)t->ne0 * (size_t)(t->ne1 ? t->ne1 : 1); }
@@ -88,7 +77,7 @@ static int generate(bench_synth *s, const tensor_spec *t, int nt, pd_err *err)
     for (int i = 0; i < nt; i++) {
         size_t n = n_elems(&t[i]);
         uint64_t rng = s->seed * 1000003u + (uint64_t)i;
-        if (t[i].norm)
+        if (t[i].kind != SYNTH_MATRIX)
             for (size_t j = 0; j < n; j++) p[j] = 1.0f;
         else
             for (size_t j = 0; j < n; j++) p[j] = s->scale * bench_randf(&rng);
@@ -97,68 +86,11 @@ static int generate(bench_synth *s, const tensor_spec *t, int nt, pd_err *err)
     return PD_OK;
 }
 
-/* The synthetic tokenizer's pieces, one NUL-terminated string each, sliced
- * from one buffer (*buf, owned by the caller). */
-static int make_vocab(int V, char ***pieces, char **buf, float **scores, int32_t **types,
-                      pd_err *err)
-{
-    *pieces = malloc((size_t)V * sizeof **pieces);
-    *buf = malloc((size_t)V * 16);
-    *scores = malloc((size_t)V * sizeof **scores);
-    *types = malloc((size_t)V * sizeof **types);
-    if (!*pieces || !*buf || !*scores || !*types)
-        return pd_err_set(err, PD_ENOMEM, "out of memory for the synthetic vocabulary");
-    for (int i = 0; i < V; i++) {
-        char *p = *buf + (size_t)i * 16;
-        if (i == 0) strcpy(p, "<unk>");
-        else if (i == 1) strcpy(p, "<s>");
-        else if (i == 2) strcpy(p, "</s>");
-        else if (i < 3 + 256) snprintf(p, 16, "<0x%02X>", i - 3);
-        else snprintf(p, 16, "tok%d", i);
-        (*pieces)[i] = p;
-        (*scores)[i] = i < 3 + 256 ? 0.0f : -(float)i;
-        (*types)[i] = i == 0 ? 2 : i < 3 ? 3 : i < 3 + 256 ? 6 : 1;
-    }
-    return PD_OK;
-}
-
 static int add_metadata(pd_gguf_writer *w, const bench_synth *s, int dtype, pd_err *err)
 {
-    const int hd = s->dim / s->n_heads;
-    char **pieces = NULL, *buf = NULL;
-    float *scores = NULL;
-    int32_t *types = NULL;
-    int rc;
-    if ((rc = pd_gguf_add_str(w, "general.architecture", "llama", err)) < 0 ||
-        (rc = pd_gguf_add_str(w, "general.name", "prefixd-bench synthetic 134M", err)) < 0 ||
-        (rc = pd_gguf_add_u32(w, "general.file_type", dtype == PD_DTYPE_F16 ? 1 : 0, err)) < 0 ||
-        (rc = pd_gguf_add_u32(w, "llama.context_length", (uint32_t)s->seq_len, err)) < 0 ||
-        (rc = pd_gguf_add_u32(w, "llama.embedding_length", (uint32_t)s->dim, err)) < 0 ||
-        (rc = pd_gguf_add_u32(w, "llama.block_count", (uint32_t)s->n_layers, err)) < 0 ||
-        (rc = pd_gguf_add_u32(w, "llama.feed_forward_length", (uint32_t)s->hidden_dim, err)) < 0 ||
-        (rc = pd_gguf_add_u32(w, "llama.attention.head_count", (uint32_t)s->n_heads, err)) < 0 ||
-        (rc = pd_gguf_add_u32(w, "llama.attention.head_count_kv", (uint32_t)s->n_kv_heads,
-                              err)) < 0 ||
-        (rc = pd_gguf_add_f32(w, "llama.rope.freq_base", 10000.0f, err)) < 0 ||
-        (rc = pd_gguf_add_u32(w, "llama.rope.dimension_count", (uint32_t)hd, err)) < 0 ||
-        (rc = pd_gguf_add_f32(w, "llama.attention.layer_norm_rms_epsilon", 1e-5f, err)) < 0 ||
-        (rc = pd_gguf_add_u32(w, "llama.vocab_size", (uint32_t)s->vocab_size, err)) < 0)
-        return rc;
-    const uint64_t V = (uint64_t)s->vocab_size;
-    rc = make_vocab(s->vocab_size, &pieces, &buf, &scores, &types, err);
-    if (rc == PD_OK) rc = pd_gguf_add_str(w, "tokenizer.ggml.model", "llama", err);
-    if (rc == PD_OK)
-        rc = pd_gguf_add_arr_str(w, "tokenizer.ggml.tokens", (const char *const *)pieces, NULL,
-                                 V, err);
-    if (rc == PD_OK) rc = pd_gguf_add_arr_f32(w, "tokenizer.ggml.scores", scores, V, err);
-    if (rc == PD_OK) rc = pd_gguf_add_arr_i32(w, "tokenizer.ggml.token_type", types, V, err);
-    if (rc == PD_OK) rc = pd_gguf_add_u32(w, "tokenizer.ggml.bos_token_id", 1, err);
-    if (rc == PD_OK) rc = pd_gguf_add_u32(w, "tokenizer.ggml.eos_token_id", 2, err);
-    free(pieces);
-    free(buf);
-    free(scores);
-    free(types);
-    return rc;
+    synth_spec sp = spec_of(s);
+    int rc = synth_add_hparams(w, &sp, dtype == PD_DTYPE_F16 ? 1 : 0, err);
+    return rc < 0 ? rc : synth_add_vocab_synthetic(w, s->vocab_size, err);
 }
 
 /* A writer holding the whole file: metadata, then the tensors pointing at
@@ -177,7 +109,7 @@ static int build(const bench_synth *s, const tensor_spec *t, int nt, int dtype,
     for (int i = 0; i < nt; i++) {
         int64_t ne[2] = {t[i].ne0, t[i].ne1};
         int n_dims = t[i].ne1 ? 2 : 1;
-        int half = dtype == PD_DTYPE_F16 && !t[i].norm;
+        int half = dtype == PD_DTYPE_F16 && t[i].kind == SYNTH_MATRIX;
         const void *data = !f32 ? (const void *)placeholder
                            : half ? (const void *)(f16 + at16)
                                   : (const void *)(f32 + at32);
@@ -218,7 +150,7 @@ int bench_synth_write(bench_synth *s, const char *path, int dtype, int *written,
     *written = 0;
     if (dtype != PD_DTYPE_F32 && dtype != PD_DTYPE_F16)
         return pd_err_set(err, PD_EINVAL, "%s: dtype %d: only F32 and F16", path, dtype);
-    const int nt = s->n_layers * 9 + 3;
+    const int nt = list_tensors(s, NULL);
     tensor_spec *t = malloc((size_t)nt * sizeof *t);
     pd_gguf_writer *w = NULL;
     uint16_t *f16 = NULL;
@@ -228,7 +160,7 @@ int bench_synth_write(bench_synth *s, const char *path, int dtype, int *written,
     size_t total = 0, n_mat = 0;
     for (int i = 0; i < nt; i++) {
         total += n_elems(&t[i]);
-        if (!t[i].norm) n_mat += n_elems(&t[i]);
+        if (t[i].kind == SYNTH_MATRIX) n_mat += n_elems(&t[i]);
     }
 
     /* the expected size, from a writer whose data is not there yet */
@@ -252,7 +184,7 @@ int bench_synth_write(bench_synth *s, const char *path, int dtype, int *written,
         uint16_t *dst = f16;
         for (int i = 0; i < nt; i++) {
             size_t n = n_elems(&t[i]);
-            if (!t[i].norm)
+            if (t[i].kind == SYNTH_MATRIX)
                 for (size_t j = 0; j < n; j++) *dst++ = pd_f32_to_f16(src[j]);
             src += n;
         }

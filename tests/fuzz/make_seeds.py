@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """make_seeds.py — writes the seed corpus of every fuzz target into
 tests/fuzz/corpus/<target>/: a handful of small valid inputs (made with
-prefixd's own writers: `prefixd convert`, `prefixd prefix from-prompt`) and
+prefixd's own writers: `prefixd convert`, `prefixd quantize`, `prefixd prefix
+from-prompt`) and
 invalid ones beside them. Run from the repository root after `make`:
 
     /usr/bin/python3 tests/fuzz/make_seeds.py [build/prefixd]
@@ -140,6 +141,21 @@ def make_gguf(tmp, models):
             out("model_gguf", os.path.basename(p), data)
             if len(data) <= 16384:
                 out("gguf", os.path.basename(p), data)
+    # one small model of each architecture variant (tests/tools/synth.c)
+    synth = os.path.join(os.path.dirname(BIN), "tools", "prefixd-synth")
+    common = ["--dim", "8", "--hidden", "12", "--layers", "1", "--heads", "2",
+              "--kv-heads", "1", "--vocab-size", "260", "--ctx", "16"]
+    for name, extra in [("qwen2", ["--arch", "qwen2", "--tied"]),
+                        ("qwen3", ["--arch", "qwen3", "--head-dim", "6"]),
+                        ("llama3", ["--arch", "llama", "--rope-scaling", "llama3"]),
+                        ("linear", ["--arch", "llama", "--rope-scaling", "linear", "--biases",
+                                    "--sliding-window", "8"])]:
+        p = os.path.join(tmp, "synth-%s.gguf" % name)
+        r = subprocess.run([synth, *common, *extra, "--out", p], stderr=subprocess.PIPE)
+        if r.returncode != 0:
+            sys.exit("%s: %s" % (synth, r.stderr.decode()))
+        with open(p, "rb") as f:
+            out("model_gguf", os.path.basename(p), f.read())
     with open(os.path.join(tmp, "vocab3-f16.gguf"), "rb") as f:
         small = f.read()
     out("model_gguf", "vocab3-truncated.gguf", small[: len(small) * 2 // 3])
@@ -169,7 +185,45 @@ def make_gguf(tmp, models):
     out("gguf", "bad-offset.gguf",
         gguf([], [("t", [2], 0, f32([1, 2]))])[:-4])
     out("model_gguf", "no-weights.gguf", gguf([("general.architecture", STR, "llama")], []))
+    make_quantized(tmp)
     out("model_gguf", "llama2c-tiny.bin", llama2c(4, 8, 2, 2, 2, 3, 8, seed=3))
+
+
+def patch_type(data, tensor, new_type):
+    """data with the ggml type of `tensor` (a 2-D tensor) changed to new_type."""
+    at = data.index(tensor.encode()) + len(tensor) + 4 + 16
+    return data[:at] + struct.pack("<I", new_type) + data[at + 4:]
+
+
+def make_quantized(tmp):
+    # a model whose rows of 32 take every 32-element block type (K-quants need rows of 256,
+    # over the size budget for a whole model: their blocks are in quant-blocks.gguf)
+    src = os.path.join(tmp, "dim32.bin")
+    with open(src, "wb") as f:
+        f.write(llama2c(32, 64, 1, 2, 1, 3, 8, seed=5))
+    for t in ("q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "q4_k_m"):
+        p = os.path.join(tmp, "dim32-%s.gguf" % t)
+        run("quantize", src, p, "--type", t, "--pure", "--tokenizer", TOK)
+        with open(p, "rb") as f:
+            data = f.read()
+        out("model_gguf", os.path.basename(p), data)
+        if t == "q8_0":
+            out("gguf", os.path.basename(p), data)
+            # a matrix of a type prefixd cannot load, a quantised norm, a wrong block multiple
+            out("model_gguf", "dim32-iq4_nl.gguf", patch_type(data, "blk.0.attn_q.weight", 20))
+            out("model_gguf", "dim32-q8_k.gguf", patch_type(data, "blk.0.ffn_up.weight", 15))
+            out("model_gguf", "dim32-q4_k-rows.gguf", patch_type(data, "blk.0.attn_k.weight", 12))
+            out("model_gguf", "dim32-truncated.gguf", data[: len(data) - 700])
+    # one block of every weight type (and the activation formats, and two it refuses)
+    blocks = [("q4_1", 3, 20), ("q5_0", 6, 22), ("q5_1", 7, 24), ("q8_1", 9, 36), ("q2_k", 10, 84),
+              ("q3_k", 11, 110), ("q4_k", 12, 144), ("q5_k", 13, 176), ("q6_k", 14, 210),
+              ("q8_k", 15, 292), ("iq4_nl", 20, 18), ("tq2_0", 35, 66)]
+    tensors = []
+    for name, t, nbytes in blocks:
+        n = 32 if nbytes in (20, 22, 24, 36, 18) else 256
+        raw = bytes((i * 37 + t) % 251 for i in range(nbytes))
+        tensors.append((name, [n], t, raw))
+    out("gguf", "quant-blocks.gguf", gguf([("general.architecture", STR, "llama")], tensors))
 
 
 # ---- safetensors, prefixes and PEFT adapters ---------------------------------------------------
@@ -380,6 +434,19 @@ def make_tokenizer():
     out("tokenizer_load", "empty", b"\x00")
 
 
+def make_tokenizer_bpe():
+    """Vocabulary byte (gpt-2, deepseek-llm, starcoder, falcon, phi-3), flags
+    byte, text."""
+    texts = [b"Hello world! I'm 12345 years old.\n\n\tdef f(x): return x",
+             " \u00e9t\u00e9 \U0001F999 \u4e2d\u6587\u3002 \u0420\u0443\u0441".encode(),
+             b"<|endoftext|>text<|endoftext|><s></s><unk>", b"\xff\xfe\x80\xc3(\xe2\x82\x00 bad",
+             b"   \r\n   \n" * 4, b"a" * 200]
+    for v in range(5):
+        for f in range(4):
+            t = texts[(v + f) % len(texts)]
+            out("tokenizer_bpe", "v%d-f%d" % (v, f), bytes([v, f]) + t)
+
+
 def main():
     if os.path.isdir(CORPUS):
         shutil.rmtree(CORPUS)
@@ -393,6 +460,7 @@ def main():
     make_dataset()
     make_multipart()
     make_tokenizer()
+    make_tokenizer_bpe()
     total = 0
     for d, _, files in os.walk(CORPUS):
         total += sum(os.path.getsize(os.path.join(d, f)) for f in files)

@@ -4,6 +4,8 @@
  * no library math) gives the loss; central finite differences of it are
  * compared with pd_backprop's gradient for entries of the keys and values of
  * every layer. Stated tolerance: |g - fd| <= 1e-3 * max(|fd|, 0.05 * rms(fd)).
+ * The same on a random-weight model of each architecture variant (Llama 3
+ * and linear rope scaling, biases, qwen2 NeoX rotary, qwen3 q/k norms).
  * The same through PEFT's projection MLP (its parameters' gradient).
  * Also: the forward loss equals the double reference and the engine's own
  * logits; packing examples into one batch equals running them one by one. */
@@ -17,12 +19,15 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "prefixd/backprop.h"
 #include "prefixd/dataset.h"
 #include "prefixd/engine.h"
 #include "prefixd/prefix_mlp.h"
 
+#include "../tools/synth_model.h"
+#include "ref_model.h"
 #include "testutil.h"
 
 static pd_model *model;
@@ -41,110 +46,21 @@ static int teardown(void **state)
     return 0;
 }
 
-/* ---- the reference: one example, double precision ---------------------- */
-
-static void ref_rmsnorm(double *o, const double *x, const float *w, int C, double eps)
-{
-    double ss = 0;
-    for (int j = 0; j < C; j++) ss += x[j] * x[j];
-    double r = 1.0 / sqrt(ss / C + eps);
-    for (int j = 0; j < C; j++) o[j] = w[j] * x[j] * r;
-}
-
-static void ref_matvec(double *o, const float *W, const double *x, int n_out, int n_in)
-{
-    for (int i = 0; i < n_out; i++) {
-        double s = 0;
-        for (int j = 0; j < n_in; j++) s += (double)W[(size_t)i * n_in + j] * x[j];
-        o[i] = s;
-    }
-}
-
-static void ref_rope(double *v, int n, int hd, int pos, double base)
-{
-    for (int i = 0; i < n; i += 2) {
-        int j = (i % hd) / 2;
-        double ang = pos * pow(base, -2.0 * j / hd);
-        double c = cos(ang), s = sin(ang), a = v[i], b = v[i + 1];
-        v[i] = a * c - b * s;
-        v[i + 1] = a * s + b * c;
-    }
-}
+/* ---- the reference: one example, double precision (ref_model.h) -------- */
 
 /* Sum of target cross-entropies of one example with prefix (keys, values). */
+static double ref_loss_of(const pd_model *m, const double *keys, const double *values, int P,
+                          const int32_t *tok, const uint8_t *mask, int n)
+{
+    double loss = ref_forward(m, keys, values, P, tok, mask, n, NULL);
+    assert_false(isnan(loss));
+    return loss;
+}
+
 static double ref_loss(const double *keys, const double *values, int P, const int32_t *tok,
                        const uint8_t *mask, int n)
 {
-    const pd_config *c = &model->cfg;
-    const int C = c->dim, KV = c->kv_dim, H = c->hidden_dim, hd = c->head_dim, V = c->vocab_size;
-    const int L = c->n_layers, NH = c->n_heads, G = c->n_kv_heads, rep = NH / G;
-    double *x = calloc((size_t)n * C, 8), *xn = malloc((size_t)C * 8), *q = malloc((size_t)n * C * 8);
-    double *k = malloc((size_t)n * KV * 8), *v = malloc((size_t)n * KV * 8);
-    double *ao = malloc((size_t)C * 8), *tmp = malloc((size_t)C * 8), *h1 = malloc((size_t)H * 8);
-    double *h3 = malloc((size_t)H * 8), *att = malloc((size_t)(P + n) * 8), *lg = malloc((size_t)V * 8);
-    assert_true(x && xn && q && k && v && ao && tmp && h1 && h3 && att && lg);
-    for (int t = 0; t < n; t++)
-        for (int j = 0; j < C; j++) x[(size_t)t * C + j] = model->w.token_embedding[(size_t)tok[t] * C + j];
-    for (int l = 0; l < L; l++) {
-        const pd_layer_weights *w = &model->w.layers[l];
-        for (int t = 0; t < n; t++) {
-            ref_rmsnorm(xn, x + (size_t)t * C, w->rms_att, C, c->norm_eps);
-            ref_matvec(q + (size_t)t * C, w->wq, xn, C, C);
-            ref_matvec(k + (size_t)t * KV, w->wk, xn, KV, C);
-            ref_matvec(v + (size_t)t * KV, w->wv, xn, KV, C);
-            ref_rope(q + (size_t)t * C, C, hd, P + t, c->rope_base);
-            ref_rope(k + (size_t)t * KV, KV, hd, P + t, c->rope_base);
-        }
-        for (int t = 0; t < n; t++) {
-            for (int h = 0; h < NH; h++) {
-                int g = h / rep;
-                const double *qh = q + (size_t)t * C + (size_t)h * hd;
-                double mx = -1e300;
-                for (int j = 0; j < P + t + 1; j++) {
-                    const double *kk = j < P ? keys + (((size_t)l * G + g) * P + j) * hd
-                                             : k + (size_t)(j - P) * KV + (size_t)g * hd;
-                    double s = 0;
-                    for (int i = 0; i < hd; i++) s += qh[i] * kk[i];
-                    att[j] = s / sqrt((double)hd);
-                    if (att[j] > mx) mx = att[j];
-                }
-                double sum = 0;
-                for (int j = 0; j < P + t + 1; j++) sum += (att[j] = exp(att[j] - mx));
-                for (int i = 0; i < hd; i++) {
-                    double o = 0;
-                    for (int j = 0; j < P + t + 1; j++) {
-                        const double *vv = j < P ? values + (((size_t)l * G + g) * P + j) * hd
-                                                 : v + (size_t)(j - P) * KV + (size_t)g * hd;
-                        o += att[j] / sum * vv[i];
-                    }
-                    ao[h * hd + i] = o;
-                }
-            }
-            /* residual updates of row t only read rows <= t: safe in place */
-            ref_matvec(tmp, w->wo, ao, C, C);
-            double *xr = x + (size_t)t * C;
-            for (int j = 0; j < C; j++) xr[j] += tmp[j];
-            ref_rmsnorm(xn, xr, w->rms_ffn, C, c->norm_eps);
-            ref_matvec(h1, w->w1, xn, H, C);
-            ref_matvec(h3, w->w3, xn, H, C);
-            for (int j = 0; j < H; j++) h1[j] = h1[j] / (1 + exp(-h1[j])) * h3[j];
-            ref_matvec(tmp, w->w2, h1, C, H);
-            for (int j = 0; j < C; j++) xr[j] += tmp[j];
-        }
-    }
-    double loss = 0;
-    for (int t = 1; t < n; t++) {
-        if (!mask[t]) continue;
-        ref_rmsnorm(xn, x + (size_t)(t - 1) * C, model->w.rms_final, C, c->norm_eps);
-        ref_matvec(lg, model->w.wcls, xn, V, C);
-        double mx = lg[0], sum = 0;
-        for (int u = 1; u < V; u++) if (lg[u] > mx) mx = lg[u];
-        for (int u = 0; u < V; u++) sum += exp(lg[u] - mx);
-        loss += log(sum) + mx - lg[tok[t]];
-    }
-    free(x); free(xn); free(q); free(k); free(v); free(ao); free(tmp); free(h1); free(h3);
-    free(att); free(lg);
-    return loss;
+    return ref_loss_of(model, keys, values, P, tok, mask, n);
 }
 
 static float frand(uint64_t *s)
@@ -155,10 +71,14 @@ static float frand(uint64_t *s)
 
 #define P_SLOTS 3
 
-static void test_gradient_matches_finite_differences(void **state)
+/* pd_backprop's prefix gradient on model m for two examples against central
+ * differences of the double reference, entries of every layer's keys and
+ * values; the loss against the reference too. */
+static void check_gradient(const pd_model *m, const char *what, const int32_t *t1,
+                           const uint8_t *m1, int n1, const int32_t *t2, const uint8_t *m2,
+                           int n2)
 {
-    (void)state;
-    const pd_config *c = &model->cfg;
+    const pd_config *c = &m->cfg;
     const size_t np = (size_t)c->n_layers * c->n_kv_heads * P_SLOTS * c->head_dim;
     float *keys = malloc(np * 4), *values = malloc(np * 4), *dk = calloc(np, 4), *dv = calloc(np, 4);
     double *kd = malloc(np * 8), *vd = malloc(np * 8);
@@ -170,27 +90,25 @@ static void test_gradient_matches_finite_differences(void **state)
         kd[i] = keys[i];
         vd[i] = values[i];
     }
-    int32_t t1[12], t2[9];
-    int n1 = pd_tokenizer_encode(model->tok, "Lily went to the park.", 22, 1, 0, t1, 12);
-    int n2 = pd_tokenizer_encode(model->tok, "The cat sat", 11, 1, 0, t2, 9);
-    assert_true(n1 > 3 && n1 <= 12 && n2 > 2 && n2 <= 9);
-    uint8_t m1[12], m2[9];
-    for (int i = 0; i < n1; i++) m1[i] = 1;
-    for (int i = 0; i < n2; i++) m2[i] = i >= 2; /* the first token is context only */
     pd_example ex[2] = {{t1, m1, n1}, {t2, m2, n2}};
+    int want_targets = 0;
+    for (int i = 1; i < n1; i++) want_targets += m1[i] != 0;
+    for (int i = 1; i < n2; i++) want_targets += m2[i] != 0;
     pd_backprop *b;
-    assert_int_equal(pd_backprop_create(model, 32, 8, 2, &b, NULL), PD_OK);
+    assert_int_equal(pd_backprop_create(m, 32, 8, 2, &b, NULL), PD_OK);
     double loss;
     int nt;
     assert_int_equal(pd_backprop_run(b, keys, values, P_SLOTS, ex, 2, dk, dv, &loss, &nt, NULL), PD_OK);
-    assert_int_equal(nt, (n1 - 1) + (n2 - 2));
-    double ref = ref_loss(kd, vd, P_SLOTS, t1, m1, n1) + ref_loss(kd, vd, P_SLOTS, t2, m2, n2);
-    if (fabs(loss - ref) > 1e-4 * fabs(ref)) fail_msg("loss %.9g vs reference %.9g", loss, ref);
+    assert_int_equal(nt, want_targets);
+#define LOSS() (ref_loss_of(m, kd, vd, P_SLOTS, t1, m1, n1) + ref_loss_of(m, kd, vd, P_SLOTS, t2, m2, n2))
+    double ref = LOSS();
+    if (fabs(loss - ref) > 1e-4 * fabs(ref)) fail_msg("%s: loss %.9g vs reference %.9g", what, loss, ref);
 
     /* entries of keys and values in every layer */
     const int per_layer = c->n_kv_heads * P_SLOTS * c->head_dim;
     double num[2][64], ana[2][64];
     int cnt = 0;
+    assert_true(c->n_layers * 4 <= 64);
     for (int l = 0; l < c->n_layers; l++)
         for (int r = 0; r < 4; r++) {
             size_t i = (size_t)l * per_layer + (size_t)((r * 37 + l * 11) % per_layer);
@@ -198,15 +116,16 @@ static void test_gradient_matches_finite_differences(void **state)
                 double *pd = kv ? vd : kd;
                 const double h = 1e-4, keep = pd[i];
                 pd[i] = keep + h;
-                double up = ref_loss(kd, vd, P_SLOTS, t1, m1, n1) + ref_loss(kd, vd, P_SLOTS, t2, m2, n2);
+                double up = LOSS();
                 pd[i] = keep - h;
-                double dn = ref_loss(kd, vd, P_SLOTS, t1, m1, n1) + ref_loss(kd, vd, P_SLOTS, t2, m2, n2);
+                double dn = LOSS();
                 pd[i] = keep;
                 num[kv][cnt] = (up - dn) / (2 * h);
                 ana[kv][cnt] = kv ? dv[i] : dk[i];
             }
             cnt++;
         }
+#undef LOSS
     double rms = 0;
     for (int kv = 0; kv < 2; kv++)
         for (int i = 0; i < cnt; i++) rms += num[kv][i] * num[kv][i];
@@ -216,11 +135,78 @@ static void test_gradient_matches_finite_differences(void **state)
         for (int i = 0; i < cnt; i++) {
             double tol = 1e-3 * fmax(fabs(num[kv][i]), 0.05 * rms);
             if (fabs(ana[kv][i] - num[kv][i]) > tol)
-                fail_msg("%s entry %d (layer %d): gradient %.8g, finite difference %.8g",
-                         kv ? "values" : "keys", i, i / 4, ana[kv][i], num[kv][i]);
+                fail_msg("%s: %s entry %d (layer %d): gradient %.8g, finite difference %.8g",
+                         what, kv ? "values" : "keys", i, i / 4, ana[kv][i], num[kv][i]);
         }
     pd_backprop_free(b);
     free(keys); free(values); free(dk); free(dv); free(kd); free(vd);
+}
+
+static void test_gradient_matches_finite_differences(void **state)
+{
+    (void)state;
+    int32_t t1[12], t2[9];
+    int n1 = pd_tokenizer_encode(model->tok, "Lily went to the park.", 22, 1, 0, t1, 12);
+    int n2 = pd_tokenizer_encode(model->tok, "The cat sat", 11, 1, 0, t2, 9);
+    assert_true(n1 > 3 && n1 <= 12 && n2 > 2 && n2 <= 9);
+    uint8_t m1[12], m2[9];
+    for (int i = 0; i < n1; i++) m1[i] = 1;
+    for (int i = 0; i < n2; i++) m2[i] = i >= 2; /* the first token is context only */
+    check_gradient(model, "stories260K", t1, m1, n1, t2, m2, n2);
+}
+
+/* The same check through every architecture's variant (random-weight
+ * models of tests/tools/synth_model.c): Llama 3 and linear rope scaling,
+ * qwen2 biases with NeoX rotary, qwen3 q/k head norms with q_dim != dim;
+ * all with grouped-query attention. */
+static void test_gradient_every_architecture(void **state)
+{
+    (void)state;
+    char dir[] = "/tmp/prefixd-test-backprop-XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    for (int which = 0; which < 4; which++) {
+        synth_spec s = {0};
+        s.arch = which < 2 ? PD_ARCH_LLAMA : which == 2 ? PD_ARCH_QWEN2 : PD_ARCH_QWEN3;
+        s.dim = 24;
+        s.hidden_dim = 40;
+        s.n_layers = 2;
+        s.n_heads = 4;
+        s.n_kv_heads = 2;
+        s.vocab_size = 280;
+        s.seq_len = 32;
+        s.scale = 0.3f;
+        s.seed = 40 + (uint64_t)which;
+        s.rope_scaling = which == 0 ? PD_ROPE_SCALING_LLAMA3 : which == 1 ? PD_ROPE_SCALING_LINEAR : 0;
+        s.rope_factor = which == 0 ? 8 : 4;
+        s.rope_orig_ctx = 48;
+        s.biases = which == 1;
+        s.head_dim = which == 3 ? 8 : 0; /* q_dim 32 != dim 24 */
+        static const char *const what[4] = {"llama3 rope", "linear rope + biases", "qwen2",
+                                            "qwen3"};
+        char path[96];
+        snprintf(path, sizeof path, "%s/m.gguf", dir);
+        pd_err err;
+        if (synth_write(&s, NULL, path, &err) < 0) fail_msg("%s", err.msg);
+        pd_model_params mp = pd_model_default_params();
+        mp.path = path;
+        pd_model *m;
+        if (pd_model_load(&mp, &m, &err) < 0) fail_msg("%s: %s", what[which], err.msg);
+        unlink(path);
+        int32_t t1[10], t2[7];
+        uint8_t m1[10], m2[7];
+        uint64_t r = 5 + (uint64_t)which;
+        for (int i = 0; i < 10; i++) {
+            t1[i] = i ? 3 + (int32_t)(synth_rand(&r) % 270) : 1;
+            m1[i] = 1;
+        }
+        for (int i = 0; i < 7; i++) {
+            t2[i] = i ? 3 + (int32_t)(synth_rand(&r) % 270) : 1;
+            m2[i] = i >= 3;
+        }
+        check_gradient(m, what[which], t1, m1, 10, t2, m2, 7);
+        pd_model_free(m);
+    }
+    rmdir(dir);
 }
 
 /* The projection MLP (PEFT's prefix_projection) computed in double inside
@@ -253,6 +239,27 @@ static void ref_mlp(const double *prm, const pd_prefix_mlp *mlp, double *keys, d
 /* The gradient with the projection MLP: d(loss)/d(MLP parameters) through
  * the model, against central differences of the double-precision MLP and
  * forward pass. Same tolerance as above. */
+/* The same through models whose matrices stay quantised (Q8_0 and Q4_K, rows
+ * of 256): the backward products read the quantised weights, the reference
+ * their dequantised values. */
+static void test_gradient_quantised(void **state)
+{
+    (void)state;
+    static const int qtypes[2] = {PD_Q_Q8_0, PD_Q_Q4_K};
+    static const char *const names[2] = {"Q8_0", "Q4_K"};
+    for (int i = 0; i < 2; i++) {
+        pd_model *m = test_model_synth(qtypes[i], 31 + (uint64_t)i);
+        assert_non_null(m);
+        const int32_t t1[10] = {1, 17, 200, 3, 99, 45, 128, 7, 250, 64};
+        const int32_t t2[7] = {1, 5, 77, 140, 33, 201, 9};
+        uint8_t m1[10], m2[7];
+        for (int j = 0; j < 10; j++) m1[j] = 1;
+        for (int j = 0; j < 7; j++) m2[j] = j >= 2; /* the first tokens are context only */
+        check_gradient(m, names[i], t1, m1, 10, t2, m2, 7);
+        pd_model_free(m);
+    }
+}
+
 static void test_projection_gradient_matches_finite_differences(void **state)
 {
     (void)state;
@@ -410,6 +417,8 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_gradient_matches_finite_differences),
+        cmocka_unit_test(test_gradient_every_architecture),
+        cmocka_unit_test(test_gradient_quantised),
         cmocka_unit_test(test_projection_gradient_matches_finite_differences),
         cmocka_unit_test(test_packing_and_engine_agreement),
         cmocka_unit_test(test_bad_batches),

@@ -135,33 +135,9 @@ static void test_batched_equals_single(void **state)
     for (int s = 0; s < NSEQ; s++) assert_int_equal(pd_seq_create(model, NTOK, &seqs[s], NULL), PD_OK);
     /* sequence s advances by chunk[s][step] tokens per step */
     static const int chunk[NSEQ][4] = {{NTOK, 0, 0, 0}, {1, 7, 16, 0}, {10, 1, 1, 12}, {3, 3, 3, 15}};
-    int done[NSEQ] = {0};
-    for (int step = 0; step < 4; step++) {
-        int32_t bt[NSEQ * NTOK], bp[NSEQ * NTOK];
-        pd_seq *bs[NSEQ * NTOK];
-        int owner[NSEQ * NTOK], n = 0;
-        /* interleave: sequences in reverse order on odd steps */
-        for (int k = 0; k < NSEQ; k++) {
-            int s = step % 2 ? NSEQ - 1 - k : k;
-            for (int i = 0; i < chunk[s][step]; i++) {
-                bt[n] = toks[s][done[s] + i];
-                bp[n] = done[s] + i;
-                bs[n] = seqs[s];
-                owner[n] = s;
-                n++;
-            }
-        }
-        if (n == 0) continue;
-        pd_batch b = {n, bt, bs, bp, NULL};
-        const float *lg;
-        assert_int_equal(pd_engine_step(e, &b, &lg, NULL), n);
-        for (int i = 0; i < n; i++)
-            memcpy(mixed + ((size_t)owner[i] * NTOK + (size_t)bp[i]) * V, lg + (size_t)i * V,
-                   (size_t)V * sizeof(float));
-        for (int s = 0; s < NSEQ; s++) done[s] += chunk[s][step];
-    }
+    assert_int_equal(test_mixed_steps(e, NSEQ, seqs, &toks[0][0], NTOK, &chunk[0][0], 4, V, mixed),
+                     0);
     for (int s = 0; s < NSEQ; s++) {
-        assert_int_equal(done[s], NTOK);
         assert_int_equal(seqs[s]->len, NTOK);
         float d = max_abs_diff(alone + (size_t)s * NTOK * V, mixed + (size_t)s * NTOK * V, NTOK * V);
         /* the contract is <= 1e-5; the batch-invariant products give 0 */

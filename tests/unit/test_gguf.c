@@ -720,29 +720,50 @@ static void test_writer_errors(void **state)
 
 /* ---- stories260K through GGUF ---- */
 
-/* The model's weights in canonical order: pointer and float count. */
+/* Every value of W as F32 (rows dequantised); the caller frees. */
+static float *wmat_floats(const pd_wmat *W)
+{
+    float *f = malloc((size_t)W->rows * (size_t)W->cols * sizeof *f);
+    assert_non_null(f);
+    for (int r = 0; r < W->rows; r++) pd_wmat_row_f32(W, r, f + (size_t)r * W->cols);
+    return f;
+}
+
+/* The model's weights in canonical order: F32 values and float count; the
+ * matrices are copies that free_weights releases. */
 static int model_weights(const pd_model *m, const float **p, size_t *n)
 {
     const pd_config *c = &m->cfg;
     size_t D = (size_t)c->dim, KV = (size_t)c->kv_dim, H = (size_t)c->hidden_dim,
            V = (size_t)c->vocab_size;
     int k = 0;
-    p[k] = m->w.token_embedding, n[k++] = V * D;
+    p[k] = wmat_floats(&m->w.token_embedding), n[k++] = V * D;
     for (int l = 0; l < c->n_layers; l++) {
         const pd_layer_weights *L = &m->w.layers[l];
         p[k] = L->rms_att, n[k++] = D;
-        p[k] = L->wq, n[k++] = D * D;
-        p[k] = L->wk, n[k++] = KV * D;
-        p[k] = L->wv, n[k++] = KV * D;
-        p[k] = L->wo, n[k++] = D * D;
+        p[k] = wmat_floats(&L->wq), n[k++] = D * D;
+        p[k] = wmat_floats(&L->wk), n[k++] = KV * D;
+        p[k] = wmat_floats(&L->wv), n[k++] = KV * D;
+        p[k] = wmat_floats(&L->wo), n[k++] = D * D;
         p[k] = L->rms_ffn, n[k++] = D;
-        p[k] = L->w1, n[k++] = H * D;
-        p[k] = L->w2, n[k++] = D * H;
-        p[k] = L->w3, n[k++] = H * D;
+        p[k] = wmat_floats(&L->w1), n[k++] = H * D;
+        p[k] = wmat_floats(&L->w2), n[k++] = D * H;
+        p[k] = wmat_floats(&L->w3), n[k++] = H * D;
     }
     p[k] = m->w.rms_final, n[k++] = D;
-    p[k] = m->w.wcls, n[k++] = V * D;
+    p[k] = wmat_floats(&m->w.wcls), n[k++] = V * D;
     return k;
+}
+
+/* Frees model_weights' copies (every group but the norms). */
+static void free_weights(const pd_model *m, const float **p, int k)
+{
+    for (int i = 0; i < k; i++) {
+        int norm = p[i] == m->w.rms_final;
+        for (int l = 0; l < m->cfg.n_layers; l++)
+            norm |= p[i] == m->w.layers[l].rms_att || p[i] == m->w.layers[l].rms_ffn;
+        if (!norm) free((void *)p[i]);
+    }
 }
 
 /* mant_bits < 0: exact; else within half an ulp of that many mantissa bits. */
@@ -767,6 +788,8 @@ static void compare_models(const pd_model *a, const pd_model *b, int mant_bits)
                 fail_msg("weight group %d element %zu: %.9g vs %.9g", i, j, pa[i][j], pb[i][j]);
         }
     }
+    free_weights(a, pa, ka);
+    free_weights(b, pb, kb);
     const pd_tokenizer *ta = a->tok, *tb = b->tok;
     assert_int_equal(pd_tokenizer_vocab_size(ta), pd_tokenizer_vocab_size(tb));
     assert_int_equal(pd_tokenizer_bos(ta), pd_tokenizer_bos(tb));
@@ -778,7 +801,7 @@ static void compare_models(const pd_model *a, const pd_model *b, int mant_bits)
     }
 }
 
-static int points_into(const pd_model *m, const float *p)
+static int points_into(const pd_model *m, const void *p)
 {
     const char *base = m->map;
     return (const char *)p >= base && (const char *)p < base + m->map_size;
@@ -805,22 +828,25 @@ static void test_convert_stories(void **state)
         assert_int_equal(g->format, PD_FORMAT_GGUF);
         assert_int_equal(g->dtype, cases[c].dtype);
         assert_int_equal(g->tied_classifier, 1);
-        assert_true(g->w.wcls == g->w.token_embedding);
+        assert_true(g->w.wcls.data == g->w.token_embedding.data);
         assert_int_equal(g->n_tensors, 2 + 9 * g->cfg.n_layers);
         compare_models(bin, g, cases[c].mant_bits);
         if (cases[c].dtype == PD_DTYPE_F32) {
             /* weights straight from the mapping, same fingerprint as the .bin */
             assert_null(g->owned);
-            assert_true(points_into(g, g->w.token_embedding));
-            assert_true(points_into(g, g->w.layers[4].w2));
+            assert_true(points_into(g, g->w.token_embedding.data));
+            assert_true(points_into(g, g->w.layers[4].w2.data));
             assert_string_equal(g->fingerprint_hex, bin->fingerprint_hex);
             assert_true(g->fingerprint == bin->fingerprint);
             assert_true(g->weight_bytes == bin->weight_bytes);
         } else {
-            assert_non_null(g->owned);
-            assert_false(points_into(g, g->w.layers[0].wq)); /* widened */
-            assert_true(points_into(g, g->w.layers[0].rms_att)); /* norms stay F32 */
+            /* matrices used in place in their type; norms stay F32 */
+            assert_true(points_into(g, g->w.layers[0].wq.data));
+            assert_int_equal(g->w.layers[0].wq.type, cases[c].dtype == PD_DTYPE_F16 ? PD_Q_F16
+                                                                                     : PD_Q_BF16);
+            assert_true(points_into(g, g->w.layers[0].rms_att));
             assert_true(g->fingerprint != bin->fingerprint);
+            assert_true(g->weight_bytes < bin->weight_bytes);
         }
         /* the inspect table */
         const pd_tensor_info *t0 = &g->tensors[0];
@@ -882,7 +908,7 @@ static void test_tiny_untied_and_types(void **state)
     write_tiny(path, &o);
     if (load_model(path, NULL, &m, &err) < 0) fail_msg("%s", err.msg);
     assert_int_equal(m->tied_classifier, 0);
-    assert_true(m->w.wcls != m->w.token_embedding);
+    assert_true(m->w.wcls.data != m->w.token_embedding.data);
     assert_int_equal(m->cfg.dim, T_DIM);
     assert_int_equal(m->cfg.n_kv_heads, T_KV);
     assert_int_equal(m->cfg.kv_dim, T_KVDIM);
@@ -910,8 +936,11 @@ static void test_tiny_untied_and_types(void **state)
         write_tiny(path, &oh);
         if (load_model(path, NULL, &m, &err) < 0) fail_msg("%s", err.msg);
         assert_int_equal(m->dtype, i == 0 ? PD_DTYPE_F16 : PD_DTYPE_BF16);
-        for (int j = 0; j < T_DIM * T_DIM; j++) assert_true(m->w.layers[1].wq[j] == 1.0f);
-        for (int j = 0; j < T_DIM * T_HID; j++) assert_true(m->w.layers[0].w2[j] == 1.0f);
+        float *wq = wmat_floats(&m->w.layers[1].wq), *w2 = wmat_floats(&m->w.layers[0].w2);
+        for (int j = 0; j < T_DIM * T_DIM; j++) assert_true(wq[j] == 1.0f);
+        for (int j = 0; j < T_DIM * T_HID; j++) assert_true(w2[j] == 1.0f);
+        free(wq);
+        free(w2);
         pd_model_free(m);
     }
 }
@@ -939,7 +968,7 @@ static void test_misaligned_f32(void **state)
         if (load_model(p, NULL, &m, &err) < 0) fail_msg("%s", err.msg);
         if (m->owned) {
             copied++;
-            assert_int_equal((uintptr_t)m->w.token_embedding % 4, 0);
+            assert_int_equal((uintptr_t)m->w.token_embedding.data % 4, 0);
         }
         compare_models(ref, m, -1);
         assert_true(ref->fingerprint == m->fingerprint);
@@ -1297,7 +1326,9 @@ static void test_bad_models(void **state)
          "no tokenizer"},
         {"missing tokens", {.skip_key = "tokenizer.ggml.tokens"}, PD_ENOTFOUND,
          "tokenizer.ggml.tokens"},
-        {"tokenizer gpt2", {.tok_model = "gpt2"}, PD_EUNSUPPORTED, "'gpt2'"},
+        {"tokenizer bert", {.tok_model = "bert"}, PD_EUNSUPPORTED, "'bert'"},
+        {"tokenizer gpt2 without merges", {.tok_model = "gpt2"}, PD_ENOTFOUND,
+         "tokenizer.ggml.merges is missing"},
         {"scores as i32", {.scores_i32 = 1}, PD_EFORMAT,
          "tokenizer.ggml.scores has type array of i32, expected array of f32"},
         {"scores too short", {.scores_short = 1}, PD_EFORMAT, "tokenizer.ggml.scores has 7"},

@@ -19,6 +19,7 @@
 
 #include "prefixd/generate.h"
 #include "prefixd/half.h"
+#include "prefixd/matmul.h"
 #include "prefixd/prefix.h"
 #include "prefixd/safetensors.h"
 
@@ -421,14 +422,15 @@ static void ref_forward(const pd_prefix *p, const int32_t *toks, int n, double *
     assert_true(x && xb && q && k && v && att && tmp && h1 && h3 && score);
     for (int t = 0; t < n; t++)
         for (int i = 0; i < C; i++)
-            x[(size_t)t * C + i] = model->w.token_embedding[(size_t)toks[t] * C + i];
+            x[(size_t)t * C + i] =
+                pd_wmat_f32_data(&model->w.token_embedding)[(size_t)toks[t] * C + i];
     for (int l = 0; l < c->n_layers; l++) {
         const pd_layer_weights *w = &model->w.layers[l];
         for (int t = 0; t < n; t++) {
             ref_rmsnorm(xb, x + (size_t)t * C, w->rms_att, C, c->norm_eps);
-            ref_matvec(q + (size_t)t * C, w->wq, xb, C, C);
-            ref_matvec(k + (size_t)t * KV, w->wk, xb, KV, C);
-            ref_matvec(v + (size_t)t * KV, w->wv, xb, KV, C);
+            ref_matvec(q + (size_t)t * C, pd_wmat_f32_data(&w->wq), xb, C, C);
+            ref_matvec(k + (size_t)t * KV, pd_wmat_f32_data(&w->wk), xb, KV, C);
+            ref_matvec(v + (size_t)t * KV, pd_wmat_f32_data(&w->wv), xb, KV, C);
             ref_rope(q + (size_t)t * C, C, hd, P + t, c->rope_base);
             ref_rope(k + (size_t)t * KV, KV, hd, P + t, c->rope_base);
         }
@@ -465,19 +467,19 @@ static void ref_forward(const pd_prefix *p, const int32_t *toks, int n, double *
             }
         for (int t = 0; t < n; t++) {
             double *xt = x + (size_t)t * C;
-            ref_matvec(tmp, w->wo, att + (size_t)t * C, C, C);
+            ref_matvec(tmp, pd_wmat_f32_data(&w->wo), att + (size_t)t * C, C, C);
             for (int i = 0; i < C; i++) xt[i] += tmp[i];
             ref_rmsnorm(xb, xt, w->rms_ffn, C, c->norm_eps);
-            ref_matvec(h1, w->w1, xb, H, C);
-            ref_matvec(h3, w->w3, xb, H, C);
+            ref_matvec(h1, pd_wmat_f32_data(&w->w1), xb, H, C);
+            ref_matvec(h3, pd_wmat_f32_data(&w->w3), xb, H, C);
             for (int i = 0; i < H; i++) h1[i] = h1[i] / (1.0 + exp(-h1[i])) * h3[i];
-            ref_matvec(tmp, w->w2, h1, C, H);
+            ref_matvec(tmp, pd_wmat_f32_data(&w->w2), h1, C, H);
             for (int i = 0; i < C; i++) xt[i] += tmp[i];
         }
     }
     for (int t = 0; t < n; t++) {
         ref_rmsnorm(xb, x + (size_t)t * C, model->w.rms_final, C, c->norm_eps);
-        ref_matvec(out + (size_t)t * V, model->w.wcls, xb, V, C);
+        ref_matvec(out + (size_t)t * V, pd_wmat_f32_data(&model->w.wcls), xb, V, C);
     }
     free(x), free(xb), free(q), free(k), free(v), free(att), free(tmp), free(h1), free(h3);
     free(score);
@@ -971,7 +973,8 @@ static void write_peft(const char *dir, const char *config, const char *name, in
 }
 
 /* PEFT's rows for prefix p: flat index f of row t decomposed as
- * f = ((layer * 2 + kv) * n_kv_heads + head) * head_dim + d. */
+ * f = ((layer * 2 + kv) * n_kv_heads + head) * head_dim + d; keys in HF's
+ * halves layout: HF's d = r * hd/2 + i is the model's (adjacent-pair) 2i + r. */
 static float *peft_rows(const pd_prefix *p)
 {
     const int P = p->n_tokens, L = p->n_layers, KVH = p->n_kv_heads, hd = p->head_dim;
@@ -982,7 +985,8 @@ static float *peft_rows(const pd_prefix *p)
         for (size_t f = 0; f < width; f++) {
             size_t d = f % hd, head = f / hd % KVH, kv = f / hd / KVH % 2, layer = f / hd / KVH / 2;
             const float *src = kv ? p->values : p->keys;
-            rows[(size_t)t * width + f] = src[((layer * KVH + head) * P + t) * hd + d];
+            size_t dm = kv ? d : 2 * (d % (hd / 2)) + d / (hd / 2);
+            rows[(size_t)t * width + f] = src[((layer * KVH + head) * P + t) * hd + dm];
         }
     return rows;
 }
