@@ -2,6 +2,7 @@
 end to end against the real `prefixd serve` on 127.0.0.1 (issue 12 item 5,
 issue 11 item 3):
 
+- a chat fine-tuning job ({"messages"} lines) with method supervised;
 - OpenAI's `method: {"type": "supervised", ...}` through the official Node
   client; the job's checkpoints (`fineTuning.jobs.checkpoints.list`: the
   last three epoch ends, each servable as "<suffix>.ckpt-step-N", the older
@@ -153,6 +154,28 @@ def test_supervised_checkpoints_and_result_file_with_node_client(server, tmp_pat
     assert float(last["valid_loss"]) < float(first["valid_loss"])
     assert float(last["valid_token_accuracy"]) > float(first["valid_token_accuracy"])
     assert job["estimated_finish"] is None  # finished
+
+
+# ---- chat data ------------------------------------------------------------------------------
+
+def test_chat_job_supervised(server):
+    """OpenAI chat fine-tuning lines ({"messages"}, rendered with the model's chat template;
+    ChatML for the shipped model, which has none) with method supervised: the held-out
+    assistant-token loss drops by at least 30%."""
+    train = upload_ok(server, "dragon_chat.train.jsonl")
+    valid = upload_ok(server, "dragon_chat.valid.jsonl")
+    job = job_ok(server, train, valid, suffix="dragon-chat", seed=1,
+                 method=supervised(n_epochs=5, learning_rate_multiplier=2))
+    done = wait_job(server, job["id"])
+    assert done["status"] == "succeeded", done
+    fin = final_metrics(server, job["id"])
+    assert fin["valid_loss"] < 0.7 * fin["base_valid_loss"], fin
+    r = server.request("POST", "/v1/chat/completions", {
+        "model": "dragon-chat", "max_tokens": 40, "temperature": 0,
+        "messages": [{"role": "user", "content": "Continue the story: One day, Tom went to the "
+                                                 "park with his mom."}]})
+    assert r.status == 200, r.body
+    assert r.json()["choices"][0]["message"]["content"]
 
 
 # ---- schedules ------------------------------------------------------------------------------
@@ -337,6 +360,20 @@ def test_peft_export_round_trip(server, tmp_path):
     cfg = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
     assert cfg["peft_type"] == "PREFIX_TUNING" and cfg["num_virtual_tokens"] == 20
     assert cfg["task_type"] == "CAUSAL_LM" and cfg["prefix_projection"] is False
+    # the adapter holds HF's layout, computed here: prompt_embeddings[t] is, per layer, the
+    # keys then the values of every kv head; a key head in HF's rotary layout holds the
+    # even components of ours, then the odd ones (llama files rotate adjacent pairs)
+    import numpy as np
+    L, KVH, kv_dim = cfg["num_layers"], cfg["num_attention_heads"], cfg["token_dim"]
+    hd, P = kv_dim // KVH, cfg["num_virtual_tokens"]
+    ours = read_prefix(os.path.join(PREFIXES, "dragon.safetensors"))
+    keys = np.frombuffer(ours["keys"], np.float32).reshape(L, KVH, P, hd)
+    values = np.frombuffer(ours["values"], np.float32).reshape(L, KVH, P, hd)
+    emb = np.frombuffer(read_prefix(str(tmp_path / "adapter" / "adapter_model.safetensors"))[
+        "prompt_embeddings"], np.float32).reshape(P, L, 2, KVH, hd)
+    hf_keys = np.concatenate([keys[..., 0::2], keys[..., 1::2]], axis=-1)
+    assert np.array_equal(emb[:, :, 0].transpose(1, 2, 0, 3), hf_keys)
+    assert np.array_equal(emb[:, :, 1].transpose(1, 2, 0, 3), values)
     run("prefix", "import-peft", str(tmp_path / "adapter"), "--model", MODEL, "--tokenizer",
         TOKENIZER, "--task", "back", "--out", str(tmp_path))
     orig = read_prefix(os.path.join(PREFIXES, "dragon.safetensors"))

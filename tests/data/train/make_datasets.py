@@ -24,6 +24,10 @@ bytes on every run (fixed seeds, sorted choices). Each task gets
 Validation rows are held out: none of their completions appears in the
 training set (checked here).
 
+dragon_chat.{train,valid}.jsonl hold the dragon rows as OpenAI chat
+fine-tuning lines ({"messages": [...]}, some with a system message): the
+user asks for the story's continuation, the assistant gives it.
+
 bad.jsonl holds one bad line of each kind (line numbers in its comments
 below) for the validation tests.
 
@@ -232,6 +236,19 @@ def distill_rows(prefixd):
     return rows
 
 
+# ---- chat ----
+
+def chat_rows(rows, rng):
+    out = []
+    for r in rows:
+        msgs = [{"role": "user", "content": "Continue the story: " + r["prompt"]},
+                {"role": "assistant", "content": r["completion"].lstrip()}]
+        if rng.random() < 0.5:
+            msgs.insert(0, {"role": "system", "content": "You finish children's stories."})
+        out.append({"messages": msgs})
+    return out
+
+
 # ---- bad lines ----
 
 BAD_LINES = [
@@ -276,6 +293,12 @@ def main():
         valid_rows = unique_rows(make, n_valid, rng, {r["completion"] for r in train_rows})
         write_jsonl(os.path.join(HERE, task + ".train.jsonl"), train_rows)
         write_jsonl(os.path.join(HERE, task + ".valid.jsonl"), valid_rows)
+        if task == "dragon":
+            chat_rng = random.Random(4)
+            write_jsonl(os.path.join(HERE, "dragon_chat.train.jsonl"),
+                        chat_rows(train_rows[:60], chat_rng))
+            write_jsonl(os.path.join(HERE, "dragon_chat.valid.jsonl"),
+                        chat_rows(valid_rows, chat_rng))
 
     if os.access(a.prefixd, os.X_OK):
         rows = distill_rows(a.prefixd)
