@@ -316,6 +316,8 @@ static const route_def routes[] = {
      BODY_NONE, 1},
     {"GET", "/v1/fine_tuning/jobs/{}/events", "/v1/fine_tuning/jobs/{id}/events",
      route_jobs_events, AUTH_ADMIN, BODY_NONE, 1},
+    {"GET", "/v1/fine_tuning/jobs/{}/checkpoints", "/v1/fine_tuning/jobs/{id}/checkpoints",
+     route_jobs_checkpoints, AUTH_ADMIN, BODY_NONE, 1},
     {"POST", "/v1/fine_tuning/jobs/{}/cancel", "/v1/fine_tuning/jobs/{id}/cancel",
      route_jobs_cancel, AUTH_ADMIN, BODY_NONE, 1},
     {"GET", "/health", "/health", route_health, AUTH_OPEN, BODY_NONE, 0},

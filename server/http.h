@@ -157,6 +157,7 @@ enum MHD_Result route_jobs_create(http_req *r);     /* POST /v1/fine_tuning/jobs
 enum MHD_Result route_jobs_list(http_req *r);       /* GET /v1/fine_tuning/jobs */
 enum MHD_Result route_jobs_get(http_req *r);        /* GET /v1/fine_tuning/jobs/{id} */
 enum MHD_Result route_jobs_events(http_req *r);     /* GET /v1/fine_tuning/jobs/{id}/events */
+enum MHD_Result route_jobs_checkpoints(http_req *r); /* GET .../jobs/{id}/checkpoints */
 enum MHD_Result route_jobs_cancel(http_req *r);     /* POST /v1/fine_tuning/jobs/{id}/cancel */
 enum MHD_Result route_health(http_req *r);          /* GET /health */
 enum MHD_Result route_metrics(http_req *r);         /* GET /metrics */
