@@ -2,8 +2,8 @@
  * OpenAI's completions and chat completions APIs on top of the scheduler
  * (one machinery, two flavours: a chat request renders its messages with the
  * model's chat template into one prompt, tokenized with special tokens
- * parsed, and answers in the chat shapes), and POST /apply-template (the
- * rendered prompt alone). `model` names a task (its prefix comes from the
+ * parsed, and answers in the chat shapes; POST /apply-template, in
+ * routes_template.c, shows the same rendering). `model` names a task (its prefix comes from the
  * registry) or the base model's id. The body's parameters and prompts are
  * read and checked by completion_request.c; this file resolves the model,
  * runs the request and answers it.
@@ -690,11 +690,11 @@ static void stream_free(void *cls)
 
 /* ---- the route ---------------------------------------------------------------------------- */
 
-/* Renders the chat request's messages (with tools) using the model's chat
- * template, or the ChatML built-in when the model has none, into *text (new,
- * free()). 0 or -1 with c->err. */
-static int render_chat(completion *c, json_t *body, int generation_prompt, char **text,
-                       int *builtin)
+/* Renders the chat request's messages (with tools) with the template
+ * srv_chat_template chooses (the request's chat_template, the configured
+ * one, the model's own, else ChatML) into *text (new, free()). *builtin: the
+ * template is ChatML. 0 or -1 with c->err. */
+static int render_chat(completion *c, json_t *body, char **text, int *builtin)
 {
     const pd_tokenizer *tok = c->s->model->tok;
     json_t *msgs = json_object_get(body, "messages");
@@ -732,7 +732,7 @@ static int render_chat(completion *c, json_t *body, int generation_prompt, char 
      * stop string when the vocabulary has no such token */
     *builtin = strcmp(tmpl, pd_chat_builtin(PD_CHAT_DEFAULT)) == 0;
     pd_chat_params cp = pd_chat_default_params();
-    cp.add_generation_prompt = generation_prompt;
+    cp.add_generation_prompt = 1;
     pd_chat_model_tokens(tok, &cp);
     cp.tools = tools && json_is_array(tools) ? tools : NULL;
     rc = pd_chat_render(tmpl, norm, &cp, text, &err);
@@ -752,7 +752,7 @@ static int chat_prompt(completion *c, json_t *body, const creq_limits *lim)
     const pd_tokenizer *tok = c->s->model->tok;
     char *text = NULL;
     int builtin;
-    if (render_chat(c, body, 1, &text, &builtin) < 0) return -1;
+    if (render_chat(c, body, &text, &builtin) < 0) return -1;
     const char *bos_text = pd_tokenizer_token_text(tok, pd_tokenizer_bos(tok));
     int bos = !(c->prefix && c->prefix->has_bos) &&
               !(bos_text && *bos_text && !strncmp(text, bos_text, strlen(bos_text)));

@@ -319,3 +319,36 @@ def test_idle_hog_does_not_block_other_clients(tmp_path):
         assert status == 200 and secs < 2.0
         for s in hog:
             s.close()
+
+
+# ---- the deadline on kept-alive connections -----------------------------------------------------
+
+def test_idle_keepalive_closed_silently_and_stalled_second_request_408(env):
+    port = env["srv"].port
+    req = f"GET /v1/models HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {ADMIN}\r\n\r\n".encode()
+    # an idle kept-alive connection is closed after the deadline without a stray answer
+    with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT_S + 4) as s:
+        s.sendall(req)
+        status, _, _ = read_response(s, time.time() + 5)
+        assert status == 200
+        t0 = time.time()
+        assert s.recv(1) == b""  # closed, nothing sent
+        assert TIMEOUT_S * 0.9 <= time.time() - t0 < TIMEOUT_S + 3
+    # a second request that stalls after its request line is answered 408
+    with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT_S + 4) as s:
+        s.sendall(req)
+        status, _, _ = read_response(s, time.time() + 5)
+        assert status == 200
+        s.sendall(b"GET /v1/models HTTP/1.1\r\nHost: x\r\n")
+        t0 = time.time()
+        status, _, body = read_response(s, time.time() + TIMEOUT_S + 4)
+        assert status == 408 and json.loads(body)["error"]["code"] == "request_timeout"
+        assert time.time() - t0 >= TIMEOUT_S * 0.9
+    # and a client that keeps its connection busy with requests is never cut
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        t0 = time.time()
+        while time.time() - t0 < TIMEOUT_S * 2.5:
+            s.sendall(req)
+            status, _, _ = read_response(s, time.time() + 5)
+            assert status == 200
+            time.sleep(TIMEOUT_S / 4)
