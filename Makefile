@@ -24,7 +24,8 @@ LDFLAGS = $(SAN)
 
 DEB_PKGS := build-essential pkg-config libopenblas-dev libmicrohttpd-dev \
             libjansson-dev libuv1-dev libsqlite3-dev libcmocka-dev \
-            libpcre2-dev python3 python3-pytest python3-numpy curl nginx-light
+            libpcre2-dev python3 python3-pytest python3-numpy curl nginx-light \
+            chromium
 
 LIB_SRC  := $(wildcard src/*.c)
 SRV_SRC  := $(wildcard server/*.c)
@@ -33,7 +34,7 @@ BENCH_SRC := $(wildcard tests/bench/*.c)
 MICRO_SRC := $(wildcard tests/bench/micro/*.c)
 
 LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/%.o)
-SRV_OBJ  := $(SRV_SRC:%.c=$(BUILD)/%.o)
+SRV_OBJ  := $(SRV_SRC:%.c=$(BUILD)/%.o) $(BUILD)/server/web_assets.o
 TEST_BIN := $(TEST_SRC:tests/unit/%.c=$(BUILD)/tests/%)
 BENCH_BIN := $(BUILD)/bench/prefixd-bench
 # micro-benchmarks: tests/bench/micro/NAME.c is build/bench/micro_NAME
@@ -109,6 +110,18 @@ $(BUILD)/bench/micro_%: $(BUILD)/tests/bench/micro/%.o $(BUILD)/libprefixd.a
 $(BUILD)/%.o: %.c
 	@mkdir -p $(@D)
 	$(CC) $(CFLAGS) -c -o $@ $<
+
+# The web console (GET /): server/web/'s files and uPlot's dist files (npm,
+# tests/e2e/package.json, installed by `make deps`) become byte arrays in a
+# generated C source. Without uPlot the page still works, without charts.
+UPLOT      := tests/e2e/node_modules/uplot/dist
+WEB_ASSETS := $(sort $(wildcard server/web/*.html server/web/*.js server/web/*.css)) \
+              $(UPLOT)/uPlot.iife.min.js $(UPLOT)/uPlot.min.css
+$(BUILD)/server/web_assets.c: server/web/embed.py $(wildcard $(WEB_ASSETS))
+	@mkdir -p $(@D)
+	$(PYTHON) server/web/embed.py $@ $(WEB_ASSETS)
+$(BUILD)/server/web_assets.o: $(BUILD)/server/web_assets.c server/web/assets.h
+	$(CC) $(CFLAGS) -Iserver -c -o $@ $<
 
 # The weight kernels of each instruction set (chosen at run time, qmatmul.c).
 # No contraction into FMA outside the intrinsics: every kernel dequantises to

@@ -324,6 +324,8 @@ static const route_def routes[] = {
     {"GET", "/metrics", "/metrics", route_metrics, AUTH_OPEN, BODY_NONE, 0},
     {"POST", "/tokenize", "/tokenize", route_tokenize, AUTH_KEY, BODY_JSON, 1},
     {"POST", "/detokenize", "/detokenize", route_detokenize, AUTH_KEY, BODY_JSON, 1},
+    {"GET", "/", "/", route_web_index, AUTH_OPEN, BODY_NONE, 0},
+    {"GET", "/web/{}", "/web/{name}", route_web_asset, AUTH_OPEN, BODY_NONE, 0},
 };
 #define N_ROUTES ((int)(sizeof routes / sizeof routes[0]))
 #define ROUTE_NONE (-1)

@@ -163,6 +163,8 @@ enum MHD_Result route_health(http_req *r);          /* GET /health */
 enum MHD_Result route_metrics(http_req *r);         /* GET /metrics */
 enum MHD_Result route_tokenize(http_req *r);        /* POST /tokenize */
 enum MHD_Result route_detokenize(http_req *r);      /* POST /detokenize */
+enum MHD_Result route_web_index(http_req *r);       /* GET / (the web console) */
+enum MHD_Result route_web_asset(http_req *r);       /* GET /web/{name} */
 
 /* The chat template source for a request (routes_template.c): override (a
  * built-in name or the template's source, from the request's
