@@ -117,7 +117,7 @@ function makeChart(el, series, { height = 160, xTime = true, xLabel } = {}) {
   const opts = {
     width: Math.max(300, el.clientWidth - 4), height,
     scales: { x: { time: xTime } },
-    axes: [{ label: xLabel }, {}],
+    axes: [xTime ? {} : { label: xLabel, incrs: [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000] }, {}],
     series: [{ label: xLabel ?? "time" }, ...series.map((s, i) => ({
       label: s.label ?? s, stroke: colors[i % colors.length], width: 2, spanGaps: true,
       points: { show: s.points ?? false, size: 5 },
@@ -186,8 +186,6 @@ async function refreshTasks() {
       tbody.appendChild(tr);
     }
     $("#tasks-table").dataset.loaded = String(list.data.length);
-    if (!$("#tasks-status").classList.contains("error"))
-      setStatus("#tasks-status", `${list.data.length} tasks`);
   } catch (e) {
     setStatus("#tasks-status", `listing failed: ${e.message}`, true);
   }
@@ -205,36 +203,26 @@ async function deleteTask(task) {
   refreshModels().catch(() => {});
 }
 
-$("#upload-form").addEventListener("submit", async (ev) => {
-  ev.preventDefault();
-  const f = ev.target;
-  const task = f.task.value.trim(), file = f.file.files[0];
-  setStatus("#tasks-status", `uploading ${task}…`);
-  try {
-    await api("PUT", `/v1/prefixes/${encodeURIComponent(task)}`,
-              { body: file, headers: { "Content-Type": "application/octet-stream" } });
-    setStatus("#tasks-status", `uploaded ${task}`);
-  } catch (e) {
-    setStatus("#tasks-status", `upload ${task} failed: ${e.message}`, true);
-  }
-  await refreshTasks();
-  refreshModels().catch(() => {});
-});
-
-$("#prompt-form").addEventListener("submit", async (ev) => {
-  ev.preventDefault();
-  const f = ev.target;
-  const task = f.task.value.trim();
-  setStatus("#tasks-status", `building ${task}…`);
-  try {
-    await api("PUT", `/v1/prefixes/${encodeURIComponent(task)}`, { json: { from_prompt: f.text.value } });
-    setStatus("#tasks-status", `built ${task}`);
-  } catch (e) {
-    setStatus("#tasks-status", `build ${task} failed: ${e.message}`, true);
-  }
-  await refreshTasks();
-  refreshModels().catch(() => {});
-});
+// PUT /v1/prefixes/{task} with the request made from the form, reporting
+// as "<verb> <task>" / "<past> <task>".
+function taskForm(id, verb, past, request) {
+  $(id).addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    const f = ev.target, task = f.task.value.trim();
+    setStatus("#tasks-status", `${verb} ${task}…`);
+    try {
+      await api("PUT", `/v1/prefixes/${encodeURIComponent(task)}`, request(f));
+      setStatus("#tasks-status", `${past} ${task}`);
+    } catch (e) {
+      setStatus("#tasks-status", `${verb} ${task} failed: ${e.message}`, true);
+    }
+    await refreshTasks();
+    refreshModels().catch(() => {});
+  });
+}
+taskForm("#upload-form", "uploading", "uploaded", (f) => ({
+  body: f.file.files[0], headers: { "Content-Type": "application/octet-stream" } }));
+taskForm("#prompt-form", "building", "built", (f) => ({ json: { from_prompt: f.text.value } }));
 
 // ---- playground ------------------------------------------------------------------------
 
@@ -435,9 +423,11 @@ async function pollLoss(id) {
     done = TERMINAL.has(job.status);
     $("#job-detail-status").textContent = job.status;
     const byStep = new Map();
+    let final = null;
     for (const e of events) {
       const d = e.type === "metrics" ? e.data : null;
-      if (!d || d.step == null) continue;
+      if (d?.final) final = d;  // the summary: the curve's points are the steps'
+      if (!d || d.step == null || d.final) continue;
       const row = byStep.get(d.step) ?? { train: null, valid: null };
       if (d.train_loss != null) row.train = d.train_loss;
       if (d.valid_loss != null) row.valid = d.valid_loss;
@@ -449,6 +439,10 @@ async function pollLoss(id) {
     el.dataset.trainPoints = String(train.filter((v) => v != null).length);
     el.dataset.validPoints = String(valid.filter((v) => v != null).length);
     el.dataset.status = job.status;
+    el.dataset.series = JSON.stringify([steps, train, valid]);
+    const f3 = (v) => (v == null ? "–" : v.toFixed(4));
+    $("#job-detail-status").textContent = job.status + (final ? ` · final training loss ${f3(final.train_loss)}` +
+      `, validation loss ${f3(final.valid_loss)} (base model ${f3(final.base_valid_loss)})` : "");
     lossChart?.setData([steps, train, valid]);
     const ol = $("#job-events");
     ol.replaceChildren(...events.slice(-50).reverse().map((e) => {
