@@ -117,7 +117,9 @@ $(BUILD)/%.o: %.c
 UPLOT      := tests/e2e/node_modules/uplot/dist
 WEB_ASSETS := $(sort $(wildcard server/web/*.html server/web/*.js server/web/*.css)) \
               $(UPLOT)/uPlot.iife.min.js $(UPLOT)/uPlot.min.css
-$(BUILD)/server/web_assets.c: server/web/embed.py $(wildcard $(WEB_ASSETS))
+# (npm gives files old mtimes: its install record stands for them)
+$(BUILD)/server/web_assets.c: server/web/embed.py $(wildcard $(WEB_ASSETS)) \
+                              $(wildcard tests/e2e/node_modules/.package-lock.json)
 	@mkdir -p $(@D)
 	$(PYTHON) server/web/embed.py $@ $(WEB_ASSETS)
 $(BUILD)/server/web_assets.o: $(BUILD)/server/web_assets.c server/web/assets.h

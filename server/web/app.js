@@ -77,14 +77,21 @@ function sumOf(samples, name, filter = () => true) {
   return found ? s : null;
 }
 
-// The q-quantile of a cumulative histogram summed over its labels but le,
-// linearly interpolated within the bucket (Prometheus' histogram_quantile).
-function quantile(samples, base, q) {
+// A cumulative histogram summed over its labels but le: Map le -> count.
+function buckets(samples, base) {
   const byLe = new Map();
   for (const x of samples) if (x.name === `${base}_bucket`) {
     const le = x.labels.le === "+Inf" ? Infinity : Number(x.labels.le);
     byLe.set(le, (byLe.get(le) ?? 0) + x.value);
   }
+  return byLe;
+}
+
+// The q-quantile of the observations between two snapshots of buckets()
+// (older may be null: since start), linearly interpolated within the
+// bucket as Prometheus' histogram_quantile does; null without observations.
+function quantile(newer, older, q) {
+  const byLe = new Map([...newer].map(([le, c]) => [le, c - (older?.get(le) ?? 0)]));
   const les = [...byLe.keys()].sort((a, b) => a - b);
   const total = byLe.get(Infinity) ?? 0;
   if (!total) return null;
@@ -260,6 +267,7 @@ async function runOne(model, params, out, meta, signal) {
   else body.prompt = params.prompt;
   out.textContent = "";
   out.dataset.done = "0";
+  out.dataset.events = "0";
   meta.textContent = "";
   const t0 = performance.now();
   let first = null, finish = null, usage = null;
@@ -276,7 +284,11 @@ async function runOne(model, params, out, meta, signal) {
     const c = ev.choices?.[0];
     if (!c) return;
     const piece = chat ? c.delta?.content : c.text;
-    if (piece) { first ??= performance.now(); out.textContent += piece; }
+    if (piece) {
+      first ??= performance.now();
+      out.textContent += piece;
+      out.dataset.events = String(Number(out.dataset.events) + 1);
+    }
     if (c.finish_reason) finish = c.finish_reason;
   });
   const ms = performance.now() - t0;
@@ -459,9 +471,10 @@ async function pollLoss(id) {
 
 // ---- load ----------------------------------------------------------------------------------
 
-const WINDOW = 180; // points kept (seconds)
-const load = { t: [], running: [], queued: [], tps: [], p50: [], p90: [], p99: [], kv: [], prefix: [],
-               prev: null, charts: null };
+const WINDOW = 180;     // points kept (seconds)
+const LAT_WINDOW = 30;  // latency percentiles over the requests of the last 30 s
+const load = { t: [], running: [], queued: [], tps: [], train_tps: [], p50: [], p90: [], p99: [], kv: [],
+               prefix: [], prev: null, hist: [], charts: null };
 
 function card(label, value) {
   const d = document.createElement("div");
@@ -482,18 +495,23 @@ async function pollLoad() {
   let tps = 0;
   if (load.prev && now > load.prev.t) tps = Math.max(0, (gen - load.prev.gen) / (now - load.prev.t));
   load.prev = { t: now, gen };
-  const lat = "prefixd_request_duration_seconds";
+  const lat = buckets(samples, "prefixd_request_duration_seconds");
+  load.hist.push({ t: now, lat });
+  while (load.hist.length > 1 && now - load.hist[1].t >= LAT_WINDOW) load.hist.shift();
+  const old = load.hist.length > 1 && now - load.hist[0].t >= LAT_WINDOW - 1.5 ? load.hist[0].lat : null;
   const blocks = sumOf(samples, "prefixd_kv_blocks_used"), blockBytes = sumOf(samples, "prefixd_kv_block_bytes");
   const kv = blocks != null && blockBytes != null ? blocks * blockBytes : null;
   const prefix = sumOf(samples, "prefixd_registry_resident_bytes");
   const row = { t: now, running: sumOf(samples, "prefixd_running_sequences") ?? 0,
                 queued: sumOf(samples, "prefixd_queue_depth") ?? 0, tps,
-                p50: quantile(samples, lat, 0.5), p90: quantile(samples, lat, 0.9), p99: quantile(samples, lat, 0.99),
+                train_tps: sumOf(samples, "prefixd_training_tokens_per_second") ?? 0,
+                p50: quantile(lat, old, 0.5), p90: quantile(lat, old, 0.9), p99: quantile(lat, old, 0.99),
                 kv: kv == null ? null : kv / 2 ** 20, prefix: prefix == null ? null : prefix / 2 ** 20 };
   for (const k of Object.keys(row)) { load[k].push(row[k]); if (load[k].length > WINDOW) load[k].shift(); }
   const fmt = (v, d = 0) => (v == null ? "–" : v.toFixed(d));
   $("#load-cards").replaceChildren(
-    card("running", row.running), card("queued", row.queued), card("tokens/s", fmt(tps, 1)),
+    card("running", row.running), card("queued", row.queued), card("generated tokens/s", fmt(tps, 1)),
+    card("training tokens/s", fmt(row.train_tps, 0)),
     card("p50 latency (s)", fmt(row.p50, 3)), card("p99 latency (s)", fmt(row.p99, 3)),
     card("KV cache", kv == null ? "–" : fmtBytes(kv)), card("prefixes resident", fmtBytes(prefix)),
     card("tasks", sumOf(samples, "prefixd_registry_tasks") ?? "–"),
@@ -501,14 +519,14 @@ async function pollLoad() {
   if (!load.charts && !$("#pane-load").hidden) {
     load.charts = {
       requests: makeChart($("#chart-requests"), ["running", "queued"]),
-      tokens: makeChart($("#chart-tokens"), ["tokens/s"]),
+      tokens: makeChart($("#chart-tokens"), ["generated", "training"]),
       latency: makeChart($("#chart-latency"), ["p50", "p90", "p99"]),
       memory: makeChart($("#chart-memory"), ["KV cache", "prefixes"]),
     };
   }
   if (load.charts) {
     load.charts.requests?.setData([load.t, load.running, load.queued]);
-    load.charts.tokens?.setData([load.t, load.tps]);
+    load.charts.tokens?.setData([load.t, load.tps, load.train_tps]);
     load.charts.latency?.setData([load.t, load.p50, load.p90, load.p99]);
     load.charts.memory?.setData([load.t, load.kv, load.prefix]);
   }
