@@ -24,10 +24,13 @@
 
 json_t *prefix_entry_json(const pd_registry_entry *e)
 {
-    return json_pack("{s:s,s:s,s:s,s:i,s:b,s:s,s:s,s:I,s:I,s:b}", "id", e->task, "object",
-                     "prefix", "task", e->task, "num_virtual_tokens", e->n_tokens, "has_bos",
-                     e->has_bos, "source", e->source, "created_at", e->created_at, "bytes",
+    return json_pack("{s:s,s:s,s:s,s:i,s:b,s:s,s:s,s:s,s:I,s:I,s:o,s:b}", "id", e->task,
+                     "object", "prefix", "task", e->task, "num_virtual_tokens", e->n_tokens,
+                     "has_bos", e->has_bos, "source", e->source, "base_fingerprint",
+                     e->base_fingerprint, "created_at", e->created_at, "bytes",
                      (json_int_t)e->file_bytes, "requests", (json_int_t)e->requests,
+                     "last_used_at",
+                     e->last_used ? json_integer((json_int_t)e->last_used) : json_null(),
                      "resident", e->resident);
 }
 

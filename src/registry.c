@@ -84,7 +84,9 @@ struct entry {
     file_id bad;
     pd_prefix *prefix;       /* resident version (one reference), or NULL */
     uint64_t requests;
+    int64_t last_used;       /* unix seconds of the last acquire; 0: never */
     int n_tokens, has_bos;
+    char base_fingerprint[17];
     char source[16];
     char created_at[40];
     char task[PD_TASK_NAME_MAX + 1];
@@ -386,6 +388,8 @@ static void fill_entry(const entry *e, pd_registry_entry *out)
     snprintf(out->created_at, sizeof out->created_at, "%s", e->created_at);
     out->file_bytes = e->id.size;
     out->requests = e->requests;
+    out->last_used = e->last_used;
+    snprintf(out->base_fingerprint, sizeof out->base_fingerprint, "%s", e->base_fingerprint);
     out->resident = e->prefix != NULL;
 }
 
@@ -435,6 +439,8 @@ static int install(pd_registry *r, const char *task, const file_id *id, pd_prefi
     snprintf(e->source, sizeof e->source, "%s", s ? s : "");
     s = pd_prefix_meta_get(p, "created_at");
     snprintf(e->created_at, sizeof e->created_at, "%s", s ? s : "");
+    s = pd_prefix_meta_get(p, "base_fingerprint");
+    snprintf(e->base_fingerprint, sizeof e->base_fingerprint, "%s", s ? s : "");
     e->prefix = p;
     r->resident_bytes += p->bytes;
     r->n_resident++;
@@ -442,6 +448,7 @@ static int install(pd_registry *r, const char *task, const file_id *id, pd_prefi
     if (retained) {
         *retained = pd_prefix_retain(p);
         e->requests++;
+        e->last_used = (int64_t)time(NULL);
     }
     enforce_budget(r, e);
     pthread_mutex_unlock(&r->lock);
@@ -767,6 +774,7 @@ int pd_registry_acquire(pd_registry *r, const char *task, pd_prefix **out, pd_er
         if (e->prefix) {
             *out = pd_prefix_retain(e->prefix);
             e->requests++;
+            e->last_used = (int64_t)time(NULL);
             if (e->in_lru && r->lru_head != e) {
                 lru_unlink(r, e);
                 lru_push_front(r, e);

@@ -79,6 +79,8 @@ typedef struct pd_registry_entry {
     char created_at[40];
     uint64_t file_bytes;
     uint64_t requests;       /* acquires served */
+    int64_t last_used;       /* unix seconds of the last acquire; 0: never */
+    char base_fingerprint[17]; /* the file's base_fingerprint (16 hex digits) */
     int resident;            /* loaded in memory now */
 } pd_registry_entry;
 

@@ -178,8 +178,9 @@ async function refreshTasks() {
       cell(tr, p.num_virtual_tokens, "num");
       cell(tr, p.has_bos ? "yes" : "no");
       cell(tr, fmtBytes(p.bytes), "num");
-      cell(tr, p.base ?? baseModel);
+      cell(tr, p.base_fingerprint, "mono").title = `base model ${baseModel}`;
       cell(tr, p.created_at);
+      cell(tr, p.last_used_at ? fmtTime(p.last_used_at) : "never");
       cell(tr, p.requests, "num");
       cell(tr, p.resident ? "yes" : "no");
       cell(tr, byTask("prefixd_requests_total"), "num");

@@ -95,3 +95,23 @@ def test_console_in_chromium(tmp_path, registry):
         assert p.returncode == 0, f"{p.stdout}\n{p.stderr}\n{s.logs()[-3000:]}"
     for shot in ("tasks", "playground", "jobs", "load", "auth"):
         assert os.path.getsize(os.path.join(out, f"web_{shot}.png")) > 1000
+
+
+def test_prefix_listing_fields(tmp_path, registry):
+    """The fields the console's task table shows beyond the file's own:
+    base_fingerprint (every task's, all the base model's) and last_used_at
+    (null until a request uses the task, then that request's time)."""
+    import time
+    with keyed(tmp_path, registry) as s:
+        before = s.request("GET", "/v1/prefixes").json()["data"]
+        fps = {p["base_fingerprint"] for p in before}
+        assert len(fps) == 1 and re.fullmatch(r"[0-9a-f]{16}", fps.pop())
+        assert all(p["last_used_at"] is None for p in before)
+        t0 = int(time.time())
+        s.complete(model="dragon", prompt="Once", max_tokens=2, temperature=0)
+        after = {p["task"]: p for p in s.request("GET", "/v1/prefixes").json()["data"]}
+        assert t0 <= after["dragon"]["last_used_at"] <= int(time.time())
+        assert after["dragon"]["requests"] == 1
+        assert all(p["last_used_at"] is None for t, p in after.items() if t != "dragon")
+        one = s.request("GET", "/v1/prefixes/dragon").json()
+        assert one["last_used_at"] == after["dragon"]["last_used_at"]

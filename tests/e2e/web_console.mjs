@@ -66,10 +66,14 @@ try {
   await page.waitForSelector("#tasks-table[data-loaded]", { timeout: 10000 });
   const rows = await page.$$eval("#tasks-table tbody tr", (trs) => trs.map((tr) => {
     const td = [...tr.children].map((c) => c.textContent);
-    return { task: tr.dataset.task, source: td[1], P: Number(td[2]), resident: td[8] === "yes" };
+    return { task: tr.dataset.task, source: td[1], P: Number(td[2]), base: td[5],
+             used: td[7], acquires: Number(td[8]), resident: td[9] === "yes" };
   }));
   const listed = (await api("GET", "/v1/prefixes")).data.map((p) => (
-    { task: p.task, source: p.source, P: p.num_virtual_tokens, resident: p.resident }));
+    { task: p.task, source: p.source, P: p.num_virtual_tokens, base: p.base_fingerprint,
+      used: p.last_used_at ? "set" : "never", acquires: p.requests, resident: p.resident }));
+  for (const r of rows) if (r.used !== "never") r.used = "set";
+  assert.ok(listed.every((p) => /^[0-9a-f]{16}$/.test(p.base)), "base fingerprints listed");
   assert.deepEqual(rows, listed);
   assert.ok(rows.length >= 2, "the test registry has tasks");
   console.log(`tasks: ${rows.map((r) => r.task).join(", ")} equal /v1/prefixes`);
