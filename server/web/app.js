@@ -195,6 +195,7 @@ async function refreshTasks() {
     }
     $("#tasks-table").dataset.loaded = String(list.data.length);
   } catch (e) {
+    $("#tasks-table tbody").replaceChildren();  // nothing stale under another key
     setStatus("#tasks-status", `listing failed: ${e.message}`, true);
   }
 }
@@ -361,6 +362,11 @@ async function refreshJobs() {
   try {
     list = await api("GET", "/v1/fine_tuning/jobs?limit=20");
   } catch (e) {
+    $("#jobs-table tbody").replaceChildren();  // nothing stale under another key
+    if (e.status === 401 || e.status === 403) {
+      selectedJob = null;
+      $("#job-detail").hidden = true;
+    }
     setStatus("#jobs-status", `listing failed: ${e.message}`, true);
     return;
   }
@@ -465,6 +471,11 @@ async function pollLoss(id) {
     }));
   } catch (e) {
     setStatus("#jobs-status", `events of ${id}: ${e.message}`, true);
+    if (e.status === 401 || e.status === 403) {  // not this key's to see: stop polling
+      selectedJob = null;
+      $("#job-detail").hidden = true;
+      return;
+    }
   }
   if (!done) lossTimer = setTimeout(() => pollLoss(id), 1000);
   else refreshJobs();

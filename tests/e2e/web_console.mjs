@@ -236,6 +236,8 @@ try {
   await useKey(userKey);
   await page.click("nav button[data-pane='jobs']");
   await page.waitForFunction(() => document.querySelector("#jobs-status").textContent.includes("403"));
+  assert.equal(await page.$$eval("#jobs-table tbody tr", (t) => t.length), 0, "no job shown to a user key");
+  assert.equal(await page.$eval("#job-detail", (e) => e.hidden), true);
   console.log("auth: build, delete and job listing fail without a key (401) and with the user key (403), work with the admin key");
   await shot("auth");
 } catch (e) {
