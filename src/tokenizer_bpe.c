@@ -28,6 +28,17 @@
  *
  * Invalid UTF-8 in the input never matches a regex (PCRE2_MATCH_INVALID_UTF),
  * so it ends up in the gaps and is still byte-mapped and merged.
+ *
+ * Where llama.cpp differs from the HF regex semantics used here: llama.cpp
+ * runs hand-written splitters for the GPT-2 and Llama 3 regexes and, for the
+ * others, std::regex over text whose non-ASCII code points are collapsed to
+ * one byte per category (its own Unicode tables: one category per code
+ * point, every non-ASCII space a \v); its Llama 3 / Qwen 2 contractions are
+ * spelled '[sS] etc., so unlike HF's (?i:'s) they do not match a case fold
+ * such as U+017F (ſ) or U+212A (K). On the test corpus of
+ * tests/e2e/test_tokenize_hf.py (260 strings) llama.cpp's llama-tokenize and
+ * prefixd agree for Llama 3, GPT-2 and DeepSeek LLM; differences need such
+ * rare characters. Neither applies a tokenizer.json normalizer (Qwen's NFC).
  */
 #include <stdio.h>
 #include <stdlib.h>
