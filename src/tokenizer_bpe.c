@@ -33,12 +33,13 @@
  * runs hand-written splitters for the GPT-2 and Llama 3 regexes and, for the
  * others, std::regex over text whose non-ASCII code points are collapsed to
  * one byte per category (its own Unicode tables: one category per code
- * point, every non-ASCII space a \v); its Llama 3 / Qwen 2 contractions are
- * spelled '[sS] etc., so unlike HF's (?i:'s) they do not match a case fold
- * such as U+017F (ſ) or U+212A (K). On the test corpus of
- * tests/e2e/test_tokenize_hf.py (260 strings) llama.cpp's llama-tokenize and
- * prefixd agree for Llama 3, GPT-2 and DeepSeek LLM; differences need such
- * rare characters. Neither applies a tokenizer.json normalizer (Qwen's NFC).
+ * point, every non-ASCII space a \v) and spells the Llama 3 / Qwen 2
+ * contractions '[sS]... instead of (?i:'s|...). So the two can differ only
+ * where those Unicode tables or category collapses disagree with PCRE2's. On
+ * the 260-string corpus of tests/e2e/test_tokenize_hf.py, llama.cpp's
+ * llama-tokenize and prefixd give the same ids for Llama 3, GPT-2 and
+ * DeepSeek LLM (and "it'ſ" / "x'K" the same as the HF reference). Neither
+ * applies a tokenizer.json normalizer (Qwen's NFC).
  */
 #include <stdio.h>
 #include <stdlib.h>
