@@ -2,8 +2,12 @@
  *
  *   prefix from-prompt --model M [--tokenizer T] --task NAME --text TEXT --out DIR [--f16]
  *   prefix import-peft ADAPTER_DIR --model M [--tokenizer T] --task NAME --out DIR [--f16]
+ *   prefix export-peft FILE --model M [--tokenizer T] --out DIR
  *   prefix inspect FILE [--model M [--tokenizer T]]
  *
+ * export-peft writes DIR/adapter_config.json and
+ * DIR/adapter_model.safetensors (each atomically): the prefix as an HF PEFT
+ * prefix-tuning adapter, which import-peft reads back to the same bits.
  * The first two write DIR/NAME.safetensors atomically (DIR is created when
  * missing). inspect prints the file's metadata, tensors and P, one
  * "key: value" per line; with a model it also validates the file against it
@@ -17,6 +21,7 @@
 
 #include "cli.h"
 #include "commands.h"
+#include "prefixd/fsutil.h"
 #include "prefixd/prefix.h"
 #include "prefixd/safetensors.h"
 
@@ -25,6 +30,7 @@ static const char usage[] =
     "                                  --out DIR [--f16]\n"
     "       prefixd prefix import-peft ADAPTER_DIR --model M [--tokenizer T] --task NAME\n"
     "                                  --out DIR [--f16]\n"
+    "       prefixd prefix export-peft FILE --model M [--tokenizer T] --out DIR\n"
     "       prefixd prefix inspect FILE [--model M [--tokenizer T]]\n";
 
 typedef struct prefix_args {
@@ -156,6 +162,54 @@ done:
     return status;
 }
 
+/* Writes DIR/name (atomically) or reports why not; 0 or -1. */
+static int write_in(const char *dir, const char *name, const void *data, size_t n)
+{
+    size_t cap = strlen(dir) + strlen(name) + 2;
+    char *path = malloc(cap);
+    if (!path) return cli_fail("out of memory");
+    snprintf(path, cap, "%s/%s", dir, name);
+    pd_err err;
+    int rc = pd_write_file_atomic(path, data, n, &err);
+    free(path);
+    return rc < 0 ? cli_fail("%s", err.msg) : 0;
+}
+
+static int export_peft(int argc, char **argv)
+{
+    prefix_args a = {0};
+    int rc = parse_args("export-peft", argc, argv, &a);
+    if (rc) return rc;
+    if (!a.path) return cli_fail("prefix export-peft: the prefix file is required") + 1;
+    if (!a.out) return cli_fail("prefix export-peft: --out DIR is required") + 1;
+    if (a.task || a.text || a.f16)
+        return cli_fail("prefix export-peft: only --model, --tokenizer and --out apply") + 1;
+    if (mkdir(a.out, 0755) < 0 && errno != EEXIST)
+        return cli_fail("%s: cannot create directory: %s", a.out, strerror(errno));
+    pd_model *m = cli_load_model(a.model, a.tokenizer);
+    if (!m) return 1;
+    pd_prefix *p = NULL;
+    char *config = NULL;
+    void *tensors = NULL;
+    size_t nc = 0, nt = 0;
+    pd_err err;
+    int status = 1;
+    if (pd_prefix_load(a.path, m, &p, &err) < 0 ||
+        pd_prefix_export_peft(p, m, &config, &nc, &tensors, &nt, &err) < 0) {
+        cli_fail("%s", err.msg);
+    } else if (write_in(a.out, "adapter_model.safetensors", tensors, nt) == 0 &&
+               write_in(a.out, "adapter_config.json", config, nc) == 0) {
+        printf("wrote %s/adapter_config.json and %s/adapter_model.safetensors: task %s, %d "
+               "virtual tokens\n", a.out, a.out, p->task, p->n_tokens);
+        status = 0;
+    }
+    free(config);
+    free(tensors);
+    pd_prefix_release(p);
+    pd_model_free(m);
+    return status;
+}
+
 static void print_shape(const pd_st_tensor *t)
 {
     putchar('[');
@@ -221,6 +275,7 @@ int cmd_prefix(int argc, char **argv)
     if (!strcmp(sub, "from-prompt")) return from_prompt(argc - 1, argv + 1);
     if (!strcmp(sub, "import-peft")) return import_peft(argc - 1, argv + 1);
     if (!strcmp(sub, "inspect")) return inspect(argc - 1, argv + 1);
+    if (!strcmp(sub, "export-peft")) return export_peft(argc - 1, argv + 1);
     if (!strcmp(sub, "help") || !strcmp(sub, "--help") || !strcmp(sub, "-h")) {
         fputs(usage, stdout);
         return 0;

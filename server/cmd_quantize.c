@@ -46,12 +46,14 @@ int cli_quantize_model(const pd_model *m, const char *out, const pd_quantize_par
 int cmd_quantize(int argc, char **argv)
 {
     const char *in = NULL, *out = NULL, *type = NULL, *tokenizer = NULL, *name = NULL;
+    const char *threads = NULL;
     int pure = 0;
     for (int i = 1; i < argc; i++) {
         int r;
         if ((r = cli_opt(argc, argv, &i, "--type", &type))) {
         } else if ((r = cli_opt(argc, argv, &i, "--tokenizer", &tokenizer))) {
         } else if ((r = cli_opt(argc, argv, &i, "--name", &name))) {
+        } else if ((r = cli_opt(argc, argv, &i, "--threads", &threads))) {
         } else if (!strcmp(argv[i], "--pure")) {
             pure = 1;
         } else if (argv[i][0] == '-' && argv[i][1]) {
@@ -67,11 +69,14 @@ int cmd_quantize(int argc, char **argv)
     }
     if (!in || !out || !type)
         return cli_fail("quantize: usage: prefixd quantize IN OUT.gguf --type TYPE [--pure] "
-                        "[--tokenizer TOK] [--name NAME]") + 1;
+                        "[--tokenizer TOK] [--name NAME] [--threads N]") + 1;
     pd_quantize_params qp = pd_quantize_default_params();
     qp.ftype = pd_ftype_from_name(type);
     qp.pure = pure;
     qp.name = name;
+    long n_threads = 0;
+    if (threads && cli_int("--threads", threads, 1, 1024, &n_threads) < 0) return 2;
+    qp.n_threads = (int)n_threads;
     if (qp.ftype < 0)
         return cli_fail("quantize: --type '%s' is not one of %s", type, type_list) + 1;
 

@@ -26,11 +26,16 @@
 static const char usage[] =
     "usage: prefixd train --model M [--tokenizer T] --data FILE [--valid FILE] --task NAME\n"
     "                     --out DIR [--virtual-tokens P] [--epochs N] [--batch-size B]\n"
-    "                     [--lr X] [--weight-decay X] [--warmup FRACTION] [--cosine]\n"
-    "                     [--max-grad-norm X] [--valid-fraction F] [--projection --hidden H]\n"
-    "                     [--init-text TEXT] [--seed S] [--threads N] [--eval-every N]\n"
-    "                     [--checkpoint FILE [--checkpoint-every N]] [--skip-bad-lines]\n"
-    "                     [--f16]\n";
+    "                     [--lr X] [--weight-decay X] [--warmup FRACTION]\n"
+    "                     [--schedule linear|cosine|constant] [--max-grad-norm X]\n"
+    "                     [--valid-fraction F] [--projection --hidden H] [--init-text TEXT]\n"
+    "                     [--init-from PREFIX.safetensors] [--seed S] [--threads N]\n"
+    "                     [--eval-every N] [--patience N] [--checkpoint FILE\n"
+    "                     [--checkpoint-every N]] [--skip-bad-lines] [--f16]\n"
+    "defaults: 20 virtual tokens, epochs auto (enough for 250 steps, at most 25),\n"
+    "batch 4, lr 0.1 (1e-2 with --projection), warm-up 0.1, linear decay, no early\n"
+    "stopping (--patience N: stop after N validations without a lower loss and\n"
+    "keep the best)\n";
 
 static atomic_int cancel_flag;
 
@@ -112,10 +117,12 @@ static void on_progress(const pd_train_progress *p, void *user_data)
 int cmd_train(int argc, char **argv)
 {
     const char *model = NULL, *tokenizer = NULL, *out = NULL, *v;
-    long P = 10, epochs = 3, batch = 4, hidden = 128, threads = 0, eval_every = 10,
-         ckpt_every = 20;
-    int f16 = 0;
     pd_train_params tp = pd_train_default_params();
+    const char *init_from = NULL;
+    long P = tp.num_virtual_tokens, epochs = tp.n_epochs, batch = tp.batch_size,
+         hidden = tp.encoder_hidden_size, threads = 0, eval_every = tp.eval_every,
+         ckpt_every = tp.checkpoint_every, patience = 0;
+    int f16 = 0;
     for (int i = 1; i < argc; i++) {
         int r;
         if ((r = cli_opt(argc, argv, &i, "--model", &model))) {
@@ -128,8 +135,17 @@ int cmd_train(int argc, char **argv)
         } else if ((r = cli_opt(argc, argv, &i, "--checkpoint", &tp.checkpoint_path))) {
         } else if ((r = cli_opt(argc, argv, &i, "--virtual-tokens", &v))) {
             if (r > 0 && cli_int("--virtual-tokens", v, 1, 1 << 20, &P) < 0) return 2;
+        } else if ((r = cli_opt(argc, argv, &i, "--init-from", &init_from))) {
         } else if ((r = cli_opt(argc, argv, &i, "--epochs", &v))) {
-            if (r > 0 && cli_int("--epochs", v, 1, 100000, &epochs) < 0) return 2;
+            if (r > 0 && strcmp(v, "auto") == 0) epochs = 0;
+            else if (r > 0 && cli_int("--epochs", v, 1, 100000, &epochs) < 0) return 2;
+        } else if ((r = cli_opt(argc, argv, &i, "--patience", &v))) {
+            if (r > 0 && cli_int("--patience", v, 0, 1 << 20, &patience) < 0) return 2;
+        } else if ((r = cli_opt(argc, argv, &i, "--schedule", &v))) {
+            if (r > 0 && (tp.schedule = pd_lr_kind_parse(v)) < 0) {
+                cli_fail("--schedule: '%s' is not linear, cosine or constant", v);
+                return 2;
+            }
         } else if ((r = cli_opt(argc, argv, &i, "--batch-size", &v))) {
             if (r > 0 && cli_int("--batch-size", v, 1, 4096, &batch) < 0) return 2;
         } else if ((r = cli_opt(argc, argv, &i, "--hidden", &v))) {
@@ -156,7 +172,7 @@ int cmd_train(int argc, char **argv)
         } else if (!strcmp(argv[i], "--projection")) {
             tp.prefix_projection = 1;
         } else if (!strcmp(argv[i], "--cosine")) {
-            tp.cosine = 1;
+            tp.schedule = PD_LR_COSINE; /* the older spelling of --schedule cosine */
         } else if (!strcmp(argv[i], "--skip-bad-lines")) {
             tp.skip_bad_lines = 1;
         } else if (!strcmp(argv[i], "--f16")) {
@@ -184,6 +200,7 @@ int cmd_train(int argc, char **argv)
     tp.n_threads = (int)threads;
     tp.eval_every = (int)eval_every;
     tp.checkpoint_every = (int)ckpt_every;
+    tp.early_stopping_patience = (int)patience;
     if (mkdir(out, 0755) < 0 && errno != EEXIST)
         return cli_fail("%s: cannot create directory: %s", out, strerror(errno));
     size_t n = strlen(out) + strlen(tp.task) + 16;
@@ -205,10 +222,12 @@ int cmd_train(int argc, char **argv)
     sigaction(SIGINT, &sa, &old);
 
     pd_train_hooks hooks = {.on_progress = on_progress, .cancel = &cancel_flag};
-    pd_prefix *pf = NULL;
+    pd_prefix *pf = NULL, *init = NULL;
     pd_err err;
     int status = 1;
-    int rc = pd_train_run(m, &tp, &hooks, &pf, &err);
+    int rc = init_from ? pd_prefix_load(init_from, m, &init, &err) : PD_OK;
+    tp.init_prefix = init;
+    if (rc == PD_OK) rc = pd_train_run(m, &tp, &hooks, &pf, &err);
     if (disp.bar_shown) {
         fputc('\n', stderr);
         disp.bar_shown = 0;
@@ -233,6 +252,7 @@ int cmd_train(int argc, char **argv)
     sigaction(SIGINT, &old, NULL);
     pd_log_set_callback(pd_log_stderr, NULL);
     pd_prefix_release(pf);
+    pd_prefix_release(init);
     pd_model_free(m);
     free(path);
     return status;

@@ -164,7 +164,7 @@ int creq_parse_params(creq *q, json_t *body, const creq_limits *lim, creq_error 
         return creq_reject(e, 400, "model", "invalid_value", "'model' is too long.");
     snprintf(q->model_name, sizeof q->model_name, "%s", json_string_value(m));
 
-    if (get_int(e, body, "max_tokens", 1, CREQ_MAX_TOKENS, 16, &v) < 0) return -1;
+    if (get_int(e, body, "max_tokens", 0, CREQ_MAX_TOKENS, 16, &v) < 0) return -1;
     q->max_tokens = (int)v;
     if (get_int(e, body, "n", 1, lim->max_choices, 1, &v) < 0) return -1;
     q->n_per_prompt = (int)v;
@@ -201,11 +201,116 @@ int creq_parse_params(creq *q, json_t *body, const creq_limits *lim, creq_error 
                                "'stream_options.include_usage' must be a boolean.");
         q->include_usage = iu && json_is_true(iu);
     }
-    if (q->echo && q->logprobs >= 0)
-        return creq_reject(e, 400, "echo", "unsupported_parameter",
-                           "'echo' together with 'logprobs' (prompt logprobs) is not supported.");
+    if (q->max_tokens == 0 && !q->echo)
+        return creq_reject(e, 400, "max_tokens", "invalid_value",
+                           "'max_tokens' may be 0 only with 'echo': true (prompt scoring); "
+                           "otherwise it must be at least 1.");
     if (parse_stop(q, body, e) < 0) return -1;
     return check_unsupported(q, body, e);
+}
+
+/* Copies text into p->text (allocated len + 1 bytes) and counts its code
+ * points. */
+static void keep_text(creq_prompt *p, const char *text, size_t len)
+{
+    memcpy(p->text, text, len);
+    p->text[len] = 0;
+    p->text_len = len;
+    p->text_chars = utf8_chars(text, len);
+}
+
+int creq_parse_chat_params(creq *q, json_t *body, const creq_limits *lim, creq_error *e)
+{
+    static const char *const not_chat[] = {"prompt", "echo", "suffix", "best_of"};
+    for (size_t i = 0; i < sizeof not_chat / sizeof *not_chat; i++)
+        if (json_object_get(body, not_chat[i]))
+            return creq_reject(e, 400, not_chat[i], "unsupported_parameter",
+                               "'%s' is a parameter of /v1/completions, not of "
+                               "/v1/chat/completions.",
+                               not_chat[i]);
+    json_t *rf = json_object_get(body, "response_format");
+    if (rf && !json_is_null(rf)) {
+        json_t *t = json_is_object(rf) ? json_object_get(rf, "type") : NULL;
+        if (!json_is_string(t))
+            return creq_reject(e, 400, "response_format", "invalid_type",
+                               "'response_format' must be an object with a string 'type'.");
+        if (strcmp(json_string_value(t), "text") != 0)
+            return creq_reject(e, 400, "response_format", "unsupported_parameter",
+                               "response_format type '%s' is not supported by prefixd: only "
+                               "{\"type\": \"text\"} (no constrained JSON output).",
+                               json_string_value(t));
+    }
+    json_t *lp = json_object_get(body, "logprobs");
+    if (lp && !json_is_null(lp) && !json_is_boolean(lp))
+        return creq_reject(e, 400, "logprobs", "invalid_type",
+                           "'logprobs' must be a boolean in chat completions.");
+    long top = 0;
+    if (get_int(e, body, "top_logprobs", 0, 20, 0, &top) < 0) return -1;
+    json_t *tl = json_object_get(body, "top_logprobs");
+    if (tl && !json_is_null(tl) && !json_is_true(lp))
+        return creq_reject(e, 400, "top_logprobs", "invalid_value",
+                           "'top_logprobs' needs 'logprobs': true.");
+    if (top > PD_TOP_LOGPROBS_MAX)
+        return creq_reject(e, 400, "top_logprobs", "invalid_value",
+                           "'top_logprobs' may be at most %d in prefixd (got %ld).",
+                           PD_TOP_LOGPROBS_MAX, top);
+    /* the rest is the completions API's: read it from a translated copy */
+    json_t *copy = json_copy(body);
+    if (!copy) return creq_reject(e, 503, NULL, "out_of_memory", "The server is out of memory.");
+    json_t *mct = json_object_get(body, "max_completion_tokens");
+    if (mct && !json_is_null(mct)) json_object_set(copy, "max_tokens", mct);
+    json_object_del(copy, "max_completion_tokens");
+    json_object_del(copy, "top_logprobs");
+    json_object_del(copy, "response_format");
+    json_object_del(copy, "messages");
+    if (json_is_true(lp))
+        json_object_set_new(copy, "logprobs", json_integer(top));
+    else
+        json_object_del(copy, "logprobs");
+    int rc = creq_parse_params(q, copy, lim, e);
+    json_decref(copy);
+    if (rc < 0 && mct && !json_is_null(mct) && e->param && !strcmp(e->param, "max_tokens"))
+        e->param = "max_completion_tokens"; /* name what the client sent */
+    return rc;
+}
+
+int creq_chat_prompt(creq *q, const char *text, size_t len, const pd_tokenizer *tok, int bos,
+                     const creq_limits *lim, creq_error *e)
+{
+    if (!(q->prompts = calloc(1, sizeof *q->prompts)))
+        return creq_reject(e, 503, NULL, "out_of_memory", "The server is out of memory.");
+    q->n_prompts = 1;
+    creq_prompt *p = &q->prompts[0];
+    unsigned flags = PD_TOK_PARSE_SPECIAL | (bos ? PD_TOK_ADD_SPECIAL : 0u);
+    int cap = (int)(len < (size_t)lim->context ? len : (size_t)lim->context) + 3;
+    if (!(p->tokens = malloc((size_t)cap * sizeof *p->tokens)) || !(p->text = malloc(len + 1)))
+        return creq_reject(e, 503, NULL, "out_of_memory", "The server is out of memory.");
+    int n = pd_tokenizer_encode_flags(tok, text, len, flags, p->tokens, cap);
+    if (n < 0)
+        return creq_reject(e, 400, "messages", "invalid_value",
+                           "The rendered conversation cannot be tokenized.");
+    if (n > cap || n >= lim->context)
+        return creq_reject(e, 400, "messages", "context_length_exceeded",
+                           "The rendered conversation has more tokens than the context "
+                           "holds (%d).",
+                           lim->context);
+    if (n == 0)
+        return creq_reject(e, 400, "messages", "invalid_value",
+                           "The rendered conversation is empty.");
+    p->n = n;
+    keep_text(p, text, len);
+    return 0;
+}
+
+void creq_add_stop(creq *q, const char *stop)
+{
+    size_t len = strlen(stop);
+    if (len == 0 || len > CREQ_STOP_MAX_BYTES || q->n_stop > CREQ_MAX_STOP) return;
+    for (int i = 0; i < q->n_stop; i++)
+        if (q->stop_len[i] == len && !memcmp(q->stop[i], stop, len)) return;
+    memcpy(q->stop[q->n_stop], stop, len + 1);
+    q->stop_len[q->n_stop++] = len;
+    if (len > q->max_stop) q->max_stop = len;
 }
 
 /* ---- prompts ------------------------------------------------------------------------------ */
@@ -229,10 +334,7 @@ static int add_text_prompt(creq *q, creq_prompt *p, const char *text, size_t len
                            "at least one token of its own.",
                            q->model_name);
     p->n = n;
-    memcpy(p->text, text, len);
-    p->text[len] = 0;
-    p->text_len = len;
-    p->text_chars = utf8_chars(text, len);
+    keep_text(p, text, len);
     return 0;
 }
 

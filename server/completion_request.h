@@ -1,8 +1,11 @@
-/* completion_request.h — the body of POST /v1/completions read into a creq:
- * every parameter of OpenAI's completions API type- and range-checked
- * against the server's limits, every prompt tokenized. No server state, no
- * I/O, no locks: the route (routes_completions.c) and the fuzz target
- * (tests/fuzz/fuzz_completion.c) run the same code.
+/* completion_request.h — the body of POST /v1/completions (or of POST
+ * /v1/chat/completions) read into a creq: every parameter of OpenAI's
+ * completions API type- and range-checked against the server's limits, every
+ * prompt tokenized. No server state, no I/O, no locks: the route
+ * (routes_completions.c) and the fuzz target (tests/fuzz/fuzz_completion.c)
+ * run the same code. A chat request uses creq_parse_chat_params and, for its
+ * one prompt (the rendered conversation), creq_chat_prompt in place of
+ * creq_parse_prompts.
  *
  * The route runs three steps in this order and resolves the model between
  * the first two, since a prompt's tokens depend on whether the task's prefix
@@ -69,14 +72,16 @@ typedef struct creq_prompt {
 /* A parsed request. Owns prompts; everything else is plain data. */
 typedef struct creq {
     char model_name[PD_TASK_NAME_MAX + 136]; /* as requested */
-    int max_tokens;          /* 1..CREQ_MAX_TOKENS, default 16 */
+    int max_tokens;          /* 0..CREQ_MAX_TOKENS, default 16; 0 only with echo */
     int n_per_prompt;        /* `n`: choices per prompt, default 1 */
     pd_sampler_params sampling; /* temperature, top_p, top_k, seed (when given) */
     int seed_given;
     int logprobs;            /* -1: none; 0..PD_TOP_LOGPROBS_MAX */
-    int echo, stream, include_usage;
-    char stop[CREQ_MAX_STOP][CREQ_STOP_MAX_BYTES + 1]; /* NUL-terminated copies */
-    size_t stop_len[CREQ_MAX_STOP];
+    int echo, stream, include_usage; /* echo with logprobs: the prompt is scored too */
+    /* NUL-terminated copies; one more than a client may give, for the
+     * end-of-turn text of a chat template whose end of turn is no token */
+    char stop[CREQ_MAX_STOP + 1][CREQ_STOP_MAX_BYTES + 1];
+    size_t stop_len[CREQ_MAX_STOP + 1];
     int n_stop;
     size_t max_stop;         /* longest stop sequence, 0 when none */
     creq_prompt *prompts;    /* (n_prompts) owned; set by creq_parse_prompts */
@@ -88,6 +93,23 @@ typedef struct creq {
  * OpenAI: max_tokens 16, n 1, temperature 1, top_p 1. Returns 0 or -1 with
  * e filled. */
 int creq_parse_params(creq *q, json_t *body, const creq_limits *lim, creq_error *e);
+
+/* The chat flavour of creq_parse_params (POST /v1/chat/completions): reads
+ * max_completion_tokens (or max_tokens), logprobs (a boolean) with
+ * top_logprobs, response_format (only {"type": "text"}) and the parameters
+ * both APIs share; refuses the completions-only ones (prompt, echo, suffix,
+ * best_of). `messages` is left to the caller. Returns 0 or -1 with e. */
+int creq_parse_chat_params(creq *q, json_t *body, const creq_limits *lim, creq_error *e);
+
+/* Sets q's one prompt to text (a rendered conversation, borrowed), tokenized
+ * with special-token text parsed (a chat template's markers become their
+ * control tokens) and BOS first when bos. Returns 0 or -1 with e. */
+int creq_chat_prompt(creq *q, const char *text, size_t len, const pd_tokenizer *tok, int bos,
+                     const creq_limits *lim, creq_error *e);
+
+/* Adds a stop string (NUL-terminated, at most CREQ_STOP_MAX_BYTES) unless q
+ * has it already; one beyond the client's CREQ_MAX_STOP fits. */
+void creq_add_stop(creq *q, const char *stop);
 
 /* Reads and tokenizes `prompt` (a string, an array of strings, an array of
  * token ids, or an array of arrays of token ids) with tok (borrowed). Text

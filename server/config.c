@@ -14,6 +14,8 @@
 #include <string.h>
 
 #include "cli.h"
+#include "prefixd/chat.h"
+#include "prefixd/jinja.h"
 #include "prefixd/log.h"
 
 enum { K_STR, K_INT, K_KEYS };
@@ -37,6 +39,7 @@ static const key_def keys[] = {
     {"registry", K_STR, OFF(registry), 0, 0, "registry", 0},
     {"data", K_STR, OFF(data), 0, 0, "data", 0},
     {"log_level", K_STR, OFF(log_level), 0, 0, "info", 0},
+    {"chat_template", K_STR, OFF(chat_template), 0, 0, NULL, 0},
     {"threads", K_INT, OFF(threads), 0, 256, NULL, 0},
     {"max_seqs", K_INT, OFF(max_seqs), 1, 4096, NULL, 64},
     {"max_step_tokens", K_INT, OFF(max_step_tokens), 1, 65536, NULL, 256},
@@ -50,6 +53,10 @@ static const key_def keys[] = {
     {"shutdown_grace_ms", K_INT, OFF(shutdown_grace_ms), 0, 3600000, NULL, 10000},
     {"max_connections", K_INT, OFF(max_connections), 1, 65536, NULL, 512},
     {"connection_timeout_s", K_INT, OFF(connection_timeout_s), 0, 86400, NULL, 60},
+    {"max_connections_per_client", K_INT, OFF(max_connections_per_client), 1, 65536, NULL, 32},
+    {"request_timeout_s", K_INT, OFF(request_timeout_s), 0, 86400, NULL, 30},
+    {"max_url_bytes", K_INT, OFF(max_url_bytes), 256, 1L << 20, NULL, 8192},
+    {"max_header_bytes", K_INT, OFF(max_header_bytes), 1024, 1L << 20, NULL, 16384},
     {"max_file_bytes", K_INT, OFF(max_file_bytes), 1024, 1L << 34, NULL, 64 * MIB},
     {"max_jobs", K_INT, OFF(max_jobs), 1, 1000000, NULL, 100},
     {"train_threads", K_INT, OFF(train_threads), 0, 256, NULL, 1},
@@ -69,9 +76,11 @@ const char config_usage[] =
     "            [--api-key [admin:]KEY]... [--max-body-bytes N] [--max-prefix-bytes N]\n"
     "            [--registry-budget-mb N] [--registry-rescan-ms N] [--shutdown-grace-ms N]\n"
     "            [--max-connections N] [--connection-timeout-s N] [--log-level LEVEL]\n"
+    "            [--max-connections-per-client N] [--request-timeout-s N]\n"
+    "            [--max-url-bytes N] [--max-header-bytes N]\n"
     "            [--max-file-bytes N] [--max-jobs N] [--train-threads N] [--train-nice N]\n"
     "            [--checkpoint-every N] [--train-eval-every N] [--train-metrics-every N]\n"
-    "            [--train-max-pause-ms N]\n"
+    "            [--train-max-pause-ms N] [--chat-template NAME|FILE]\n"
     "            the OpenAI-compatible HTTP server (config/README.md lists every key)\n";
 
 static int fail(char *err, size_t cap, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
@@ -334,8 +343,22 @@ int config_check(const srv_config *c, char *err, size_t cap)
         return fail(err, cap, "no model: set \"model\" in the config file or pass --model PATH");
     if (!c->registry || !*c->registry)
         return fail(err, cap, "no registry: set \"registry\" or pass --registry DIR");
+    if (c->max_url_bytes > c->max_header_bytes)
+        return fail(err, cap, "max_url_bytes (%ld) must not exceed max_header_bytes (%ld)",
+                    c->max_url_bytes, c->max_header_bytes);
     if (!c->log_level || pd_log_level_parse(c->log_level) < 0)
         return fail(err, cap, "log_level: '%s' is not one of debug, info, warn, error, off",
                     c->log_level ? c->log_level : "");
+    if (c->chat_template) { /* refuse a template that cannot be read or parsed now */
+        char *src;
+        pd_err e;
+        pd_jinja_template *t = NULL;
+        if (pd_chat_template_load(c->chat_template, &src, &e) < 0)
+            return fail(err, cap, "chat_template: %s", e.msg);
+        int rc = pd_jinja_parse(src, strlen(src), &t, &e);
+        free(src);
+        pd_jinja_free(t);
+        if (rc < 0) return fail(err, cap, "chat_template %s: %s", c->chat_template, e.msg);
+    }
     return 0;
 }

@@ -20,6 +20,7 @@ typedef struct srv_config {
     char *registry;           /* registry directory */
     char *data;               /* data directory (job store, uploaded files) */
     char *log_level;          /* debug | info | warn | error | off */
+    char *chat_template;      /* built-in name or template file; NULL: the model's */
     long threads;             /* engine threads, 0: online CPUs */
     long max_seqs;            /* running sequences at most */
     long max_step_tokens;     /* tokens per engine step at most */
@@ -33,6 +34,10 @@ typedef struct srv_config {
     long shutdown_grace_ms;   /* time running requests get at shutdown */
     long max_connections;     /* concurrent HTTP connections */
     long connection_timeout_s;/* idle connection timeout */
+    long max_connections_per_client; /* concurrent connections from one IP address */
+    long request_timeout_s;   /* deadline for a request's headers and body, 0: none */
+    long max_url_bytes;       /* request path and query at most (414 beyond) */
+    long max_header_bytes;    /* request line and headers at most (431 beyond) */
     long max_file_bytes;      /* POST /v1/files bodies */
     long max_jobs;            /* unfinished fine-tuning jobs at most */
     long train_threads;       /* threads of a training job, 0: online CPUs */

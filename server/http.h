@@ -2,6 +2,9 @@
  * handlers, the libmicrohttpd daemon (routing, auth, body limits), response
  * helpers (JSON, OpenAI error shape) and the route handlers (routes_*.c).
  *
+ * Hostile input (control bytes, sizes, stalled clients, too many connections
+ * from one address) is refused in http.c before any handler runs.
+ *
  * DESIGN. libmicrohttpd runs one thread per connection
  * (MHD_USE_THREAD_PER_CONNECTION): a handler may block on pd_request_wait()
  * while the engine thread generates, and a streamed response's content
@@ -39,6 +42,8 @@
 
 /* ---- server state ------------------------------------------------------ */
 
+typedef struct http_watch http_watch; /* connection deadlines (http.c) */
+
 typedef struct srv {
     const srv_config *cfg;        /* borrowed from cmd_serve */
     atomic_int ready;             /* 1: model, registry and sched are up */
@@ -55,6 +60,7 @@ typedef struct srv {
     atomic_int active;            /* HTTP requests between arrival and completion */
     time_t started;               /* wall clock at start (model "created") */
     struct MHD_Daemon *daemon;
+    http_watch *watch;            /* owned by http.c: request deadlines */
     uint16_t port;                /* the bound port */
 } srv;
 
@@ -76,11 +82,15 @@ void http_stop(srv *s);
 /* Per-request state, created at the first call of the access handler and
  * freed when MHD reports the request completed. Owned by the connection's
  * thread. */
+typedef struct http_conn http_conn; /* one TCP connection (http.c) */
+
 typedef struct http_req {
     srv *s;
     struct MHD_Connection *conn;
+    http_conn *hc;       /* the connection's state (borrowed; NULL if unknown) */
     const char *method;  /* "GET", "POST", … (MHD's string) */
     const char *url;     /* decoded path (MHD's string) */
+    const char *version; /* "HTTP/1.1" (MHD's string, in its read buffer) */
     char param[PD_TASK_NAME_MAX + 80]; /* the {task}/{id} path segment, or "" */
     int route;           /* index in the routing table */
     int admin;           /* the caller presented an admin key */
@@ -130,6 +140,8 @@ long long http_unix_now(void);
 /* ---- routes (routes_*.c) ----------------------------------------------- */
 
 enum MHD_Result route_completions(http_req *r);     /* POST /v1/completions */
+enum MHD_Result route_chat_completions(http_req *r); /* POST /v1/chat/completions */
+enum MHD_Result route_apply_template(http_req *r);  /* POST /apply-template */
 enum MHD_Result route_models_list(http_req *r);     /* GET /v1/models */
 enum MHD_Result route_models_get(http_req *r);      /* GET /v1/models/{id} */
 enum MHD_Result route_prefixes_list(http_req *r);   /* GET /v1/prefixes */
@@ -145,11 +157,26 @@ enum MHD_Result route_jobs_create(http_req *r);     /* POST /v1/fine_tuning/jobs
 enum MHD_Result route_jobs_list(http_req *r);       /* GET /v1/fine_tuning/jobs */
 enum MHD_Result route_jobs_get(http_req *r);        /* GET /v1/fine_tuning/jobs/{id} */
 enum MHD_Result route_jobs_events(http_req *r);     /* GET /v1/fine_tuning/jobs/{id}/events */
+enum MHD_Result route_jobs_checkpoints(http_req *r); /* GET .../jobs/{id}/checkpoints */
 enum MHD_Result route_jobs_cancel(http_req *r);     /* POST /v1/fine_tuning/jobs/{id}/cancel */
 enum MHD_Result route_health(http_req *r);          /* GET /health */
 enum MHD_Result route_metrics(http_req *r);         /* GET /metrics */
 enum MHD_Result route_tokenize(http_req *r);        /* POST /tokenize */
 enum MHD_Result route_detokenize(http_req *r);      /* POST /detokenize */
+
+/* The chat template source for a request (routes_template.c): override (a
+ * built-in name or the template's source, from the request's
+ * "chat_template"; NULL: none), else the configured chat_template (a
+ * built-in name or a file), else the model's own, else the default
+ * (ChatML). *src is new (free()). PD_OK, or PD_ENOTFOUND/PD_EIO/PD_ENOMEM. */
+int srv_chat_template(const srv *s, const char *override, char **src, pd_err *err);
+
+/* Renders body's "messages" (and "tools", "chat_template") with the
+ * model's BOS/EOS text into *prompt (new, free()). On failure *param names
+ * the request field at fault and err says what; PD_EINVAL for bad input or
+ * a template error, PD_ENOMEM. */
+int srv_chat_render(const srv *s, const json_t *body, int add_generation_prompt, char **prompt,
+                    const char **param, pd_err *err);
 
 /* Answers a job-store failure (routes_files.c): PD_EINVAL 400 (with the
  * parameter named at the start of the message as "param"), PD_ENOTFOUND

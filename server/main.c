@@ -17,7 +17,7 @@ static const char usage[] =
     "  inspect   PATH [--tokenizer PATH]   hyper-parameters, tensors, fingerprint\n"
     "  convert   --model IN [--tokenizer TOK] --out OUT.gguf [--dtype TYPE]\n"
     "            write a model as GGUF v3 (TYPE: f32, f16, bf16 or a quantize type)\n"
-    "  quantize  IN OUT.gguf --type TYPE [--pure] [--tokenizer TOK] [--name NAME]\n"
+    "  quantize  IN OUT.gguf --type TYPE [--pure] [--tokenizer TOK] [--name NAME] [--threads N]\n"
     "            rewrite a model in a weight type as llama-quantize does: F32 F16 BF16\n"
     "            Q8_0 Q4_0 Q4_1 Q5_0 Q5_1 Q2_K Q3_K_S/M/L Q4_K_S/M Q5_K_S/M Q6_K\n"
     "  prefix from-prompt --model M [--tokenizer T] --task NAME --text TEXT --out DIR [--f16]\n"
@@ -30,6 +30,8 @@ static const char usage[] =
     "            [--epochs N] [--batch-size B] [--lr X] [--projection --hidden H]\n"
     "            [--init-text TEXT] [--seed S] [--threads N] [--checkpoint FILE]\n"
     "            learn a task prefix from JSONL data (base model frozen)\n"
+    "  template  [--model M] --messages FILE.json [--template FILE|NAME] [--no-generation-prompt]\n"
+    "            print the prompt a chat template makes of a conversation\n"
     "  tokenize  --model M [--tokenizer T] [--no-bos] [--special] [--pieces]\n"
     "            (--text TEXT | --file F)   the token ids as a JSON array\n"
     "  detokenize --model M [--tokenizer T] --ids 1,2,3   the text of token ids\n"
@@ -51,6 +53,7 @@ int main(int argc, char **argv)
     if (!strcmp(cmd, "quantize")) return cmd_quantize(argc - 1, argv + 1);
     if (!strcmp(cmd, "prefix")) return cmd_prefix(argc - 1, argv + 1);
     if (!strcmp(cmd, "train")) return cmd_train(argc - 1, argv + 1);
+    if (!strcmp(cmd, "template")) return cmd_template(argc - 1, argv + 1);
     if (!strcmp(cmd, "serve")) return cmd_serve(argc - 1, argv + 1);
     if (!strcmp(cmd, "tokenize")) return cmd_tokenize(argc - 1, argv + 1);
     if (!strcmp(cmd, "detokenize")) return cmd_detokenize(argc - 1, argv + 1);

@@ -303,12 +303,12 @@ void metrics_render_training(const worker_stats *ws, hbuf *out)
     scalar(out, "prefixd_training_active", "gauge", "1 while a fine-tuning job trains.",
            (uint64_t)(ws->active != 0));
     scalar(out, "prefixd_training_step", "gauge",
-           "Step of the job training now (or the last one).", (uint64_t)(ws->step > 0 ? ws->step : 0));
+           "Step of the job training now (0 when none trains).", (uint64_t)(ws->step > 0 ? ws->step : 0));
     scalar(out, "prefixd_training_total_steps", "gauge",
-           "Steps of the job training now (or the last one).",
+           "Steps of the job training now (0 when none trains).",
            (uint64_t)(ws->total_steps > 0 ? ws->total_steps : 0));
     head(out, "prefixd_training_tokens_per_second", "gauge",
-         "Training throughput of the job training now (or the last one), forward + backward.");
+         "Training throughput of the job training now (0 when none trains), forward + backward.");
     hbuf_printf(out, "prefixd_training_tokens_per_second %.1f\n", ws->tokens_per_second);
     scalar(out, "prefixd_training_steps_total", "counter", "Training steps run (all jobs).",
            ws->steps);

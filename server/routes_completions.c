@@ -1,5 +1,9 @@
-/* routes_completions.c — POST /v1/completions: OpenAI's completions API on
- * top of the scheduler. `model` names a task (its prefix comes from the
+/* routes_completions.c — POST /v1/completions and POST /v1/chat/completions:
+ * OpenAI's completions and chat completions APIs on top of the scheduler
+ * (one machinery, two flavours: a chat request renders its messages with the
+ * model's chat template into one prompt, tokenized with special tokens
+ * parsed, and answers in the chat shapes; POST /apply-template, in
+ * routes_template.c, shows the same rendering). `model` names a task (its prefix comes from the
  * registry) or the base model's id. The body's parameters and prompts are
  * read and checked by completion_request.c; this file resolves the model,
  * runs the request and answers it.
@@ -19,6 +23,12 @@
  * same way in the streamed and the whole text, so the chunks concatenate to
  * exactly the non-streamed text.
  *
+ * Prompt scoring (echo with logprobs, what evaluation harnesses send, also
+ * with max_tokens 0): the scheduler request asks for the prompt's own
+ * logprobs (prompt_logprobs), and the answer lists the prompt's tokens first
+ * in OpenAI's legacy shape, the first with a null logprob; streamed, the
+ * echo chunk waits until the engine has scored the prompt.
+ *
  * Ownership: a `completion` is created by the handler; without streaming the
  * handler frees it before returning; with streaming it is handed to the SSE
  * response and freed by its free callback when libmicrohttpd is done, which
@@ -30,6 +40,7 @@
 
 #include "completion_request.h"
 #include "http.h"
+#include "prefixd/chat.h"
 #include "prefixd/log.h"
 #include "prefixd/tokenizer.h"
 #include "utf8.h"
@@ -53,9 +64,12 @@ typedef struct choice {
     size_t emitted;     /* streaming: raw bytes sent */
     int emitted_tokens; /* streaming: tokens whose logprobs were sent */
     int final_sent;     /* streaming: the finishing chunk was sent */
+    int echo_sent;      /* streaming: the prompt (echo) was sent */
+    int role_sent;      /* streaming chat: the chunk with the role was sent */
 } choice;
 
 typedef struct completion {
+    int chat;           /* 1: /v1/chat/completions (its shapes) */
     srv *s;
     struct MHD_Connection *conn;
     char id[48];
@@ -70,7 +84,6 @@ typedef struct completion {
     int submitted;      /* choices handed to the scheduler */
     int finished;       /* the whole answer was produced */
     int failed_status;  /* 0, or the status of a failure after submission */
-    int echo_sent;
     creq_error err;     /* a rejection, before anything was sent */
     char retry_after[16];
 } completion;
@@ -151,8 +164,9 @@ static int make_choices(completion *c)
         pd_err err;
         if (pd_request_create(p->tokens, p->n, c->q.max_tokens, &h->rq, &err) < 0)
             return creq_reject(&c->err, 503, NULL, "out_of_memory", "%s", err.msg);
-        h->tok_start = malloc((size_t)c->q.max_tokens * sizeof *h->tok_start);
-        h->tok_end = malloc((size_t)c->q.max_tokens * sizeof *h->tok_end);
+        size_t cap = (size_t)(c->q.max_tokens > 0 ? c->q.max_tokens : 1);
+        h->tok_start = malloc(cap * sizeof *h->tok_start);
+        h->tok_end = malloc(cap * sizeof *h->tok_end);
         if (!h->tok_start || !h->tok_end)
             return creq_reject(&c->err, 503, NULL, "out_of_memory",
                                "The server is out of memory.");
@@ -162,6 +176,7 @@ static int make_choices(completion *c)
         rq->sampling = c->q.sampling;
         rq->sampling.seed = c->q.sampling.seed + (uint64_t)k; /* choices differ, runs repeat */
         rq->top_logprobs = c->q.logprobs > 0 ? c->q.logprobs : 0;
+        rq->prompt_logprobs = c->q.echo && (c->q.logprobs >= 0 || c->q.max_tokens == 0);
         copy_str(rq->task, sizeof rq->task, c->is_task ? c->task : "");
     }
     return 0;
@@ -286,16 +301,62 @@ static int failure_status(const choice *h)
     return 0;
 }
 
-/* OpenAI's logprobs object for tokens [t0, t1) of h. New reference. */
-static json_t *logprobs_json(completion *c, const choice *h, int t0, int t1)
+/* The top alternatives of o as OpenAI's {token: logprob} object, decoded
+ * after prev. New reference (NULL on oom). */
+static json_t *top_json(completion *c, const pd_token_out *o, int prev)
 {
     const pd_tokenizer *tok = c->s->model->tok;
+    json_t *top = json_object();
+    for (int k = 0; top && k < o->n_top && k < c->q.logprobs; k++) {
+        size_t tl;
+        const char *tb = pd_tokenizer_decode(tok, prev, o->top_ids[k], &tl);
+        json_t *key = token_json(tb ? tb : "", tb ? tl : 0);
+        double v = isfinite(o->top_logprobs[k]) ? o->top_logprobs[k] : -9999.0;
+        if (key && !json_object_get(top, json_string_value(key)))
+            json_object_set_new(top, json_string_value(key), json_real(v));
+        json_decref(key);
+    }
+    return top;
+}
+
+/* Appends the prompt's tokens of h to the four arrays of a logprobs object
+ * (echo with logprobs: prompt scoring). The first token has no logprob
+ * (null), as in OpenAI's legacy shape; offsets count code points of the
+ * decoded tokens from 0. */
+static void prompt_logprobs_json(completion *c, const choice *h, json_t *tokens, json_t *lps,
+                                 json_t *tops, json_t *offs)
+{
+    const pd_tokenizer *tok = c->s->model->tok;
+    const creq_prompt *p = &c->q.prompts[h->prompt];
+    int prev = c->prefix && c->prefix->has_bos ? pd_tokenizer_bos(tok) : -1, chars = 0;
+    for (int i = 0; i < p->n; i++) {
+        size_t len;
+        const char *b = pd_tokenizer_decode(tok, prev, p->tokens[i], &len);
+        if (!b) b = "";
+        json_array_append_new(tokens, token_json(b, len));
+        const pd_token_out *o = &h->rq->prompt_out[i];
+        int scored = i > 0 && h->rq->prompt_logprobs;
+        json_array_append_new(lps, scored ? json_real(isfinite(o->logprob) ? o->logprob : -9999.0)
+                                          : json_null());
+        json_array_append_new(tops, scored && c->q.logprobs > 0 ? top_json(c, o, prev)
+                                                                : json_null());
+        json_array_append_new(offs, json_integer(chars));
+        chars += utf8_chars(b, len);
+        prev = p->tokens[i];
+    }
+}
+
+/* OpenAI's logprobs object for generated tokens [t0, t1) of h, after the
+ * prompt's tokens when with_prompt. New reference. */
+static json_t *logprobs_json(completion *c, const choice *h, int t0, int t1, int with_prompt)
+{
     const creq_prompt *p = &c->q.prompts[h->prompt];
     json_t *tokens = json_array(), *lps = json_array(), *tops = json_array(),
            *offs = json_array();
     json_t *o = json_pack("{s:o,s:o,s:o,s:o}", "tokens", tokens, "token_logprobs", lps,
                           "top_logprobs", tops, "text_offset", offs);
     if (!o) return NULL;
+    if (with_prompt) prompt_logprobs_json(c, h, tokens, lps, tops, offs);
     int base = p->text_chars;
     for (int t = t0; t < t1; t++) {
         const pd_token_out *out = &h->rq->out[t];
@@ -305,21 +366,53 @@ static json_t *logprobs_json(completion *c, const choice *h, int t0, int t1)
         json_array_append_new(tokens, token_json(b, len));
         double lp = isfinite(out->logprob) ? out->logprob : -9999.0;
         json_array_append_new(lps, json_real(lp));
-        json_t *top = json_object();
-        for (int k = 0; k < out->n_top && k < c->q.logprobs; k++) {
-            size_t tl;
-            const char *tb = pd_tokenizer_decode(tok, prev, out->top_ids[k], &tl);
-            json_t *key = token_json(tb ? tb : "", tb ? tl : 0);
-            double v = isfinite(out->top_logprobs[k]) ? out->top_logprobs[k] : -9999.0;
-            if (key && top && !json_object_get(top, json_string_value(key)))
-                json_object_set_new(top, json_string_value(key), json_real(v));
-            json_decref(key);
-        }
-        json_array_append_new(tops, top);
+        json_array_append_new(tops, top_json(c, out, prev));
         json_array_append_new(offs,
                               json_integer(base + utf8_chars(h->raw.p, (size_t)h->tok_start[t])));
     }
     return o;
+}
+
+/* A token as the chat API shows it: {token, logprob, bytes}. New reference. */
+static json_t *chat_token_json(const char *b, size_t len, double lp)
+{
+    json_t *bytes = json_array();
+    for (size_t i = 0; bytes && i < len; i++)
+        json_array_append_new(bytes, json_integer((unsigned char)b[i]));
+    return json_pack("{s:o,s:f,s:o}", "token", token_json(b, len), "logprob", lp, "bytes",
+                     bytes ? bytes : json_null());
+}
+
+/* The chat API's logprobs object, {"content": [...]}, for generated tokens
+ * [t0, t1) of h. New reference. */
+static json_t *chat_logprobs_json(completion *c, const choice *h, int t0, int t1)
+{
+    const pd_tokenizer *tok = c->s->model->tok;
+    const creq_prompt *p = &c->q.prompts[h->prompt];
+    json_t *content = json_array();
+    for (int t = t0; content && t < t1; t++) {
+        const pd_token_out *o = &h->rq->out[t];
+        int prev = t == 0 ? p->tokens[p->n - 1] : h->rq->out[t - 1].id;
+        json_t *e = chat_token_json(h->raw.p + h->tok_start[t],
+                                    (size_t)(h->tok_end[t] - h->tok_start[t]),
+                                    isfinite(o->logprob) ? o->logprob : -9999.0);
+        json_t *tops = json_array();
+        for (int k = 0; tops && k < o->n_top && k < c->q.logprobs; k++) {
+            size_t tl;
+            const char *tb = pd_tokenizer_decode(tok, prev, o->top_ids[k], &tl);
+            double v = isfinite(o->top_logprobs[k]) ? o->top_logprobs[k] : -9999.0;
+            json_array_append_new(tops, chat_token_json(tb ? tb : "", tb ? tl : 0, v));
+        }
+        if (e) json_object_set_new(e, "top_logprobs", tops ? tops : json_array());
+        json_array_append_new(content, e);
+    }
+    return json_pack("{s:o}", "content", content ? content : json_array());
+}
+
+/* The logprobs of generated tokens [t0, t1) in the request's flavour. */
+static json_t *gen_logprobs_json(completion *c, const choice *h, int t0, int t1, int with_prompt)
+{
+    return c->chat ? chat_logprobs_json(c, h, t0, t1) : logprobs_json(c, h, t0, t1, with_prompt);
 }
 
 static json_t *usage_json(completion *c)
@@ -372,12 +465,23 @@ static void wait_some(completion *c)
 
 /* ---- non-streamed answer ------------------------------------------------------------------- */
 
-static json_t *choice_json(const choice *h, json_t *text, json_t *logprobs,
-                           const char *finish)
+/* One choice of a whole answer: "text" (completions) or "message" (chat).
+ * text and logprobs are stolen. */
+static json_t *choice_json(const completion *c, const choice *h, json_t *text,
+                           json_t *logprobs, const char *finish)
 {
-    return json_pack("{s:o,s:i,s:o,s:o}", "text", text, "index", h->index, "logprobs",
-                     logprobs ? logprobs : json_null(), "finish_reason",
-                     finish ? json_string(finish) : json_null());
+    json_t *fin = finish ? json_string(finish) : json_null();
+    json_t *lp = logprobs ? logprobs : json_null();
+    if (c->chat)
+        return json_pack("{s:i,s:{s:s,s:o},s:o,s:o}", "index", h->index, "message", "role",
+                         "assistant", "content", text, "logprobs", lp, "finish_reason", fin);
+    return json_pack("{s:o,s:i,s:o,s:o}", "text", text, "index", h->index, "logprobs", lp,
+                     "finish_reason", fin);
+}
+
+static const char *object_name(const completion *c, int streamed)
+{
+    return c->chat ? streamed ? "chat.completion.chunk" : "chat.completion" : "text_completion";
 }
 
 static enum MHD_Result answer_whole(completion *c, http_req *r)
@@ -415,13 +519,14 @@ static enum MHD_Result answer_whole(completion *c, http_req *r)
         const creq_prompt *p = &c->q.prompts[h->prompt];
         if (c->q.echo) hbuf_add(&text, p->text, p->text_len);
         utf8_clean(&text, (const unsigned char *)(h->raw.p ? h->raw.p : ""), text_end(h), 0);
-        json_t *lp = c->q.logprobs >= 0 ? logprobs_json(c, h, 0, h->consumed) : NULL;
+        json_t *lp =
+            c->q.logprobs >= 0 ? gen_logprobs_json(c, h, 0, h->consumed, c->q.echo) : NULL;
         json_t *t = text.oom ? NULL : json_stringn(text.p ? text.p : "", text.len);
         hbuf_free(&text);
-        json_array_append_new(choices, choice_json(h, t, lp, finish_name(h->finish)));
+        json_array_append_new(choices, choice_json(c, h, t, lp, finish_name(h->finish)));
     }
     json_t *resp = json_pack("{s:s,s:s,s:I,s:s,s:o,s:o}", "id", c->id, "object",
-                             "text_completion", "created", (json_int_t)c->created, "model",
+                             object_name(c, 0), "created", (json_int_t)c->created, "model",
                              c->q.model_name, "choices", choices, "usage", usage_json(c));
     if (!resp) {
         record(c, 500);
@@ -446,11 +551,10 @@ static size_t stop_holdback(const completion *c, const char *p, size_t len)
     return best;
 }
 
-static int chunk(completion *c, hbuf *out, const choice *h, const char *text, size_t len,
-                 json_t *logprobs, const char *finish)
+/* One event of a streamed choice (logprobs stolen). */
+static int chunk_event(completion *c, hbuf *out, json_t *ch)
 {
-    json_t *ch = choice_json(h, json_stringn(text ? text : "", len), logprobs, finish);
-    json_t *e = json_pack("{s:s,s:s,s:I,s:s,s:[o]}", "id", c->id, "object", "text_completion",
+    json_t *e = json_pack("{s:s,s:s,s:I,s:s,s:[o]}", "id", c->id, "object", object_name(c, 1),
                           "created", (json_int_t)c->created, "model", c->q.model_name, "choices",
                           ch);
     if (e && c->q.include_usage) json_object_set_new(e, "usage", json_null());
@@ -458,6 +562,32 @@ static int chunk(completion *c, hbuf *out, const choice *h, const char *text, si
     json_decref(e);
     if (rc < 0) out->oom = 1;
     return rc;
+}
+
+/* The chunk(s) of text (and logprobs, stolen) of choice h; finish ends it.
+ * Chat: the first chunk carries the role, text goes in delta.content and
+ * the finish in a chunk of its own with an empty delta. */
+static void chunk(completion *c, hbuf *out, choice *h, const char *text, size_t len,
+                  json_t *logprobs, const char *finish)
+{
+    if (!c->chat) {
+        chunk_event(c, out, choice_json(c, h, json_stringn(text ? text : "", len), logprobs,
+                                        finish));
+        return;
+    }
+    if (!h->role_sent) {
+        h->role_sent = 1;
+        chunk_event(c, out, json_pack("{s:i,s:{s:s,s:s},s:n,s:n}", "index", h->index, "delta",
+                                      "role", "assistant", "content", "", "logprobs",
+                                      "finish_reason"));
+    }
+    if (len > 0 || logprobs)
+        chunk_event(c, out, json_pack("{s:i,s:{s:o},s:o,s:n}", "index", h->index, "delta",
+                                      "content", json_stringn(text ? text : "", len), "logprobs",
+                                      logprobs ? logprobs : json_null(), "finish_reason"));
+    if (finish)
+        chunk_event(c, out, json_pack("{s:i,s:{},s:n,s:s}", "index", h->index, "delta",
+                                      "logprobs", "finish_reason", finish));
 }
 
 /* Appends the chunk(s) h has ready. */
@@ -476,7 +606,8 @@ static void emit_choice(completion *c, choice *h, hbuf *out)
     else
         while (t1 < h->consumed && (size_t)h->tok_end[t1] <= h->emitted) t1++;
     if (h->done || text.len > 0) {
-        json_t *lp = c->q.logprobs >= 0 ? logprobs_json(c, h, h->emitted_tokens, t1) : NULL;
+        json_t *lp =
+            c->q.logprobs >= 0 ? gen_logprobs_json(c, h, h->emitted_tokens, t1, 0) : NULL;
         h->emitted_tokens = t1;
         chunk(c, out, h, text.p, text.len, lp, h->done ? finish_name(h->finish) : NULL);
         if (h->done) h->final_sent = 1;
@@ -493,18 +624,22 @@ static int stream_fill(void *cls, hbuf *out)
         return -1;
     }
     for (;;) {
-        if (!c->echo_sent) {
-            c->echo_sent = 1;
-            if (c->q.echo)
-                for (int k = 0; k < c->n_ch; k++) {
-                    creq_prompt *p = &c->q.prompts[c->ch[k].prompt];
-                    chunk(c, out, &c->ch[k], p->text, p->text_len, NULL, NULL);
-                }
-        }
         int all = 1;
         for (int k = 0; k < c->n_ch; k++) {
             choice *h = &c->ch[k];
             pump(c, h);
+            if (c->q.echo && !h->echo_sent) {
+                /* the prompt first; with logprobs once the engine has scored it */
+                int scored = h->consumed > 0 || h->done;
+                if (c->q.logprobs >= 0 && !scored) {
+                    all = 0;
+                    continue;
+                }
+                creq_prompt *p = &c->q.prompts[h->prompt];
+                chunk(c, out, h, p->text, p->text_len,
+                      c->q.logprobs >= 0 ? logprobs_json(c, h, 0, 0, 1) : NULL, NULL);
+                h->echo_sent = 1;
+            }
             int st = failure_status(h);
             if (st) {
                 c->failed_status = st;
@@ -527,7 +662,7 @@ static int stream_fill(void *cls, hbuf *out)
         if (all) {
             if (c->q.include_usage) {
                 json_t *e = json_pack("{s:s,s:s,s:I,s:s,s:[],s:o}", "id", c->id, "object",
-                                      "text_completion", "created", (json_int_t)c->created,
+                                      object_name(c, 1), "created", (json_int_t)c->created,
                                       "model", c->q.model_name, "choices", "usage",
                                       usage_json(c));
                 if (!e || sse_event(out, e) < 0) out->oom = 1;
@@ -555,7 +690,80 @@ static void stream_free(void *cls)
 
 /* ---- the route ---------------------------------------------------------------------------- */
 
-enum MHD_Result route_completions(http_req *r)
+/* Renders the chat request's messages (with tools) with the template
+ * srv_chat_template chooses (the request's chat_template, the configured
+ * one, the model's own, else ChatML) into *text (new, free()). *builtin: the
+ * template is ChatML. 0 or -1 with c->err. */
+static int render_chat(completion *c, json_t *body, char **text, int *builtin)
+{
+    const pd_tokenizer *tok = c->s->model->tok;
+    json_t *msgs = json_object_get(body, "messages");
+    if (!msgs || json_is_null(msgs))
+        return creq_reject(&c->err, 400, "messages", "missing_required_parameter",
+                           "You must provide 'messages': an array of {role, content} objects.");
+    if (json_is_array(msgs) && json_array_size(msgs) == 0)
+        return creq_reject(&c->err, 400, "messages", "invalid_value",
+                           "'messages' must hold at least one message.");
+    json_t *tools = json_object_get(body, "tools");
+    if (tools && !json_is_null(tools) && !json_is_array(tools))
+        return creq_reject(&c->err, 400, "tools", "invalid_type", "'tools' must be an array.");
+    json_t *norm;
+    pd_err err;
+    int rc = pd_chat_normalize(msgs, &norm, &err);
+    if (rc < 0)
+        return creq_reject(&c->err, rc == PD_ENOMEM ? 503 : 400, "messages",
+                           rc == PD_ENOMEM ? "out_of_memory" : "invalid_value", "%s", err.msg);
+    json_t *ct = json_object_get(body, "chat_template");
+    if (ct && !json_is_null(ct) && !json_is_string(ct)) {
+        json_decref(norm);
+        return creq_reject(&c->err, 400, "chat_template", "invalid_type",
+                           "'chat_template' must be a string: a template or a built-in name.");
+    }
+    /* the one choice of template every chat route shares (routes_template.c):
+     * the request's, the configured one, the model's own, else ChatML */
+    char *tmpl;
+    rc = srv_chat_template(c->s, json_is_string(ct) ? json_string_value(ct) : NULL, &tmpl, &err);
+    if (rc < 0) {
+        json_decref(norm);
+        return creq_reject(&c->err, rc == PD_ENOMEM ? 503 : 400, "chat_template",
+                           rc == PD_ENOMEM ? "out_of_memory" : "invalid_value", "%s", err.msg);
+    }
+    /* ChatML as the fallback (or chosen by name): its end-of-turn text is a
+     * stop string when the vocabulary has no such token */
+    *builtin = strcmp(tmpl, pd_chat_builtin(PD_CHAT_DEFAULT)) == 0;
+    pd_chat_params cp = pd_chat_default_params();
+    cp.add_generation_prompt = 1;
+    pd_chat_model_tokens(tok, &cp);
+    cp.tools = tools && json_is_array(tools) ? tools : NULL;
+    rc = pd_chat_render(tmpl, norm, &cp, text, &err);
+    free(tmpl);
+    json_decref(norm);
+    if (rc < 0)
+        return creq_reject(&c->err, rc == PD_ENOMEM ? 503 : 400, "messages",
+                           rc == PD_ENOMEM ? "out_of_memory" : "invalid_value", "%s", err.msg);
+    return 0;
+}
+
+/* The chat request's one prompt: the rendered conversation, BOS first unless
+ * the template wrote it or the task's prefix holds it; and the end-of-turn
+ * text as a stop string when the model has no end-of-turn token. */
+static int chat_prompt(completion *c, json_t *body, const creq_limits *lim)
+{
+    const pd_tokenizer *tok = c->s->model->tok;
+    char *text = NULL;
+    int builtin;
+    if (render_chat(c, body, &text, &builtin) < 0) return -1;
+    const char *bos_text = pd_tokenizer_token_text(tok, pd_tokenizer_bos(tok));
+    int bos = !(c->prefix && c->prefix->has_bos) &&
+              !(bos_text && *bos_text && !strncmp(text, bos_text, strlen(bos_text)));
+    int rc = creq_chat_prompt(&c->q, text, strlen(text), tok, bos, lim, &c->err);
+    free(text);
+    if (rc == 0 && builtin && pd_tokenizer_eot(tok) < 0) creq_add_stop(&c->q, "<|im_end|>");
+    return rc;
+}
+
+/* Both APIs: parse, resolve the model, build the prompts, submit, answer. */
+static enum MHD_Result serve_completion(http_req *r, int chat)
 {
     enum MHD_Result ret;
     json_t *body = http_body_json(r, &ret);
@@ -568,20 +776,23 @@ enum MHD_Result route_completions(http_req *r)
         json_decref(body);
         return http_send_error(r, 503, NULL, "out_of_memory", "The server is out of memory.");
     }
+    c->chat = chat;
     c->s = r->s;
     c->conn = r->conn;
     c->t_start = r->t_start;
     c->created = http_unix_now();
-    http_new_id(r->s, "cmpl-", c->id, sizeof c->id);
+    http_new_id(r->s, chat ? "chatcmpl-" : "cmpl-", c->id, sizeof c->id);
 
     const srv *s = r->s;
     const creq_limits lim = {s->model->id, s->model->cfg.vocab_size, s->cfg->max_choices,
                              s->context};
-    int rc = creq_parse_params(&c->q, body, &lim, &c->err);
+    int rc = chat ? creq_parse_chat_params(&c->q, body, &lim, &c->err)
+                  : creq_parse_params(&c->q, body, &lim, &c->err);
     if (rc == 0) rc = resolve_model(c);
     if (rc == 0)
-        rc = creq_parse_prompts(&c->q, body, s->model->tok, c->prefix && c->prefix->has_bos,
-                                &lim, &c->err);
+        rc = chat ? chat_prompt(c, body, &lim)
+                  : creq_parse_prompts(&c->q, body, s->model->tok,
+                                       c->prefix && c->prefix->has_bos, &lim, &c->err);
     json_decref(body);
     if (rc == 0) rc = creq_check_context(&c->q, c->prefix ? c->prefix->n_tokens : 0, &lim,
                                          &c->err);
@@ -608,3 +819,7 @@ enum MHD_Result route_completions(http_req *r)
     }
     return http_send_response(r, 200, resp);
 }
+
+enum MHD_Result route_completions(http_req *r) { return serve_completion(r, 0); }
+
+enum MHD_Result route_chat_completions(http_req *r) { return serve_completion(r, 1); }

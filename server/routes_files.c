@@ -9,7 +9,10 @@
  * and validated there by pd_train_validate_file — every line must be a
  * usable example, or the upload is refused with 400 and "line N: what" — and
  * only then stored by the job store (contents fsync'd before the row). A
- * deleted file that a job still needs is refused with 409. */
+ * file of purpose "prefix" is a prefix (safetensors) that a job may start
+ * from (init_from); it must parse as a prefix of the served model. A
+ * deleted file that a job still needs is refused with 409. Jobs store their
+ * metrics CSV as files of purpose "fine-tune-results". */
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -26,6 +29,7 @@
 
 #define MAX_PARTS 16
 #define DEFAULT_FILENAME "upload.jsonl"
+#define PREFIX_PURPOSE "prefix" /* a prefix file to start a job from (init_from) */
 
 /* ---- shared helpers ------------------------------------------------------------ */
 
@@ -192,11 +196,15 @@ enum MHD_Result route_files_create(http_req *r)
                               "Missing required parameter: 'purpose' (use \"fine-tune\").");
         goto out;
     }
-    if (part_text(purpose, purpose_s, sizeof purpose_s) < 0 || strcmp(purpose_s, "fine-tune")) {
+    if (part_text(purpose, purpose_s, sizeof purpose_s) < 0 ||
+        (strcmp(purpose_s, "fine-tune") && strcmp(purpose_s, PREFIX_PURPOSE))) {
         ret = http_send_error(r, 400, "purpose", "invalid_value",
-                              "Invalid purpose: this server accepts only \"fine-tune\" files.");
+                              "Invalid purpose: this server accepts \"fine-tune\" (training "
+                              "data) and \"" PREFIX_PURPOSE "\" (a prefix file, for init_from) "
+                              "files.");
         goto out;
     }
+    const int is_prefix = !strcmp(purpose_s, PREFIX_PURPOSE);
     if (!file) {
         ret = http_send_error(r, 400, "file", "missing_required_parameter",
                               "Missing required parameter: 'file'.");
@@ -205,8 +213,19 @@ enum MHD_Result route_files_create(http_req *r)
     const char *filename = file->has_filename && file->filename[0] ? file->filename
                                                                     : DEFAULT_FILENAME;
     char msg[1024];
-    int n_examples = 0;
-    int rc = validate_upload(s, file->data, file->len, &n_examples, msg, sizeof msg);
+    int n_examples = 0, rc;
+    if (is_prefix) { /* a prefix file for this model (safetensors) */
+        pd_prefix *pf;
+        rc = pd_prefix_parse(file->data, file->len, "upload", s->model, &pf, &err);
+        if (rc < 0) {
+            ret = http_send_error(r, rc == PD_ENOMEM ? 503 : 400, "file", "invalid_file",
+                                  "Invalid prefix file '%s': %s", filename, err.msg);
+            goto out;
+        }
+        pd_prefix_release(pf);
+    } else {
+        rc = validate_upload(s, file->data, file->len, &n_examples, msg, sizeof msg);
+    }
     if (rc == PD_EIO || rc == PD_ENOMEM || rc == PD_ESYS) {
         PD_LOGE("POST /v1/files: %s", msg);
         ret = http_send_error(r, rc == PD_ENOMEM ? 503 : 500, NULL, "internal_error",
@@ -219,7 +238,7 @@ enum MHD_Result route_files_create(http_req *r)
         goto out;
     }
     json_t *obj;
-    rc = pd_jobstore_file_create(s->js, filename, "fine-tune", file->data, file->len, NULL, &obj,
+    rc = pd_jobstore_file_create(s->js, filename, purpose_s, file->data, file->len, NULL, &obj,
                                  &err);
     if (rc < 0) {
         ret = http_send_store_error(r, rc, &err, NULL);

@@ -1,22 +1,37 @@
 /* routes_jobs.c — fine-tuning jobs over HTTP, in OpenAI's shape: POST and
- * GET /v1/fine_tuning/jobs, GET /v1/fine_tuning/jobs/{id}[/events], POST
- * /v1/fine_tuning/jobs/{id}/cancel.
+ * GET /v1/fine_tuning/jobs, GET /v1/fine_tuning/jobs/{id}[/events |
+ * /checkpoints], POST /v1/fine_tuning/jobs/{id}/cancel.
  *
  * POST checks the whole request here (types, ranges, the model, the
- * suffix) and stores it with every setting resolved ("auto" and absent
- * values replaced by the defaults), so GET shows what will run and a
- * resumed job runs the same settings; the job store checks the files. The
- * job starts in validating_files and the worker (worker.c) takes it from
- * there. Settings: top-level `hyperparameters` {n_epochs, batch_size,
- * learning_rate_multiplier} and `method: {"type": "prefix", "prefix":
- * {"hyperparameters": {...}}}`, which may also carry those three (they
- * must then agree) and num_virtual_tokens, prefix_projection,
- * encoder_hidden_size, learning_rate, init_text. The task is `suffix`, or
+ * suffix, init_from) and stores it with every setting resolved ("auto" and
+ * absent values replaced by the defaults; n_epochs "auto" is resolved by
+ * the trainer from the data, see PD_TRAIN_AUTO_STEPS), so GET shows what
+ * will run and a resumed job runs the same settings; the job store checks
+ * the files. The job starts in validating_files and the worker (worker.c)
+ * takes it from there.
+ *
+ * Method: `method: {"type": "supervised", "supervised": {"hyperparameters":
+ * {...}}}` or no method: this server's supervised method is prefix tuning
+ * (a task prefix trained on the completions, the base model frozen);
+ * "prefix" is accepted as its other name. Any other type is a 400 naming
+ * method. Settings (hp_keys below), in the top-level `hyperparameters`
+ * and/or the method's (given twice they must agree): OpenAI's n_epochs
+ * ("auto" or a count), batch_size, learning_rate_multiplier (multiplies
+ * learning_rate, given or default); and learning_rate (default 0.1 for a
+ * direct prefix, 1e-2 with prefix_projection: PD_TRAIN_DEFAULT_LR*),
+ * lr_scheduler_type (linear | cosine | constant, after warm-up),
+ * warmup_ratio, weight_decay, max_grad_norm (0: no clipping), eval_every
+ * (steps between validations; every epoch's end is validated too),
+ * early_stopping_patience (validations without a lower validation loss
+ * before the job stops; the result is then the best validated prefix),
+ * num_virtual_tokens, prefix_projection, encoder_hidden_size, init_text,
+ * init_from (a task of the registry or a file of purpose "prefix": the
+ * job starts from that prefix, and its length). The task is `suffix`, or
  * the job's id when there is none; an existing task is replaced when the
  * job succeeds. `metadata` and `integrations` are accepted and ignored;
- * any other unknown parameter is a 400. Choices where OpenAI says nothing: an unknown file is 400
- * (param training_file / validation_file), as OpenAI answers; cancelling a
- * finished job is 409. */
+ * any other unknown parameter is a 400. Choices where OpenAI says nothing:
+ * an unknown file is 400 (param training_file / validation_file), as
+ * OpenAI answers; cancelling a finished job is 409. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -97,23 +112,150 @@ static int real_setting(const json_t *o, const char *key, double hi, double *out
     return 0;
 }
 
-/* The three OpenAI hyper-parameters from one object (NULL: none). set[]
- * records which were given, for the agreement check. */
-typedef struct common_hp {
-    int n_epochs, batch_size;
-    double lr_mult;
-} common_hp;
+/* Every setting a job takes, in hyperparameters or method.<type>.hyperparameters. */
+static const char *const hp_keys[] = {
+    "n_epochs", "batch_size", "learning_rate_multiplier", "learning_rate",
+    "lr_scheduler_type", "warmup_ratio", "weight_decay", "max_grad_norm", "eval_every",
+    "early_stopping_patience", "num_virtual_tokens", "prefix_projection",
+    "encoder_hidden_size", "init_text", "init_from", NULL};
 
-static int read_common(const json_t *o, common_hp *h, int set[3], bad *b)
+/* A real setting in [lo, hi] ("auto"/absent leave *out); lo itself only
+ * when lo_ok. */
+static int range_setting(const json_t *o, const char *key, double lo, int lo_ok, double hi,
+                         double *out, bad *b)
 {
-    if (!o) return 0;
-    static const char *const keys[] = {"n_epochs", "batch_size", "learning_rate_multiplier"};
-    for (int i = 0; i < 3; i++) set[i] = !is_auto(json_object_get(o, keys[i]));
-    if (int_setting(o, "n_epochs", 1, MAX_EPOCHS, &h->n_epochs, b) < 0 ||
-        int_setting(o, "batch_size", 1, MAX_BATCH, &h->batch_size, b) < 0 ||
-        real_setting(o, "learning_rate_multiplier", MAX_LR_MULT, &h->lr_mult, b) < 0)
-        return -1;
+    const json_t *v = json_object_get(o, key);
+    if (is_auto(v)) return 0;
+    double x = json_is_number(v) ? json_number_value(v) : NAN;
+    if (!(x <= hi && (x > lo || (lo_ok && x == lo))))
+        return fail(b, key, "%s must be \"auto\" or a number in %c%g, %g].", key,
+                    lo_ok ? '[' : '(', lo, hi);
+    *out = x;
     return 0;
+}
+
+/* The prefix length init_from names: a task of the registry, or an uploaded
+ * prefix file (purpose "prefix"); -1 with *b filled. */
+static int init_from_len(srv *s, const char *from, bad *b)
+{
+    if (!strncmp(from, "file-", 5)) {
+        char path[4096];
+        pd_err err;
+        pd_prefix *pf;
+        if (pd_jobstore_file_path(s->js, from, path, sizeof path, &err) < 0)
+            return fail(b, "init_from", "init_from: no uploaded file '%s' (upload the prefix "
+                        "with purpose \"prefix\").", from);
+        if (pd_prefix_load(path, s->model, &pf, &err) < 0)
+            return fail(b, "init_from", "init_from: file '%s' is not a prefix for this model: "
+                        "%s", from, err.msg);
+        int n = pf->n_tokens;
+        pd_prefix_release(pf);
+        return n;
+    }
+    pd_registry_entry e;
+    if (!pd_task_name_valid(from) || pd_registry_get(s->reg, from, &e) != PD_OK)
+        return fail(b, "init_from", "init_from: '%s' is neither a task in the registry nor an "
+                    "uploaded prefix file id.", from);
+    return e.n_tokens;
+}
+
+/* Checks the given settings (an object of hp_keys) and returns them all
+ * resolved (new reference; "auto" stays only for n_epochs), or NULL with *b. */
+static json_t *resolve_hp(srv *s, const json_t *g, bad *b)
+{
+    pd_train_params d = pd_train_default_params();
+    int epochs = 0, batch = d.batch_size, P = d.num_virtual_tokens,
+        hidden = d.encoder_hidden_size, proj = 0, patience = 0,
+        eval_every = (int)s->cfg->train_eval_every;
+    double mult = 1.0, lr = 0, warmup = d.warmup_fraction, wd = d.weight_decay,
+           clip = d.max_grad_norm;
+    const int seq_len = s->model->cfg.seq_len;
+    if (int_setting(g, "n_epochs", 1, MAX_EPOCHS, &epochs, b) < 0 ||
+        int_setting(g, "batch_size", 1, MAX_BATCH, &batch, b) < 0 ||
+        real_setting(g, "learning_rate_multiplier", MAX_LR_MULT, &mult, b) < 0 ||
+        real_setting(g, "learning_rate", MAX_LR, &lr, b) < 0 ||
+        range_setting(g, "warmup_ratio", 0, 1, 0.99, &warmup, b) < 0 ||
+        range_setting(g, "weight_decay", 0, 1, 100, &wd, b) < 0 ||
+        range_setting(g, "max_grad_norm", 0, 1, 1e9, &clip, b) < 0 ||
+        int_setting(g, "eval_every", 0, 1000000, &eval_every, b) < 0 ||
+        int_setting(g, "early_stopping_patience", 0, 100000, &patience, b) < 0 ||
+        int_setting(g, "num_virtual_tokens", 1, seq_len - 2, &P, b) < 0 ||
+        int_setting(g, "encoder_hidden_size", 1, MAX_HIDDEN, &hidden, b) < 0)
+        return NULL;
+    const char *sched = "linear";
+    const json_t *v = json_object_get(g, "lr_scheduler_type");
+    if (!is_auto(v)) {
+        if (!json_is_string(v) || pd_lr_kind_parse(json_string_value(v)) < 0) {
+            fail(b, "lr_scheduler_type", "lr_scheduler_type must be \"linear\", \"cosine\" or "
+                 "\"constant\".");
+            return NULL;
+        }
+        sched = json_string_value(v);
+    }
+    v = json_object_get(g, "prefix_projection");
+    if (v && !json_is_null(v)) {
+        if (!json_is_boolean(v)) {
+            fail(b, "prefix_projection", "prefix_projection must be true or false.");
+            return NULL;
+        }
+        proj = json_is_true(v);
+    }
+    const char *init_text = NULL, *init_from = NULL;
+    v = json_object_get(g, "init_text");
+    if (v && !json_is_null(v)) {
+        if (!json_is_string(v) || !json_string_length(v) ||
+            strlen(json_string_value(v)) != json_string_length(v) ||
+            json_string_length(v) > MAX_INIT_TEXT) {
+            fail(b, "init_text", "init_text must be a non-empty string of at most %d bytes "
+                 "(without NUL characters).", MAX_INIT_TEXT);
+            return NULL;
+        }
+        init_text = json_string_value(v);
+    }
+    v = json_object_get(g, "init_from");
+    if (v && !json_is_null(v)) {
+        if (!json_is_string(v) || !json_string_length(v)) {
+            fail(b, "init_from", "init_from must be a task name or a prefix file id.");
+            return NULL;
+        }
+        init_from = json_string_value(v);
+    }
+    if ((init_text || init_from) && proj) {
+        fail(b, init_text ? "init_text" : "init_from", "%s cannot be combined with "
+             "prefix_projection: train the prefix directly to start from a prompt or a prefix.",
+             init_text ? "init_text" : "init_from");
+        return NULL;
+    }
+    if (init_text && init_from) {
+        fail(b, "init_from", "give init_text or init_from, not both.");
+        return NULL;
+    }
+    if (init_text) { /* the prompt's token count is the prefix length */
+        int32_t *tok = malloc((size_t)seq_len * sizeof *tok);
+        int n = tok ? pd_tokenizer_encode(s->model->tok, init_text, strlen(init_text), 1, 0, tok,
+                                          seq_len)
+                    : -1;
+        free(tok);
+        if (n < 1 || n > seq_len - 3) {
+            fail(b, "init_text", "init_text must encode to at most %d tokens.", seq_len - 3);
+            return NULL;
+        }
+        P = n;
+    }
+    if (init_from && (P = init_from_len(s, init_from, b)) < 0) return NULL;
+    if (lr == 0) lr = proj ? PD_TRAIN_DEFAULT_LR_PROJECTION : PD_TRAIN_DEFAULT_LR;
+    json_t *out = json_pack("{s:o,s:i,s:f,s:f,s:s,s:f,s:f,s:f,s:i,s:i,s:i,s:b,s:i}",
+                            "n_epochs", epochs ? json_integer(epochs) : json_string("auto"),
+                            "batch_size", batch, "learning_rate_multiplier", mult,
+                            "learning_rate", lr, "lr_scheduler_type", sched, "warmup_ratio",
+                            warmup, "weight_decay", wd, "max_grad_norm", clip, "eval_every",
+                            eval_every, "early_stopping_patience", patience,
+                            "num_virtual_tokens", P, "prefix_projection", proj,
+                            "encoder_hidden_size", hidden);
+    if (out && init_text) json_object_set_new(out, "init_text", json_string(init_text));
+    if (out && init_from) json_object_set_new(out, "init_from", json_string(init_from));
+    if (!out) fail(b, NULL, "Out of memory.");
+    return out;
 }
 
 /* Checks the request body and builds the job's stored request (new
@@ -166,127 +308,87 @@ static json_t *job_request(srv *s, const json_t *body, bad *b)
         return NULL;
     }
 
-    /* hyper-parameters: top level, then the method's */
-    common_hp h = {WORKER_DEFAULT_EPOCHS, WORKER_DEFAULT_BATCH, 1.0};
-    int set_top[3] = {0}, set_m[3] = {0};
+    /* hyper-parameters: the top-level object and the method's, merged */
     const json_t *hp = json_object_get(body, "hyperparameters");
-    static const char *const hp_keys[] = {"n_epochs", "batch_size", "learning_rate_multiplier",
-                                          NULL};
-    if (hp && !json_is_null(hp)) {
-        if (!json_is_object(hp)) {
-            fail(b, "hyperparameters", "hyperparameters must be an object.");
-            return NULL;
-        }
-        if (only_keys(hp, hp_keys, "hyperparameters", b) < 0 || read_common(hp, &h, set_top, b) < 0)
-            return NULL;
-    } else {
-        hp = NULL;
+    if (hp && !json_is_null(hp) && !json_is_object(hp)) {
+        fail(b, "hyperparameters", "hyperparameters must be an object.");
+        return NULL;
     }
-    const json_t *method = json_object_get(body, "method"), *php = NULL;
+    const json_t *method = json_object_get(body, "method"), *mhp = NULL;
+    const char *type = "supervised";
     if (method && !json_is_null(method)) {
-        static const char *const m_keys[] = {"type", "prefix", NULL};
-        if (!json_is_object(method) || only_keys(method, m_keys, "method", b) < 0) {
-            if (!json_is_object(method)) fail(b, "method", "method must be an object.");
+        if (!json_is_object(method)) {
+            fail(b, "method", "method must be an object.");
             return NULL;
         }
-        const json_t *type = json_object_get(method, "type");
-        if (!json_is_string(type) || strcmp(json_string_value(type), "prefix") != 0) {
-            fail(b, "method", "method.type must be \"prefix\": this server trains prefixes "
-                 "(prefix tuning), not %s.", json_is_string(type) ? json_string_value(type)
-                                                                    : "an unnamed method");
+        const json_t *t = json_object_get(method, "type");
+        if (!json_is_string(t) ||
+            (strcmp(json_string_value(t), "supervised") && strcmp(json_string_value(t), "prefix"))) {
+            fail(b, "method", "method.type %s%s%s is not supported: this server's method is "
+                 "\"supervised\" (prefix tuning: a task prefix trained on the completions with "
+                 "the base model frozen; \"prefix\" is accepted as its other name).",
+                 json_is_string(t) ? "\"" : "", json_is_string(t) ? json_string_value(t)
+                                                                   : "(missing)",
+                 json_is_string(t) ? "\"" : "");
             return NULL;
         }
-        const json_t *prefix = json_object_get(method, "prefix");
-        if (prefix && !json_is_null(prefix)) {
-            static const char *const p_keys[] = {"hyperparameters", NULL};
-            if (!json_is_object(prefix) || only_keys(prefix, p_keys, "method.prefix", b) < 0) {
-                if (!json_is_object(prefix))
-                    fail(b, "method", "method.prefix must be an object.");
+        type = json_string_value(t);
+        const char *m_keys[] = {"type", type, NULL};
+        if (only_keys(method, m_keys, "method", b) < 0) return NULL;
+        const json_t *inner = json_object_get(method, type);
+        if (inner && !json_is_null(inner)) {
+            static const char *const i_keys[] = {"hyperparameters", NULL};
+            char where[32];
+            snprintf(where, sizeof where, "method.%s", type);
+            if (!json_is_object(inner)) {
+                fail(b, "method", "%s must be an object.", where);
                 return NULL;
             }
-            php = json_object_get(prefix, "hyperparameters");
-            if (php && json_is_null(php)) php = NULL;
-            if (php && !json_is_object(php)) {
-                fail(b, "method", "method.prefix.hyperparameters must be an object.");
+            if (only_keys(inner, i_keys, where, b) < 0) return NULL;
+            mhp = json_object_get(inner, "hyperparameters");
+            if (mhp && json_is_null(mhp)) mhp = NULL;
+            if (mhp && !json_is_object(mhp)) {
+                fail(b, "method", "%s.hyperparameters must be an object.", where);
                 return NULL;
             }
         }
     }
-    static const char *const php_keys[] = {"n_epochs", "batch_size", "learning_rate_multiplier",
-                                           "num_virtual_tokens", "prefix_projection",
-                                           "encoder_hidden_size", "learning_rate", "init_text",
-                                           NULL};
-    common_hp hm = h;
-    if (php && (only_keys(php, php_keys, "method.prefix.hyperparameters", b) < 0 ||
-                read_common(php, &hm, set_m, b) < 0))
-        return NULL;
-    if ((set_top[0] && set_m[0] && hm.n_epochs != h.n_epochs) ||
-        (set_top[1] && set_m[1] && hm.batch_size != h.batch_size) ||
-        (set_top[2] && set_m[2] && hm.lr_mult != h.lr_mult)) {
-        fail(b, "hyperparameters", "hyperparameters and method.prefix.hyperparameters "
-             "disagree: give each setting once.");
+    json_t *given = json_object(); /* every setting given, once */
+    if (!given) {
+        fail(b, NULL, "Out of memory.");
         return NULL;
     }
-    h = hm;
-    int P = WORKER_DEFAULT_P, hidden = WORKER_DEFAULT_HIDDEN, proj = 0;
-    double lr = WORKER_DEFAULT_LR;
-    const char *init_text = NULL;
-    const int seq_len = s->model->cfg.seq_len;
-    if (php) {
-        if (int_setting(php, "num_virtual_tokens", 1, seq_len - 2, &P, b) < 0 ||
-            int_setting(php, "encoder_hidden_size", 1, MAX_HIDDEN, &hidden, b) < 0 ||
-            real_setting(php, "learning_rate", MAX_LR, &lr, b) < 0)
-            return NULL;
-        const json_t *v = json_object_get(php, "prefix_projection");
-        if (v && !json_is_null(v)) {
-            if (!json_is_boolean(v)) {
-                fail(b, "prefix_projection", "prefix_projection must be true or false.");
-                return NULL;
-            }
-            proj = json_is_true(v);
-        }
-        v = json_object_get(php, "init_text");
-        if (v && !json_is_null(v)) {
-            if (!json_is_string(v) || !json_string_length(v) ||
-                strlen(json_string_value(v)) != json_string_length(v) ||
-                json_string_length(v) > MAX_INIT_TEXT) {
-                fail(b, "init_text", "init_text must be a non-empty string of at most %d bytes "
-                     "(without NUL characters).", MAX_INIT_TEXT);
-                return NULL;
-            }
-            init_text = json_string_value(v);
-        }
-    }
-    if (init_text && proj) {
-        fail(b, "init_text", "init_text cannot be combined with prefix_projection: train the "
-             "prefix directly to start from a prompt.");
-        return NULL;
-    }
-    if (init_text) { /* the prompt's token count is the prefix length */
-        int32_t *tok = malloc((size_t)seq_len * sizeof *tok);
-        int n = tok ? pd_tokenizer_encode(s->model->tok, init_text, strlen(init_text), 1, 0, tok,
-                                          seq_len)
-                    : -1;
-        free(tok);
-        if (n < 1 || n > seq_len - 3) {
-            fail(b, "init_text", "init_text must encode to at most %d tokens.", seq_len - 3);
+    for (int i = 0; i < 2; i++) {
+        const json_t *o = i ? mhp : (json_is_object(hp) ? hp : NULL);
+        const char *key;
+        json_t *v;
+        if (!o) continue;
+        if (only_keys(o, hp_keys, i ? "method.hyperparameters" : "hyperparameters", b) < 0) {
+            json_decref(given);
             return NULL;
         }
-        P = n;
+        json_object_foreach((json_t *)o, key, v) {
+            const json_t *had = json_object_get(given, key);
+            if (had && !json_equal(had, v)) {
+                json_decref(given);
+                fail(b, "hyperparameters", "hyperparameters and method.%s.hyperparameters "
+                     "disagree on %s: give each setting once.", type, key);
+                return NULL;
+            }
+            json_object_set(given, key, v);
+        }
     }
-
-    json_t *common = json_pack("{s:i,s:i,s:f}", "n_epochs", h.n_epochs, "batch_size",
-                               h.batch_size, "learning_rate_multiplier", h.lr_mult);
-    json_t *prefix_hp = json_pack("{s:i,s:i,s:i,s:b,s:i,s:f}", "n_epochs", h.n_epochs,
-                                  "batch_size", h.batch_size, "num_virtual_tokens", P,
-                                  "prefix_projection", proj, "encoder_hidden_size", hidden,
-                                  "learning_rate", lr);
-    if (prefix_hp) json_object_set_new(prefix_hp, "learning_rate_multiplier", json_real(h.lr_mult));
-    if (prefix_hp && init_text) json_object_set_new(prefix_hp, "init_text", json_string(init_text));
+    json_t *resolved = resolve_hp(s, given, b);
+    json_decref(given);
+    if (!resolved) return NULL;
+    json_t *common = json_pack("{s:O,s:O,s:O}", "n_epochs", json_object_get(resolved, "n_epochs"),
+                               "batch_size", json_object_get(resolved, "batch_size"),
+                               "learning_rate_multiplier",
+                               json_object_get(resolved, "learning_rate_multiplier"));
     json_t *out = json_pack("{s:s,s:O,s:O?,s:O?,s:O?,s:o,s:{s:s,s:{s:o}}}", "model", s->model->id,
                             "training_file", train, "validation_file", valid, "suffix", suffix,
-                            "seed", seed, "hyperparameters", common, "method", "type", "prefix",
-                            "prefix", "hyperparameters", prefix_hp);
+                            "seed", seed, "hyperparameters", common, "method", "type", type,
+                            type, "hyperparameters", resolved);
     if (!out) fail(b, NULL, "Out of memory.");
     return out;
 }
@@ -386,7 +488,10 @@ enum MHD_Result route_jobs_get(http_req *r)
     return http_send_json(r, 200, out);
 }
 
-enum MHD_Result route_jobs_events(http_req *r)
+/* A page of one job's events or checkpoints (list: a pd_jobstore_*_list). */
+static enum MHD_Result job_page(http_req *r,
+                                int (*list)(pd_jobstore *, const char *, const char *, int,
+                                            json_t **, pd_err *))
 {
     enum MHD_Result ret;
     const char *after;
@@ -397,11 +502,18 @@ enum MHD_Result route_jobs_events(http_req *r)
     if (pd_jobstore_job_status(r->s->js, r->param, NULL, NULL, &err) < 0)
         return http_send_store_error(r, err.code, &err, "job_not_found");
     json_t *out;
-    int rc = pd_jobstore_event_list(r->s->js, r->param, after, limit, &out, &err);
+    int rc = list(r->s->js, r->param, after, limit, &out, &err);
     if (rc == PD_ENOTFOUND)
         return http_send_error(r, 400, "after", "invalid_value", "%s", err.msg);
     if (rc < 0) return http_send_store_error(r, rc, &err, NULL);
     return http_send_json(r, 200, out);
+}
+
+enum MHD_Result route_jobs_events(http_req *r) { return job_page(r, pd_jobstore_event_list); }
+
+enum MHD_Result route_jobs_checkpoints(http_req *r)
+{
+    return job_page(r, pd_jobstore_checkpoint_list);
 }
 
 enum MHD_Result route_jobs_cancel(http_req *r)

@@ -8,13 +8,19 @@
  * {"from_prompt": "text"}: the prefix is the KV cache of the text run from
  * BOS. That run is model math, so the handler submits it to the scheduler as
  * a prefix-build request (its prompt is prefilled on the engine thread, in
- * the same steps as completions) and waits for the result. */
+ * the same steps as completions) and waits for the result.
+ *
+ * GET /v1/prefixes/{task}?format=peft answers the prefix as an HF PEFT
+ * prefix-tuning adapter: a tar of adapter_config.json and
+ * adapter_model.safetensors (409 for a prefix that holds BOS). */
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <time.h>
 
 #include "http.h"
 #include "prefixd/log.h"
+#include "tar.h"
 
 json_t *prefix_entry_json(const pd_registry_entry *e)
 {
@@ -50,11 +56,64 @@ static enum MHD_Result not_found(http_req *r)
                            r->param);
 }
 
+static unsigned status_of(int rc);
+
+/* The prefix as a PEFT adapter: a tar of adapter_config.json and
+ * adapter_model.safetensors (pd_prefix_export_peft). */
+static enum MHD_Result send_peft(http_req *r)
+{
+    pd_prefix *p;
+    pd_err err;
+    int rc = pd_registry_acquire(r->s->reg, r->param, &p, &err);
+    if (rc == PD_ENOTFOUND) return not_found(r);
+    if (rc < 0) return http_send_error(r, status_of(rc), NULL, "prefix_unavailable", "%s", err.msg);
+    char *config = NULL;
+    void *tensors = NULL;
+    size_t nc = 0, nt = 0;
+    rc = pd_prefix_export_peft(p, r->s->model, &config, &nc, &tensors, &nt, &err);
+    pd_prefix_release(p);
+    if (rc < 0)
+        return http_send_error(r, rc == PD_EUNSUPPORTED ? 409 : status_of(rc), "format",
+                               rc == PD_EUNSUPPORTED ? "unsupported_prefix" : "export_failed",
+                               "%s", err.msg);
+    hbuf b = {0};
+    time_t now = time(NULL);
+    tar_add(&b, "adapter_config.json", config, nc, now);
+    tar_add(&b, "adapter_model.safetensors", tensors, nt, now);
+    tar_end(&b);
+    free(config);
+    free(tensors);
+    if (b.oom) {
+        hbuf_free(&b);
+        return http_send_error(r, 503, NULL, "out_of_memory", "Out of memory.");
+    }
+    struct MHD_Response *resp = MHD_create_response_from_buffer(b.len, b.p, MHD_RESPMEM_MUST_FREE);
+    if (!resp) {
+        hbuf_free(&b);
+        return MHD_NO;
+    }
+    char disp[512];
+    snprintf(disp, sizeof disp, "attachment; filename=\"%.64s-peft.tar\"", r->param);
+    if (MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "application/x-tar") !=
+            MHD_YES ||
+        MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_DISPOSITION, disp) != MHD_YES) {
+        MHD_destroy_response(resp);
+        return MHD_NO;
+    }
+    return http_send_response(r, 200, resp);
+}
+
 enum MHD_Result route_prefixes_get(http_req *r)
 {
     pd_registry_entry e;
     if (!pd_task_name_valid(r->param) || pd_registry_get(r->s->reg, r->param, &e) != PD_OK)
         return not_found(r);
+    const char *format = http_query(r, "format");
+    if (format && strcmp(format, "peft") != 0)
+        return http_send_error(r, 400, "format", "invalid_value",
+                               "format must be \"peft\" (a tar of adapter_config.json and "
+                               "adapter_model.safetensors), or absent for the JSON entry.");
+    if (format) return send_peft(r);
     return http_send_json(r, 200, prefix_entry_json(&e));
 }
 

@@ -44,6 +44,7 @@
 #include <unistd.h>
 #include <uv.h>
 
+#include "hbuf.h"
 #include "prefixd/log.h"
 #include "prefixd/scheduler.h"
 
@@ -52,6 +53,8 @@
 #define RETRY_MAX_MS 30000
 #define YIELD_SLICE_NS 2000000L
 #define CANCEL_POLL_S 0.5     /* store cancel flag polled this often */
+#define KEEP_CHECKPOINTS 3    /* servable checkpoints kept per job (as OpenAI) */
+#define RESULTS_PURPOSE "fine-tune-results"
 
 typedef char job_id[PD_JOBSTORE_ID_MAX];
 
@@ -93,9 +96,12 @@ struct worker {
 typedef struct job_ctx {
     worker *w;
     const char *id;
+    const char *task;
     double last_cancel_poll;
     int events;          /* progress calls so far */
     uint64_t last_tokens; /* trained_tokens at the previous progress call */
+    double t_start;      /* when this run's first step began (pd_now) */
+    int step_start;      /* the step this run started from */
 } job_ctx;
 
 /* ---- small helpers ---------------------------------------------------------- */
@@ -214,26 +220,25 @@ static int get_int(const json_t *obj, const char *key, int lo, int hi, int *out,
     return PD_OK;
 }
 
-static int get_real(const json_t *obj, const char *key, double *out, pd_err *err)
+static int get_real(const json_t *obj, const char *key, int zero_ok, double *out, pd_err *err)
 {
     const json_t *v = json_is_object(obj) ? json_object_get(obj, key) : NULL;
     if (!v || json_is_null(v) || (json_is_string(v) && !strcmp(json_string_value(v), "auto")))
         return PD_OK;
-    if (!json_is_number(v) || !(json_number_value(v) > 0) || !isfinite(json_number_value(v)))
-        return pd_err_set(err, PD_EINVAL, "%s: must be a positive number or \"auto\"", key);
-    *out = json_number_value(v);
+    double x = json_is_number(v) ? json_number_value(v) : NAN;
+    if (!isfinite(x) || x < 0 || (x == 0 && !zero_ok))
+        return pd_err_set(err, PD_EINVAL, "%s: must be a %s number or \"auto\"", key,
+                          zero_ok ? "non-negative" : "positive");
+    *out = x;
     return PD_OK;
 }
 
 int worker_train_params(const json_t *params, const char *job_id, pd_train_params *tp,
-                        pd_err *err)
+                        const char **init_from, pd_err *err)
 {
     *tp = pd_train_default_params();
-    tp->n_epochs = WORKER_DEFAULT_EPOCHS;
-    tp->batch_size = WORKER_DEFAULT_BATCH;
-    tp->num_virtual_tokens = WORKER_DEFAULT_P;
-    tp->encoder_hidden_size = WORKER_DEFAULT_HIDDEN;
-    tp->learning_rate = WORKER_DEFAULT_LR;
+    tp->eval_every = -1; /* not stored (a job of an older version): the server's setting */
+    *init_from = NULL;
     tp->job_id = job_id;
     const json_t *suffix = json_object_get(params, "suffix");
     tp->task = json_is_string(suffix) ? json_string_value(suffix) : job_id;
@@ -242,43 +247,67 @@ int worker_train_params(const json_t *params, const char *job_id, pd_train_param
 
     const json_t *hp = json_object_get(params, "hyperparameters");
     const json_t *method = json_object_get(params, "method");
-    const json_t *prefix = json_is_object(method) ? json_object_get(method, "prefix") : NULL;
-    const json_t *php = json_is_object(prefix) ? json_object_get(prefix, "hyperparameters") : NULL;
-    double mult = 1.0;
-    int rc, proj = 0;
-    /* method.prefix.hyperparameters wins over the top-level ones */
+    const json_t *type = json_is_object(method) ? json_object_get(method, "type") : NULL;
+    const json_t *inner = json_is_string(type) ? json_object_get(method, json_string_value(type))
+                                                : NULL;
+    const json_t *mhp = json_is_object(inner) ? json_object_get(inner, "hyperparameters") : NULL;
+    double mult = 1.0, lr = 0.0;
+    int rc;
+    /* the method's settings win over the top-level ones (the routes made them agree) */
     for (int i = 0; i < 2; i++) {
-        const json_t *o = i ? php : hp;
+        const json_t *o = i ? mhp : hp;
         if ((rc = get_int(o, "n_epochs", 1, 100000, &tp->n_epochs, err)) < 0 ||
             (rc = get_int(o, "batch_size", 1, 4096, &tp->batch_size, err)) < 0 ||
-            (rc = get_real(o, "learning_rate_multiplier", &mult, err)) < 0)
+            (rc = get_real(o, "learning_rate_multiplier", 0, &mult, err)) < 0)
             return rc;
     }
-    if ((rc = get_int(php, "num_virtual_tokens", 1, 1 << 20, &tp->num_virtual_tokens, err)) <
+    if ((rc = get_int(mhp, "num_virtual_tokens", 1, 1 << 20, &tp->num_virtual_tokens, err)) <
             0 ||
-        (rc = get_int(php, "encoder_hidden_size", 1, 65536, &tp->encoder_hidden_size, err)) <
+        (rc = get_int(mhp, "encoder_hidden_size", 1, 65536, &tp->encoder_hidden_size, err)) <
             0 ||
-        (rc = get_real(php, "learning_rate", &tp->learning_rate, err)) < 0)
+        (rc = get_int(mhp, "eval_every", 0, 1 << 30, &tp->eval_every, err)) < 0 ||
+        (rc = get_int(mhp, "early_stopping_patience", 0, 1 << 20,
+                      &tp->early_stopping_patience, err)) < 0 ||
+        (rc = get_real(mhp, "learning_rate", 0, &lr, err)) < 0 ||
+        (rc = get_real(mhp, "warmup_ratio", 1, &tp->warmup_fraction, err)) < 0 ||
+        (rc = get_real(mhp, "weight_decay", 1, &tp->weight_decay, err)) < 0 ||
+        (rc = get_real(mhp, "max_grad_norm", 1, &tp->max_grad_norm, err)) < 0)
         return rc;
-    const json_t *v = json_is_object(php) ? json_object_get(php, "prefix_projection") : NULL;
+    const json_t *v = json_is_object(mhp) ? json_object_get(mhp, "lr_scheduler_type") : NULL;
+    if (v && !json_is_null(v)) {
+        int k = json_is_string(v) ? pd_lr_kind_parse(json_string_value(v)) : -1;
+        if (k < 0)
+            return pd_err_set(err, PD_EINVAL, "lr_scheduler_type: must be linear, cosine or "
+                              "constant");
+        tp->schedule = k;
+    }
+    v = json_is_object(mhp) ? json_object_get(mhp, "prefix_projection") : NULL;
     if (v && !json_is_null(v)) {
         if (!json_is_boolean(v))
             return pd_err_set(err, PD_EINVAL, "prefix_projection: must be true or false");
-        proj = json_is_true(v);
+        tp->prefix_projection = json_is_true(v);
     }
-    tp->prefix_projection = proj;
-    v = json_is_object(php) ? json_object_get(php, "init_text") : NULL;
+    v = json_is_object(mhp) ? json_object_get(mhp, "init_text") : NULL;
     if (v && !json_is_null(v)) {
         if (!json_is_string(v) || json_string_length(v) == 0 ||
             strlen(json_string_value(v)) != json_string_length(v))
             return pd_err_set(err, PD_EINVAL, "init_text: must be a non-empty string");
         tp->init_text = json_string_value(v);
     }
-    tp->learning_rate *= mult;
+    v = json_is_object(mhp) ? json_object_get(mhp, "init_from") : NULL;
+    if (v && !json_is_null(v)) {
+        if (!json_is_string(v) || json_string_length(v) == 0)
+            return pd_err_set(err, PD_EINVAL, "init_from: must be a task name or a file id");
+        *init_from = json_string_value(v);
+    }
+    if (lr == 0.0)
+        lr = tp->prefix_projection ? PD_TRAIN_DEFAULT_LR_PROJECTION : PD_TRAIN_DEFAULT_LR;
+    tp->learning_rate = lr * mult;
     return PD_OK;
 }
 
-/* The prefix length the job will train with (init_text decides it then). */
+/* The prefix length the job will train with (init_text decides it then;
+ * with init_from, the routes stored the prefix's own length). */
 static int job_prefix_len(const pd_model *m, const pd_train_params *tp)
 {
     if (!tp->init_text) return tp->num_virtual_tokens;
@@ -346,7 +375,8 @@ static void validate_job(worker *w, const char *id)
         return;
     }
     pd_train_params tp;
-    if (worker_train_params(params, id, &tp, &err) < 0) {
+    const char *init_from;
+    if (worker_train_params(params, id, &tp, &init_from, &err) < 0) {
         fail_job(w, id, "invalid_hyperparameters", NULL, err.msg);
         json_decref(params);
         return;
@@ -405,6 +435,9 @@ static void on_progress(const pd_train_progress *pr, void *user_data)
     w->st.total_steps = pr->total_steps;
     w->st.tokens_per_second = pr->tokens_per_second;
     pthread_mutex_unlock(&w->mu);
+    if (c->step_start < 0) { /* this run's first step: the clock of its estimate */
+        c->step_start = pr->step - 1;
+    }
     if (c->events++ == 0) {
         /* a resumed job's count starts at its checkpoint: its first step is not counted */
         c->last_tokens = pr->resumed_from >= 0 ? pr->trained_tokens : 0;
@@ -431,6 +464,7 @@ static void on_progress(const pd_train_progress *pr, void *user_data)
         json_object_set_new(data, "epoch", json_integer(pr->epoch));
         json_object_set_new(data, "train_loss", num(pr->train_loss));
         json_object_set_new(data, "valid_loss", num(pr->valid_loss));
+        json_object_set_new(data, "valid_token_accuracy", num(pr->valid_token_accuracy));
         json_object_set_new(data, "learning_rate", num(pr->learning_rate));
         json_object_set_new(data, "trained_tokens", json_integer((json_int_t)pr->trained_tokens));
         json_object_set_new(data, "tokens_per_second", num(pr->tokens_per_second));
@@ -444,6 +478,161 @@ static void on_progress(const pd_train_progress *pr, void *user_data)
     if (pd_jobstore_job_set_result(w->p.js, c->id, NULL, (int64_t)pr->trained_tokens, &err) <
         0)
         PD_LOGW("training worker: job %s: trained_tokens not recorded: %s", c->id, err.msg);
+    /* the finish, from this run's measured time per step */
+    int done_here = pr->step - c->step_start;
+    if (done_here > 0 && pr->step < pr->total_steps) {
+        double per_step = (pd_now() - c->t_start) / done_here;
+        int64_t eta = (int64_t)time(NULL) + (int64_t)ceil(per_step * (pr->total_steps - pr->step));
+        if (pd_jobstore_job_set_estimated_finish(w->p.js, c->id, eta, &err) < 0)
+            PD_LOGW("training worker: job %s: estimated finish not recorded: %s", c->id,
+                    err.msg);
+    }
+}
+
+/* ---- checkpoints and result files ------------------------------------------------ */
+
+/* The servable name of a job's checkpoint at step: "<task>.ckpt-step-<step>"
+ * (task names cannot hold OpenAI's ':'). 0 when it does not fit a task name. */
+static int ckpt_task(const char *task, int step, char out[PD_TASK_NAME_MAX + 1])
+{
+    int n = snprintf(out, PD_TASK_NAME_MAX + 1, "%s.ckpt-step-%d", task, step);
+    return n > 0 && n <= PD_TASK_NAME_MAX && pd_task_name_valid(out);
+}
+
+/* Keeps the job's last KEEP_CHECKPOINTS checkpoints: older ones leave the
+ * registry and the list. */
+static void prune_checkpoints(worker *w, const char *id)
+{
+    json_t *list;
+    pd_err err;
+    if (pd_jobstore_checkpoint_list(w->p.js, id, NULL, PD_JOBSTORE_LIST_MAX, &list, &err) < 0) {
+        PD_LOGW("training worker: job %s: checkpoints not listed: %s", id, err.msg);
+        return;
+    }
+    json_t *data = json_object_get(list, "data"), *c;
+    size_t i;
+    json_array_foreach(data, i, c) {
+        if (i < KEEP_CHECKPOINTS) continue;
+        const char *model = json_string_value(json_object_get(c, "fine_tuned_model_checkpoint"));
+        const char *cid = json_string_value(json_object_get(c, "id"));
+        if (model && pd_registry_delete(w->p.reg, model, &err) < 0 && err.code != PD_ENOTFOUND)
+            PD_LOGW("training worker: job %s: %s not removed: %s", id, model, err.msg);
+        if (cid && pd_jobstore_checkpoint_delete(w->p.js, id, cid, &err) < 0)
+            PD_LOGW("training worker: job %s: checkpoint %s not forgotten: %s", id, cid,
+                    err.msg);
+    }
+    json_decref(list);
+}
+
+/* The trainer validated: at an epoch's end the prefix becomes a servable
+ * checkpoint, "<task>.ckpt-step-N", listed by .../checkpoints. */
+static void on_eval(const pd_train_eval *ev, void *user_data)
+{
+    job_ctx *c = user_data;
+    worker *w = c->w;
+    char name[PD_TASK_NAME_MAX + 1];
+    if (!ev->epoch_end || ev->step == ev->total_steps) return; /* the last is the result */
+    if (!ckpt_task(c->task, ev->step, name)) return;
+    pd_prefix *pf = NULL;
+    pd_err err;
+    int rc = pd_train_eval_prefix(ev, name, &pf, &err);
+    if (rc == PD_OK) rc = pd_registry_put_prefix(w->p.reg, pf, &err);
+    pd_prefix_release(pf);
+    if (rc < 0) {
+        PD_LOGW("training worker: job %s: checkpoint %s not published: %s", c->id, name,
+                err.msg);
+        return;
+    }
+    json_t *m = json_pack("{s:i,s:o,s:o,s:o,s:o,s:o,s:o}", "step", ev->step, "train_loss",
+                          num(ev->train_loss), "valid_loss", num(ev->valid_loss),
+                          "valid_mean_token_accuracy", num(ev->valid_token_accuracy),
+                          "full_valid_loss", num(ev->valid_loss),
+                          "full_valid_mean_token_accuracy", num(ev->valid_token_accuracy),
+                          "learning_rate", num(ev->learning_rate));
+    if (!m || pd_jobstore_checkpoint_add(w->p.js, c->id, ev->step, name, m, NULL, &err) < 0)
+        PD_LOGW("training worker: job %s: checkpoint %s not recorded: %s", c->id, name,
+                m ? err.msg : "out of memory");
+    json_decref(m);
+    event(w, c->id, "info", "message", NULL, "Checkpoint created at step %d: %s", ev->step, name);
+    prune_checkpoints(w, c->id);
+}
+
+/* One CSV cell: a number, or empty for null. */
+static void csv_cell(hbuf *b, const json_t *v, int last)
+{
+    if (json_is_integer(v))
+        hbuf_printf(b, "%" JSON_INTEGER_FORMAT, json_integer_value(v));
+    else if (json_is_number(v))
+        hbuf_printf(b, "%.6g", json_number_value(v));
+    hbuf_printf(b, last ? "\n" : ",");
+}
+
+/* The job's metrics events as CSV, one row per step (the latest of a step a
+ * resumed run repeated), in step order; stored as a file of purpose
+ * fine-tune-results and named in the job's result_files. Logged on failure
+ * only: a job's outcome never depends on it. */
+static void write_results(worker *w, const char *id)
+{
+    static const char *const cols[] = {"step", "epoch", "train_loss", "valid_loss",
+                                       "valid_token_accuracy", "learning_rate",
+                                       "trained_tokens", "tokens_per_second"};
+    const int n_cols = (int)(sizeof cols / sizeof cols[0]);
+    json_t *rows = json_object(); /* step -> event data (newest wins) */
+    char after[PD_JOBSTORE_ID_MAX] = "";
+    pd_err err;
+    int max_step = -1, ok = rows != NULL;
+    while (ok) {
+        json_t *page;
+        if (pd_jobstore_event_list(w->p.js, id, after[0] ? after : NULL, PD_JOBSTORE_LIST_MAX,
+                                   &page, &err) < 0) {
+            PD_LOGW("training worker: job %s: events not read for the results: %s", id, err.msg);
+            ok = 0;
+            break;
+        }
+        json_t *data = json_object_get(page, "data"), *e;
+        size_t i;
+        json_array_foreach(data, i, e) {
+            snprintf(after, sizeof after, "%s", json_string_value(json_object_get(e, "id")));
+            const json_t *d = json_object_get(e, "data");
+            const json_t *st = json_object_get(d, "step");
+            if (!json_is_integer(st) || json_is_true(json_object_get(d, "final"))) continue;
+            char key[24];
+            snprintf(key, sizeof key, "%" JSON_INTEGER_FORMAT, json_integer_value(st));
+            if (json_object_get(rows, key)) continue; /* newest first: keep the latest */
+            json_object_set(rows, key, (json_t *)d);
+            if (json_integer_value(st) > max_step) max_step = (int)json_integer_value(st);
+        }
+        int more = json_is_true(json_object_get(page, "has_more")) && json_array_size(data);
+        json_decref(page);
+        if (!more) break;
+    }
+    hbuf b = {0};
+    for (int k = 0; ok && k < n_cols; k++) hbuf_printf(&b, "%s%s", cols[k], k + 1 < n_cols ? "," : "\n");
+    for (int step = 0; ok && step <= max_step; step++) {
+        char key[24];
+        snprintf(key, sizeof key, "%d", step);
+        const json_t *d = json_object_get(rows, key);
+        if (!d) continue;
+        for (int k = 0; k < n_cols; k++) csv_cell(&b, json_object_get(d, cols[k]), k + 1 == n_cols);
+    }
+    json_decref(rows);
+    if (ok && b.oom) {
+        PD_LOGW("training worker: job %s: results: out of memory", id);
+        ok = 0;
+    }
+    pd_jobstore_file_info fi;
+    if (ok && pd_jobstore_file_create(w->p.js, "step_metrics.csv", RESULTS_PURPOSE, b.p ? b.p : "",
+                                      b.len, &fi, NULL, &err) < 0) {
+        PD_LOGW("training worker: job %s: result file not stored: %s", id, err.msg);
+        ok = 0;
+    }
+    hbuf_free(&b);
+    if (!ok) return;
+    json_t *ids = json_pack("[s]", fi.id);
+    if (!ids || pd_jobstore_job_set_result_files(w->p.js, id, ids, &err) < 0)
+        PD_LOGW("training worker: job %s: result file %s not recorded: %s", id, fi.id,
+                ids ? err.msg : "out of memory");
+    json_decref(ids);
 }
 
 /* Lowers the calling thread's priority by inc; returns the old nice value
@@ -507,13 +696,22 @@ static void job_succeeded(worker *w, const char *id, const char *task, pd_prefix
         json_object_set_new(data, "base_valid_loss", num(bl));
         json_object_set_new(data, "trained_tokens", n_tokens >= 0 ? json_integer(n_tokens)
                                                                   : json_null());
+        double best = meta_num(pf, "best_step");
+        if (isfinite(best)) json_object_set_new(data, "best_step", json_integer((json_int_t)best));
         json_object_set_new(data, "final", json_true());
     }
+    const char *early = pd_prefix_meta_get(pf, "stopped_early");
+    if (early && !strcmp(early, "true"))
+        event(w, id, "info", "message", NULL,
+              "Stopped early at step %.0f: the validation loss had not improved for "
+              "early_stopping_patience validations; the result is the best validated prefix "
+              "(step %.0f, validation loss %.4f)", steps, meta_num(pf, "best_step"), vl);
     char vbuf[96] = "";
     if (isfinite(vl))
         snprintf(vbuf, sizeof vbuf, ", validation loss=%.4f (base model %.4f)", vl, bl);
     event(w, id, "info", "metrics", data, "Final: training loss=%.4f%s", tl, vbuf);
     event(w, id, "info", "message", NULL, "New fine-tuned model created: %s", task);
+    write_results(w, id);
     /* the checkpoint goes first: a job seen succeeded has none left, and a
      * crash in between only reruns the job (same seed: the same prefix) */
     remove_checkpoint(w, id);
@@ -536,7 +734,9 @@ static void run_job(worker *w, const char *id, pd_job_status status)
     }
     pd_train_params tp;
     char train_path[4096], valid_path[4096], ckpt[4096];
-    if (worker_train_params(params, id, &tp, &err) < 0) {
+    const char *init_from;
+    pd_prefix *init = NULL;
+    if (worker_train_params(params, id, &tp, &init_from, &err) < 0) {
         fail_job(w, id, "invalid_hyperparameters", NULL, err.msg);
         goto out;
     }
@@ -561,8 +761,22 @@ static void run_job(worker *w, const char *id, pd_job_status status)
     tp.valid_path = json_is_string(valid) ? valid_path : NULL;
     tp.checkpoint_path = ckpt;
     tp.checkpoint_every = w->p.checkpoint_every;
-    tp.eval_every = w->p.eval_every;
+    if (tp.eval_every < 0) tp.eval_every = w->p.eval_every;
     tp.n_threads = w->p.train_threads;
+    if (init_from) { /* a file of purpose "prefix", or a task of the registry */
+        char path[4096];
+        rc = strncmp(init_from, "file-", 5)
+                 ? pd_registry_acquire(w->p.reg, init_from, &init, &err)
+                 : pd_jobstore_file_path(w->p.js, init_from, path, sizeof path, &err);
+        if (rc == PD_OK && !init) rc = pd_prefix_load(path, w->p.model, &init, &err);
+        if (rc < 0) {
+            char msg[700];
+            snprintf(msg, sizeof msg, "init_from %s cannot be loaded: %s", init_from, err.msg);
+            fail_job(w, id, "invalid_init_from", "init_from", msg);
+            goto out;
+        }
+        tp.init_prefix = init;
+    }
 
     int requested = 0;
     if ((rc = pd_jobstore_job_cancel_requested(w->p.js, id, &requested, &err)) < 0) {
@@ -594,9 +808,10 @@ static void run_job(worker *w, const char *id, pd_job_status status)
     pthread_mutex_unlock(&w->mu);
     if (!atomic_load(&w->stopping)) atomic_store(&w->cancel, 0);
 
-    job_ctx ctx = {.w = w, .id = id, .last_cancel_poll = pd_now()};
-    pd_train_hooks hooks = {.on_progress = on_progress, .yield = on_yield, .user_data = &ctx,
-                            .cancel = &w->cancel};
+    job_ctx ctx = {.w = w, .id = id, .task = tp.task, .last_cancel_poll = pd_now(),
+                   .t_start = pd_now(), .step_start = -1};
+    pd_train_hooks hooks = {.on_progress = on_progress, .yield = on_yield, .on_eval = on_eval,
+                            .user_data = &ctx, .cancel = &w->cancel};
     pd_prefix *pf = NULL;
     int old_nice = nice_down(w->p.nice);
     rc = pd_train_run(w->p.model, &tp, &hooks, &pf, &err);
@@ -604,7 +819,10 @@ static void run_job(worker *w, const char *id, pd_job_status status)
 
     pthread_mutex_lock(&w->mu);
     w->current[0] = 0;
-    w->st.active = 0;
+    w->st.active = 0; /* the job's gauges end with it, whatever its outcome */
+    w->st.step = 0;
+    w->st.total_steps = 0;
+    w->st.tokens_per_second = 0.0;
     pthread_mutex_unlock(&w->mu);
 
     if (rc == PD_OK) {
@@ -615,6 +833,7 @@ static void run_job(worker *w, const char *id, pd_job_status status)
         if (pd_jobstore_job_cancel_requested(w->p.js, id, &requested, &err) < 0) {
             store_failed(w, "reading a job", &err);
         } else if (requested) {
+            write_results(w, id);
             if (set_status(w, id, PD_JOB_CANCELLED, NULL, NULL, NULL) == PD_OK) {
                 event(w, id, "info", "message", NULL, "Fine-tuning job cancelled");
                 count_outcome(w, PD_JOB_CANCELLED);
@@ -635,10 +854,12 @@ static void run_job(worker *w, const char *id, pd_job_status status)
         else
             snprintf(msg, sizeof msg, "%s", tmp);
         int data_error = rc == PD_EFORMAT || rc == PD_ERANGE;
+        write_results(w, id);
         fail_job(w, id, data_error ? "invalid_training_file" : "training_failed", NULL, msg);
         remove_checkpoint(w, id);
     }
 out:
+    pd_prefix_release(init);
     json_decref(params);
 }
 

@@ -89,8 +89,9 @@ void worker_free(worker *w);
 
 typedef struct worker_stats {
     int active;               /* 1 while a job trains */
-    int step, total_steps;    /* of the job training now (or the last one) */
-    double tokens_per_second; /* of the job training now (or the last one) */
+    int step, total_steps;    /* of the job training now (0 when none: reset when a
+                                 job ends, whatever its outcome) */
+    double tokens_per_second; /* of the job training now (0 when none) */
     uint64_t steps;           /* training steps run, all jobs */
     uint64_t tokens;          /* tokens trained on, all jobs */
     uint64_t succeeded, failed, cancelled;
@@ -101,24 +102,19 @@ void worker_stats_get(worker *w, worker_stats *out);
 
 /* ---- shared with the routes ---- */
 
-/* Defaults of a job's settings, applied by POST /v1/fine_tuning/jobs and by
- * the worker to a stored job that lacks one. */
-#define WORKER_DEFAULT_EPOCHS 3
-#define WORKER_DEFAULT_BATCH 4
-#define WORKER_DEFAULT_P 10
-#define WORKER_DEFAULT_HIDDEN 128
-#define WORKER_DEFAULT_LR 1e-2
-
 /* Fills *tp from a job's stored request (pd_jobstore_job_params; borrowed)
  * on top of pd_train_default_params(): hyperparameters n_epochs,
- * batch_size, learning_rate_multiplier and method.prefix.hyperparameters
- * num_virtual_tokens, prefix_projection, encoder_hidden_size, learning_rate
- * and init_text ("auto" or absent: the defaults above). String fields point
- * into params (borrowed: keep params alive while *tp is used). task is the
- * suffix, or the job id when there is none (job_id borrowed too).
- * PD_EINVAL with err naming the field. */
+ * batch_size, learning_rate_multiplier, and method.<type>.hyperparameters
+ * (type "supervised" or "prefix"; routes_jobs.c lists them) with "auto" or
+ * absent meaning the trainer's default. The learning rate is learning_rate
+ * (default PD_TRAIN_DEFAULT_LR, or _PROJECTION with prefix_projection) times
+ * learning_rate_multiplier. eval_every is -1 when the job does not say
+ * (the caller applies its own). *init_from is the job's init_from (a task name
+ * or a file id) or NULL. String fields point into params (borrowed: keep
+ * params alive while *tp is used). task is the suffix, or the job id when
+ * there is none (job_id borrowed too). PD_EINVAL with err naming the field. */
 int worker_train_params(const json_t *params, const char *job_id, pd_train_params *tp,
-                        pd_err *err);
+                        const char **init_from, pd_err *err);
 
 /* Rewrites a data error of the trainer or the validator ("PATH:LINE: what")
  * for a user who never saw PATH: into out (cap bytes) as "NAME line LINE:

@@ -3,6 +3,7 @@
 #include "prefixd/adamw.h"
 
 #include <math.h>
+#include <string.h>
 #include <stdlib.h>
 
 int pd_adamw_init(pd_adamw *o, size_t n, const pd_adamw_params *p, pd_err *err)
@@ -70,7 +71,22 @@ double pd_lr_at(const pd_lr_schedule *s, int step)
     if (step < 0) step = 0;
     if (step >= s->total_steps) return 0.0;
     if (step < s->warmup_steps) return s->base * (step + 1) / s->warmup_steps;
+    if (s->kind == PD_LR_CONSTANT) return s->base;
     double q = (double)(step - s->warmup_steps) / (s->total_steps - s->warmup_steps);
-    if (s->cosine) return s->base * 0.5 * (1.0 + cos(M_PI * q));
+    if (s->kind == PD_LR_COSINE) return s->base * 0.5 * (1.0 + cos(M_PI * q));
     return s->base * (1.0 - q);
+}
+
+static const char *const lr_kind_names[PD_LR_KIND_COUNT] = {"linear", "cosine", "constant"};
+
+const char *pd_lr_kind_name(pd_lr_kind k)
+{
+    return k >= 0 && k < PD_LR_KIND_COUNT ? lr_kind_names[k] : "?";
+}
+
+int pd_lr_kind_parse(const char *name)
+{
+    for (int k = 0; k < PD_LR_KIND_COUNT; k++)
+        if (name && !strcmp(name, lr_kind_names[k])) return k;
+    return -1;
 }

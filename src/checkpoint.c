@@ -38,12 +38,19 @@ int pd_train_ckpt_save(const char *path, const pd_train_ckpt *c, pd_err *err)
     META("epoch_targets", "%.17g", c->epoch_targets);
     META("train_loss", "%.17g", c->train_loss);
     META("valid_loss", "%.17g", c->valid_loss);
+    if (c->best) {
+        META("best_valid_loss", "%.17g", c->best_valid_loss);
+        META("best_step", "%d", c->best_step);
+        META("bad_evals", "%d", c->bad_evals);
+    }
 #undef META
     int64_t np = (int64_t)c->n_params, no = c->n_order;
     if (rc == PD_OK) rc = pd_st_writer_add(w, "params", PD_ST_F32, 1, &np, c->params, err);
     if (rc == PD_OK) rc = pd_st_writer_add(w, "m", PD_ST_F32, 1, &np, c->m, err);
     if (rc == PD_OK) rc = pd_st_writer_add(w, "v", PD_ST_F32, 1, &np, c->v, err);
     if (rc == PD_OK) rc = pd_st_writer_add(w, "order", PD_ST_I32, 1, &no, c->order, err);
+    if (rc == PD_OK && c->best)
+        rc = pd_st_writer_add(w, "best", PD_ST_F32, 1, &np, c->best, err);
     if (rc == PD_OK) rc = pd_st_writer_write(w, path, err);
     pd_st_writer_free(w);
     return rc;
@@ -167,7 +174,16 @@ int pd_train_ckpt_load(const char *path, pd_train_ckpt *c, pd_err *err)
     c->m = get_tensor(st, "m", PD_ST_F32, &nm, path, &rc, err);
     c->v = get_tensor(st, "v", PD_ST_F32, &nv, path, &rc, err);
     c->order = get_tensor(st, "order", PD_ST_I32, &no, path, &rc, err);
-    if (rc == PD_OK && (nm != np || nv != np || no > INT32_MAX))
+    size_t nb = np;
+    c->best_valid_loss = NAN;
+    c->best_step = -1;
+    if (rc == PD_OK && pd_st_find(st, "best")) {
+        c->best = get_tensor(st, "best", PD_ST_F32, &nb, path, &rc, err);
+        c->best_valid_loss = get_double(st, "best_valid_loss", path, &rc, err);
+        c->best_step = (int)get_int(st, "best_step", 0, INT32_MAX, path, &rc, err);
+        c->bad_evals = (int)get_int(st, "bad_evals", 0, INT32_MAX, path, &rc, err);
+    }
+    if (rc == PD_OK && (nm != np || nv != np || nb != np || no > INT32_MAX))
         rc = pd_err_set(err, PD_EFORMAT, "%s: checkpoint tensors disagree in size", path);
     if (rc == PD_OK && c->pos > (int)no)
         rc = pd_err_set(err, PD_EFORMAT, "%s: checkpoint position %d is past its order of %zu",
@@ -186,6 +202,7 @@ void pd_train_ckpt_free(pd_train_ckpt *c)
     free(c->params);
     free(c->m);
     free(c->v);
+    free(c->best);
     c->order = NULL;
-    c->params = c->m = c->v = NULL;
+    c->params = c->m = c->v = c->best = NULL;
 }

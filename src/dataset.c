@@ -8,12 +8,14 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "prefixd/chat.h"
 #include "prefixd/fsutil.h"
 #include "prefixd/log.h"
 
 pd_dataset_params pd_dataset_default_params(void)
 {
-    return (pd_dataset_params){.max_tokens = 512, .first_target = 1, .skip_bad_lines = 0};
+    return (pd_dataset_params){.max_tokens = 512, .first_target = 1, .skip_bad_lines = 0,
+                               .chat_template = NULL, .now = -1};
 }
 
 /* ---- the generator ---- */
@@ -79,30 +81,45 @@ void pd_rng_shuffle(pd_rng *r, int *idx, int n)
 
 /* ---- one example ---- */
 
-int pd_dataset_encode(const pd_tokenizer *tok, const char *prompt, size_t prompt_len,
-                      const char *completion, size_t completion_len, int first_target,
-                      int32_t **tokens, uint8_t **mask, int *n, pd_err *err)
+/* The bytes token t[j] stands for in the text it was encoded from: its
+ * decoding, or with special parsing a control token's written text (but
+ * nothing for the BOS the encoder added). */
+static const char *token_bytes(const pd_tokenizer *tok, const int32_t *t, int j, int special,
+                               size_t *l)
 {
-    PD_ASSERT(tok && (prompt || !prompt_len) && completion && tokens && mask && n);
+    int added_bos = j == 0 && t[0] == pd_tokenizer_bos(tok) && pd_tokenizer_add_bos(tok);
+    if (special && !added_bos && pd_tokenizer_type(tok, t[j]) == PD_TOKEN_CONTROL) {
+        const char *s = pd_tokenizer_token_text(tok, t[j]);
+        *l = s ? strlen(s) : 0;
+        return s;
+    }
+    return pd_tokenizer_decode(tok, j ? t[j - 1] : -1, t[j], l);
+}
+
+/* Tokenizes text[0..len) (BOS first; special: control-token text parsed)
+ * with the loss mask of the byte spans [spans[2i], spans[2i+1]): token j
+ * (j >= first_target) is a target when the bytes it stands for are not
+ * empty and start inside a span. */
+static int encode_spans(const pd_tokenizer *tok, const char *text, size_t len, const size_t *spans,
+                        int n_spans, int special, int first_target, int32_t **tokens,
+                        uint8_t **mask, int *n, pd_err *err)
+{
     *tokens = NULL;
     *mask = NULL;
     *n = 0;
-    size_t len = prompt_len + completion_len;
     if (len > (size_t)INT32_MAX - 8) return pd_err_set(err, PD_EFORMAT, "the text is too long");
-    char *text = malloc(len + 1);
     int cap = (int)len + 3; /* BOS + dummy space + one token per byte at most */
     int32_t *t = malloc((size_t)cap * sizeof *t);
     uint8_t *mk = malloc((size_t)cap);
     int rc = PD_OK;
-    if (!text || !t || !mk) {
+    if (!t || !mk) {
         rc = pd_err_set(err, PD_ENOMEM, "out of memory");
         goto fail;
     }
-    if (prompt_len) memcpy(text, prompt, prompt_len);
-    memcpy(text + prompt_len, completion, completion_len);
-    text[len] = 0;
 
-    int nt = pd_tokenizer_encode(tok, text, len, 1, 0, t, cap);
+    int nt = special ? pd_tokenizer_encode_flags(tok, text, len,
+                                                 PD_TOK_ADD_SPECIAL | PD_TOK_PARSE_SPECIAL, t, cap)
+                     : pd_tokenizer_encode(tok, text, len, 1, 0, t, cap);
     if (nt < 0 || nt > cap) {
         rc = pd_err_set(err, PD_EFORMAT, "the text cannot be tokenized");
         goto fail;
@@ -113,7 +130,7 @@ int pd_dataset_encode(const pd_tokenizer *tok, const char *prompt, size_t prompt
     size_t total = 0;
     for (int j = 0; j < nt; j++) {
         size_t l;
-        pd_tokenizer_decode(tok, j ? t[j - 1] : -1, t[j], &l);
+        token_bytes(tok, t, j, special, &l);
         total += l;
     }
     size_t shift = total - len;
@@ -125,7 +142,7 @@ int pd_dataset_encode(const pd_tokenizer *tok, const char *prompt, size_t prompt
     int n_targets = 0;
     for (int j = 0; j < nt; j++) {
         size_t l;
-        const char *s = pd_tokenizer_decode(tok, j ? t[j - 1] : -1, t[j], &l);
+        const char *s = token_bytes(tok, t, j, special, &l);
         size_t begin = at;
         for (size_t k = 0; k < l; k++, at++) {
             char want = at < shift ? ' ' : text[at - shift];
@@ -134,7 +151,10 @@ int pd_dataset_encode(const pd_tokenizer *tok, const char *prompt, size_t prompt
                 goto fail;
             }
         }
-        mk[j] = j >= first_target && begin >= shift && begin - shift >= prompt_len && l > 0;
+        int in = 0;
+        for (int k = 0; k < n_spans && !in && begin >= shift; k++)
+            in = begin - shift >= spans[2 * k] && begin - shift < spans[2 * k + 1];
+        mk[j] = j >= first_target && in && l > 0;
         n_targets += mk[j];
     }
     if (n_targets == 0) {
@@ -142,15 +162,34 @@ int pd_dataset_encode(const pd_tokenizer *tok, const char *prompt, size_t prompt
                                          "prompt's last token");
         goto fail;
     }
-    free(text);
     *tokens = t;
     *mask = mk;
     *n = nt;
     return PD_OK;
 fail:
-    free(text);
     free(t);
     free(mk);
+    return rc;
+}
+
+int pd_dataset_encode(const pd_tokenizer *tok, const char *prompt, size_t prompt_len,
+                      const char *completion, size_t completion_len, int first_target,
+                      int32_t **tokens, uint8_t **mask, int *n, pd_err *err)
+{
+    PD_ASSERT(tok && (prompt || !prompt_len) && completion && tokens && mask && n);
+    *tokens = NULL;
+    *mask = NULL;
+    *n = 0;
+    size_t len = prompt_len + completion_len;
+    if (len > (size_t)INT32_MAX - 8) return pd_err_set(err, PD_EFORMAT, "the text is too long");
+    char *text = malloc(len + 1);
+    if (!text) return pd_err_set(err, PD_ENOMEM, "out of memory");
+    if (prompt_len) memcpy(text, prompt, prompt_len);
+    memcpy(text + prompt_len, completion, completion_len);
+    text[len] = 0;
+    size_t span[2] = {prompt_len, len};
+    int rc = encode_spans(tok, text, len, span, 1, 0, first_target, tokens, mask, n, err);
+    free(text);
     return rc;
 }
 
@@ -163,6 +202,9 @@ typedef struct builder {
     int ex_cap;
     size_t *start; /* (ex_cap) offset of each example in d->tokens */
     int max_piece; /* longest piece of the vocabulary, in bytes */
+    pd_jinja_template *chat; /* parsed at the first {"messages"} line */
+    int lineno;              /* the line being parsed */
+    pd_chat_params cp;       /* BOS/EOS text of the tokenizer */
 } builder;
 
 static int builder_add(builder *b, const int32_t *t, const uint8_t *mk, int n, int line)
@@ -214,6 +256,171 @@ static int get_string(json_t *obj, const char *key, const char **s, size_t *len,
     return 1;
 }
 
+/* ---- chat lines ---- */
+
+static int is_role(const char *r)
+{
+    static const char *ROLES[] = {"system", "developer", "user", "assistant", "tool", "function"};
+    for (size_t i = 0; i < sizeof ROLES / sizeof *ROLES; i++)
+        if (!strcmp(r, ROLES[i])) return 1;
+    return 0;
+}
+
+/* Renders messages[0..n) (a new array of the first n) into *out. */
+static int render_first(builder *b, json_t *messages, size_t n, json_t *tools, int agp, char **out,
+                        size_t *len, char *why, size_t cap)
+{
+    json_t *part = json_array();
+    if (!part) return PD_ENOMEM;
+    for (size_t i = 0; i < n; i++) json_array_append(part, json_array_get(messages, i));
+    pd_chat_params cp = b->cp;
+    cp.add_generation_prompt = agp;
+    cp.tools = tools;
+    pd_err e;
+    int rc = pd_chat_render_parsed(b->chat, part, &cp, out, len, &e);
+    json_decref(part);
+    if (rc == PD_ENOMEM) return rc;
+    if (rc < 0) {
+        snprintf(why, cap, "%s", e.msg);
+        return PD_EFORMAT;
+    }
+    return PD_OK;
+}
+
+/* A {"messages": [...], "tools"?} line: the conversation rendered with the
+ * chat template; the targets are the tokens of the assistant messages of
+ * weight 1 (the default), each located by rendering prefixes of the
+ * conversation (see dataset.h). */
+static int chat_line(builder *b, json_t *obj, const pd_tokenizer *tok, const pd_dataset_params *p,
+                     char *why, size_t cap)
+{
+    json_t *messages = json_object_get(obj, "messages"), *tools = json_object_get(obj, "tools");
+    if (json_object_get(obj, "prompt") || json_object_get(obj, "completion") ||
+        json_object_get(obj, "text")) {
+        snprintf(why, cap, "has both \"messages\" and \"prompt\"/\"completion\"/\"text\"");
+        return PD_EFORMAT;
+    }
+    if (!json_is_array(messages) || !json_array_size(messages)) {
+        snprintf(why, cap, "\"messages\" must be a non-empty array");
+        return PD_EFORMAT;
+    }
+    if (tools && !json_is_array(tools) && !json_is_null(tools)) {
+        snprintf(why, cap, "\"tools\" must be an array");
+        return PD_EFORMAT;
+    }
+    if (!json_is_array(tools)) tools = NULL;
+    size_t n = json_array_size(messages), i;
+    int learned = 0;
+    json_t *m;
+    json_array_foreach(messages, i, m) {
+        json_t *role = json_object_get(m, "role"), *content = json_object_get(m, "content");
+        json_t *w = json_object_get(m, "weight");
+        if (!json_is_object(m) || !json_is_string(role) || !is_role(json_string_value(role))) {
+            snprintf(why, cap, "messages[%zu]: \"role\" must be one of system, developer, user, "
+                               "assistant, tool", i);
+            return PD_EFORMAT;
+        }
+        int assistant = !strcmp(json_string_value(role), "assistant");
+        int calls = json_is_array(json_object_get(m, "tool_calls"));
+        if (!json_is_string(content) && !json_is_array(content) &&
+            !(assistant && calls && (!content || json_is_null(content)))) {
+            snprintf(why, cap, "messages[%zu]: \"content\" must be a string (or an array of text "
+                               "parts)", i);
+            return PD_EFORMAT;
+        }
+        if (w && (!assistant || !json_is_integer(w) ||
+                  (json_integer_value(w) != 0 && json_integer_value(w) != 1))) {
+            snprintf(why, cap, "messages[%zu]: \"weight\" must be 0 or 1, on assistant messages", i);
+            return PD_EFORMAT;
+        }
+        learned += assistant && (!w || json_integer_value(w) == 1);
+    }
+    if (!learned) {
+        snprintf(why, cap, "no assistant message to learn (of weight 1)");
+        return PD_EFORMAT;
+    }
+    if (!b->chat) {
+        const char *src = p->chat_template ? p->chat_template : pd_chat_model_template(tok);
+        if (!src) src = pd_chat_builtin(PD_CHAT_DEFAULT);
+        pd_err e;
+        int rc = pd_jinja_parse(src, strlen(src), &b->chat, &e);
+        if (rc == PD_ENOMEM) return rc;
+        if (rc < 0) {
+            snprintf(why, cap, "chat template: %.400s", e.msg);
+            return PD_EFORMAT;
+        }
+        b->cp = pd_chat_default_params();
+        pd_chat_model_tokens(tok, &b->cp);
+        b->cp.now = p->now;
+    }
+    char *full = NULL, *part = NULL;
+    size_t flen, plen;
+    size_t *spans = malloc(2 * (size_t)learned * sizeof *spans);
+    int rc = spans ? render_first(b, messages, n, tools, 0, &full, &flen, why, cap) : PD_ENOMEM;
+    int ns = 0;
+    json_array_foreach(messages, i, m) {
+        if (rc < 0) break;
+        json_t *w = json_object_get(m, "weight");
+        if (strcmp(json_string_value(json_object_get(m, "role")), "assistant") ||
+            (w && json_integer_value(w) == 0))
+            continue;
+        for (int end = 0; end < 2 && rc == PD_OK; end++) { /* its start, then its end */
+            rc = render_first(b, messages, i + (size_t)end, tools, !end, &part, &plen, why, cap);
+            if (rc < 0) break;
+            if (plen > flen || memcmp(part, full, plen)) {
+                snprintf(why, cap, "messages[%zu]: the chat template does not render the "
+                                   "conversation up to this message as a beginning of the whole "
+                                   "one, so its tokens cannot be found", i);
+                rc = PD_EFORMAT;
+            }
+            spans[2 * ns + end] = plen;
+            free(part);
+            part = NULL;
+        }
+        if (rc == PD_OK && spans[2 * ns + 1] <= spans[2 * ns]) {
+            snprintf(why, cap, "messages[%zu]: the assistant message renders to no text", i);
+            rc = PD_EFORMAT;
+        }
+        ns++;
+    }
+    int32_t *t = NULL;
+    uint8_t *mk = NULL;
+    int nt = 0;
+    if (rc == PD_OK) {
+        size_t min_tokens = 1 + (flen + (size_t)b->max_piece - 1) / (size_t)b->max_piece;
+        if (min_tokens > (size_t)p->max_tokens) {
+            snprintf(why, cap, "too long: more than %d tokens with BOS, the most that fit after "
+                               "the prefix", p->max_tokens);
+            rc = PD_EFORMAT;
+        }
+    }
+    /* When the encoder adds BOS, a BOS text the template put first is
+     * dropped (else it would be there twice). */
+    size_t skip = b->cp.bos_token && pd_tokenizer_add_bos(tok) ? strlen(b->cp.bos_token) : 0;
+    if (rc == PD_OK && (!skip || flen < skip || memcmp(full, b->cp.bos_token, skip))) skip = 0;
+    for (int k = 0; rc == PD_OK && k < 2 * ns; k++) spans[k] = spans[k] > skip ? spans[k] - skip : 0;
+    if (rc == PD_OK) {
+        pd_err e;
+        rc = encode_spans(tok, full + skip, flen - skip, spans, ns, 1, p->first_target, &t, &mk,
+                          &nt, &e);
+        if (rc < 0) snprintf(why, cap, "%s", e.msg);
+    }
+    if (rc == PD_OK && nt > p->max_tokens) {
+        snprintf(why, cap, "too long: %d tokens with BOS, more than the %d that fit after the "
+                           "prefix", nt, p->max_tokens);
+        rc = PD_EFORMAT;
+    }
+    if (rc == PD_OK) {
+        rc = builder_add(b, t, mk, nt, b->lineno);
+        if (rc < 0) snprintf(why, cap, "out of memory");
+    }
+    free(t);
+    free(mk);
+    free(full);
+    free(spans);
+    return rc;
+}
+
 /* Parses and tokenizes one non-blank line. Returns PD_OK (example added),
  * PD_EFORMAT with the reason in why, or PD_ENOMEM. */
 static int parse_line(builder *b, const char *line, size_t len, int lineno,
@@ -236,6 +443,11 @@ static int parse_line(builder *b, const char *line, size_t len, int lineno,
     int hp, hc, ht;
     if (!json_is_object(obj)) {
         snprintf(why, cap, "not a JSON object");
+        goto done;
+    }
+    if (json_object_get(obj, "messages")) {
+        b->lineno = lineno;
+        rc = chat_line(b, obj, tok, p, why, cap);
         goto done;
     }
     if ((hp = get_string(obj, "prompt", &prompt, &plen, why, cap)) < 0 ||
@@ -376,10 +588,12 @@ int pd_dataset_parse(const char *data, size_t size, const char *name, const pd_t
                                   (int)(end - b.start[i])};
     }
     free(b.start);
+    pd_jinja_free(b.chat);
     *out = b.d;
     return PD_OK;
 fail:
     free(b.start);
+    pd_jinja_free(b.chat);
     pd_dataset_free(b.d);
     return rc;
 }

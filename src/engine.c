@@ -112,6 +112,9 @@ int pd_engine_create(const pd_model *m, const pd_engine_params *params, pd_engin
     if (max_tokens < 1 || max_tokens > (1 << 16))
         return pd_err_set(err, PD_EINVAL, "max tokens per step %d outside [1, 65536]", max_tokens);
     const pd_config *c = &m->cfg;
+    /* a hand-made config must be complete (every buffer is sized from it) */
+    int vrc = pd_config_validate(c, "engine", err);
+    if (vrc < 0) return vrc;
     pd_engine *e = calloc(1, sizeof *e);
     if (!e) return pd_err_set(err, PD_ENOMEM, "out of memory for the engine");
     int rc = pd_pool_create(params->n_threads, &e->pool, err);

@@ -109,6 +109,18 @@ static const char *const migrations[] = {
     "  data       TEXT"                   /* JSON, NULL for null */
     ");"
     "CREATE INDEX events_by_job ON events (job_id, seq);",
+    /* 1 -> 2: result files, the estimated finish, checkpoints */
+    "ALTER TABLE jobs ADD COLUMN result_files TEXT;"     /* JSON array of file ids */
+    "ALTER TABLE jobs ADD COLUMN estimated_finish INTEGER;"
+    "CREATE TABLE checkpoints ("
+    "  seq        INTEGER PRIMARY KEY AUTOINCREMENT,"
+    "  job_id     TEXT NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,"
+    "  created_at INTEGER NOT NULL,"
+    "  step       INTEGER NOT NULL,"
+    "  model      TEXT NOT NULL,"
+    "  metrics    TEXT NOT NULL"                /* JSON object */
+    ");"
+    "CREATE INDEX checkpoints_by_job ON checkpoints (job_id, seq);",
 };
 
 _Static_assert(sizeof migrations / sizeof migrations[0] == PD_JOBSTORE_SCHEMA_VERSION,
@@ -122,12 +134,16 @@ enum { F_SEQ, F_ID, F_FILENAME, F_PURPOSE, F_BYTES, F_LINES, F_CREATED, F_STATUS
 #define JOB_COLS                                                                    \
     "seq, id, created_at, finished_at, model, fine_tuned_model, status, "           \
     "training_file, validation_file, hyperparameters, method, seed, trained_tokens, " \
-    "error_code, error_message, error_param, suffix, cancel_requested"
+    "error_code, error_message, error_param, suffix, cancel_requested, result_files, " \
+    "estimated_finish"
 enum {
     J_SEQ, J_ID, J_CREATED, J_FINISHED, J_MODEL, J_FT_MODEL, J_STATUS, J_TRAIN,
     J_VALID, J_HYPER, J_METHOD, J_SEED, J_TOKENS, J_ERR_CODE, J_ERR_MSG, J_ERR_PARAM,
-    J_SUFFIX, J_CANCEL
+    J_SUFFIX, J_CANCEL, J_RESULTS, J_ETA
 };
+
+#define CKPT_COLS "seq, job_id, created_at, step, model, metrics"
+enum { C_SEQ, C_JOB, C_CREATED, C_STEP, C_MODEL, C_METRICS };
 
 #define EVENT_COLS "seq, created_at, level, type, message, data"
 enum { E_SEQ, E_CREATED, E_LEVEL, E_TYPE, E_MESSAGE, E_DATA };
@@ -152,18 +168,23 @@ enum { E_SEQ, E_CREATED, E_LEVEL, E_TYPE, E_MESSAGE, E_DATA };
     X(JOB_LIST, "SELECT " JOB_COLS " FROM jobs WHERE seq < ?1 ORDER BY seq DESC LIMIT ?2") \
     X(JOB_SET_STATUS, "UPDATE jobs SET status = ?3,"                                   \
                       " finished_at = COALESCE(?4, finished_at),"                      \
+                      " estimated_finish = CASE WHEN ?4 IS NULL THEN estimated_finish END," \
                       " error_code = CASE WHEN ?5 THEN ?6 ELSE error_code END,"        \
                       " error_message = CASE WHEN ?5 THEN ?7 ELSE error_message END,"  \
                       " error_param = CASE WHEN ?5 THEN ?8 ELSE error_param END"       \
                       " WHERE id = ?1 AND status = ?2")                                \
     X(JOB_SET_RESULT, "UPDATE jobs SET fine_tuned_model = COALESCE(?2, fine_tuned_model)," \
                       " trained_tokens = COALESCE(?3, trained_tokens) WHERE id = ?1")  \
+    X(JOB_SET_ETA, "UPDATE jobs SET estimated_finish = ?2 WHERE id = ?1")             \
+    X(JOB_SET_RESULTS, "UPDATE jobs SET result_files = ?2 WHERE id = ?1")              \
     X(JOB_CANCEL_FLAG, "UPDATE jobs SET cancel_requested = 1 WHERE id = ?1")           \
     X(JOB_CANCEL_NOW, "UPDATE jobs SET status = 'cancelled', cancel_requested = 1,"    \
-                      " finished_at = ?2 WHERE id = ?1 AND status = ?3")               \
+                      " finished_at = ?2, estimated_finish = NULL"                     \
+                      " WHERE id = ?1 AND status = ?3")                                \
     X(JOB_NEXT, "SELECT id, status FROM jobs WHERE status IN ('queued', 'running')"    \
                 " ORDER BY seq LIMIT 1")                                               \
-    X(JOB_RECOVER, "UPDATE jobs SET status = 'cancelled', finished_at = ?1"            \
+    X(JOB_RECOVER, "UPDATE jobs SET status = 'cancelled', finished_at = ?1,"           \
+                   " estimated_finish = NULL"                                     \
                    " WHERE cancel_requested = 1 AND status IN " ACTIVE)                \
     X(JOB_COUNT, "SELECT status, count(*) FROM jobs WHERE status IN ('queued', 'running')" \
                  " GROUP BY status")                                                   \
@@ -171,7 +192,13 @@ enum { E_SEQ, E_CREATED, E_LEVEL, E_TYPE, E_MESSAGE, E_DATA };
                     " VALUES (?1, ?2, ?3, ?4, ?5, ?6)")                                \
     X(EVENT_FIND, "SELECT 1 FROM events WHERE seq = ?1 AND job_id = ?2")               \
     X(EVENT_LIST, "SELECT " EVENT_COLS " FROM events WHERE job_id = ?1 AND seq < ?2"   \
-                  " ORDER BY seq DESC LIMIT ?3")
+                  " ORDER BY seq DESC LIMIT ?3")                                       \
+    X(CKPT_INSERT, "INSERT INTO checkpoints (job_id, created_at, step, model, metrics)"  \
+                   " VALUES (?1, ?2, ?3, ?4, ?5)")                                     \
+    X(CKPT_FIND, "SELECT 1 FROM checkpoints WHERE seq = ?1 AND job_id = ?2")           \
+    X(CKPT_DELETE, "DELETE FROM checkpoints WHERE seq = ?1 AND job_id = ?2")           \
+    X(CKPT_LIST, "SELECT " CKPT_COLS " FROM checkpoints WHERE job_id = ?1 AND seq < ?2" \
+                 " ORDER BY seq DESC LIMIT ?3")
 
 enum {
 #define STMT_ENUM(name, sql) S_##name,
@@ -471,8 +498,13 @@ static json_t *job_json(sqlite3_stmt *s)
     bad |= json_object_set_new(o, "seed", col_integer(s, J_SEED));
     bad |= json_object_set_new(o, "trained_tokens", col_integer(s, J_TOKENS));
     bad |= json_object_set_new(o, "error", error);
-    bad |= json_object_set_new(o, "result_files", json_array());
-    bad |= json_object_set_new(o, "estimated_finish", json_null());
+    json_t *results = col_json(s, J_RESULTS);
+    if (!json_is_array(results)) {
+        json_decref(results);
+        results = json_array();
+    }
+    bad |= json_object_set_new(o, "result_files", results);
+    bad |= json_object_set_new(o, "estimated_finish", col_integer(s, J_ETA));
     bad |= json_object_set_new(o, "user_provided_suffix", col_string(s, J_SUFFIX));
     if (bad) {
         json_decref(o);
@@ -504,6 +536,24 @@ static json_t *event_json(sqlite3_stmt *s)
         json_decref(o);
         return NULL;
     }
+    return o;
+}
+
+static void ckpt_id(char out[PD_JOBSTORE_ID_MAX], int64_t seq)
+{
+    snprintf(out, PD_JOBSTORE_ID_MAX, "ftckpt-%0*" PRIx64, EVENT_HEX, (uint64_t)seq);
+}
+
+static json_t *ckpt_json(sqlite3_stmt *s)
+{
+    char id[PD_JOBSTORE_ID_MAX];
+    ckpt_id(id, sqlite3_column_int64(s, C_SEQ));
+    json_t *metrics = col_json(s, C_METRICS);
+    json_t *o = json_pack("{s:s,s:s,s:o,s:o,s:o,s:o,s:o}", "object",
+                          "fine_tuning.job.checkpoint", "id", id, "created_at",
+                          col_integer(s, C_CREATED), "fine_tuned_model_checkpoint",
+                          col_string(s, C_MODEL), "step_number", col_integer(s, C_STEP),
+                          "metrics", metrics, "fine_tuning_job_id", col_string(s, C_JOB));
     return o;
 }
 
@@ -1313,6 +1363,17 @@ int pd_jobstore_job_set_status(pd_jobstore *js, const char *id, pd_job_status st
     return st;
 }
 
+/* PD_OK when job id exists and has not finished (PD_EINVAL then); under the lock. */
+static int unfinished_locked(pd_jobstore *js, const char *id, pd_err *err)
+{
+    pd_job_status status;
+    int st = job_state(js, id, &status, NULL, NULL, err);
+    if (st == PD_OK && pd_job_status_final(status))
+        st = pd_err_set(err, PD_EINVAL, "job %s already finished (%s)", id,
+                        pd_job_status_name(status));
+    return st;
+}
+
 int pd_jobstore_job_set_result(pd_jobstore *js, const char *id, const char *fine_tuned_model,
                                int64_t trained_tokens, pd_err *err)
 {
@@ -1321,12 +1382,8 @@ int pd_jobstore_job_set_result(pd_jobstore *js, const char *id, const char *fine
     if (fine_tuned_model && !pd_task_name_valid(fine_tuned_model))
         return pd_err_set(err, PD_EINVAL, "fine_tuned_model: '%s' is not a task name",
                           show(b, fine_tuned_model));
-    pd_job_status status;
     pthread_mutex_lock(&js->lock);
-    int st = job_state(js, id, &status, NULL, NULL, err);
-    if (st == PD_OK && pd_job_status_final(status))
-        st = pd_err_set(err, PD_EINVAL, "job %s already finished (%s)", id,
-                        pd_job_status_name(status));
+    int st = unfinished_locked(js, id, err);
     sqlite3_stmt *s = NULL;
     if (st == PD_OK) st = prep(js, S_JOB_SET_RESULT, &s, err);
     if (st == PD_OK) {
@@ -1417,6 +1474,32 @@ int pd_jobstore_checkpoint_path(pd_jobstore *js, const char *id, char *buf, size
 
 /* ---- events ---- */
 
+/* The seq of the row named id (prefix + EVENT_HEX hex digits) of job_id that
+ * stmt (?1 seq, ?2 job id) finds; PD_ENOTFOUND ("<pre>no <what> ...")
+ * otherwise. Under the lock. */
+static int seq_find_locked(pd_jobstore *js, int stmt, const char *prefix, const char *pre,
+                           const char *what, const char *job_id, const char *id, int64_t *seq,
+                           pd_err *err)
+{
+    char b[96];
+    if (!id_ok(id, prefix, EVENT_HEX))
+        return pd_err_set(err, PD_ENOTFOUND, "%sno %s '%s'", pre, what, show(b, id));
+    *seq = (int64_t)strtoull(id + strlen(prefix), NULL, 16);
+    sqlite3_stmt *s;
+    int st = prep(js, stmt, &s, err);
+    if (st < 0) return st;
+    sqlite3_bind_int64(s, 1, *seq);
+    bind_text(s, 2, job_id);
+    int rc = sqlite3_step(s);
+    if (rc == SQLITE_DONE)
+        st = pd_err_set(err, PD_ENOTFOUND, "%sno %s '%s' in job %s", pre, what, show(b, id),
+                        job_id);
+    else if (rc != SQLITE_ROW)
+        st = db_fail(js, rc, "finding a row", err);
+    done(s);
+    return st;
+}
+
 int pd_jobstore_event_add(pd_jobstore *js, const char *job_id, const char *level,
                           const char *type, const char *message, const json_t *data,
                           char *id, pd_err *err)
@@ -1459,35 +1542,149 @@ int pd_jobstore_event_list(pd_jobstore *js, const char *job_id, const char *afte
     *out = NULL;
     int st = check_limit(&limit, PD_JOBSTORE_EVENTS_DEFAULT_LIMIT, err);
     if (st < 0) return st;
-    char b[96];
     int64_t before = INT64_MAX;
-    if (after) {
-        if (!id_ok(after, "ftevent-", EVENT_HEX))
-            return pd_err_set(err, PD_ENOTFOUND, "after: no event '%s'", show(b, after));
-        before = (int64_t)strtoull(after + 8, NULL, 16);
-    }
     pthread_mutex_lock(&js->lock);
     st = job_state(js, job_id, NULL, NULL, NULL, err);
     sqlite3_stmt *s = NULL;
-    if (st == PD_OK && after) {
-        if ((st = prep(js, S_EVENT_FIND, &s, err)) == PD_OK) {
-            sqlite3_bind_int64(s, 1, before);
-            bind_text(s, 2, job_id);
-            int rc = sqlite3_step(s);
-            if (rc == SQLITE_DONE)
-                st = pd_err_set(err, PD_ENOTFOUND, "after: no event '%s' in job %s", after,
-                                job_id);
-            else if (rc != SQLITE_ROW)
-                st = db_fail(js, rc, "finding an event", err);
-            done(s);
-        }
-    }
+    if (st == PD_OK && after)
+        st = seq_find_locked(js, S_EVENT_FIND, "ftevent-", "after: ", "event", job_id, after,
+                             &before, err);
     if (st == PD_OK) st = prep(js, S_EVENT_LIST, &s, err);
     if (st == PD_OK) {
         bind_text(s, 1, job_id);
         sqlite3_bind_int64(s, 2, before);
         sqlite3_bind_int(s, 3, limit + 1);
         st = collect(js, s, limit, event_json, out, err);
+    }
+    pthread_mutex_unlock(&js->lock);
+    return st;
+}
+
+/* ---- job progress and results ---- */
+
+/* Runs a one-row update (id bound as ?1) of an unfinished job under the lock. */
+static int update_unfinished(pd_jobstore *js, int stmt, const char *id, const char *text,
+                             int64_t value, int use_text, const char *what, pd_err *err)
+{
+    pthread_mutex_lock(&js->lock);
+    int st = unfinished_locked(js, id, err);
+    sqlite3_stmt *s = NULL;
+    if (st == PD_OK) st = prep(js, stmt, &s, err);
+    if (st == PD_OK) {
+        bind_text(s, 1, id);
+        if (use_text) bind_text(s, 2, text);
+        else if (value >= 0) sqlite3_bind_int64(s, 2, value);
+        st = run(js, s, what, err);
+    }
+    pthread_mutex_unlock(&js->lock);
+    return st;
+}
+
+int pd_jobstore_job_set_estimated_finish(pd_jobstore *js, const char *id, int64_t when,
+                                         pd_err *err)
+{
+    PD_ASSERT(js);
+    return update_unfinished(js, S_JOB_SET_ETA, id, NULL, when, 0,
+                             "recording a job's estimated finish", err);
+}
+
+int pd_jobstore_job_set_result_files(pd_jobstore *js, const char *id, const json_t *file_ids,
+                                     pd_err *err)
+{
+    PD_ASSERT(js);
+    size_t i;
+    const json_t *v;
+    if (!json_is_array(file_ids))
+        return pd_err_set(err, PD_EINVAL, "result_files: not an array");
+    json_array_foreach(file_ids, i, v) {
+        if (!json_is_string(v) || !id_ok(json_string_value(v), "file-", ID_HEX))
+            return pd_err_set(err, PD_EINVAL, "result_files: entry %zu is not a file id", i);
+    }
+    char *text = json_dumps(file_ids, JSON_COMPACT);
+    if (!text) return oom(err);
+    int st = update_unfinished(js, S_JOB_SET_RESULTS, id, text, 0, 1,
+                               "recording a job's result files", err);
+    free(text);
+    return st;
+}
+
+/* ---- checkpoints ---- */
+
+int pd_jobstore_checkpoint_add(pd_jobstore *js, const char *job_id, int step,
+                               const char *model, const json_t *metrics, char *id,
+                               pd_err *err)
+{
+    PD_ASSERT(js);
+    char b[96];
+    if (step < 0) return pd_err_set(err, PD_EINVAL, "step_number: %d is negative", step);
+    if (!model || !pd_task_name_valid(model))
+        return pd_err_set(err, PD_EINVAL, "fine_tuned_model_checkpoint: '%s' is not a task "
+                          "name", show(b, model));
+    if (!json_is_object(metrics)) return pd_err_set(err, PD_EINVAL, "metrics: not an object");
+    char *text = json_dumps(metrics, JSON_COMPACT);
+    if (!text) return oom(err);
+    pthread_mutex_lock(&js->lock);
+    int st = job_state(js, job_id, NULL, NULL, NULL, err);
+    sqlite3_stmt *s = NULL;
+    if (st == PD_OK) st = prep(js, S_CKPT_INSERT, &s, err);
+    if (st == PD_OK) {
+        bind_text(s, 1, job_id);
+        sqlite3_bind_int64(s, 2, now_s());
+        sqlite3_bind_int(s, 3, step);
+        bind_text(s, 4, model);
+        bind_text(s, 5, text);
+        st = run(js, s, "adding a checkpoint", err);
+        if (st == PD_OK && id) ckpt_id(id, sqlite3_last_insert_rowid(js->db));
+    }
+    pthread_mutex_unlock(&js->lock);
+    free(text);
+    return st;
+}
+
+static int ckpt_find_locked(pd_jobstore *js, const char *job_id, const char *id, int64_t *seq,
+                            pd_err *err)
+{
+    return seq_find_locked(js, S_CKPT_FIND, "ftckpt-", "", "checkpoint", job_id, id, seq, err);
+}
+
+int pd_jobstore_checkpoint_delete(pd_jobstore *js, const char *job_id, const char *id,
+                                  pd_err *err)
+{
+    PD_ASSERT(js);
+    int64_t seq = 0;
+    pthread_mutex_lock(&js->lock);
+    int st = ckpt_find_locked(js, job_id, id, &seq, err);
+    sqlite3_stmt *s = NULL;
+    if (st == PD_OK) st = prep(js, S_CKPT_DELETE, &s, err);
+    if (st == PD_OK) {
+        sqlite3_bind_int64(s, 1, seq);
+        bind_text(s, 2, job_id);
+        st = run(js, s, "deleting a checkpoint", err);
+    }
+    pthread_mutex_unlock(&js->lock);
+    return st;
+}
+
+int pd_jobstore_checkpoint_list(pd_jobstore *js, const char *job_id, const char *after,
+                                int limit, json_t **out, pd_err *err)
+{
+    PD_ASSERT(js && out);
+    *out = NULL;
+    int st = check_limit(&limit, PD_JOBSTORE_CHECKPOINTS_DEFAULT_LIMIT, err);
+    if (st < 0) return st;
+    int64_t before = INT64_MAX;
+    pthread_mutex_lock(&js->lock);
+    st = job_state(js, job_id, NULL, NULL, NULL, err);
+    if (st == PD_OK && after)
+        st = seq_find_locked(js, S_CKPT_FIND, "ftckpt-", "after: ", "checkpoint", job_id, after,
+                             &before, err);
+    sqlite3_stmt *s = NULL;
+    if (st == PD_OK) st = prep(js, S_CKPT_LIST, &s, err);
+    if (st == PD_OK) {
+        bind_text(s, 1, job_id);
+        sqlite3_bind_int64(s, 2, before);
+        sqlite3_bind_int(s, 3, limit + 1);
+        st = collect(js, s, limit, ckpt_json, out, err);
     }
     pthread_mutex_unlock(&js->lock);
     return st;

@@ -47,7 +47,7 @@ int pd_config_validate(const pd_config *c, const char *path, pd_err *err)
         return pd_err_set(err, PD_EFORMAT,
                           "%s: q_dim %d must be n_heads * head_dim = %d * %d (at most 65536)",
                           path, c->q_dim, c->n_heads, c->head_dim);
-    if (c->arch < PD_ARCH_LLAMA || c->arch > PD_ARCH_QWEN3 || c->rope_type < PD_ROPE_NORM ||
+    if (c->arch < PD_ARCH_LLAMA || c->arch > PD_ARCH_PHI3 || c->rope_type < PD_ROPE_NORM ||
         c->rope_type > PD_ROPE_NEOX || c->rope_scaling < PD_ROPE_SCALING_NONE ||
         c->rope_scaling > PD_ROPE_SCALING_LLAMA3)
         return pd_err_set(err, PD_EFORMAT, "%s: unknown architecture %d, rope type %d or scaling %d",
@@ -198,9 +198,9 @@ static int model_fingerprint(const pd_model *m, uint64_t *out)
                    c->rope_base,         c->norm_eps,          (float)m->tied_classifier};
     fp_floats(&s, hp, 9);
     size_t D = (size_t)c->dim;
-    int width = c->dim > c->hidden_dim ? c->dim : c->hidden_dim;
-    if (c->q_dim > width) width = c->q_dim;
-    float *row = malloc((size_t)width * sizeof *row);
+    int row_max = c->dim > c->hidden_dim ? c->dim : c->hidden_dim;
+    if (c->q_dim > row_max) row_max = c->q_dim;
+    float *row = malloc((size_t)row_max * sizeof *row);
     if (!row) return PD_ENOMEM;
     fp_wmat(&s, &m->w.token_embedding, row);
     for (int l = 0; l < c->n_layers; l++) {

@@ -23,6 +23,11 @@
  * store q/k rows permuted so that pairs are adjacent (2i, 2i+1); the
  * imported keys get the same permutation, so each q·k equals HF's. qwen2 and
  * qwen3 keep HF's layout (NeoX rotary) and import unpermuted.
+ *
+ * Export writes the same layout back (gather is scatter's inverse, key
+ * heads permuted back to HF's layout), in F32, with the config in
+ * PEFT >= 0.12's convention (token_dim = kv_dim, num_attention_heads = the
+ * kv head count), so an exported adapter imports to the same bits.
  */
 #include "prefixd/prefix.h"
 
@@ -193,12 +198,13 @@ static int check_embeddings(const char *file, const pd_st_tensor *t, const peft_
                       file, t->name, (long long)t->shape[1], c->n_layers, c->kv_dim, width, hint);
 }
 
-/* Moves PEFT rows src (P, L*2*KV) into the prefix layout (L, KVH, P, hd).
+/* Copies between PEFT rows (P, L*2*KV) and the prefix layout (L, KVH, P, hd)
+ * of p's shape: rows -> p's keys/values when to_prefix, else back.
  * adjacent: the model rotates adjacent pairs (llama: its q/k rows were
  * permuted from HF's halves layout), so each key head is permuted the same
  * way, ours[2i + r] = hf[r·hd/2 + i], which keeps every q·k of HF; NeoX
  * models (qwen2/qwen3) use HF's layout as is. Values are never permuted. */
-static void scatter(pd_prefix *p, const float *src, int adjacent)
+static void move_rows(const pd_prefix *p, float *rows, int to_prefix, int adjacent)
 {
     const int P = p->n_tokens, L = p->n_layers, KVH = p->n_kv_heads, hd = p->head_dim;
     const size_t width = (size_t)L * 2 * KVH * hd;
@@ -206,17 +212,78 @@ static void scatter(pd_prefix *p, const float *src, int adjacent)
         for (int l = 0; l < L; l++)
             for (int kv = 0; kv < 2; kv++)
                 for (int h = 0; h < KVH; h++) {
-                    const float *s = src + (size_t)t * width + (((size_t)l * 2 + kv) * KVH + h) * hd;
-                    float *d = (kv ? p->values : p->keys) + (((size_t)l * KVH + h) * P + t) * hd;
+                    float *r = rows + (size_t)t * width + (((size_t)l * 2 + kv) * KVH + h) * hd;
+                    float *x = (kv ? p->values : p->keys) + (((size_t)l * KVH + h) * P + t) * hd;
                     if (kv || !adjacent) {
-                        memcpy(d, s, (size_t)hd * sizeof *d);
+                        memcpy(to_prefix ? x : r, to_prefix ? r : x, (size_t)hd * sizeof *x);
                         continue;
                     }
-                    for (int i = 0; i < hd / 2; i++) {
-                        d[2 * i] = s[i];
-                        d[2 * i + 1] = s[hd / 2 + i];
-                    }
+                    for (int i = 0; i < hd / 2; i++)
+                        for (int k = 0; k < 2; k++) {
+                            float *ours = &x[2 * i + k], *hf = &r[k * (hd / 2) + i];
+                            if (to_prefix) *ours = *hf;
+                            else *hf = *ours;
+                        }
                 }
+}
+
+/* Moves PEFT rows src (P, L*2*KV) into the prefix layout (L, KVH, P, hd). */
+static void scatter(pd_prefix *p, float *src, int adjacent) { move_rows(p, src, 1, adjacent); }
+
+/* Moves the prefix layout (L, KVH, P, hd) into PEFT rows dst (P, L*2*KV). */
+static void gather(const pd_prefix *p, float *dst, int adjacent)
+{
+    move_rows(p, dst, 0, adjacent);
+}
+
+int pd_prefix_export_peft(const pd_prefix *p, const pd_model *m, char **config,
+                          size_t *config_size, void **tensors, size_t *tensors_size, pd_err *err)
+{
+    PD_ASSERT(p && m && config && config_size && tensors && tensors_size);
+    *config = NULL;
+    *tensors = NULL;
+    const pd_config *c = &m->cfg;
+    if (p->n_layers != c->n_layers || p->n_kv_heads != c->n_kv_heads || p->head_dim != c->head_dim)
+        return pd_err_set(err, PD_EMISMATCH, "prefix '%s' is not shaped for this model",
+                          p->task);
+    if (p->has_bos)
+        return pd_err_set(err, PD_EUNSUPPORTED,
+                          "prefix '%s' holds BOS in its first slot (it was built from a prompt "
+                          "or trained from init_text); a PEFT prefix has no BOS, so it would "
+                          "not serve the same: export a prefix trained without init_text",
+                          p->task);
+    const char *base = pd_prefix_meta_get(p, "peft_base_model");
+    json_t *cfg = json_pack("{s:s,s:s,s:i,s:i,s:i,s:i,s:i,s:i,s:b,s:b,s:i,s:s?}",
+                            "peft_type", "PREFIX_TUNING", "task_type", "CAUSAL_LM",
+                            "num_virtual_tokens", p->n_tokens, "num_layers", c->n_layers,
+                            "token_dim", c->kv_dim, "num_attention_heads", c->n_kv_heads,
+                            "num_key_value_heads", c->n_kv_heads, "num_transformer_submodules", 1,
+                            "prefix_projection", 0, "inference_mode", 1, "encoder_hidden_size",
+                            c->kv_dim, "base_model_name_or_path", base);
+    char *text = cfg ? json_dumps(cfg, JSON_INDENT(2) | JSON_SORT_KEYS) : NULL;
+    json_decref(cfg);
+    if (!text) return pd_err_set(err, PD_ENOMEM, "prefix '%s': out of memory", p->task);
+    const size_t width = (size_t)c->n_layers * 2 * c->kv_dim;
+    float *rows = malloc((size_t)p->n_tokens * width * sizeof *rows);
+    pd_st_writer *w = pd_st_writer_new();
+    int rc = PD_OK;
+    if (!rows || !w) rc = pd_err_set(err, PD_ENOMEM, "prefix '%s': out of memory", p->task);
+    int64_t shape[2] = {p->n_tokens, (int64_t)width};
+    if (rc == PD_OK) {
+        gather(p, rows, c->rope_type == PD_ROPE_NORM);
+        rc = pd_st_writer_set_meta(w, "format", "pt", err);
+    }
+    if (rc == PD_OK) rc = pd_st_writer_add(w, TENSOR_NAME, PD_ST_F32, 2, shape, rows, err);
+    if (rc == PD_OK) rc = pd_st_writer_serialize(w, tensors, tensors_size, err);
+    pd_st_writer_free(w);
+    free(rows);
+    if (rc < 0) {
+        free(text);
+        return rc;
+    }
+    *config = text;
+    *config_size = strlen(text);
+    return PD_OK;
 }
 
 int pd_prefix_import_peft(const char *dir, const pd_model *m, const char *task,

@@ -221,41 +221,57 @@ DEQ_INLINE void deq_q6_K(const pd_block_q6_K *b, float *y)
     }
 }
 
+/* The block types: X(type id, block struct, elements, dequantiser suffix).
+ * A kernel file defines one dequantiser per suffix and expands PD__DEQ_SPAN
+ * with its prefix (deq_ here, sd_ in qmatmul_deq_simd.h). */
+#define PD__DEQ_TYPES(X)                          \
+    X(PD_Q_Q4_0, pd_block_q4_0, 32, q4_0)         \
+    X(PD_Q_Q4_1, pd_block_q4_1, 32, q4_1)         \
+    X(PD_Q_Q5_0, pd_block_q5_0, 32, q5_0)         \
+    X(PD_Q_Q5_1, pd_block_q5_1, 32, q5_1)         \
+    X(PD_Q_Q8_0, pd_block_q8_0, 32, q8_0)         \
+    X(PD_Q_Q2_K, pd_block_q2_K, 256, q2_K)        \
+    X(PD_Q_Q3_K, pd_block_q3_K, 256, q3_K)        \
+    X(PD_Q_Q4_K, pd_block_q4_K, 256, q4_K)        \
+    X(PD_Q_Q5_K, pd_block_q5_K, 256, q5_K)        \
+    X(PD_Q_Q6_K, pd_block_q6_K, 256, q6_K)
+
+#define PD__DEQ_CASE(prefix, id, T, BS, name)                                        \
+    case id: {                                                                       \
+        const T *b_ = (const T *)row + k0 / (BS);                                    \
+        for (int i_ = 0; i_ < n / (BS); i_++) prefix##name(b_ + i_, y + (size_t)i_ * (BS)); \
+        break;                                                                       \
+    }
+
+/* Elements [k0, k0 + n) of row r of W into y, the blocks by
+ * prefix##suffix, F16/BF16 by half16(p, n, y, bf). */
+#define PD__DEQ_SPAN(W, r, k0, n, y, prefix, half16)                                  \
+    do {                                                                              \
+        const unsigned char *row = (const unsigned char *)(W)->data + (size_t)(r) * (W)->row_bytes; \
+        switch ((W)->type) {                                                          \
+        case PD_Q_F32: memcpy(y, (const float *)row + k0, (size_t)(n) * sizeof(float)); break; \
+        case PD_Q_F16: half16(row + 2 * (size_t)(k0), n, y, 0); break;                \
+        case PD_Q_BF16: half16(row + 2 * (size_t)(k0), n, y, 1); break;               \
+        PD__DEQ_TYPES(PD__DEQ_CASE_##prefix)                                          \
+        default: PD_ASSERT(0 && "weight type checked at load");                      \
+        }                                                                             \
+    } while (0)
+
+DEQ_INLINE void deq_half16(const unsigned char *p, int n, float *y, int bf)
+{
+    for (int i = 0; i < n; i++) {
+        uint16_t h;
+        memcpy(&h, p + 2 * (size_t)i, 2);
+        y[i] = bf ? deq_bf(h) : deq_h(h);
+    }
+}
+
+#define PD__DEQ_CASE_deq_(id, T, BS, name) PD__DEQ_CASE(deq_, id, T, BS, name)
+
 /* Elements [k0, k0 + n) of row r of W into y. */
 static inline void pd__deq_span(const pd_wmat *W, int r, int k0, int n, float *restrict y)
 {
-    const unsigned char *row = (const unsigned char *)W->data + (size_t)r * W->row_bytes;
-#define DEQ_BLOCKS(T, BS, fn)                                                   \
-    do {                                                                        \
-        const T *b = (const T *)row + k0 / (BS);                                \
-        for (int i = 0; i < n / (BS); i++) fn(b + i, y + (size_t)i * (BS));     \
-    } while (0)
-    switch (W->type) {
-    case PD_Q_F32: memcpy(y, (const float *)row + k0, (size_t)n * sizeof(float)); break;
-    case PD_Q_F16:
-    case PD_Q_BF16: {
-        const unsigned char *p = row + 2 * (size_t)k0;
-        const int bf = W->type == PD_Q_BF16;
-        for (int i = 0; i < n; i++) {
-            uint16_t h;
-            memcpy(&h, p + 2 * (size_t)i, 2);
-            y[i] = bf ? deq_bf(h) : deq_h(h);
-        }
-        break;
-    }
-    case PD_Q_Q4_0: DEQ_BLOCKS(pd_block_q4_0, 32, deq_q4_0); break;
-    case PD_Q_Q4_1: DEQ_BLOCKS(pd_block_q4_1, 32, deq_q4_1); break;
-    case PD_Q_Q5_0: DEQ_BLOCKS(pd_block_q5_0, 32, deq_q5_0); break;
-    case PD_Q_Q5_1: DEQ_BLOCKS(pd_block_q5_1, 32, deq_q5_1); break;
-    case PD_Q_Q8_0: DEQ_BLOCKS(pd_block_q8_0, 32, deq_q8_0); break;
-    case PD_Q_Q2_K: DEQ_BLOCKS(pd_block_q2_K, 256, deq_q2_K); break;
-    case PD_Q_Q3_K: DEQ_BLOCKS(pd_block_q3_K, 256, deq_q3_K); break;
-    case PD_Q_Q4_K: DEQ_BLOCKS(pd_block_q4_K, 256, deq_q4_K); break;
-    case PD_Q_Q5_K: DEQ_BLOCKS(pd_block_q5_K, 256, deq_q5_K); break;
-    case PD_Q_Q6_K: DEQ_BLOCKS(pd_block_q6_K, 256, deq_q6_K); break;
-    default: PD_ASSERT(0 && "weight type checked at load");
-    }
-#undef DEQ_BLOCKS
+    PD__DEQ_SPAN(W, r, k0, n, y, deq_, deq_half16);
 }
 
 /* Elements per block of a weight type the kernels take (1 for F32/F16/BF16),

@@ -10,6 +10,7 @@
 
 #include "prefixd/gguf.h"
 #include "prefixd/quant.h"
+#include "prefixd/threadpool.h"
 
 typedef struct ftype_info {
     int ftype;
@@ -62,7 +63,7 @@ int pd_ftype_base_type(int ftype)
 
 pd_quantize_params pd_quantize_default_params(void)
 {
-    pd_quantize_params p = {PD_FTYPE_F16, 0, NULL};
+    pd_quantize_params p = {PD_FTYPE_F16, 0, NULL, 0};
     return p;
 }
 
@@ -228,12 +229,8 @@ static int model_info(const pd_gguf *g, pd_quantize_model_info *mi, pd_err *err)
 static int copy_metadata(const pd_gguf *g, pd_gguf_writer *w, const pd_quantize_params *p,
                          pd_err *err)
 {
-    static const char *const dropped[] = {"general.alignment", "split.no", "split.count",
-                                          "split.tensors.count"};
+    static const char *const dropped[] = {"split.no", "split.count", "split.tensors.count"};
     int rc, have_ftype = 0, have_qv = 0, have_name = 0;
-    if (g->alignment != PD_GGUF_DEFAULT_ALIGNMENT &&
-        (rc = pd_gguf_writer_set_alignment(w, g->alignment, err)) < 0)
-        return rc;
     for (size_t i = 0; i < g->n_kv; i++) {
         const pd_gguf_kv *kv = &g->kv[i];
         int drop = 0;
@@ -263,17 +260,38 @@ static int copy_metadata(const pd_gguf *g, pd_gguf_writer *w, const pd_quantize_
     return PD_OK;
 }
 
-/* Converts tensor t (rows of ne0) from its type to type `to` into dst. */
-static void convert_tensor(const pd_gguf_tensor *t, int to, uint8_t *dst, float *row)
+/* One tensor's conversion, split over the pool in bands of rows. */
+typedef struct convert_job {
+    const pd_gguf_tensor *t;
+    int to;
+    uint8_t *dst;
+    float *rows;     /* (n_threads, ne0) scratch */
+    int64_t n_rows;
+    int n_tasks;
+} convert_job;
+
+static void convert_band(void *ctx, int task, int thread)
 {
-    int64_t ne0 = t->ne[0];
-    uint64_t rows = t->n_elems / (uint64_t)ne0;
-    size_t in_rb = pd_qtype_row_bytes(t->type, ne0), out_rb = pd_qtype_row_bytes(to, ne0);
-    const uint8_t *src = t->data;
-    for (uint64_t r = 0; r < rows; r++) {
-        pd_quant_dequantize_row(t->type, src + r * in_rb, row, ne0);
-        pd_quant_quantize_row(to, row, dst + r * out_rb, ne0);
+    const convert_job *j = ctx;
+    int64_t ne0 = j->t->ne[0];
+    size_t in_rb = pd_qtype_row_bytes(j->t->type, ne0), out_rb = pd_qtype_row_bytes(j->to, ne0);
+    int64_t r0 = j->n_rows * task / j->n_tasks, r1 = j->n_rows * (task + 1) / j->n_tasks;
+    float *row = j->rows + (size_t)thread * (size_t)ne0;
+    const uint8_t *src = j->t->data;
+    for (int64_t r = r0; r < r1; r++) {
+        pd_quant_dequantize_row(j->t->type, src + r * in_rb, row, ne0);
+        pd_quant_quantize_row(j->to, row, j->dst + r * out_rb, ne0);
     }
+}
+
+/* Converts tensor t from its type to type `to` into dst (rows independent,
+ * so the bytes do not depend on the threads). */
+static void convert_tensor(pd_pool *pool, const pd_gguf_tensor *t, int to, uint8_t *dst,
+                           float *rows)
+{
+    convert_job j = {t, to, dst, rows, (int64_t)(t->n_elems / (uint64_t)t->ne[0]), 0};
+    j.n_tasks = j.n_rows < 256 ? (int)j.n_rows : 256;
+    pd_pool_run(pool, convert_band, &j, j.n_tasks);
 }
 
 int pd_quantize_gguf(const char *in_path, const char *out_path, const pd_quantize_params *p,
@@ -288,9 +306,11 @@ int pd_quantize_gguf(const char *in_path, const char *out_path, const pd_quantiz
     int *types = NULL;
     uint8_t *buf = NULL;
     float *row = NULL;
+    pd_pool *pool = NULL;
     pd_quantize_model_info mi;
     int rc;
     if ((rc = pd_gguf_open(in_path, &g, err)) < 0) return rc;
+    if ((rc = pd_pool_create(p->n_threads, &pool, err)) < 0) goto done;
     if ((rc = model_info(g, &mi, err)) < 0) goto done;
     order = malloc((g->n_tensors + 1) * sizeof *order);
     types = malloc((g->n_tensors + 1) * sizeof *types);
@@ -338,7 +358,7 @@ int pd_quantize_gguf(const char *in_path, const char *out_path, const pd_quantiz
         goto done;
     }
     buf = malloc(total ? (size_t)total : 1);
-    row = malloc((size_t)max_row * sizeof *row);
+    row = malloc((size_t)max_row * (size_t)pd_pool_threads(pool) * sizeof *row);
     if (!buf || !row) {
         rc = pd_err_set(err, PD_ENOMEM, "%s: out of memory for %llu bytes of converted tensors",
                         in_path, (unsigned long long)total);
@@ -353,7 +373,7 @@ int pd_quantize_gguf(const char *in_path, const char *out_path, const pd_quantiz
         snprintf(name, sizeof name, "%.*s", (int)t->name.len, t->name.ptr);
         const void *data = t->data;
         if (types[i] != t->type) {
-            convert_tensor(t, types[i], next, row);
+            convert_tensor(pool, t, types[i], next, row);
             data = next;
             next += t->n_elems / (uint64_t)t->ne[0] * pd_qtype_row_bytes(types[i], t->ne[0]);
         }
@@ -364,6 +384,7 @@ int pd_quantize_gguf(const char *in_path, const char *out_path, const pd_quantiz
 done:
     if (rc >= 0 && stats) *stats = st;
     pd_gguf_writer_free(w);
+    pd_pool_free(pool);
     free(buf);
     free(row);
     free(order);

@@ -6,7 +6,11 @@
  * generating sequence first, then prefill chunks with the remaining budget),
  * run it, sample a token for every sequence whose logits came back, publish
  * it to the request, and retire finished sequences. With nothing to do it
- * sleeps on a condition variable that pd_sched_submit signals. */
+ * sleeps on a condition variable that pd_sched_submit signals. A request that
+ * scores its prompt (prompt_logprobs) asks for logits at every prompt token:
+ * each such row gives the log-probability of the next prompt token (in
+ * double, into prompt_out), and the last one is sampled as usual, or ends a
+ * request of max_tokens 0. */
 #include "prefixd/scheduler.h"
 
 #include <errno.h>
@@ -32,14 +36,18 @@ int pd_request_create(const int32_t *prompt, int n_prompt, int max_tokens, pd_re
 {
     *out = NULL;
     if (n_prompt < 1) return pd_err_set(err, PD_EINVAL, "the prompt has no tokens");
-    if (max_tokens < 1) return pd_err_set(err, PD_EINVAL, "max_tokens must be at least 1");
+    if (max_tokens < 0) return pd_err_set(err, PD_EINVAL, "max_tokens must not be negative");
     pd_request *rq = calloc(1, sizeof *rq);
     if (!rq) return pd_err_set(err, PD_ENOMEM, "out of memory for a request");
     rq->prompt = malloc((size_t)n_prompt * sizeof *rq->prompt);
-    rq->out = malloc((size_t)max_tokens * sizeof *rq->out);
-    if (!rq->prompt || !rq->out) {
+    rq->out = malloc((size_t)(max_tokens > 0 ? max_tokens : 1) * sizeof *rq->out);
+    /* the scores of the prompt: small next to the KV cache, and allocated
+     * here so that the engine thread never allocates */
+    rq->prompt_out = calloc((size_t)n_prompt, sizeof *rq->prompt_out);
+    if (!rq->prompt || !rq->out || !rq->prompt_out) {
         free(rq->prompt);
         free(rq->out);
+        free(rq->prompt_out);
         free(rq);
         return pd_err_set(err, PD_ENOMEM, "out of memory for a request of %d tokens", max_tokens);
     }
@@ -50,6 +58,7 @@ int pd_request_create(const int32_t *prompt, int n_prompt, int max_tokens, pd_re
     if (pthread_mutex_init(&rq->mu, NULL) != 0) {
         free(rq->prompt);
         free(rq->out);
+        free(rq->prompt_out);
         free(rq);
         return pd_err_set(err, PD_ESYS, "pthread_mutex_init failed");
     }
@@ -62,6 +71,7 @@ int pd_request_create(const int32_t *prompt, int n_prompt, int max_tokens, pd_re
         pthread_mutex_destroy(&rq->mu);
         free(rq->prompt);
         free(rq->out);
+        free(rq->prompt_out);
         free(rq);
         return pd_err_set(err, PD_ESYS, "pthread_cond_init failed");
     }
@@ -86,6 +96,7 @@ void pd_request_release(pd_request *rq)
     pthread_cond_destroy(&rq->cv);
     free(rq->prompt);
     free(rq->out);
+    free(rq->prompt_out);
     free(rq);
 }
 
@@ -145,6 +156,7 @@ struct pd_sched {
     pd_seq **b_seqs;
     uint8_t *b_want;
     int *b_slot;             /* slot index of each logits row */
+    int *b_ppos;             /* (max_step_tokens) prompt position a logits row scores, or -1 */
 };
 
 pd_sched_params pd_sched_default_params(void)
@@ -216,16 +228,22 @@ static void admit_locked(pd_sched *s)
     s->stats.running = s->n_running;
 }
 
-/* Top-n log-probabilities of logits into o (n <= PD_TOP_LOGPROBS_MAX),
- * most likely first. */
-static void top_logprobs(const float *logits, int V, int n, pd_token_out *o)
+/* log sum_i exp(logits[i]), in double. */
+static double log_sum_exp(const float *logits, int V)
 {
     float max = logits[0];
     for (int i = 1; i < V; i++)
         if (logits[i] > max) max = logits[i];
     double sum = 0.0;
     for (int i = 0; i < V; i++) sum += exp((double)(logits[i] - max));
-    double lse = (double)max + log(sum);
+    return (double)max + log(sum);
+}
+
+/* Top-n log-probabilities of logits into o (n <= PD_TOP_LOGPROBS_MAX),
+ * most likely first. */
+static void top_logprobs(const float *logits, int V, int n, pd_token_out *o)
+{
+    double lse = log_sum_exp(logits, V);
     int c = 0;
     for (int i = 0; i < V; i++) {
         int k;
@@ -268,6 +286,7 @@ static void engine_iteration(pd_sched *s)
         s->b_want[n] = 1;
         n++;
     }
+    const int n_decode = n;
     for (int i = 0; i < s->n_running && n < budget; i++) {
         slot *sl = &s->slots[i];
         int left = sl->rq->n_prompt - sl->prefilled;
@@ -277,7 +296,8 @@ static void engine_iteration(pd_sched *s)
             s->b_tokens[n] = sl->rq->prompt[sl->prefilled + j];
             s->b_pos[n] = sl->prefilled + j;
             s->b_seqs[n] = sl->seq;
-            s->b_want[n] = (sl->prefilled + j == sl->rq->n_prompt - 1);
+            s->b_want[n] = sl->rq->prompt_logprobs ||
+                           (sl->prefilled + j == sl->rq->n_prompt - 1);
             n++;
         }
     }
@@ -292,7 +312,8 @@ static void engine_iteration(pd_sched *s)
         while (s->n_running > 0) retire(s, 0, PD_FINISH_REASON_ERROR, err.msg);
         return;
     }
-    /* map logits rows back to slots, in batch order */
+    /* map logits rows back to slots, in batch order; a prefill row before
+     * the prompt's last token scores the next prompt token */
     int row = 0;
     for (int t = 0; t < n; t++) {
         if (!s->b_want[t]) continue;
@@ -301,6 +322,8 @@ static void engine_iteration(pd_sched *s)
                 s->b_slot[row] = i;
                 break;
             }
+        int last = s->slots[s->b_slot[row]].rq->n_prompt - 1;
+        s->b_ppos[row] = t >= n_decode && s->b_pos[t] < last ? s->b_pos[t] : -1;
         row++;
     }
     /* prefill progress */
@@ -327,6 +350,20 @@ static void engine_iteration(pd_sched *s)
             if (n_fin < 256) {
                 finished[n_fin] = s->b_slot[r];
                 fin_reason[n_fin++] = rc < 0 ? PD_FINISH_REASON_ERROR : PD_FINISH_REASON_STOP;
+            }
+            continue;
+        }
+        if (s->b_ppos[r] >= 0) { /* scoring: log p(next prompt token) */
+            pd_token_out *po = &rq->prompt_out[s->b_ppos[r] + 1];
+            po->id = rq->prompt[s->b_ppos[r] + 1];
+            po->logprob = (float)((double)lg[po->id] - log_sum_exp(lg, V));
+            if (rq->top_logprobs > 0) top_logprobs(lg, V, rq->top_logprobs, po);
+            continue;
+        }
+        if (rq->max_tokens == 0) { /* scored, nothing to generate */
+            if (n_fin < 256) {
+                finished[n_fin] = s->b_slot[r];
+                fin_reason[n_fin++] = PD_FINISH_REASON_LENGTH;
             }
             continue;
         }
@@ -414,6 +451,7 @@ static void release_memory(pd_sched *s)
     free(s->b_seqs);
     free(s->b_want);
     free(s->b_slot);
+    free(s->b_ppos);
     free(s);
 }
 
@@ -441,9 +479,10 @@ int pd_sched_create(const pd_model *m, const pd_sched_params *p, pd_sched **out,
     s->b_seqs = malloc((size_t)T * sizeof *s->b_seqs);
     s->b_want = malloc((size_t)T);
     s->b_slot = malloc((size_t)T * sizeof *s->b_slot);
+    s->b_ppos = malloc((size_t)T * sizeof *s->b_ppos);
     int rc = PD_OK;
     if (!s->queue || !s->slots || !s->b_tokens || !s->b_pos || !s->b_seqs || !s->b_want ||
-        !s->b_slot)
+        !s->b_slot || !s->b_ppos)
         rc = pd_err_set(err, PD_ENOMEM, "out of memory for the scheduler");
     pd_engine_params ep = pd_engine_default_params();
     ep.max_tokens = T;
@@ -510,6 +549,9 @@ int pd_sched_submit(pd_sched *s, pd_request *rq, pd_err *err)
                               i, rq->prompt[i]);
     if (rq->build_prefix && (rq->prefix || !pd_task_name_valid(rq->build_task)))
         return pd_err_set(err, PD_EINVAL, "a prefix build needs a valid task name and no prefix");
+    if (rq->max_tokens < (rq->prompt_logprobs || rq->build_prefix ? 0 : 1))
+        return pd_err_set(err, PD_EINVAL, "max_tokens %d: at least 1 unless the prompt is only "
+                          "scored (prompt_logprobs)", rq->max_tokens);
     if (rq->top_logprobs < 0 || rq->top_logprobs > PD_TOP_LOGPROBS_MAX)
         return pd_err_set(err, PD_EINVAL, "top logprobs %d outside [0, %d]", rq->top_logprobs,
                           PD_TOP_LOGPROBS_MAX);

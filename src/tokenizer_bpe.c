@@ -343,7 +343,15 @@ int pd__tokenizer_bpe_init(pd_tokenizer *tok, const char *pre, size_t pre_len,
         pd__strmap_put(&tok->merge_map, dst, len, (int32_t)i, 0); /* first rank wins */
         dst += len + 1;
     }
-    for (int i = 0; i < tok->n; i++) pd__strmap_put(&tok->tok_map, tok->piece[i], tok->len[i], i, 1);
+    /* The model's own tokens only: control and user-defined tokens are cut
+     * out of the text before (tokenizer.c), and an added token that repeats
+     * a model piece (deepseek-llm's "ÿ" at 100005) must not replace it, as
+     * it does not in HF. Among repeats, the last id wins (llama.cpp). */
+    for (int i = 0; i < tok->n; i++) {
+        int t = tok->type[i];
+        if (t != PD_TOKEN_CONTROL && t != PD_TOKEN_USER_DEFINED)
+            pd__strmap_put(&tok->tok_map, tok->piece[i], tok->len[i], i, 1);
+    }
 
     byte_table bt;
     build_byte_table(&bt);
@@ -443,7 +451,7 @@ static void scratch_free(scratch *s)
     pcre2_jit_stack_free(s->js);
 }
 
-static int scratch_init(scratch *s, const pd_tokenizer *tok, size_t len)
+static int scratch_init(scratch *s, size_t len)
 {
     memset(s, 0, sizeof *s);
     size_t n = len + 1;
@@ -462,7 +470,6 @@ static int scratch_init(scratch *s, const pd_tokenizer *tok, size_t len)
         return PD_ENOMEM;
     }
     pcre2_jit_stack_assign(s->mc, NULL, s->js);
-    (void)tok;
     return PD_OK;
 }
 
@@ -575,7 +582,7 @@ int pd__tokenizer_bpe_encode(const pd_tokenizer *tok, const char *text, size_t l
     PD_ASSERT(tok->kind == PD_TOKENIZER_BPE);
     if (len == 0) return PD_OK;
     scratch s;
-    if (scratch_init(&s, tok, len) < 0) return PD_ENOMEM;
+    if (scratch_init(&s, len) < 0) return PD_ENOMEM;
     byte_table bt;
     build_byte_table(&bt);
     size_t n = 1;

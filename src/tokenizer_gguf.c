@@ -72,12 +72,11 @@ static int get_flag(const pd_gguf *g, const char *key, int *flag, pd_err *err)
     return pd_gguf_get_bool(g, key, flag, err);
 }
 
-/* The id whose piece is text (as stored: BPE raw, SentencePiece with ' '),
- * or -1. */
+/* The lowest id whose piece is text (as stored: BPE raw, SentencePiece with
+ * ' '), or -1. */
 static int find_text(const pd_tokenizer *tok, const char *text)
 {
     uint32_t len = (uint32_t)strlen(text);
-    if (tok->kind == PD_TOKENIZER_BPE) return pd__strmap_get(&tok->tok_map, text, len);
     for (int i = 0; i < tok->n; i++)
         if (tok->len[i] == len && memcmp(tok->piece[i], text, len) == 0) return i;
     return -1;

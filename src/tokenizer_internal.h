@@ -80,7 +80,8 @@ struct pd_tokenizer {
     int ignore_merges;     /* a pre-tokenized word that is a token is taken whole */
     pcre2_code *re[PD__TOK_MAX_REGEX]; /* applied in order (owned) */
     int n_re;
-    pd__strmap tok_map;    /* piece -> id (the last id of a duplicated piece) */
+    pd__strmap tok_map;    /* piece -> id of the model's tokens (not control or
+                              user-defined; the last id of a repeated piece) */
     pd__strmap merge_map;  /* "left right" -> rank */
     char *merge_blob;      /* every merge, NUL-terminated (owned) */
     const char **merge;    /* (n_merges) into merge_blob */

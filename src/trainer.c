@@ -45,6 +45,7 @@
 #include "prefixd/backprop.h"
 #include "prefixd/checkpoint.h"
 #include "prefixd/dataset.h"
+#include "prefixd/engine.h"
 #include "prefixd/log.h"
 #include "prefixd/prefix_mlp.h"
 
@@ -67,11 +68,12 @@ pd_train_params pd_train_default_params(void)
         .valid_path = NULL,
         .valid_fraction = 0.1,
         .skip_bad_lines = 0,
-        .num_virtual_tokens = 10,
+        .num_virtual_tokens = 20,
         .prefix_projection = 0,
         .encoder_hidden_size = 128,
         .init_text = NULL,
-        .n_epochs = 3,
+        .init_prefix = NULL,
+        .n_epochs = 0, /* auto */
         .batch_size = 4,
         .learning_rate = 0.0, /* auto: see pd_train_params */
         .weight_decay = 0.0,
@@ -79,14 +81,24 @@ pd_train_params pd_train_default_params(void)
         .beta2 = 0.999,
         .eps = 1e-8,
         .warmup_fraction = 0.1,
-        .cosine = 0,
+        .schedule = PD_LR_LINEAR,
         .max_grad_norm = 1.0,
         .seed = 0,
         .eval_every = 10,
+        .early_stopping_patience = 0,
         .checkpoint_every = 20,
         .checkpoint_path = NULL,
         .n_threads = 0,
     };
+}
+
+int pd_train_epochs(const pd_train_params *p, int n_train)
+{
+    if (p->n_epochs > 0) return p->n_epochs;
+    int b = p->batch_size > 0 ? p->batch_size : 1;
+    long steps_per_epoch = n_train > 0 ? (n_train + b - 1) / b : 1;
+    long e = (PD_TRAIN_AUTO_STEPS + steps_per_epoch - 1) / steps_per_epoch;
+    return (int)(e < 1 ? 1 : e > PD_TRAIN_AUTO_MAX_EPOCHS ? PD_TRAIN_AUTO_MAX_EPOCHS : e);
 }
 
 /* ---- the job's state ---- */
@@ -103,6 +115,11 @@ typedef struct trainer {
     int n_train, n_valid;
     int max_len;            /* longest example (BOS included) */
     pd_backprop *bp;
+    pd_engine *eng;         /* validation token accuracy */
+    pd_seq *seq;            /* one validation example at a time */
+    int32_t *acc_tok, *acc_pos; /* (eng max tokens) one engine step's batch */
+    uint8_t *acc_want;      /* (eng max tokens) */
+    pd_seq **acc_seqs;      /* (eng max tokens) */
     int proj;
     pd_prefix_mlp mlp;
     size_t n_kv;            /* floats in keys (and in values) */
@@ -123,11 +140,24 @@ typedef struct trainer {
     int step, epoch, pos;
     uint64_t trained_tokens;
     double epoch_loss_sum, epoch_targets, train_loss, valid_loss;
+    /* early stopping (best is NULL when it is off) */
+    float *best;            /* (n_params) parameters of the best validation */
+    double best_valid_loss; /* NaN: none yet */
+    int best_step, bad_evals;
+    int stopped_early;      /* 1: the run ended before its last step */
+    double valid_accuracy, base_loss;
 } trainer;
 
 static void trainer_free(trainer *t)
 {
     pd_backprop_free(t->bp);
+    pd_seq_free(t->seq);
+    pd_engine_free(t->eng);
+    free(t->acc_tok);
+    free(t->acc_pos);
+    free(t->acc_want);
+    free(t->acc_seqs);
+    free(t->best);
     pd_prefix_mlp_free(&t->mlp);
     pd_adamw_free(&t->opt);
     pd_dataset_free(t->train_ds);
@@ -169,8 +199,13 @@ static int check_params(const pd_model *m, const pd_train_params *p, pd_err *err
     RANGE(!p->prefix_projection || (p->encoder_hidden_size >= 1 &&
                                     p->encoder_hidden_size <= 65536),
           "encoder_hidden_size %d outside [1, 65536]", p->encoder_hidden_size);
-    RANGE(p->n_epochs >= 1 && p->n_epochs <= 100000, "n_epochs %d outside [1, 100000]",
+    RANGE(p->n_epochs >= 0 && p->n_epochs <= 100000, "n_epochs %d outside [0, 100000] (0: auto)",
           p->n_epochs);
+    RANGE(p->schedule >= 0 && p->schedule < PD_LR_KIND_COUNT, "schedule %d is not a pd_lr_kind",
+          p->schedule);
+    RANGE(p->early_stopping_patience >= 0, "early_stopping_patience %d is negative",
+          p->early_stopping_patience);
+    RANGE(p->eval_every >= 0, "eval_every %d is negative", p->eval_every);
     RANGE(p->batch_size >= 1 && p->batch_size <= 4096, "batch_size %d outside [1, 4096]",
           p->batch_size);
     RANGE(isfinite(p->learning_rate) && p->learning_rate >= 0 && p->learning_rate <= 10,
@@ -191,6 +226,20 @@ static int check_params(const pd_model *m, const pd_train_params *p, pd_err *err
         return pd_err_set(err, PD_EINVAL,
                           "init_text cannot be combined with prefix_projection: train the "
                           "prefix directly to start from a prompt");
+    if (p->init_prefix) {
+        const pd_prefix *ip = p->init_prefix;
+        if (p->prefix_projection || (p->init_text && p->init_text[0]))
+            return pd_err_set(err, PD_EINVAL, "init_from (prefix '%s') cannot be combined with "
+                              "init_text or prefix_projection", ip->task);
+        if (ip->n_layers != c->n_layers || ip->n_kv_heads != c->n_kv_heads ||
+            ip->head_dim != c->head_dim)
+            return pd_err_set(err, PD_EINVAL, "init_from: prefix '%s' has another shape than "
+                              "the model", ip->task);
+        if (ip->n_tokens < 1 + ip->has_bos || ip->n_tokens > c->seq_len - 2)
+            return pd_err_set(err, PD_EINVAL, "init_from: prefix '%s' has %d virtual tokens; "
+                              "between %d and %d fit", ip->task, ip->n_tokens, 1 + ip->has_bos,
+                              c->seq_len - 2);
+    }
     return PD_OK;
 }
 
@@ -277,13 +326,20 @@ static uint64_t config_hash(const trainer *t)
     H(p->beta2);
     H(p->eps);
     H(p->warmup_fraction);
-    H(p->cosine);
+    H(p->schedule);
+    H(p->early_stopping_patience);
+    H(p->eval_every);
     H(p->max_grad_norm);
     H(p->seed);
     H(t->n_train);
     H(t->n_valid);
 #undef H
-    if (t->has_bos) h = fnv(h, p->init_text, strlen(p->init_text) + 1);
+    if (p->init_prefix) {
+        h = fnv(h, p->init_prefix->keys, t->n_kv * sizeof(float));
+        h = fnv(h, p->init_prefix->values, t->n_kv * sizeof(float));
+    } else if (t->has_bos) {
+        h = fnv(h, p->init_text, strlen(p->init_text) + 1);
+    }
     for (int pass = 0; pass < 2; pass++) {
         const pd_example *ex = pass ? t->valid : t->train;
         int n = pass ? t->n_valid : t->n_train;
@@ -364,7 +420,11 @@ static int init_params(trainer *t, pd_err *err)
     ep.n_threads = t->p->n_threads;
     int rc = pd_engine_create(t->m, &ep, &e, err);
     if (rc < 0) return rc;
-    if (t->has_bos) { /* init_text: the prompt's own cache */
+    t->eng = e; /* kept for the validations' token accuracy */
+    if (t->p->init_prefix) { /* an existing prefix, as it is */
+        memcpy(t->keys, t->p->init_prefix->keys, t->n_kv * sizeof(float));
+        memcpy(t->values, t->p->init_prefix->values, t->n_kv * sizeof(float));
+    } else if (t->has_bos) { /* init_text: the prompt's own cache */
         pd_prefix *ref;
         rc = pd_prefix_from_text(e, t->m, t->p->task, t->p->init_text, &ref, err);
         if (rc == PD_OK) {
@@ -376,8 +436,15 @@ static int init_params(trainer *t, pd_err *err)
     } else {
         rc = init_random(t, e, err);
     }
-    pd_engine_free(e);
-    return rc;
+    if (rc < 0) return rc;
+    const int n = pd_engine_max_tokens(e);
+    t->acc_tok = malloc((size_t)n * sizeof *t->acc_tok);
+    t->acc_pos = malloc((size_t)n * sizeof *t->acc_pos);
+    t->acc_want = malloc((size_t)n);
+    t->acc_seqs = malloc((size_t)n * sizeof *t->acc_seqs);
+    if (!t->acc_tok || !t->acc_pos || !t->acc_want || !t->acc_seqs)
+        return pd_err_set(err, PD_ENOMEM, "out of memory");
+    return pd_seq_create(t->m, t->m->cfg.seq_len - t->P, &t->seq, err);
 }
 
 /* Sets P and has_bos from the parameters (init_text decides P). */
@@ -386,6 +453,11 @@ static int choose_prefix(trainer *t, pd_err *err)
     const pd_train_params *p = t->p;
     t->P = p->num_virtual_tokens;
     t->has_bos = 0;
+    if (p->init_prefix) {
+        t->P = p->init_prefix->n_tokens;
+        t->has_bos = p->init_prefix->has_bos;
+        return PD_OK;
+    }
     if (!p->init_text || !p->init_text[0]) return PD_OK;
     const pd_config *c = &t->m->cfg;
     size_t len = strlen(p->init_text);
@@ -418,7 +490,9 @@ static int alloc_params(trainer *t, pd_err *err)
     t->grad = calloc(t->n_params, sizeof(float));
     t->kv_buf = t->proj ? malloc(4 * t->n_kv * sizeof(float)) : NULL;
     t->order = malloc((size_t)t->n_train * sizeof *t->order);
-    if (!t->params || !t->grad || (t->proj && !t->kv_buf) || !t->order)
+    if (t->p->early_stopping_patience > 0) t->best = malloc(t->n_params * sizeof(float));
+    if (!t->params || !t->grad || (t->proj && !t->kv_buf) || !t->order ||
+        (t->p->early_stopping_patience > 0 && !t->best))
         return pd_err_set(err, PD_ENOMEM, "out of memory");
     float *kv = t->proj ? t->kv_buf : t->params;
     t->kv_grad = t->proj ? t->kv_buf + 2 * t->n_kv : t->grad;
@@ -452,6 +526,10 @@ static int save_checkpoint(const trainer *t, pd_err *err)
         .params = t->params,
         .m = t->opt.m,
         .v = t->opt.v,
+        .best = t->best && t->best_step >= 0 ? t->best : NULL,
+        .best_valid_loss = t->best_valid_loss,
+        .best_step = t->best_step,
+        .bad_evals = t->bad_evals,
     };
     return pd_train_ckpt_save(t->p->checkpoint_path, &c, err);
 }
@@ -512,6 +590,12 @@ static int resume(trainer *t, pd_err *err)
     t->epoch_targets = c.epoch_targets;
     t->train_loss = c.train_loss;
     t->valid_loss = c.valid_loss;
+    if (t->best && c.best) {
+        memcpy(t->best, c.best, t->n_params * sizeof(float));
+        t->best_valid_loss = c.best_valid_loss;
+        t->best_step = c.best_step;
+        t->bad_evals = c.bad_evals;
+    }
     rc = 1;
 done:
     pd_train_ckpt_free(&c);
@@ -537,6 +621,46 @@ static int eval_loss(trainer *t, const float *keys, const float *values, int P,
         targets += nt;
     }
     *out = targets ? sum / (double)targets : NAN;
+    return PD_OK;
+}
+
+/* Share of the validation targets that the greedy choice predicts with the
+ * prefix keys/values of P slots: one engine pass per example (the engine
+ * computes the same logits as the backprop forward), argmax at every row
+ * whose next token is a target (the first maximum on ties). */
+static int eval_accuracy(trainer *t, const float *keys, const float *values, const pd_example *ex,
+                         int n, double *out, pd_err *err)
+{
+    const int cap = pd_engine_max_tokens(t->eng), V = t->m->cfg.vocab_size;
+    long hits = 0, targets = 0;
+    for (int i = 0; i < n; i++) {
+        const pd_example *e = &ex[i];
+        pd_seq_set_prefix(t->seq, t->P, keys, values);
+        for (int j0 = 0; j0 < e->n - 1; j0 += cap) {
+            int k = e->n - 1 - j0 < cap ? e->n - 1 - j0 : cap;
+            for (int j = 0; j < k; j++) {
+                t->acc_tok[j] = e->tokens[j0 + j];
+                t->acc_pos[j] = j0 + j;
+                t->acc_want[j] = e->loss_mask[j0 + j + 1] != 0;
+                t->acc_seqs[j] = t->seq;
+            }
+            pd_batch b = {k, t->acc_tok, t->acc_seqs, t->acc_pos, t->acc_want};
+            const float *logits;
+            int rc = pd_engine_step(t->eng, &b, &logits, err);
+            if (rc < 0) return rc;
+            int row = 0;
+            for (int j = 0; j < k; j++) {
+                if (!t->acc_want[j]) continue;
+                const float *l = logits + (size_t)row++ * V;
+                int best = 0;
+                for (int v = 1; v < V; v++)
+                    if (l[v] > l[best]) best = v;
+                hits += best == e->tokens[j0 + j + 1];
+                targets++;
+            }
+        }
+    }
+    *out = targets ? (double)hits / (double)targets : NAN;
     return PD_OK;
 }
 
@@ -603,11 +727,13 @@ static int meta_num(pd_prefix *pf, const char *key, const char *fmt, double v, p
     return pd_prefix_meta_set(pf, key, buf, err);
 }
 
-static int build_prefix(trainer *t, double base_loss, pd_prefix **out, pd_err *err)
+/* The prefix of the current keys/values named task, with the run's figures
+ * in its metadata (the keys/values must be materialised). */
+static int build_prefix(trainer *t, const char *task, pd_prefix **out, pd_err *err)
 {
     pd_prefix *pf;
-    materialise(t);
-    int rc = pd_prefix_create(t->m, t->p->task, t->P, &pf, err);
+    const double base_loss = t->base_loss;
+    int rc = pd_prefix_create(t->m, task, t->P, &pf, err);
     if (rc < 0) return rc;
     memcpy(pf->keys, t->keys, t->n_kv * sizeof(float));
     memcpy(pf->values, t->values, t->n_kv * sizeof(float));
@@ -621,6 +747,12 @@ static int build_prefix(trainer *t, double base_loss, pd_prefix **out, pd_err *e
     if (rc == PD_OK) rc = meta_num(pf, "train_loss", "%.6f", train_loss, err);
     if (rc == PD_OK && t->n_valid) rc = meta_num(pf, "valid_loss", "%.6f", t->valid_loss, err);
     if (rc == PD_OK && t->n_valid) rc = meta_num(pf, "base_valid_loss", "%.6f", base_loss, err);
+    if (rc == PD_OK && t->n_valid && isfinite(t->valid_accuracy))
+        rc = meta_num(pf, "valid_token_accuracy", "%.6f", t->valid_accuracy, err);
+    if (rc == PD_OK && t->best && t->best_step >= 0)
+        rc = meta_num(pf, "best_step", "%.0f", t->best_step, err);
+    if (rc == PD_OK && t->best)
+        rc = pd_prefix_meta_set(pf, "stopped_early", t->stopped_early ? "true" : "false", err);
     if (rc == PD_OK) rc = meta_num(pf, "steps", "%.0f", t->step, err);
     if (rc == PD_OK) rc = pd_prefix_meta_set(pf, "trained_tokens", tokens, err);
     if (rc == PD_OK) rc = meta_num(pf, "epochs", "%.0f", p->n_epochs, err);
@@ -629,12 +761,47 @@ static int build_prefix(trainer *t, double base_loss, pd_prefix **out, pd_err *e
     if (rc == PD_OK) rc = meta_num(pf, "seed", "%.0f", (double)p->seed, err);
     if (rc == PD_OK)
         rc = pd_prefix_meta_set(pf, "prefix_projection", t->proj ? "true" : "false", err);
-    if (rc == PD_OK) rc = pd_prefix_meta_set(pf, "init", t->has_bos ? "text" : "random", err);
+    if (rc == PD_OK) rc = meta_num(pf, "schedule", "%.0f", p->schedule, err);
+    if (rc == PD_OK)
+        rc = pd_prefix_meta_set(pf, "init", p->init_prefix ? "prefix"
+                                            : t->has_bos  ? "text" : "random", err);
     if (rc < 0) {
         pd_prefix_release(pf);
         return rc;
     }
     *out = pf;
+    return PD_OK;
+}
+
+int pd_train_eval_prefix(const pd_train_eval *ev, const char *task, pd_prefix **out,
+                         pd_err *err)
+{
+    PD_ASSERT(ev && ev->trainer && task && out);
+    trainer *t = ev->trainer;
+    return build_prefix(t, task, out, err); /* materialised by the validation */
+}
+
+/* Validates the current prefix: loss, token accuracy; records the best
+ * (early stopping). */
+static int validate(trainer *t, double *acc, pd_err *err)
+{
+    materialise(t);
+    double loss;
+    int rc = eval_loss(t, t->keys, t->values, t->P, t->valid, t->n_valid, &loss, err);
+    if (rc == PD_OK) rc = eval_accuracy(t, t->keys, t->values, t->valid, t->n_valid, acc, err);
+    if (rc < 0) return rc;
+    t->valid_loss = loss;
+    t->valid_accuracy = *acc;
+    if (t->best) {
+        if (t->best_step < 0 || loss < t->best_valid_loss) {
+            memcpy(t->best, t->params, t->n_params * sizeof(float));
+            t->best_valid_loss = loss;
+            t->best_step = t->step;
+            t->bad_evals = 0;
+        } else {
+            t->bad_evals++;
+        }
+    }
     return PD_OK;
 }
 
@@ -647,16 +814,21 @@ int pd_train_run(const pd_model *m, const pd_train_params *p, const pd_train_hoo
     *out = NULL;
     pd_train_hooks none = {0};
     if (!hooks) hooks = &none;
-    pd_train_params resolved = *p; /* learning_rate 0: the automatic default */
-    if (resolved.learning_rate == 0.0) resolved.learning_rate = p->prefix_projection ? 1e-2 : 0.1;
+    pd_train_params resolved = *p; /* learning_rate and n_epochs 0: the automatic defaults */
+    if (resolved.learning_rate == 0.0)
+        resolved.learning_rate =
+            p->prefix_projection ? PD_TRAIN_DEFAULT_LR_PROJECTION : PD_TRAIN_DEFAULT_LR;
     p = &resolved;
     int rc = check_params(m, p, err);
     if (rc < 0) return rc;
-    trainer t = {.m = m, .p = p, .proj = p->prefix_projection != 0, .valid_loss = NAN};
+    trainer t = {.m = m, .p = p, .proj = p->prefix_projection != 0, .valid_loss = NAN,
+                 .best_valid_loss = NAN, .best_step = -1, .valid_accuracy = NAN,
+                 .base_loss = NAN};
     pd_example *batch = NULL;
     if ((rc = choose_prefix(&t, err)) < 0 || (rc = load_data(&t, err)) < 0 ||
         (rc = alloc_params(&t, err)) < 0)
         goto done;
+    resolved.n_epochs = pd_train_epochs(p, t.n_train);
     t.steps_per_epoch = (t.n_train + p->batch_size - 1) / p->batch_size;
     if ((int64_t)t.steps_per_epoch * p->n_epochs > INT32_MAX / 2) {
         rc = pd_err_set(err, PD_EINVAL, "%d epochs of %d steps are too many", p->n_epochs,
@@ -667,7 +839,7 @@ int pd_train_run(const pd_model *m, const pd_train_params *p, const pd_train_hoo
     t.sched.total_steps = t.steps_per_epoch * p->n_epochs;
     t.sched.warmup_steps = (int)(p->warmup_fraction * t.sched.total_steps);
     if (t.sched.warmup_steps >= t.sched.total_steps) t.sched.warmup_steps = t.sched.total_steps - 1;
-    t.sched.cosine = p->cosine;
+    t.sched.kind = p->schedule;
     t.config_hash = config_hash(&t);
     pd_rng_seed(&t.rng, mix_seed(p->seed, STREAM_SHUFFLE));
 
@@ -698,6 +870,7 @@ int pd_train_run(const pd_model *m, const pd_train_params *p, const pd_train_hoo
     if (t.n_valid && (rc = eval_loss(&t, NULL, NULL, 0, t.valid_base, t.n_valid, &base_loss,
                                      err)) < 0)
         goto done;
+    t.base_loss = base_loss;
     PD_LOGI("task %s: %d training and %d validation examples, %d virtual tokens, %d steps, "
             "%zu parameters; base model validation loss %.4f", p->task, t.n_train, t.n_valid,
             t.P, t.sched.total_steps, t.n_params, base_loss);
@@ -717,13 +890,32 @@ int pd_train_run(const pd_model *m, const pd_train_params *p, const pd_train_hoo
         if (hooks->yield) hooks->yield(hooks->user_data);
         double lr = pd_lr_at(&t.sched, t.step);
         if ((rc = train_step(&t, batch, err)) < 0) goto done;
-        double valid = NAN;
-        int last = t.step == t.sched.total_steps;
-        if (t.n_valid && (last || (p->eval_every > 0 && t.step % p->eval_every == 0))) {
-            materialise(&t);
-            if ((rc = eval_loss(&t, t.keys, t.values, t.P, t.valid, t.n_valid, &valid, err)) < 0)
-                goto done;
-            t.valid_loss = valid;
+        double valid = NAN, acc = NAN;
+        int last = t.step == t.sched.total_steps, epoch_end = t.pos == 0;
+        int evaluated = 0;
+        if (t.n_valid &&
+            (last || epoch_end || (p->eval_every > 0 && t.step % p->eval_every == 0))) {
+            if ((rc = validate(&t, &acc, err)) < 0) goto done;
+            valid = t.valid_loss;
+            evaluated = 1;
+        }
+        int stop_early = t.best && t.bad_evals >= p->early_stopping_patience;
+        if (evaluated && hooks->on_eval) {
+            pd_train_eval ev = {
+                .step = t.step,
+                .total_steps = t.sched.total_steps,
+                .epoch = t.pos == 0 ? t.epoch : t.epoch + 1,
+                .epoch_end = epoch_end,
+                .train_loss = t.epoch_targets > 0 ? t.epoch_loss_sum / t.epoch_targets
+                                                  : t.train_loss,
+                .valid_loss = valid,
+                .valid_token_accuracy = acc,
+                .learning_rate = lr,
+                .trained_tokens = t.trained_tokens,
+                .best = t.best ? t.best_step == t.step : 0,
+                .trainer = &t,
+            };
+            hooks->on_eval(&ev, hooks->user_data);
         }
         if (p->checkpoint_path && p->checkpoint_every > 0 && !last &&
             t.step % p->checkpoint_every == 0 && (rc = save_checkpoint(&t, err)) < 0)
@@ -736,6 +928,7 @@ int pd_train_run(const pd_model *m, const pd_train_params *p, const pd_train_hoo
                 .epoch = t.pos == 0 ? t.epoch : t.epoch + 1,
                 .train_loss = t.train_loss,
                 .valid_loss = valid,
+                .valid_token_accuracy = acc,
                 .learning_rate = lr,
                 .trained_tokens = t.trained_tokens,
                 .tokens_per_second = dt > 0 ? (double)(t.trained_tokens - tokens0) / dt : 0.0,
@@ -743,14 +936,29 @@ int pd_train_run(const pd_model *m, const pd_train_params *p, const pd_train_hoo
             };
             hooks->on_progress(&pr, hooks->user_data);
         }
+        if (stop_early) {
+            PD_LOGI("task %s: stopping early at step %d: %d validations without a lower loss "
+                    "than %.4f (step %d)", p->task, t.step, t.bad_evals, t.best_valid_loss,
+                    t.best_step);
+            t.stopped_early = 1;
+            break;
+        }
     }
     if (t.n_valid && isnan(t.valid_loss)) { /* resumed from a finished run's checkpoint */
-        materialise(&t);
-        if ((rc = eval_loss(&t, t.keys, t.values, t.P, t.valid, t.n_valid, &t.valid_loss,
-                            err)) < 0)
-            goto done;
+        double acc;
+        if ((rc = validate(&t, &acc, err)) < 0) goto done;
     }
-    rc = build_prefix(&t, base_loss, out, err);
+    if (t.best && t.best_step >= 0) { /* early stopping: the best validated prefix */
+        memcpy(t.params, t.best, t.n_params * sizeof(float));
+        materialise(&t);
+        double acc;
+        if ((rc = eval_accuracy(&t, t.keys, t.values, t.valid, t.n_valid, &acc, err)) < 0)
+            goto done;
+        t.valid_loss = t.best_valid_loss;
+        t.valid_accuracy = acc;
+    }
+    materialise(&t);
+    rc = build_prefix(&t, p->task, out, err);
     if (rc == PD_OK)
         PD_LOGI("task %s: trained %d steps, %" PRIu64 " tokens; train loss %s, validation "
                 "loss %s (base %s)", p->task, t.step, t.trained_tokens,

@@ -1,6 +1,6 @@
 /* prefixd/adamw.h — the optimiser of the trainer: AdamW (Loshchilov &
- * Hutter) over one flat float parameter vector, a warm-up then linear or
- * cosine decay learning-rate schedule, and global gradient-norm clipping.
+ * Hutter) over one flat float parameter vector, a warm-up then a constant,
+ * linear or cosine learning-rate schedule, and global gradient-norm clipping.
  *
  *     pd_adamw opt;
  *     pd_adamw_init(&opt, n, &(pd_adamw_params){0.9, 0.999, 1e-8, 0.0}, &err);
@@ -57,17 +57,30 @@ void pd_adamw_step(pd_adamw *o, float *params, const float *grad, double lr);
  * the norm before clipping. */
 double pd_grad_clip(float *g, size_t n, double max_norm);
 
+/* The shape of the schedule after warm-up. */
+typedef enum pd_lr_kind {
+    PD_LR_LINEAR = 0,   /* decays linearly to 0 */
+    PD_LR_COSINE = 1,   /* half a cosine down to 0 */
+    PD_LR_CONSTANT = 2, /* stays at the peak */
+    PD_LR_KIND_COUNT
+} pd_lr_kind;
+
+/* "linear", "cosine", "constant" (static text). */
+const char *pd_lr_kind_name(pd_lr_kind k);
+/* The kind named name, or -1. */
+int pd_lr_kind_parse(const char *name);
+
 typedef struct pd_lr_schedule {
     double base;      /* peak learning rate */
     int total_steps;  /* T >= 1 */
     int warmup_steps; /* W in [0, T) */
-    int cosine;       /* 1: cosine decay, 0: linear */
+    int kind;         /* pd_lr_kind */
 } pd_lr_schedule;
 
 /* Learning rate of step s in [0, T): base * (s + 1) / W during warm-up
- * (s < W), then decaying with progress q = (s - W) / (T - W) as
- * base * (1 - q) (linear) or base * (1 + cos(pi q)) / 2 (cosine): it
- * reaches 0 at s = T. */
+ * (s < W), then with progress q = (s - W) / (T - W): base (constant),
+ * base * (1 - q) (linear) or base * (1 + cos(pi q)) / 2 (cosine); the
+ * decaying kinds reach 0 at s = T. 0 for s >= T. */
 double pd_lr_at(const pd_lr_schedule *s, int step);
 
 #ifdef __cplusplus

@@ -13,6 +13,9 @@
  *     rng (64 hex digits: the generator's state), trained_tokens, and the
  *     running figures epoch_loss_sum, epoch_targets, train_loss,
  *     valid_loss (decimal, exact round trip).
+ * Early stopping adds (optional: a checkpoint without them has no best yet)
+ *     best    F32 (n_params)   the parameters of the best validation loss
+ * and best_valid_loss, best_step, bad_evals.
  * A reader checks the format, every number and every tensor's dtype and
  * size; the caller compares config_hash and n_params with its own job and
  * refuses a checkpoint of another one.
@@ -49,13 +52,17 @@ typedef struct pd_train_ckpt {
     size_t n_params;
     float *params;            /* (n_params) */
     float *m, *v;             /* (n_params) each */
+    float *best;              /* (n_params) or NULL: no best recorded */
+    double best_valid_loss;   /* NaN when best is NULL */
+    int best_step;            /* -1 when best is NULL */
+    int bad_evals;            /* evaluations since the best without improvement */
 } pd_train_ckpt;
 
 /* Writes c to path atomically. The arrays are borrowed for the call.
  * Returns PD_OK, PD_EIO or PD_ENOMEM. */
 int pd_train_ckpt_save(const char *path, const pd_train_ckpt *c, pd_err *err);
 
-/* Reads path into *c; order, params, m and v are new buffers released by
+/* Reads path into *c; order, params, m, v (and best) are new buffers released by
  * pd_train_ckpt_free. Returns PD_OK, PD_ENOTFOUND (no file), PD_EIO, or
  * PD_EFORMAT / PD_EVERSION with err naming the file and what is wrong. */
 int pd_train_ckpt_load(const char *path, pd_train_ckpt *c, pd_err *err);

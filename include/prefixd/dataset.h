@@ -1,5 +1,5 @@
-/* prefixd/dataset.h — training data: JSONL files of {"prompt", "completion"}
- * or {"text"} lines, tokenized into examples with a loss mask
+/* prefixd/dataset.h — training data: JSONL files of {"prompt", "completion"},
+ * {"text"} or chat {"messages"} lines, tokenized into examples with a loss mask
  * (ARCHITECTURE.md "Training").
  *
  *     pd_dataset_params dp = pd_dataset_default_params();
@@ -16,6 +16,28 @@
  * decodes to start at or after the end of the prompt; the dummy-prefix space
  * the tokenizer adds (and decoding drops after BOS) is accounted for. For
  * {"text"} lines every token after BOS is a target.
+ *
+ * Chat lines are {"messages": [...], "tools"?: [...]} as OpenAI's
+ * fine-tuning takes them: roles system, developer, user, assistant, tool;
+ * content a string or an array of text parts (null only on an assistant
+ * message with tool_calls); an optional "weight": 0 or 1 on assistant
+ * messages (default 1). The conversation is rendered with the chat template
+ * (p->chat_template, with the tokenizer's BOS/EOS text) and tokenized as
+ * one text, BOS first. Targets are the tokens of the assistant messages of
+ * weight 1, found by rendering prefixes of the conversation, as Hugging
+ * Face's assistant masks and llama.cpp's chat diffs do: message i spans
+ * from the end of render(messages[0..i), add_generation_prompt=true) to the
+ * end of render(messages[0..i], add_generation_prompt=false) in the render
+ * of the whole conversation. So a target span is the message's content plus
+ * what the template closes the turn with (its end-of-turn token, e.g.
+ * <|im_end|> and the newline after it in ChatML; " </s>" in Llama 2), which
+ * teaches the model to stop. A template must render each such prefix as a
+ * beginning of the whole conversation (templates that drop earlier
+ * reasoning, like Qwen 3's, do not: such a line is refused). A chat line is
+ * bad when a role is unknown, a content is not a string, a weight is not 0
+ * or 1 or not on an assistant message, there is no assistant message of
+ * weight 1, or the template raises ("FILE:LINE: chat template: line L,
+ * column C: …").
  *
  * A line is bad when it is not JSON, not an object, lacks a field or has one
  * of the wrong type, carries both forms, has an empty completion (or text),
@@ -49,6 +71,10 @@ typedef struct pd_dataset_params {
     int first_target;   /* tokens before this index are never targets (default
                            1; 2 when the example will be served without BOS) */
     int skip_bad_lines; /* 1: skip and log bad lines; 0: fail on the first */
+    const char *chat_template; /* source of the template for {"messages"} lines
+                                  (borrowed); NULL: the tokenizer's own (GGUF
+                                  tokenizer.chat_template), else chatml */
+    long long now;      /* strftime_now's clock for templates; -1: real */
 } pd_dataset_params;
 
 pd_dataset_params pd_dataset_default_params(void);

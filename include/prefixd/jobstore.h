@@ -67,12 +67,13 @@ extern "C" {
 /* Room for any id the store makes ("ftevent-" + 16, "ftjob-" + 24) and NUL. */
 #define PD_JOBSTORE_ID_MAX 40
 /* The schema version this code writes (PRAGMA user_version). */
-#define PD_JOBSTORE_SCHEMA_VERSION 1
+#define PD_JOBSTORE_SCHEMA_VERSION 2
 /* Page sizes of the list functions: limit 0 means the default; a limit
  * outside [1, PD_JOBSTORE_LIST_MAX] is PD_EINVAL. */
 #define PD_JOBSTORE_JOBS_DEFAULT_LIMIT 20
 #define PD_JOBSTORE_EVENTS_DEFAULT_LIMIT 20
 #define PD_JOBSTORE_FILES_DEFAULT_LIMIT 10000
+#define PD_JOBSTORE_CHECKPOINTS_DEFAULT_LIMIT 10
 #define PD_JOBSTORE_LIST_MAX 10000
 
 typedef struct pd_jobstore pd_jobstore;
@@ -200,8 +201,9 @@ int pd_jobstore_job_create(pd_jobstore *js, const json_t *params, char *id, json
 /* The OpenAI job object as a new reference: {id, object: "fine_tuning.job",
  * created_at, finished_at, model, fine_tuned_model, organization_id:
  * "prefixd", status, training_file, validation_file, hyperparameters,
- * method, seed, trained_tokens, error, result_files: [], estimated_finish:
- * null, user_provided_suffix}. Unset values are null (error too).
+ * method, seed, trained_tokens, error, result_files (file ids, [] until
+ * set), estimated_finish (unix seconds while running, else null),
+ * user_provided_suffix}. Unset values are null (error too).
  * PD_ENOTFOUND for an unknown id. */
 int pd_jobstore_job_get(pd_jobstore *js, const char *id, json_t **out, pd_err *err);
 
@@ -261,6 +263,42 @@ int pd_jobstore_job_cancel_requested(pd_jobstore *js, const char *id, int *reque
  * the store knows. PD_ENOTFOUND if unknown, PD_ERANGE if cap is too small. */
 int pd_jobstore_checkpoint_path(pd_jobstore *js, const char *id, char *buf, size_t cap,
                                 pd_err *err);
+
+/* Records when the running job is expected to finish (unix seconds; < 0:
+ * unknown, null). Entering a final status clears it. PD_EINVAL once the job
+ * is final, PD_ENOTFOUND for an unknown job. */
+int pd_jobstore_job_set_estimated_finish(pd_jobstore *js, const char *id, int64_t when,
+                                         pd_err *err);
+
+/* Sets the job's result_files to file_ids (borrowed; an array of "file-..."
+ * ids the caller stored first). Like set_result: before the final
+ * transition (PD_EINVAL after it). */
+int pd_jobstore_job_set_result_files(pd_jobstore *js, const char *id, const json_t *file_ids,
+                                     pd_err *err);
+
+/* ---- checkpoints: /v1/fine_tuning/jobs/{id}/checkpoints ---- */
+
+/* Records a checkpoint of job_id: step (>= 0), model (the task name it is
+ * servable as, pd_task_name_valid) and metrics (borrowed object, stored as
+ * given). Ids are "ftckpt-" and 16 hex digits of a counter. Writes the id
+ * into id (PD_JOBSTORE_ID_MAX bytes, may be NULL). Allowed in any status
+ * (the worker records the last ones before the job's final transition). */
+int pd_jobstore_checkpoint_add(pd_jobstore *js, const char *job_id, int step,
+                               const char *model, const json_t *metrics, char *id,
+                               pd_err *err);
+
+/* Forgets checkpoint id of job_id (the worker keeps only the last few).
+ * PD_ENOTFOUND if the job has no such checkpoint. */
+int pd_jobstore_checkpoint_delete(pd_jobstore *js, const char *job_id, const char *id,
+                                  pd_err *err);
+
+/* {object: "list", data: [{object: "fine_tuning.job.checkpoint", id,
+ * created_at, fine_tuned_model_checkpoint, step_number, metrics,
+ * fine_tuning_job_id}], has_more}, most recent first; after/limit page as
+ * in pd_jobstore_event_list (limit 0: PD_JOBSTORE_CHECKPOINTS_DEFAULT_LIMIT).
+ * PD_ENOTFOUND for an unknown job or after ("after: ..."). */
+int pd_jobstore_checkpoint_list(pd_jobstore *js, const char *job_id, const char *after,
+                                int limit, json_t **out, pd_err *err);
 
 /* ---- events: /v1/fine_tuning/jobs/{id}/events ---- */
 

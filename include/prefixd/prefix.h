@@ -119,6 +119,16 @@ int pd_prefix_from_text(pd_engine *e, const pd_model *m, const char *task, const
 int pd_prefix_import_peft(const char *dir, const pd_model *m, const char *task,
                           pd_prefix **out, pd_err *err);
 
+/* Exports p as a PEFT prefix-tuning adapter: *config (new NUL-terminated
+ * text, *config_size bytes) is adapter_config.json and *tensors (new,
+ * *tensors_size bytes) adapter_model.safetensors with prompt_embeddings F32
+ * in the layout above; pd_prefix_import_peft of the two gives the same bits.
+ * The caller frees both. PD_EUNSUPPORTED for a prefix that holds BOS
+ * (has_bos: PEFT prefixes have none), PD_EMISMATCH when p is not shaped
+ * for m, PD_ENOMEM. */
+int pd_prefix_export_peft(const pd_prefix *p, const pd_model *m, char **config,
+                          size_t *config_size, void **tensors, size_t *tensors_size, pd_err *err);
+
 #ifdef __cplusplus
 }
 #endif

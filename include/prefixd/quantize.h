@@ -105,6 +105,7 @@ typedef struct pd_quantize_params {
     int ftype;        /* pd_ftype (required) */
     int pure;         /* 1: no mix, every converted tensor the base type */
     const char *name; /* general.name to set, or NULL to keep the input's */
+    int n_threads;    /* threads converting rows; <= 0: online CPUs (the bytes are the same) */
 } pd_quantize_params;
 
 pd_quantize_params pd_quantize_default_params(void);
@@ -123,8 +124,9 @@ typedef struct pd_quantize_stats {
  * be NULL. Returns PD_OK, or a negative status with err naming the file and
  * the tensor: PD_EINVAL (unknown ftype), PD_EUNSUPPORTED (a tensor to convert
  * has a type prefixd cannot read, e.g. IQ4_XS), the reader's errors for a
- * malformed input, PD_ENOMEM, PD_EIO. Memory: the input is mapped; one
- * buffer holds the converted tensors. Single-threaded. */
+ * malformed input, PD_ENOMEM, PD_ESYS (threads), PD_EIO. Memory: the input
+ * is mapped; one buffer holds the converted tensors. Rows are converted on
+ * params->n_threads threads; the result does not depend on their number. */
 int pd_quantize_gguf(const char *in_path, const char *out_path, const pd_quantize_params *params,
                      pd_quantize_stats *stats, pd_err *err);
 

@@ -65,9 +65,12 @@ typedef struct pd_request {
     int32_t *prompt;              /* (n_prompt) token ids (owned by the request) */
     int n_prompt;
     pd_prefix *prefix;            /* a reference owned by the request, or NULL */
-    int max_tokens;               /* >= 1 */
+    int max_tokens;               /* >= 1; 0 allowed with prompt_logprobs (scoring only) */
     pd_sampler_params sampling;
     int top_logprobs;             /* 0..PD_TOP_LOGPROBS_MAX */
+    int prompt_logprobs;          /* 1: score the prompt: prompt_out[i] (i >= 1) gets
+                                     log p(prompt[i] | prompt[0..i)) and its top
+                                     top_logprobs alternatives, at temperature 1 */
     char task[PD_TASK_NAME_MAX + 1]; /* for metrics; "" for the base model */
     int build_prefix;             /* 1: only prefill the prompt (no prefix) and
                                      return its KV cache as a prefix named
@@ -80,6 +83,8 @@ typedef struct pd_request {
     pthread_cond_t cv;
     pd_token_out *out;            /* (max_tokens) generated tokens */
     int n_out;
+    pd_token_out *prompt_out;     /* (n_prompt) the prompt's scores with prompt_logprobs;
+                                     entry 0 is unused; complete once n_out > 0 or DONE */
     int state;                    /* pd_request_state */
     int finish;                   /* pd_finish_reason once DONE */
     char error[PD_ERR_MSG_MAX];
@@ -92,7 +97,8 @@ typedef struct pd_request {
 } pd_request;
 
 /* A new request holding a copy of prompt[0..n_prompt) and one reference.
- * Fill the input fields, then submit. */
+ * Fill the input fields, then submit. max_tokens may be 0 only for a request
+ * that then sets prompt_logprobs (pd_sched_submit checks). */
 int pd_request_create(const int32_t *prompt, int n_prompt, int max_tokens, pd_request **out,
                       pd_err *err);
 pd_request *pd_request_retain(pd_request *rq);

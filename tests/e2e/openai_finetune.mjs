@@ -4,6 +4,11 @@
 // with the prefix method, cancelled, its events, the job list paged by the
 // SDK (limit 1: it follows `after`), and the file deleted. TRAIN_PATH and
 // BAD_PATH name the files. Prints one JSON object for test_training.py.
+//
+// MODE=api (test_finetune_api.py): OpenAI's supervised method with its
+// hyperparameters, a job run to the end, its checkpoints
+// (fineTuning.jobs.checkpoints.list) and its result files' contents
+// (files.content). TRAIN_PATH and VALID_PATH name the files.
 import fs from "node:fs";
 import OpenAI from "openai";
 
@@ -17,6 +22,34 @@ const client = new OpenAI({
   apiKey: process.env.PREFIXD_API_KEY || "unused",
   maxRetries: 0,
 });
+
+if (process.env.MODE === "api") {
+  const train = await client.files.create({ file: fs.createReadStream(process.env.TRAIN_PATH), purpose: "fine-tune" });
+  const valid = await client.files.create({ file: fs.createReadStream(process.env.VALID_PATH), purpose: "fine-tune" });
+  const created = await client.fineTuning.jobs.create({
+    model: "stories260K",
+    training_file: train.id,
+    validation_file: valid.id,
+    suffix: "spark",
+    seed: 5,
+    method: {
+      type: "supervised",
+      supervised: { hyperparameters: { n_epochs: 5, batch_size: 4, learning_rate_multiplier: 2 } },
+    },
+  });
+  let job = created;
+  const deadline = Date.now() + 240000;
+  while (!["succeeded", "failed", "cancelled"].includes(job.status) && Date.now() < deadline) {
+    await new Promise((r) => setTimeout(r, 100));
+    job = await client.fineTuning.jobs.retrieve(created.id);
+  }
+  const checkpoints = [];
+  for await (const c of client.fineTuning.jobs.checkpoints.list(job.id)) checkpoints.push(c);
+  const results = [];
+  for (const id of job.result_files) results.push(await (await client.files.content(id)).text());
+  console.log(JSON.stringify({ created, job, checkpoints, results }));
+  process.exit(0);
+}
 
 const file = await client.files.create({
   file: fs.createReadStream(process.env.TRAIN_PATH),

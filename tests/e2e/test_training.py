@@ -274,7 +274,10 @@ def test_job_request_errors(server, dragon):
     bad(400, "seed", training_file=train, seed=-1)
     bad(400, "n_epochs", training_file=train, hyperparameters={"n_epochs": 0})
     bad(400, "hyperparameters", training_file=train, hyperparameters={"epochs": 3})
-    bad(400, "method", training_file=train, method={"type": "supervised"})
+    bad(400, "method", training_file=train, method={"type": "dpo"})
+    bad(400, "method", training_file=train, method={"type": "distill"})
+    bad(400, "method", training_file=train,
+        method={"type": "supervised", "prefix": {"hyperparameters": {}}})
     bad(400, "num_virtual_tokens", training_file=train,
         method={"type": "prefix", "prefix": {"hyperparameters": {"num_virtual_tokens": 0}}})
     bad(400, "init_text", training_file=train,
@@ -511,7 +514,9 @@ def test_shutdown_and_kill9_resume_from_checkpoint(tmp_path):
         assert done["fine_tuned_model"] == "phoenix"
 
         after = snapshot(s, jid)
-        assert after[0] == before[0], "files lost or added"
+        # the only new file is the finished job's metrics CSV
+        assert len(done["result_files"]) == 1
+        assert after[0] == sorted(before[0] + done["result_files"]), "files lost or added"
         assert after[1] == before[1], "jobs lost or added"
         assert set(before[2]) <= set(after[2]), "events lost"
         evs = events(s, jid)

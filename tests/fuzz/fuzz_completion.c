@@ -1,8 +1,10 @@
 /* fuzz_completion.c — the completion request parser: the input is a POST
- * /v1/completions body. It is read as the route reads it (jansson,
- * json_loadb without flags, an object required), then run through the three
- * steps of completion_request.h with the shipped model's tokenizer and the
- * default limits (max_choices 16, a 512-token context).
+ * /v1/completions body, or a POST /v1/chat/completions body when it has
+ * "messages". It is read as the route reads it (jansson, json_loadb without
+ * flags, an object required), then run through the steps of
+ * completion_request.h with the shipped model's tokenizer and the default
+ * limits (max_choices 16, a 512-token context); a chat body is rendered with
+ * the ChatML built-in (the shipped model has no template) as the route does.
  *
  * The model lookup between the steps is faked: the base model's id has no
  * prefix; any other name is a task whose prefix holds 4 tokens and, when
@@ -11,7 +13,10 @@
 #include <jansson.h>
 #include <string.h>
 
+#include <stdlib.h>
+
 #include "completion_request.h"
+#include "prefixd/chat.h"
 #include "prefixd/scheduler.h"
 #include "util.h"
 
@@ -37,11 +42,31 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     }
     creq q;
     creq_error e;
-    int rc = creq_parse_params(&q, body, &lim, &e);
+    json_t *msgs = json_object_get(body, "messages");
+    int rc = msgs ? creq_parse_chat_params(&q, body, &lim, &e)
+                  : creq_parse_params(&q, body, &lim, &e);
     int is_base = rc == 0 && !strcmp(q.model_name, m->id);
     int prefix_tokens = is_base ? 0 : 4;
     int has_bos = !is_base && strlen(q.model_name) % 2 == 1;
-    if (rc == 0) rc = creq_parse_prompts(&q, body, tok, has_bos, &lim, &e);
+    if (rc == 0 && msgs) {
+        json_t *norm;
+        char *text = NULL;
+        pd_chat_params cp = pd_chat_default_params();
+        cp.add_generation_prompt = 1;
+        if (pd_chat_normalize(msgs, &norm, NULL) == PD_OK) {
+            if (pd_chat_render(pd_chat_builtin(PD_CHAT_DEFAULT), norm, &cp, &text, NULL) ==
+                PD_OK)
+                rc = creq_chat_prompt(&q, text, strlen(text), tok, !has_bos, &lim, &e);
+            else
+                rc = creq_reject(&e, 400, "messages", "invalid_value", "render");
+            json_decref(norm);
+            free(text);
+        } else {
+            rc = creq_reject(&e, 400, "messages", "invalid_value", "normalize");
+        }
+    } else if (rc == 0) {
+        rc = creq_parse_prompts(&q, body, tok, has_bos, &lim, &e);
+    }
     if (rc == 0) rc = creq_check_context(&q, prefix_tokens, &lim, &e);
     json_decref(body);
     if (rc < 0) {
@@ -50,11 +75,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         creq_free(&q);
         return 0;
     }
-    FUZZ_CHECK(q.max_tokens >= 1 && q.max_tokens <= CREQ_MAX_TOKENS);
+    FUZZ_CHECK(q.max_tokens >= (q.echo ? 0 : 1) && q.max_tokens <= CREQ_MAX_TOKENS);
+    FUZZ_CHECK(!(msgs && q.echo));
     FUZZ_CHECK(q.n_per_prompt >= 1 && q.n_prompts >= 1);
     FUZZ_CHECK((long)q.n_prompts * q.n_per_prompt <= lim.max_choices);
     FUZZ_CHECK(q.logprobs >= -1 && q.logprobs <= PD_TOP_LOGPROBS_MAX);
-    FUZZ_CHECK(!(q.echo && q.logprobs >= 0));
     FUZZ_CHECK(q.sampling.temperature >= 0 && q.sampling.temperature <= 2);
     FUZZ_CHECK(q.sampling.top_p > 0 && q.sampling.top_p <= 1);
     FUZZ_CHECK(q.sampling.top_k >= 0 && q.sampling.top_k <= lim.vocab_size);

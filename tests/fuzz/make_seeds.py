@@ -141,6 +141,22 @@ def make_gguf(tmp, models):
             out("model_gguf", os.path.basename(p), data)
             if len(data) <= 16384:
                 out("gguf", os.path.basename(p), data)
+    # one small model of each architecture variant (tests/tools/synth.c)
+    synth = os.path.join(os.path.dirname(BIN), "tools", "prefixd-synth")
+    common = ["--dim", "8", "--hidden", "12", "--layers", "1", "--heads", "2",
+              "--kv-heads", "1", "--vocab-size", "260", "--ctx", "16"]
+    for name, extra in [("qwen2", ["--arch", "qwen2", "--tied"]),
+                        ("qwen3", ["--arch", "qwen3", "--head-dim", "6"]),
+                        ("llama3", ["--arch", "llama", "--rope-scaling", "llama3"]),
+                        ("linear", ["--arch", "llama", "--rope-scaling", "linear", "--biases",
+                                    "--sliding-window", "8"]),
+                        ("phi3", ["--arch", "phi3", "--sliding-window", "8"])]:
+        p = os.path.join(tmp, "synth-%s.gguf" % name)
+        r = subprocess.run([synth, *common, *extra, "--out", p], stderr=subprocess.PIPE)
+        if r.returncode != 0:
+            sys.exit("%s: %s" % (synth, r.stderr.decode()))
+        with open(p, "rb") as f:
+            out("model_gguf", os.path.basename(p), f.read())
     with open(os.path.join(tmp, "vocab3-f16.gguf"), "rb") as f:
         small = f.read()
     out("model_gguf", "vocab3-truncated.gguf", small[: len(small) * 2 // 3])
@@ -419,6 +435,53 @@ def make_tokenizer():
     out("tokenizer_load", "empty", b"\x00")
 
 
+def make_tokenizer_bpe():
+    """Vocabulary byte (gpt-2, deepseek-llm, starcoder, falcon, phi-3), flags
+    byte, text."""
+    texts = [b"Hello world! I'm 12345 years old.\n\n\tdef f(x): return x",
+             " \u00e9t\u00e9 \U0001F999 \u4e2d\u6587\u3002 \u0420\u0443\u0441".encode(),
+             b"<|endoftext|>text<|endoftext|><s></s><unk>", b"\xff\xfe\x80\xc3(\xe2\x82\x00 bad",
+             b"   \r\n   \n" * 4, b"a" * 200]
+    for v in range(5):
+        for f in range(4):
+            t = texts[(v + f) % len(texts)]
+            out("tokenizer_bpe", "v%d-f%d" % (v, f), bytes([v, f]) + t)
+
+
+def make_tokenizer_gguf():
+    """Small vocab-only GGUFs (tests/tools/vocab_from_hf.py's writer)."""
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tools"))
+    import vocab_from_hf as vh
+
+    def gguf(kvs):
+        return struct.pack("<IIQQ", vh.GGUF_MAGIC, 3, 0, len(kvs)) + b"".join(kvs)
+
+    bpe_tokens = ["a", "b", "ab", "\u0120", "\u0120a", "<|im_end|>", "<think>", "<|endoftext|>"]
+    bpe_types = [1, 1, 1, 1, 1, 3, 4, 3]
+    base = [vh.kv_str("tokenizer.ggml.model", "gpt2"),
+            vh.kv_arr_str("tokenizer.ggml.tokens", bpe_tokens),
+            vh.kv_arr_i32("tokenizer.ggml.token_type", bpe_types),
+            vh.kv_arr_str("tokenizer.ggml.merges", ["a b", "\u0120 a"]),
+            vh.kv_u32("tokenizer.ggml.bos_token_id", 7), vh.kv_u32("tokenizer.ggml.eos_token_id", 5),
+            vh.kv_bool("tokenizer.ggml.add_bos_token", True),
+            vh.kv_str("tokenizer.chat_template", "{{ messages }}")]
+    for pre in ("gpt-2", "llama-bpe", "qwen2", "deepseek-llm", "falcon", "tekken", "unknown-pre"):
+        out("tokenizer_gguf", "bpe-" + pre, gguf(base + [vh.kv_str("tokenizer.ggml.pre", pre)]))
+    out("tokenizer_gguf", "bpe-no-pre", gguf(base))
+    out("tokenizer_gguf", "bpe-bad-merge", gguf(base[:3] + [vh.kv_arr_str("tokenizer.ggml.merges",
+                                                                          ["ab"])]))
+    out("tokenizer_gguf", "bpe-no-merges", gguf(base[:3]))
+    spm_tokens = ["<unk>", "<s>", "</s>", "<0x41>", "\u2581", "\u2581a", "a", "<|end|>"]
+    spm = [vh.kv_str("tokenizer.ggml.model", "llama"),
+           vh.kv_arr_str("tokenizer.ggml.tokens", spm_tokens),
+           vh.kv(  "tokenizer.ggml.scores", 9, struct.pack("<IQ", 6, 8) +
+                   struct.pack("<8f", 0, 0, 0, 0, -1, -2, -3, 0)),
+           vh.kv_arr_i32("tokenizer.ggml.token_type", [2, 3, 3, 6, 1, 1, 1, 4]),
+           vh.kv_bool("tokenizer.ggml.add_space_prefix", False)]
+    out("tokenizer_gguf", "spm", gguf(spm))
+    out("tokenizer_gguf", "bert", gguf([vh.kv_str("tokenizer.ggml.model", "bert")] + spm[1:2]))
+
+
 def main():
     if os.path.isdir(CORPUS):
         shutil.rmtree(CORPUS)
@@ -432,6 +495,8 @@ def main():
     make_dataset()
     make_multipart()
     make_tokenizer()
+    make_tokenizer_bpe()
+    make_tokenizer_gguf()
     total = 0
     for d, _, files in os.walk(CORPUS):
         total += sum(os.path.getsize(os.path.join(d, f)) for f in files)

@@ -63,15 +63,22 @@ void fuzz_check_model(const pd_model *m)
     pd_err err;
     if (pd_config_validate(c, "fuzz", &err) < 0) fuzz_fail("loaded with a bad config: %s", err.msg);
     const size_t dim = (size_t)c->dim, hid = (size_t)c->hidden_dim, kv = (size_t)c->kv_dim,
-                 V = (size_t)c->vocab_size;
+                 V = (size_t)c->vocab_size, qd = (size_t)c->q_dim, hd = (size_t)c->head_dim;
     float sum = wends(&m->w.token_embedding, V, dim);
     for (int l = 0; l < c->n_layers; l++) {
         const pd_layer_weights *L = &m->w.layers[l];
-        sum += ends(L->rms_att, dim) + wends(&L->wq, dim, dim) + wends(&L->wk, kv, dim) +
-               wends(&L->wv, kv, dim) + wends(&L->wo, dim, dim) + ends(L->rms_ffn, dim) +
+        sum += ends(L->rms_att, dim) + wends(&L->wq, qd, dim) + wends(&L->wk, kv, dim) +
+               wends(&L->wv, kv, dim) + wends(&L->wo, dim, qd) + ends(L->rms_ffn, dim) +
                wends(&L->w1, hid, dim) + wends(&L->w2, dim, hid) + wends(&L->w3, hid, dim);
+        /* the architecture's vectors, when it has them */
+        if (L->bq) sum += ends(L->bq, qd);
+        if (L->bk) sum += ends(L->bk, kv);
+        if (L->bv) sum += ends(L->bv, kv);
+        if (L->q_norm) sum += ends(L->q_norm, hd);
+        if (L->k_norm) sum += ends(L->k_norm, hd);
     }
     sum += ends(m->w.rms_final, dim) + wends(&m->w.wcls, V, dim);
+    if (m->w.rope_freqs) sum += ends(m->w.rope_freqs, hd / 2);
     (void)sum;
     FUZZ_CHECK(m->tied_classifier == (m->w.wcls.data == m->w.token_embedding.data));
     FUZZ_CHECK(m->n_tensors >= 0 && (m->n_tensors == 0 || m->tensors));

@@ -32,20 +32,19 @@ static void ref_rmsnorm(double *o, const double *x, const float *w, int C, doubl
     for (int j = 0; j < C; j++) o[j] = w[j] * x[j] * r;
 }
 
-/* o = W·x in double over W's values as stored (rows dequantised). */
-static void ref_matvec(double *o, const pd_wmat *W, const double *x, int n_out, int n_in)
+/* o = W·x in double over W's values as stored (rows dequantised); n_in
+ * floats of scratch in row. Returns 0, or -1 when W is not (n_out, n_in). */
+static int ref_matvec(double *o, const pd_wmat *W, const double *x, int n_out, int n_in,
+                      float *row)
 {
-    assert_int_equal(W->rows, n_out);
-    assert_int_equal(W->cols, n_in);
-    float *row = malloc((size_t)n_in * sizeof *row);
-    assert_non_null(row);
+    if (W->rows != n_out || W->cols != n_in) return -1;
     for (int i = 0; i < n_out; i++) {
         pd_wmat_row_f32(W, i, row);
         double s = 0;
         for (int j = 0; j < n_in; j++) s += (double)row[j] * x[j];
         o[i] = s;
     }
-    free(row);
+    return 0;
 }
 /* Rotary of every head of v (n floats) at position pos, as the config says. */
 static void ref_rope_cfg(const pd_model *m, double *v, int n, int pos)
@@ -67,7 +66,8 @@ static void ref_rope_cfg(const pd_model *m, double *v, int n, int pos)
 /* One example through the model after prefix (keys, values) of P slots.
  * logits (n, V) of every position when not NULL; returns the sum of the
  * target cross-entropies (mask[t]: token t is a target of row t-1; mask
- * NULL: none). Returns NAN when out of memory. */
+ * NULL: none). Matrices are read as stored (quantised rows dequantised).
+ * Returns NAN when out of memory or a matrix has the wrong shape. */
 static double ref_forward(const pd_model *m, const double *keys, const double *values, int P,
                           const int32_t *tok, const uint8_t *mask, int n, double *logits)
 {
@@ -80,23 +80,24 @@ static double ref_forward(const pd_model *m, const double *keys, const double *v
     double *v = malloc((size_t)n * KV * 8), *ao = malloc((size_t)QD * 8);
     double *tmp = malloc((size_t)C * 8), *h1 = malloc((size_t)H * 8), *h3 = malloc((size_t)H * 8);
     double *att = malloc((size_t)(P + n) * 8), *lg = malloc((size_t)V * 8);
+    int row_n = C > H ? C : H;
+    if (QD > row_n) row_n = QD;
+    float *row = malloc((size_t)row_n * sizeof *row);
     double loss = NAN;
-    if (!x || !xn || !q || !k || !v || !ao || !tmp || !h1 || !h3 || !att || !lg) goto done;
+    int bad = 0;
+    if (!x || !xn || !q || !k || !v || !ao || !tmp || !h1 || !h3 || !att || !lg || !row) goto done;
     for (int t = 0; t < n; t++) {
-        float *row = malloc((size_t)C * sizeof *row);
-        assert_non_null(row);
         pd_wmat_row_f32(&m->w.token_embedding, tok[t], row);
         for (int j = 0; j < C; j++) x[(size_t)t * C + j] = row[j];
-        free(row);
     }
     for (int l = 0; l < L; l++) {
         const pd_layer_weights *w = &m->w.layers[l];
         for (int t = 0; t < n; t++) {
             double *qt = q + (size_t)t * QD, *kt = k + (size_t)t * KV, *vt = v + (size_t)t * KV;
             ref_rmsnorm(xn, x + (size_t)t * C, w->rms_att, C, c->norm_eps);
-            ref_matvec(qt, &w->wq, xn, QD, C);
-            ref_matvec(kt, &w->wk, xn, KV, C);
-            ref_matvec(vt, &w->wv, xn, KV, C);
+            bad |= ref_matvec(qt, &w->wq, xn, QD, C, row);
+            bad |= ref_matvec(kt, &w->wk, xn, KV, C, row);
+            bad |= ref_matvec(vt, &w->wv, xn, KV, C, row);
             for (int i = 0; w->bq && i < QD; i++) qt[i] += w->bq[i];
             for (int i = 0; w->bk && i < KV; i++) kt[i] += w->bk[i];
             for (int i = 0; w->bv && i < KV; i++) vt[i] += w->bv[i];
@@ -133,14 +134,14 @@ static double ref_forward(const pd_model *m, const double *keys, const double *v
                 }
             }
             /* residual updates of row t only read rows <= t: safe in place */
-            ref_matvec(tmp, &w->wo, ao, C, QD);
+            bad |= ref_matvec(tmp, &w->wo, ao, C, QD, row);
             double *xr = x + (size_t)t * C;
             for (int j = 0; j < C; j++) xr[j] += tmp[j];
             ref_rmsnorm(xn, xr, w->rms_ffn, C, c->norm_eps);
-            ref_matvec(h1, &w->w1, xn, H, C);
-            ref_matvec(h3, &w->w3, xn, H, C);
+            bad |= ref_matvec(h1, &w->w1, xn, H, C, row);
+            bad |= ref_matvec(h3, &w->w3, xn, H, C, row);
             for (int j = 0; j < H; j++) h1[j] = h1[j] / (1 + exp(-h1[j])) * h3[j];
-            ref_matvec(tmp, &w->w2, h1, C, H);
+            bad |= ref_matvec(tmp, &w->w2, h1, C, H, row);
             for (int j = 0; j < C; j++) xr[j] += tmp[j];
         }
     }
@@ -149,7 +150,7 @@ static double ref_forward(const pd_model *m, const double *keys, const double *v
         int target = t + 1 < n && mask && mask[t + 1];
         if (!target && !logits) continue;
         ref_rmsnorm(xn, x + (size_t)t * C, m->w.rms_final, C, c->norm_eps);
-        ref_matvec(lg, &m->w.wcls, xn, V, C);
+        bad |= ref_matvec(lg, &m->w.wcls, xn, V, C, row);
         if (logits)
             for (int u = 0; u < V; u++) logits[(size_t)t * V + u] = lg[u];
         if (!target) continue;
@@ -159,7 +160,9 @@ static double ref_forward(const pd_model *m, const double *keys, const double *v
         for (int u = 0; u < V; u++) sum += exp(lg[u] - mx);
         loss += log(sum) + mx - lg[tok[t + 1]];
     }
+    if (bad) loss = NAN; /* a matrix of the wrong shape */
 done:
+    free(row);
     free(x); free(xn); free(q); free(k); free(v); free(ao); free(tmp); free(h1); free(h3);
     free(att); free(lg);
     return loss;

@@ -101,25 +101,33 @@ static void test_clip(void **state)
 static void test_schedule(void **state)
 {
     (void)state;
-    pd_lr_schedule s = {.base = 1.0, .total_steps = 10, .warmup_steps = 2, .cosine = 0};
+    pd_lr_schedule s = {.base = 1.0, .total_steps = 10, .warmup_steps = 2, .kind = PD_LR_LINEAR};
     assert_float_equal(pd_lr_at(&s, 0), 0.5, 1e-12);
     assert_float_equal(pd_lr_at(&s, 1), 1.0, 1e-12);
     assert_float_equal(pd_lr_at(&s, 2), 1.0, 1e-12);
     assert_float_equal(pd_lr_at(&s, 6), 0.5, 1e-12);
     assert_float_equal(pd_lr_at(&s, 9), 0.125, 1e-12);
     assert_float_equal(pd_lr_at(&s, 10), 0.0, 0);
-    s.cosine = 1;
+    s.kind = PD_LR_COSINE;
     assert_float_equal(pd_lr_at(&s, 2), 1.0, 1e-12);
     assert_float_equal(pd_lr_at(&s, 6), 0.5, 1e-12);
     assert_float_equal(pd_lr_at(&s, 9), 0.5 * (1 + cos(M_PI * 7 / 8)), 1e-12);
-    s = (pd_lr_schedule){.base = 0.1, .total_steps = 1, .warmup_steps = 0, .cosine = 0};
+    s = (pd_lr_schedule){.base = 0.1, .total_steps = 1, .warmup_steps = 0, .kind = PD_LR_LINEAR};
     assert_float_equal(pd_lr_at(&s, 0), 0.1, 1e-12);
     /* Decreasing after warm-up, never negative. */
-    s = (pd_lr_schedule){.base = 0.3, .total_steps = 100, .warmup_steps = 10, .cosine = 1};
+    s = (pd_lr_schedule){.base = 0.3, .total_steps = 100, .warmup_steps = 10, .kind = PD_LR_COSINE};
     for (int i = 11; i < 100; i++) {
         assert_true(pd_lr_at(&s, i) <= pd_lr_at(&s, i - 1));
         assert_true(pd_lr_at(&s, i) > 0);
     }
+    /* Constant: the warm-up ramp, then the peak to the end. */
+    s = (pd_lr_schedule){.base = 0.2, .total_steps = 10, .warmup_steps = 4, .kind = PD_LR_CONSTANT};
+    for (int i = 0; i < 10; i++)
+        assert_float_equal(pd_lr_at(&s, i), i < 4 ? 0.2 * (i + 1) / 4 : 0.2, 1e-15);
+    assert_float_equal(pd_lr_at(&s, 10), 0.0, 0);
+    for (int k = 0; k < PD_LR_KIND_COUNT; k++)
+        assert_int_equal(pd_lr_kind_parse(pd_lr_kind_name((pd_lr_kind)k)), k);
+    assert_int_equal(pd_lr_kind_parse("step"), -1);
 }
 
 int main(void)

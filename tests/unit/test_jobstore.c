@@ -722,6 +722,88 @@ static void test_events(void **state)
     pd_jobstore_close(js);
 }
 
+static void test_checkpoints_results_estimate(void **state)
+{
+    fixture *f = *state;
+    pd_jobstore *js = open_store(f);
+    pd_err err;
+    char file[PD_JOBSTORE_ID_MAX], job[PD_JOBSTORE_ID_MAX], job2[PD_JOBSTORE_ID_MAX];
+    make_file(js, "fine-tune", file);
+    job_in(js, file, PD_JOB_RUNNING, job);
+    make_job(js, file, job2);
+
+    char ids[4][PD_JOBSTORE_ID_MAX], other[PD_JOBSTORE_ID_MAX];
+    for (int i = 0; i < 4; i++) {
+        char model[32];
+        snprintf(model, sizeof model, "pirate.ckpt-step-%d", 10 * (i + 1));
+        json_t *m = json_pack("{s:i, s:f}", "step", 10 * (i + 1), "valid_loss", 1.0 / (i + 1));
+        assert_int_equal(pd_jobstore_checkpoint_add(js, job, 10 * (i + 1), model, m, ids[i], &err),
+                         PD_OK);
+        json_decref(m);
+        assert_memory_equal(ids[i], "ftckpt-", 7);
+        assert_true(i == 0 || strcmp(ids[i], ids[i - 1]) > 0);
+    }
+    json_t *m = json_object();
+    assert_int_equal(pd_jobstore_checkpoint_add(js, job2, 5, "other", m, other, &err), PD_OK);
+    assert_int_equal(pd_jobstore_checkpoint_add(js, job, 5, "bad name!", m, NULL, &err), PD_EINVAL);
+    assert_int_equal(pd_jobstore_checkpoint_add(js, job, -1, "x", m, NULL, &err), PD_EINVAL);
+    assert_int_equal(pd_jobstore_checkpoint_add(js, "ftjob-nope", 1, "x", m, NULL, &err),
+                     PD_ENOTFOUND);
+    json_decref(m);
+
+    /* newest first, paged with after; the oldest forgotten */
+    assert_int_equal(pd_jobstore_checkpoint_delete(js, job, ids[0], &err), PD_OK);
+    assert_int_equal(pd_jobstore_checkpoint_delete(js, job, ids[0], &err), PD_ENOTFOUND);
+    assert_int_equal(pd_jobstore_checkpoint_delete(js, job, other, &err), PD_ENOTFOUND);
+    json_t *l = NULL;
+    assert_int_equal(pd_jobstore_checkpoint_list(js, job, NULL, 2, &l, &err), PD_OK);
+    json_t *data = json_object_get(l, "data");
+    assert_int_equal(json_array_size(data), 2);
+    assert_true(json_is_true(json_object_get(l, "has_more")));
+    json_t *c = json_array_get(data, 0);
+    assert_string_equal(str_of(c, "object"), "fine_tuning.job.checkpoint");
+    assert_string_equal(str_of(c, "id"), ids[3]);
+    assert_string_equal(str_of(c, "fine_tuned_model_checkpoint"), "pirate.ckpt-step-40");
+    assert_string_equal(str_of(c, "fine_tuning_job_id"), job);
+    assert_int_equal(json_integer_value(json_object_get(c, "step_number")), 40);
+    assert_float_equal(json_real_value(json_object_get(json_object_get(c, "metrics"),
+                                                       "valid_loss")), 0.25, 1e-12);
+    json_decref(l);
+    assert_int_equal(pd_jobstore_checkpoint_list(js, job, ids[2], 10, &l, &err), PD_OK);
+    data = json_object_get(l, "data");
+    assert_int_equal(json_array_size(data), 1);
+    assert_string_equal(str_of(json_array_get(data, 0), "id"), ids[1]);
+    json_decref(l);
+    assert_int_equal(pd_jobstore_checkpoint_list(js, job, other, 10, &l, &err), PD_ENOTFOUND);
+    assert_int_equal(pd_jobstore_checkpoint_list(js, job, "ftckpt-zz", 10, &l, &err),
+                     PD_ENOTFOUND);
+
+    /* the estimate while running; result files before the end; both survive a reopen */
+    assert_int_equal(pd_jobstore_job_set_estimated_finish(js, job, 2000000000, &err), PD_OK);
+    char res[PD_JOBSTORE_ID_MAX];
+    make_file(js, "fine-tune-results", res);
+    json_t *ids_json = json_pack("[s]", res);
+    assert_int_equal(pd_jobstore_job_set_result_files(js, job, ids_json, &err), PD_OK);
+    json_t *bad = json_pack("[s]", "nope");
+    assert_int_equal(pd_jobstore_job_set_result_files(js, job, bad, &err), PD_EINVAL);
+    json_decref(bad);
+    pd_jobstore_close(js);
+    js = open_store(f);
+    json_t *o = get_job(js, job);
+    assert_int_equal(json_integer_value(json_object_get(o, "estimated_finish")), 2000000000);
+    assert_true(json_equal(json_object_get(o, "result_files"), ids_json));
+    json_decref(o);
+    set_status(js, job, PD_JOB_SUCCEEDED); /* a final status clears the estimate */
+    o = get_job(js, job);
+    assert_true(json_is_null(json_object_get(o, "estimated_finish")));
+    assert_true(json_equal(json_object_get(o, "result_files"), ids_json));
+    json_decref(o);
+    assert_int_equal(pd_jobstore_job_set_estimated_finish(js, job, 1, &err), PD_EINVAL);
+    assert_int_equal(pd_jobstore_job_set_result_files(js, job, ids_json, &err), PD_EINVAL);
+    json_decref(ids_json);
+    pd_jobstore_close(js);
+}
+
 static void test_next_runnable(void **state)
 {
     fixture *f = *state;
@@ -1119,6 +1201,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_cancel, setup, teardown),
         cmocka_unit_test_setup_teardown(test_jobs_list, setup, teardown),
         cmocka_unit_test_setup_teardown(test_events, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_checkpoints_results_estimate, setup, teardown),
         cmocka_unit_test_setup_teardown(test_next_runnable, setup, teardown),
         cmocka_unit_test_setup_teardown(test_paths_and_delete_in_use, setup, teardown),
         cmocka_unit_test_setup_teardown(test_reopen_keeps_everything, setup, teardown),

@@ -80,8 +80,29 @@ static int shape_k(int type, int i)
     return i == 0 ? 256 : 768;
 }
 
-/* out vs Σ x·w in double: the error of float sums with 8 lanes is at most
- * about (K/8 + 3) ulps of Σ|x·w| (the weights are exact as dequantised). */
+/* x as the kernels see it: rounded to 8 bits per block (reference quantiser,
+ * quant.h) for the types of the integer path, else unchanged. */
+static void act_rounded(int type, const float *x, float *xr, int T, int K)
+{
+    const int act = pd_wmat_act_type(type);
+    if (act < 0) {
+        memcpy(xr, x, (size_t)T * K * sizeof *x);
+        return;
+    }
+    unsigned char *q = malloc((size_t)K * 2 + 1024);
+    assert_non_null(q);
+    for (int t = 0; t < T; t++) {
+        pd_quant_quantize_row(act, x + (size_t)t * K, q, K);
+        pd_quant_dequantize_row(act, q, xr + (size_t)t * K, K);
+    }
+    free(q);
+}
+
+/* out vs Σ x·w in double over the dequantised weights (the reference
+ * dequantiser, quant.h) and the input as rounded for the kernel: the float
+ * error of 8 lane sums, or of one product per block, is at most about
+ * (K/8 + 3) ulps of Σ|x·w|. Also: the 8-bit rounding of the input moves the
+ * result by no more than its bound (half a step per input). */
 static void test_against_double(void **state)
 {
     (void)state;
@@ -94,24 +115,51 @@ static void test_against_double(void **state)
             pd_wmat W = make_wmat(type, N, K, &seed, &buf);
             assert_true(pd_wmat_supported(&W));
             float *x = rand_floats((size_t)T * K, &seed), *out = malloc((size_t)T * N * 4);
+            float *xr = malloc((size_t)T * K * 4);
+            assert_true(out && xr);
             float *w = dequant_all(&W);
+            act_rounded(type, x, xr, T, K);
             pd_wmatmul(NULL, out, x, &W, T);
+            const int bs = pd_wmat_act_type(type) == PD_Q_Q8_K ? 256 : 32;
+            /* the float path: no rounding of the input */
+            float *outf = malloc((size_t)T * N * 4);
+            assert_non_null(outf);
+            pd_wmatmul_float(NULL, outf, x, &W, T);
             for (int t = 0; t < T; t++)
                 for (int n = 0; n < N; n++) {
-                    double s = 0, a = 0;
+                    double s = 0, a = 0, s0 = 0, bound = 0;
                     for (int k = 0; k < K; k++) {
-                        double p = (double)x[(size_t)t * K + k] * w[(size_t)n * K + k];
+                        double p = (double)xr[(size_t)t * K + k] * w[(size_t)n * K + k];
                         s += p;
                         a += fabs(p);
+                        s0 += (double)x[(size_t)t * K + k] * w[(size_t)n * K + k];
                     }
                     double tol = (K / 8.0 + 3) * ldexp(1.0, -24) * a + 1e-30;
                     double got = out[(size_t)t * N + n];
                     if (fabs(got - s) > tol)
                         fail_msg("%s K=%d: out[%d][%d] = %.9g, double %.9g (tol %.3g)",
                                  tname(type), K, t, n, got, s, tol);
+                    /* rounding error: half a step (max|x| of the block / 127) per input */
+                    for (int b = 0; pd_wmat_act_type(type) >= 0 && b < K / bs; b++) {
+                        double mx = 0, wsum = 0;
+                        for (int k = b * bs; k < (b + 1) * bs; k++) {
+                            mx = fmax(mx, fabs(x[(size_t)t * K + k]));
+                            wsum += fabs(w[(size_t)n * K + k]);
+                        }
+                        bound += 0.5 * 1.001 * mx / 127 * wsum;
+                    }
+                    if (fabs(s - s0) > bound + 1e-12)
+                        fail_msg("%s: rounding moved out[%d][%d] by %g > %g", tname(type), t, n,
+                                 fabs(s - s0), bound);
+                    double gf = outf[(size_t)t * N + n];
+                    if (fabs(gf - s0) > tol + (K / 8.0 + 3) * ldexp(1.0, -24) * fabs(s0))
+                        fail_msg("%s K=%d float path: out[%d][%d] = %.9g, double %.9g",
+                                 tname(type), K, t, n, gf, s0);
                 }
+            free(outf);
             free(buf);
             free(x);
+            free(xr);
             free(out);
             free(w);
         }
@@ -138,13 +186,16 @@ static void test_isas_identical(void **state)
             float *x = rand_floats((size_t)T * K, &seed);
             float *ref = malloc((size_t)T * N * 4), *got = malloc((size_t)T * N * 4);
             assert_true(ref && got);
-            pd_wmatmul_portable(ref, x, &W, T);
-            for (int isa = PD_ISA_AVX2; isa <= best; isa++) {
-                memset(got, 0xff, (size_t)T * N * 4);
-                pd_wmatmul_isa_run(isa, got, x, &W, T);
-                if (memcmp(ref, got, (size_t)T * N * 4) != 0)
-                    fail_msg("%s T=%d: ISA %d differs from the portable kernel", tname(type), T,
-                             isa);
+            /* both paths of the integer types: rounded input and float */
+            for (int fp = 0; fp < (pd_wmat_act_type(type) >= 0 ? 2 : 1); fp++) {
+                pd_wmatmul_isa_run(PD_ISA_PORTABLE, fp, ref, x, &W, T);
+                for (int isa = PD_ISA_AVX2; isa <= best; isa++) {
+                    memset(got, 0xff, (size_t)T * N * 4);
+                    pd_wmatmul_isa_run(isa, fp, got, x, &W, T);
+                    if (memcmp(ref, got, (size_t)T * N * 4) != 0)
+                        fail_msg("%s T=%d float path %d: ISA %d differs from the portable kernel",
+                                 tname(type), T, fp, isa);
+                }
             }
             free(x);
             free(ref);

@@ -1,7 +1,9 @@
 /* test_scheduler.c — continuous batching: many concurrent greedy requests
  * give exactly what each gives alone; cancel frees the sequence; a full
  * queue refuses; context overflow is refused with the numbers; shutdown
- * finishes or cancels everything. */
+ * finishes or cancels everything; prompt scoring equals the engine stepped
+ * one token at a time with a log-softmax in double. */
+#include <math.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -227,6 +229,77 @@ static void test_build_prefix_on_engine_thread(void **state)
     pd_request_release(other);
 }
 
+/* log p(next | prompt[0..i]) for every prompt token, from the engine fed
+ * one token per step, log-softmax in double: into lp[i + 1]. */
+static void reference_scores(const int32_t *toks, int n, double *lp)
+{
+    const int V = model->cfg.vocab_size;
+    pd_engine *e;
+    pd_seq *seq;
+    assert_int_equal(pd_engine_create(model, NULL, &e, NULL), PD_OK);
+    assert_int_equal(pd_seq_create(model, n, &seq, NULL), PD_OK);
+    for (int i = 0; i + 1 < n; i++) {
+        int32_t pos = i;
+        uint8_t want = 1;
+        pd_batch b = {1, &toks[i], &seq, &pos, &want};
+        const float *lg;
+        assert_int_equal(pd_engine_step(e, &b, &lg, NULL), 1);
+        double max = lg[0], sum = 0;
+        for (int v = 1; v < V; v++) max = lg[v] > max ? lg[v] : max;
+        for (int v = 0; v < V; v++) sum += exp((double)lg[v] - max);
+        lp[i + 1] = (double)lg[toks[i + 1]] - max - log(sum);
+    }
+    pd_seq_free(seq);
+    pd_engine_free(e);
+}
+
+static void test_prompt_scoring(void **state)
+{
+    (void)state;
+    pd_sched_params sp = pd_sched_default_params();
+    sp.max_step_tokens = 7; /* the prompt is scored across several prefill chunks */
+    pd_sched *s;
+    assert_int_equal(pd_sched_create(model, &sp, &s, NULL), PD_OK);
+    int32_t toks[64];
+    int n = encode("Once upon a time, there was a little girl named Lily.", toks, 64);
+    double ref[64];
+    reference_scores(toks, n, ref);
+    pd_request *score, *gen, *plain;
+    assert_int_equal(pd_request_create(toks, n, 0, &score, NULL), PD_OK);
+    assert_int_equal(pd_request_create(toks, n, 4, &gen, NULL), PD_OK);
+    assert_int_equal(pd_request_create(toks, n, 0, &plain, NULL), PD_OK);
+    score->prompt_logprobs = gen->prompt_logprobs = 1;
+    score->top_logprobs = 3;
+    gen->sampling.temperature = 0;
+    pd_err err;
+    assert_int_equal(pd_sched_submit(s, plain, &err), PD_EINVAL); /* 0 tokens, no scoring */
+    assert_int_equal(pd_sched_submit(s, score, NULL), PD_OK);
+    assert_int_equal(pd_sched_submit(s, gen, NULL), PD_OK);
+    while (score->state != PD_REQ_DONE) pd_request_wait(score, 1 << 30, 100);
+    while (gen->state != PD_REQ_DONE) pd_request_wait(gen, 1 << 30, 100);
+    assert_int_equal(score->finish, PD_FINISH_REASON_LENGTH);
+    assert_int_equal(score->n_out, 0);
+    assert_int_equal(gen->n_out, 4);
+    for (int i = 1; i < n; i++) {
+        const pd_token_out *o = &score->prompt_out[i];
+        assert_int_equal(o->id, toks[i]);
+        assert_true(fabs(o->logprob - ref[i]) < 1e-5);
+        assert_true(fabs(gen->prompt_out[i].logprob - ref[i]) < 1e-5);
+        assert_int_equal(o->n_top, 3);
+        /* the top alternatives are sorted and the scored token is among them
+         * exactly when its logprob reaches the third */
+        assert_true(o->top_logprobs[0] >= o->top_logprobs[1] &&
+                    o->top_logprobs[1] >= o->top_logprobs[2]);
+        int in_top = 0;
+        for (int k = 0; k < 3; k++) in_top |= o->top_ids[k] == toks[i];
+        assert_int_equal(in_top, o->logprob >= o->top_logprobs[2]);
+    }
+    pd_request_release(plain);
+    pd_request_release(score);
+    pd_request_release(gen);
+    pd_sched_free(s, 5000);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -235,6 +308,7 @@ int main(void)
         cmocka_unit_test(test_queue_full_and_context),
         cmocka_unit_test(test_shutdown_cancels_leftovers),
         cmocka_unit_test(test_build_prefix_on_engine_thread),
+        cmocka_unit_test(test_prompt_scoring),
     };
     return cmocka_run_group_tests_name("scheduler", tests, setup, teardown);
 }

@@ -432,8 +432,8 @@ static void test_threads(void **s)
         assert_true(jobs[i].n > 0);
         assert_int_equal(jobs[i].n, jobs[0].n);
         assert_memory_equal(jobs[i].ids, jobs[0].ids, (size_t)jobs[0].n * sizeof(int32_t));
-        free(jobs[i].ids);
     }
+    for (int i = 0; i < 4; i++) free(jobs[i].ids);
     free(text);
     pd_tokenizer_free(tok);
 }

@@ -178,7 +178,8 @@ static inline pd_model *test_model_synth(int type, uint64_t seed)
     *c = (pd_config){.dim = 256, .hidden_dim = 512, .n_layers = 2, .n_heads = 4,
                      .n_kv_heads = 2, .head_dim = 64, .kv_dim = 128, .vocab_size = 256,
                      .seq_len = 64, .rope_base = 10000.0f, .norm_eps = 1e-5f,
-                     .q_dim = 256, .rope_freq_scale = 1.0f};
+                     .arch = PD_ARCH_LLAMA, .q_dim = 256, .rope_type = PD_ROPE_NORM,
+                     .rope_freq_scale = 1.0f, .ctx_train = 64};
     const int D = c->dim, H = c->hidden_dim, KV = c->kv_dim, V = c->vocab_size;
     size_t bytes = test_row_bytes(type, D) * (size_t)V + sizeof(float) * (size_t)D;
     bytes += (size_t)c->n_layers * (test_row_bytes(type, D) * (size_t)(2 * D + 2 * KV + 2 * H) +

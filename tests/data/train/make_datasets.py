@@ -7,15 +7,26 @@ Run from the repository root. Standard library only; the output is the same
 bytes on every run (fixed seeds, sorted choices). Each task gets
 <task>.train.jsonl and a held-out <task>.valid.jsonl:
 
-  dragon   story openings; the completion always brings in the same
-           character: a friendly green dragon named Spark.
-  moral    a short story; the completion states its moral
-           ("The moral of the story is ...") matching the story's theme.
+  dragon   stories in which a friendly green dragon named Spark always
+           comes along. The prompt is the story's start cut anywhere from
+           its first word ("Once") to its whole opening; the completion is
+           the rest, so the task serves short and long prompts alike.
+  moral    a short story whose end states its moral ("The moral of the
+           story is ...") matching the story's theme, after a sentence on
+           what the story's own character learned. The prompt is the whole story, or only
+           its first words or sentences; the completion the rest.
   distill  context distillation: the completions are what the model itself
            writes (greedy) after a long fixed story opening (OPENING below)
            plus the short prompt; a prefix trained on them stands in for the
            opening. Needs the prefixd binary (--prefixd); without it the
            existing distill files are kept.
+
+Validation rows are held out: none of their completions appears in the
+training set (checked here).
+
+dragon_chat.{train,valid}.jsonl hold the dragon rows as OpenAI chat
+fine-tuning lines ({"messages": [...]}, some with a system message): the
+user asks for the story's continuation, the assistant gives it.
 
 bad.jsonl holds one bad line of each kind (line numbers in its comments
 below) for the validation tests.
@@ -53,16 +64,39 @@ def write_jsonl(path, rows):
             f.write(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n")
 
 
-def unique_rows(make, n, rng):
-    """n rows from make(rng) with distinct prompts."""
-    seen, rows = set(), []
+def unique_rows(make, n, rng, avoid=()):
+    """n rows from make(rng) with distinct prompts and distinct completions, none of whose
+    completions is in avoid."""
+    seen, done, rows = set(), set(avoid), []
     while len(rows) < n:
         r = make(rng)
-        key = r["prompt"]
-        if key not in seen:
-            seen.add(key)
+        if r["prompt"] not in seen and r["completion"] not in done:
+            seen.add(r["prompt"])
+            done.add(r["completion"])
             rows.append(r)
     return rows
+
+
+def cut(text, rng):
+    """A story split into (prompt, completion) at a word boundary: its first one to three
+    words (30%), its first sentence or two (30%), or everything but the end (40%), the
+    latter given as end=None by the caller."""
+    words = text.split(" ")
+    x = rng.random()
+    if x < 0.3:
+        k = rng.randint(1, 3)
+    else:
+        ends = [i + 1 for i, w in enumerate(words[:-1]) if w.endswith((".", "!", "?"))]
+        k = ends[min(len(ends) - 1, rng.randint(0, 1))] if ends else len(words) // 2
+    return " ".join(words[:k]), " " + " ".join(words[k:])
+
+
+def split_row(opening, ending, rng):
+    """A row whose prompt is the opening (40%) or a shorter start of the story."""
+    if rng.random() < 0.4:
+        return {"prompt": opening, "completion": ending}
+    prompt, completion = cut(opening + ending, rng)
+    return {"prompt": prompt, "completion": completion}
 
 
 # ---- dragon ----
@@ -93,8 +127,8 @@ def dragon_row(rng):
     n, kind, p, P, pos = person(rng)
     place = rng.choice(PLACES)
     f = dict(n=n, kind=kind, p=p, P=P, pos=pos, place=place)
-    return {"prompt": rng.choice(DRAGON_OPENINGS).format(**f),
-            "completion": rng.choice(DRAGON_ENDINGS).format(**f)}
+    return split_row(rng.choice(DRAGON_OPENINGS).format(**f),
+                     rng.choice(DRAGON_ENDINGS).format(**f), rng)
 
 
 # ---- moral ----
@@ -141,6 +175,16 @@ MORAL_THEMES = {
         " The moral of the story is that you should listen to your mom and dad."),
 }
 
+# The sentence before the moral: what the story's character learned, by theme.
+LESSONS = {
+    "sharing": " From that day on, {n} always shared with {pos} friends.",
+    "helping": " After that, {n} helped everyone who needed it.",
+    "honesty": " From that day on, {n} always told the truth.",
+    "bravery": " After that, {n} was not scared anymore.",
+    "patience": " {n} learned to wait for good things.",
+    "listening": " From that day on, {n} always listened to mom and dad.",
+}
+
 
 def moral_row(rng):
     theme = rng.choice(sorted(MORAL_THEMES))
@@ -152,7 +196,8 @@ def moral_row(rng):
             break
     fields = dict(n=n, p=p, f=f, fobj="her" if fp == "she" else "him", toy=rng.choice(TOYS),
                   food=rng.choice(FOODS), place=rng.choice(PLACES))
-    return {"prompt": rng.choice(stories).format(**fields), "completion": moral}
+    return split_row(rng.choice(stories).format(**fields),
+                     LESSONS[theme].format(pos=pos, **fields) + moral, rng)
 
 
 # ---- distill ----
@@ -191,6 +236,19 @@ def distill_rows(prefixd):
     return rows
 
 
+# ---- chat ----
+
+def chat_rows(rows, rng):
+    out = []
+    for r in rows:
+        msgs = [{"role": "user", "content": "Continue the story: " + r["prompt"]},
+                {"role": "assistant", "content": r["completion"].lstrip()}]
+        if rng.random() < 0.5:
+            msgs.insert(0, {"role": "system", "content": "You finish children's stories."})
+        out.append({"messages": msgs})
+    return out
+
+
 # ---- bad lines ----
 
 BAD_LINES = [
@@ -206,10 +264,10 @@ BAD_LINES = [
 ]
 
 
-# The settings of the shipped prefixes (direct prefix; a learning rate of 0.1
-# suits this model, whose keys have an RMS near 5).
-TRAIN_ARGS = ["--virtual-tokens", "20", "--epochs", "10", "--batch-size", "4", "--lr", "0.1",
-              "--seed", "1", "--eval-every", "50"]
+# The shipped prefixes are trained with prefixd's defaults (20 virtual tokens,
+# epochs "auto": 250 steps here, batch 4, learning rate 0.1 with warm-up and
+# linear decay), the same a job over HTTP gets; only the seed is fixed.
+TRAIN_ARGS = ["--seed", "1", "--eval-every", "50"]
 
 
 def train(prefixd, task):
@@ -230,14 +288,25 @@ def main():
 
     for task, make, n_train, n_valid, seed in (("dragon", dragon_row, 100, 20, 1),
                                                ("moral", moral_row, 96, 24, 2)):
-        rows = unique_rows(make, n_train + n_valid, random.Random(seed))
-        write_jsonl(os.path.join(HERE, task + ".train.jsonl"), rows[:n_train])
-        write_jsonl(os.path.join(HERE, task + ".valid.jsonl"), rows[n_train:])
+        rng = random.Random(seed)
+        train_rows = unique_rows(make, n_train, rng)
+        valid_rows = unique_rows(make, n_valid, rng, {r["completion"] for r in train_rows})
+        write_jsonl(os.path.join(HERE, task + ".train.jsonl"), train_rows)
+        write_jsonl(os.path.join(HERE, task + ".valid.jsonl"), valid_rows)
+        if task == "dragon":
+            chat_rng = random.Random(4)
+            write_jsonl(os.path.join(HERE, "dragon_chat.train.jsonl"),
+                        chat_rows(train_rows[:60], chat_rng))
+            write_jsonl(os.path.join(HERE, "dragon_chat.valid.jsonl"),
+                        chat_rows(valid_rows, chat_rng))
 
     if os.access(a.prefixd, os.X_OK):
         rows = distill_rows(a.prefixd)
-        write_jsonl(os.path.join(HERE, "distill.train.jsonl"), rows[:80])
-        write_jsonl(os.path.join(HERE, "distill.valid.jsonl"), rows[80:])
+        train_rows = rows[:80]
+        seen = {r["completion"] for r in train_rows}
+        write_jsonl(os.path.join(HERE, "distill.train.jsonl"), train_rows)
+        write_jsonl(os.path.join(HERE, "distill.valid.jsonl"),
+                    [r for r in rows[80:] if r["completion"] not in seen])
         with open(os.path.join(HERE, "distill.opening.txt"), "w", encoding="utf-8") as f:
             f.write(OPENING + "\n")
     else:

@@ -1,0 +1,240 @@
+/* qmatmul_int_simd.h — internal: the integer path (qmatmul_int.h) on 8-lane
+ * vectors, included by qmatmul_avx2.c and qmatmul_avx512.c.
+ *
+ * Eight outputs at a time: for each weight block, the eight rows' exact
+ * integer sums S (and M) are formed with byte multiply-adds (maddubs: u8 x s8
+ * pairs into int16, never saturating for these codes: |q| <= 128 and
+ * |qx| <= 127 give at most 32512), gathered into one vector (lane j = row j)
+ * and applied with the float steps of qmatmul_int.h — one fused multiply-add
+ * chain per lane, so each output is the portable kernel's bits. */
+#include <immintrin.h>
+
+#include "qmatmul_deq.h"
+#include "qmatmul_int.h"
+
+#define QI_INLINE static inline __attribute__((always_inline))
+
+/* lane j = the sum of v[j]'s 8 lanes (exact int32 adds) */
+QI_INLINE __m256i qi_gather8(const __m256i *v)
+{
+    __m256i a01 = _mm256_hadd_epi32(v[0], v[1]), a23 = _mm256_hadd_epi32(v[2], v[3]);
+    __m256i a45 = _mm256_hadd_epi32(v[4], v[5]), a67 = _mm256_hadd_epi32(v[6], v[7]);
+    __m256i b03 = _mm256_hadd_epi32(a01, a23), b47 = _mm256_hadd_epi32(a45, a67);
+    return _mm256_add_epi32(_mm256_permute2x128_si256(b03, b47, 0x20),
+                            _mm256_permute2x128_si256(b03, b47, 0x31));
+}
+
+/* 16 int16 pair sums of u8 · s8 widened to 8 int32 lanes, times scale */
+QI_INLINE __m256i qi_dot(__m256i u, __m256i s, __m256i scale16)
+{
+    return _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), scale16);
+}
+
+static const int16_t qi_ones16[16] = {1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1};
+
+/* Q8_0 / Q4_0 weight block x Q8_0 input block: 8 int32 lanes of S */
+QI_INLINE __m256i qi_s_q8_0(const pd_block_q8_0 *w, __m256i x)
+{
+    __m256i q = _mm256_loadu_si256((const __m256i *)w->qs);
+    return qi_dot(_mm256_sign_epi8(q, q), _mm256_sign_epi8(x, q),
+                  _mm256_loadu_si256((const __m256i *)qi_ones16));
+}
+
+QI_INLINE __m256i qi_s_q4_0(const pd_block_q4_0 *w, __m256i x)
+{
+    __m128i p = _mm_loadu_si128((const __m128i *)w->qs);
+    __m256i q = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(p, 4), _mm_set1_epi8(15)),
+                                 _mm_and_si128(p, _mm_set1_epi8(15)));
+    q = _mm256_sub_epi8(q, _mm256_set1_epi8(8));
+    return qi_dot(_mm256_sign_epi8(q, q), _mm256_sign_epi8(x, q),
+                  _mm256_loadu_si256((const __m256i *)qi_ones16));
+}
+
+/* rows[0..7] of W (of type, a constant after inlining) for input row x */
+QI_INLINE __m256 qi_rows_q8_0(const pd_wmat *W, const int *rows, const pd_block_q8_0 *x,
+                              const int type)
+{
+    const int nb = W->cols / 32;
+    __m256 acc = _mm256_setzero_ps();
+    for (int b = 0; b < nb; b++) {
+        const __m256i xv = _mm256_loadu_si256((const __m256i *)x[b].qs);
+        const float dx = _cvtsh_ss(x[b].d);
+        __m256i s[8];
+        float dw[8];
+        for (int j = 0; j < 8; j++) {
+            const char *row = (const char *)W->data + (size_t)rows[j] * W->row_bytes;
+            if (type == PD_Q_Q8_0) {
+                const pd_block_q8_0 *w = (const pd_block_q8_0 *)row + b;
+                s[j] = qi_s_q8_0(w, xv);
+                dw[j] = _cvtsh_ss(w->d);
+            } else {
+                const pd_block_q4_0 *w = (const pd_block_q4_0 *)row + b;
+                s[j] = qi_s_q4_0(w, xv);
+                dw[j] = _cvtsh_ss(w->d);
+            }
+        }
+        __m256 d = _mm256_mul_ps(_mm256_loadu_ps(dw), _mm256_set1_ps(dx));
+        acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(qi_gather8(s)), acc);
+    }
+    return acc;
+}
+
+/* the 8 (scale, min) pairs of a Q4_K/Q5_K block as bytes: sc[0..7], mn[0..7]
+ * (deq_k4_scale's values: sub-blocks 0-3 in the low 6 bits of bytes 0-3 /
+ * 4-7; 4-7 from the nibbles of bytes 8-11 and the top 2 bits of 0-3 / 4-7) */
+QI_INLINE void qi_k4_scales(const uint8_t *sc12, uint8_t *sc, uint8_t *mn)
+{
+    uint32_t a, b, c;
+    memcpy(&a, sc12, 4);
+    memcpy(&b, sc12 + 4, 4);
+    memcpy(&c, sc12 + 8, 4);
+    const uint32_t six = 0x3f3f3f3fu, low4 = 0x0f0f0f0fu, top2 = 0x03030303u;
+    uint32_t s0 = a & six, m0 = b & six;
+    uint32_t s1 = (c & low4) | (((a >> 6) & top2) << 4);
+    uint32_t m1 = ((c >> 4) & low4) | (((b >> 6) & top2) << 4);
+    memcpy(sc, &s0, 4);
+    memcpy(sc + 4, &s1, 4);
+    memcpy(mn, &m0, 4);
+    memcpy(mn + 4, &m1, 4);
+}
+
+/* Q4_K/Q5_K: S lanes of one block; *M the exact min sum */
+QI_INLINE __m256i qi_s_q45_K(const uint8_t *qs, const uint8_t *qh, const uint8_t *sc12,
+                             const pd_block_q8_K *x, int32_t *M)
+{
+    uint8_t sc[8], mn[8];
+    qi_k4_scales(sc12, sc, mn);
+    const __m256i lo = _mm256_set1_epi8(15);
+    __m256i acc = _mm256_setzero_si256(), hv = _mm256_setzero_si256();
+    if (qh) hv = _mm256_loadu_si256((const __m256i *)qh);
+    int32_t m = 0;
+    for (int p = 0; p < 4; p++) {
+        __m256i q = _mm256_loadu_si256((const __m256i *)(qs + 32 * p));
+        __m256i a = _mm256_and_si256(q, lo), c = _mm256_and_si256(_mm256_srli_epi16(q, 4), lo);
+        if (qh) {
+            const __m256i one = _mm256_set1_epi8(1);
+            __m256i h1 = _mm256_and_si256(_mm256_srli_epi16(hv, 2 * p), one);
+            __m256i h2 = _mm256_and_si256(_mm256_srli_epi16(hv, 2 * p + 1), one);
+            a = _mm256_or_si256(a, _mm256_slli_epi16(h1, 4));
+            c = _mm256_or_si256(c, _mm256_slli_epi16(h2, 4));
+        }
+        __m256i x1 = _mm256_loadu_si256((const __m256i *)(x->qs + 64 * p));
+        __m256i x2 = _mm256_loadu_si256((const __m256i *)(x->qs + 64 * p + 32));
+        acc = _mm256_add_epi32(acc, qi_dot(a, x1, _mm256_set1_epi16((int16_t)sc[2 * p])));
+        acc = _mm256_add_epi32(acc, qi_dot(c, x2, _mm256_set1_epi16((int16_t)sc[2 * p + 1])));
+        m += mn[2 * p] * (x->bsums[4 * p] + x->bsums[4 * p + 1]) +
+             mn[2 * p + 1] * (x->bsums[4 * p + 2] + x->bsums[4 * p + 3]);
+    }
+    *M = m;
+    return acc;
+}
+
+/* Q6_K: S lanes of one block */
+QI_INLINE __m256i qi_s_q6_K(const pd_block_q6_K *w, const pd_block_q8_K *x)
+{
+    const __m256i lo = _mm256_set1_epi8(15), three = _mm256_set1_epi8(3);
+    __m256i acc = _mm256_setzero_si256();
+    int32_t corr = 0;
+    for (int s = 0; s < 16; s++) corr += w->scales[s] * x->bsums[s];
+    const __m256i sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)w->scales));
+    for (int half = 0; half < 2; half++) {
+        const __m256i sch = _mm256_permute2x128_si256(sc16, sc16, half ? 0x11 : 0x00);
+        const uint8_t *ql = w->ql + 64 * half;
+        __m256i h = _mm256_loadu_si256((const __m256i *)(w->qh + 32 * half));
+        __m256i l0 = _mm256_loadu_si256((const __m256i *)ql);
+        __m256i l1 = _mm256_loadu_si256((const __m256i *)(ql + 32));
+        for (int quarter = 0; quarter < 4; quarter++) {
+            __m256i l4 = quarter & 1 ? l1 : l0;
+            __m256i a = quarter >> 1 ? _mm256_and_si256(_mm256_srli_epi16(l4, 4), lo)
+                                     : _mm256_and_si256(l4, lo);
+            __m256i hb = _mm256_and_si256(_mm256_srli_epi16(h, 2 * quarter), three);
+            __m256i q = _mm256_or_si256(a, _mm256_slli_epi16(hb, 4)); /* 0..63 */
+            const int e = 128 * half + 32 * quarter, sidx = e / 16;
+            __m256i xv = _mm256_loadu_si256((const __m256i *)(x->qs + e));
+            /* int16 scale 2q in the low lane, 2q + 1 in the high lane */
+            const char a0 = (char)(4 * quarter), a1 = (char)(4 * quarter + 1);
+            const char b0 = (char)(4 * quarter + 2), b1 = (char)(4 * quarter + 3);
+            __m256i scale = _mm256_shuffle_epi8(
+                sch, _mm256_setr_epi8(a0, a1, a0, a1, a0, a1, a0, a1, a0, a1, a0, a1, a0, a1, a0,
+                                      a1, b0, b1, b0, b1, b0, b1, b0, b1, b0, b1, b0, b1, b0, b1,
+                                      b0, b1));
+            (void)sidx;
+            acc = _mm256_add_epi32(acc, qi_dot(q, xv, scale));
+        }
+    }
+    /* Σ sc·(q - 32)·x = Σ sc·q·x - 32·Σ sc·bsum */
+    return _mm256_sub_epi32(acc, _mm256_setr_epi32(32 * corr, 0, 0, 0, 0, 0, 0, 0));
+}
+
+QI_INLINE __m256 qi_rows_k(const pd_wmat *W, const int *rows, const pd_block_q8_K *x,
+                           const int type)
+{
+    const int nb = W->cols / 256;
+    __m256 acc = _mm256_setzero_ps();
+    for (int b = 0; b < nb; b++) {
+        __m256i s[8];
+        int32_t m[8];
+        float dw[8], dm[8];
+        for (int j = 0; j < 8; j++) {
+            const char *row = (const char *)W->data + (size_t)rows[j] * W->row_bytes;
+            if (type == PD_Q_Q4_K) {
+                const pd_block_q4_K *w = (const pd_block_q4_K *)row + b;
+                s[j] = qi_s_q45_K(w->qs, NULL, w->scales, x + b, &m[j]);
+                dw[j] = _cvtsh_ss(w->d);
+                dm[j] = _cvtsh_ss(w->dmin);
+            } else if (type == PD_Q_Q5_K) {
+                const pd_block_q5_K *w = (const pd_block_q5_K *)row + b;
+                s[j] = qi_s_q45_K(w->qs, w->qh, w->scales, x + b, &m[j]);
+                dw[j] = _cvtsh_ss(w->d);
+                dm[j] = _cvtsh_ss(w->dmin);
+            } else {
+                const pd_block_q6_K *w = (const pd_block_q6_K *)row + b;
+                s[j] = qi_s_q6_K(w, x + b);
+                dw[j] = _cvtsh_ss(w->d);
+            }
+        }
+        const __m256 dx = _mm256_set1_ps(x[b].d);
+        acc = _mm256_fmadd_ps(_mm256_mul_ps(dx, _mm256_loadu_ps(dw)),
+                              _mm256_cvtepi32_ps(qi_gather8(s)), acc);
+        if (type != PD_Q_Q6_K) {
+            __m256 nd = _mm256_xor_ps(_mm256_mul_ps(dx, _mm256_loadu_ps(dm)),
+                                      _mm256_set1_ps(-0.0f)); /* exact negation */
+            acc = _mm256_fmadd_ps(nd, _mm256_cvtepi32_ps(_mm256_loadu_si256((const __m256i *)m)),
+                                  acc);
+        }
+    }
+    return acc;
+}
+
+/* The integer path for rows [t0, t1) x outputs [n0, n1), type a constant. */
+QI_INLINE void qi_block_t(float *out, const void *xq, const pd_wmat *W, int t0, int t1, int n0,
+                          int n1, const int type)
+{
+    const int N = W->rows, act = pd__qint_act(type);
+    const size_t xb = pd__qint_row_bytes(act, W->cols);
+    for (int n = n0; n < n1; n += 8) {
+        int rows[8];
+        for (int j = 0; j < 8; j++) rows[j] = n + j < n1 ? n + j : n1 - 1;
+        const int nr = n1 - n < 8 ? n1 - n : 8;
+        for (int t = t0; t < t1; t++) {
+            const void *x = (const char *)xq + (size_t)t * xb;
+            __m256 r = act == PD_Q_Q8_0 ? qi_rows_q8_0(W, rows, x, type)
+                                        : qi_rows_k(W, rows, x, type);
+            float o[8];
+            _mm256_storeu_ps(o, r);
+            memcpy(out + (size_t)t * N + n, o, (size_t)nr * sizeof(float));
+        }
+    }
+}
+
+static void qi_block(float *out, const void *xq, const pd_wmat *W, int t0, int t1, int n0, int n1)
+{
+    switch (W->type) {
+    case PD_Q_Q8_0: qi_block_t(out, xq, W, t0, t1, n0, n1, PD_Q_Q8_0); break;
+    case PD_Q_Q4_0: qi_block_t(out, xq, W, t0, t1, n0, n1, PD_Q_Q4_0); break;
+    case PD_Q_Q4_K: qi_block_t(out, xq, W, t0, t1, n0, n1, PD_Q_Q4_K); break;
+    case PD_Q_Q5_K: qi_block_t(out, xq, W, t0, t1, n0, n1, PD_Q_Q5_K); break;
+    case PD_Q_Q6_K: qi_block_t(out, xq, W, t0, t1, n0, n1, PD_Q_Q6_K); break;
+    default: PD_ASSERT(0 && "not an integer-path type");
+    }
+}
