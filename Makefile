@@ -89,6 +89,11 @@ $(BUILD)/tests/test_arch: $(BUILD)/tests/unit/test_arch.o $(SYNTH_OBJ) $(BUILD)/
 	@mkdir -p $(@D)
 	$(CC) $(LDFLAGS) -o $@ $(filter %.o,$^) $(BUILD)/libprefixd.a $(LDLIBS)
 
+$(BUILD)/tests/test_quant_model: $(BUILD)/tests/unit/test_quant_model.o $(SYNTH_OBJ) \
+                                 $(BUILD)/libprefixd.a
+	@mkdir -p $(@D)
+	$(CC) $(LDFLAGS) -o $@ $(filter %.o,$^) $(BUILD)/libprefixd.a $(LDLIBS)
+
 $(BUILD)/tests/test_backprop: $(BUILD)/tests/unit/test_backprop.o $(SYNTH_OBJ) $(BUILD)/libprefixd.a
 	@mkdir -p $(@D)
 	$(CC) $(LDFLAGS) -o $@ $(filter %.o,$^) $(BUILD)/libprefixd.a $(LDLIBS)

@@ -1,5 +1,5 @@
 /* cmd_inspect.c — `prefixd inspect PATH`: loads a model (any format) and
- * prints its format, hyper-parameters, tokenizer ids, tensor list (each
+ * prints its format, GGUF file type, hyper-parameters, tokenizer ids, tensor list (each
  * tensor's type and bits per weight), total weight bytes and fingerprint,
  * one "key: value" per line. */
 #include <inttypes.h>
@@ -10,6 +10,7 @@
 #include "commands.h"
 #include "prefixd/gguf.h"
 #include "prefixd/model.h"
+#include "prefixd/quantize.h"
 #include "prefixd/tokenizer.h"
 
 /* The architecture and how its rotary embedding is computed. */
@@ -44,6 +45,21 @@ static void print_shape(const pd_tensor_info *t)
     printf("%-20s", buf);
 }
 
+/* general.file_type of a GGUF file (llama.cpp's numbering), when present. */
+static void print_file_type(const pd_model *m, const char *path)
+{
+    pd_gguf *g;
+    pd_err err;
+    int64_t ft;
+    if (m->format != PD_FORMAT_GGUF || pd_gguf_open(path, &g, &err) < 0) return;
+    if (pd_gguf_find_kv(g, "general.file_type") &&
+        pd_gguf_get_int(g, "general.file_type", 0, 1 << 20, &ft, &err) == PD_OK) {
+        const char *name = pd_ftype_name((int)ft);
+        printf("file_type: %s (%lld)\n", name ? name : "?", (long long)ft);
+    }
+    pd_gguf_free(g);
+}
+
 int cmd_inspect(int argc, char **argv)
 {
     const char *path = NULL, *tokenizer = NULL;
@@ -68,6 +84,7 @@ int cmd_inspect(int argc, char **argv)
     printf("id: %s\n", m->id);
     printf("format: %s\n", m->format == PD_FORMAT_GGUF ? "gguf" : "llama2c");
     printf("dtype: %s\n", pd_ggml_type_name(m->weight_type));
+    print_file_type(m, path);
     print_arch(m);
     printf("dim: %d\n", c->dim);
     printf("hidden_dim: %d\n", c->hidden_dim);

@@ -1,8 +1,11 @@
-/* completion_request.h — the body of POST /v1/completions read into a creq:
- * every parameter of OpenAI's completions API type- and range-checked
- * against the server's limits, every prompt tokenized. No server state, no
- * I/O, no locks: the route (routes_completions.c) and the fuzz target
- * (tests/fuzz/fuzz_completion.c) run the same code.
+/* completion_request.h — the body of POST /v1/completions (or of POST
+ * /v1/chat/completions) read into a creq: every parameter of OpenAI's
+ * completions API type- and range-checked against the server's limits, every
+ * prompt tokenized. No server state, no I/O, no locks: the route
+ * (routes_completions.c) and the fuzz target (tests/fuzz/fuzz_completion.c)
+ * run the same code. A chat request uses creq_parse_chat_params and, for its
+ * one prompt (the rendered conversation), creq_chat_prompt in place of
+ * creq_parse_prompts.
  *
  * The route runs three steps in this order and resolves the model between
  * the first two, since a prompt's tokens depend on whether the task's prefix

@@ -2,6 +2,9 @@
  * handlers, the libmicrohttpd daemon (routing, auth, body limits), response
  * helpers (JSON, OpenAI error shape) and the route handlers (routes_*.c).
  *
+ * Hostile input (control bytes, sizes, stalled clients, too many connections
+ * from one address) is refused in http.c before any handler runs.
+ *
  * DESIGN. libmicrohttpd runs one thread per connection
  * (MHD_USE_THREAD_PER_CONNECTION): a handler may block on pd_request_wait()
  * while the engine thread generates, and a streamed response's content

@@ -23,6 +23,12 @@
  * same way in the streamed and the whole text, so the chunks concatenate to
  * exactly the non-streamed text.
  *
+ * Prompt scoring (echo with logprobs, what evaluation harnesses send, also
+ * with max_tokens 0): the scheduler request asks for the prompt's own
+ * logprobs (prompt_logprobs), and the answer lists the prompt's tokens first
+ * in OpenAI's legacy shape, the first with a null logprob; streamed, the
+ * echo chunk waits until the engine has scored the prompt.
+ *
  * Ownership: a `completion` is created by the handler; without streaming the
  * handler frees it before returning; with streaming it is handed to the SSE
  * response and freed by its free callback when libmicrohttpd is done, which

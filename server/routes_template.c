@@ -29,6 +29,11 @@ int srv_chat_render(const srv *s, const json_t *body, int add_generation_prompt,
     *param = NULL;
     json_t *messages = json_object_get(body, "messages"), *tools = json_object_get(body, "tools");
     json_t *ct = json_object_get(body, "chat_template");
+    if (!messages || json_is_null(messages)) {
+        *param = "messages";
+        return pd_err_set(err, PD_ENOTFOUND,
+                          "You must provide 'messages': an array of {role, content} objects.");
+    }
     if (!json_is_array(messages) || !json_array_size(messages)) {
         *param = "messages";
         return pd_err_set(err, PD_EINVAL, "'messages' must be a non-empty array");
@@ -62,7 +67,7 @@ enum MHD_Result route_apply_template(http_req *r)
     json_t *agp = json_object_get(body, "add_generation_prompt");
     if (agp && !json_is_boolean(agp)) {
         json_decref(body);
-        return http_send_error(r, 400, "add_generation_prompt", NULL,
+        return http_send_error(r, 400, "add_generation_prompt", "invalid_type",
                                "'add_generation_prompt' must be a boolean");
     }
     char *prompt;
@@ -71,12 +76,17 @@ enum MHD_Result route_apply_template(http_req *r)
     int rc = srv_chat_render(r->s, body, agp ? json_is_true(agp) : 1, &prompt, &param, &err);
     json_decref(body);
     if (rc == PD_ENOMEM) return http_send_error(r, 503, NULL, "out_of_memory", "The server is out of memory.");
-    if (rc < 0) return http_send_error(r, 400, param, NULL, "%s", err.msg);
+    if (rc < 0) {
+        int missing = param && !strcmp(param, "messages") && rc == PD_ENOTFOUND;
+        return http_send_error(r, 400, param, missing ? "missing_required_parameter" : "invalid_value",
+                               "%s", err.msg);
+    }
     json_t *res = json_object();
     if (!res || json_object_set_new(res, "prompt", json_string(prompt)) < 0) {
         free(prompt);
         json_decref(res);
-        return http_send_error(r, 400, "messages", NULL, "the rendered prompt is not valid UTF-8");
+        return http_send_error(r, 400, "messages", "invalid_value",
+                               "the rendered prompt is not valid UTF-8");
     }
     free(prompt);
     return http_send_json(r, 200, res);

@@ -8,6 +8,11 @@
  *   qwen3  llama + per-head RMSNorm of q and k before rotary
  *          (attn_q_norm/attn_k_norm, head_dim each), NeoX rotary, and often
  *          attention.key_length != embedding_length / head_count.
+ *   phi3   Phi-3 / Phi-4: q, k, v in one matrix (attn_qkv, rows q then k
+ *          then v), gate and up in one (ffn_up, rows gate then up: SwiGLU
+ *          on the halves), NeoX rotary, a sliding window (0 for Phi-4; the
+ *          defaults llama.cpp assumes when older files lack the key);
+ *          LongRoPE files (rope_factors_long/short) are refused.
  *
  * Every "<arch>." key is either read, known to be harmless for these
  * architectures, or refused by name: a key prefixd does not understand may
@@ -19,11 +24,11 @@
 #include <stdio.h>
 #include <string.h>
 
-static const char *const arch_names[] = {"llama", "qwen2", "qwen3"};
+static const char *const arch_names[] = {"llama", "qwen2", "qwen3", "phi3"};
 
 const char *pd_arch_name(int arch)
 {
-    return arch >= 0 && arch <= PD_ARCH_QWEN3 ? arch_names[arch] : "?";
+    return arch >= 0 && arch <= PD_ARCH_PHI3 ? arch_names[arch] : "?";
 }
 
 const char *pd__arch_prefix(int arch) { return pd_arch_name(arch); }
@@ -44,6 +49,8 @@ const char *pd_rope_scaling_name(int s)
 }
 
 int pd__arch_has_rope_freqs(int arch) { return arch == PD_ARCH_LLAMA; }
+
+int pd__arch_fused(int arch) { return arch == PD_ARCH_PHI3; }
 
 int pd__arch_layer_vecs(const pd_config *c, pd__arch_vec v[PD__ARCH_MAX_VECS])
 {
@@ -220,13 +227,13 @@ int pd__arch_read_config(const pd_gguf *g, const char *path, pd_config *c, pd_er
                           "%s: general.architecture is missing (not a model file?)", path);
     if ((rc = pd_gguf_get_str(g, "general.architecture", &arch, err)) < 0) return rc;
     c->arch = -1;
-    for (int a = 0; a <= PD_ARCH_QWEN3; a++)
+    for (int a = 0; a <= PD_ARCH_PHI3; a++)
         if (pd_gguf_str_eq(arch, arch_names[a])) c->arch = a;
     if (c->arch < 0) {
         snprintf(buf, sizeof buf, "%.*s", (int)(arch.len < 40 ? arch.len : 40), arch.ptr);
         return pd_err_set(err, PD_EUNSUPPORTED,
-                          "%s: general.architecture is '%s'; prefixd runs llama, qwen2 and "
-                          "qwen3 models",
+                          "%s: general.architecture is '%s'; prefixd runs llama, qwen2, qwen3 "
+                          "and phi3 models",
                           path, buf);
     }
     keys K = {g, path, arch_names[c->arch], err};
@@ -277,7 +284,22 @@ int pd__arch_read_config(const pd_gguf *g, const char *path, pd_config *c, pd_er
     /* sliding window: no token may see further back than the window, so the
      * context is capped to it (exact: then no key is ever outside it) */
     c->ctx_train = c->seq_len;
-    if ((rc = get_int(&K, "attention.sliding_window", 0, 0, &c->sliding_window)) < 0) return rc;
+    if (c->arch == PD_ARCH_PHI3 && !has(&K, "attention.sliding_window")) {
+        /* older Phi-3 files: the window llama.cpp assumes for their shapes */
+        if ((c->n_layers == 32 || c->n_layers == 40) && c->ctx_train == 4096)
+            c->sliding_window = 2047;
+        else if (c->n_layers == 32 && c->n_kv_heads == 32 && c->ctx_train == 131072)
+            c->sliding_window = 262144;
+        else if (c->n_layers == 40 && c->ctx_train == 131072)
+            c->sliding_window = 131072;
+        else
+            return pd_err_set(err, PD_EFORMAT,
+                              "%s: phi3.attention.sliding_window is missing and this shape has "
+                              "no known default",
+                              path);
+    } else if ((rc = get_int(&K, "attention.sliding_window", 0, 0, &c->sliding_window)) < 0) {
+        return rc;
+    }
     if (c->sliding_window > 0 && c->sliding_window < c->seq_len) c->seq_len = c->sliding_window;
     return PD_OK;
 }

@@ -42,4 +42,9 @@ int pd__arch_layer_vecs(const pd_config *c, pd__arch_vec v[PD__ARCH_MAX_VECS]);
 /* 1 when the architecture may carry rope_freqs.weight (Llama 3 scaling). */
 int pd__arch_has_rope_freqs(int arch);
 
+/* 1 when the architecture stores q/k/v as one matrix blk.N.attn_qkv.weight
+ * (rows: q_dim, kv_dim, kv_dim) and gate/up as one blk.N.ffn_up.weight
+ * (rows: hidden_dim of gate, then hidden_dim of up) (phi3). */
+int pd__arch_fused(int arch);
+
 #endif

@@ -3,8 +3,12 @@
  *
  * Letters: R rows of the packed batch, C = dim, KV = kv_dim, H = hidden_dim,
  * V = vocab, hd = head_dim, P prefix slots, L layers. The forward pass repeats
- * the engine's float operations (pd_wmatmul, the same RMSNorm, rotary and
- * attention loops), so its logits are the engine's. The backward pass keeps
+ * the engine's float operations (the same RMSNorm, rotary and attention
+ * loops; the products by pd_wmatmul_float: the engine's pd_wmatmul for
+ * F32/F16/BF16 and the float-path types, so its logits are the engine's;
+ * without the engine's 8-bit rounding of the input for the integer-path
+ * types, so that the forward is the smooth function whose gradient the
+ * backward pass computes). The backward pass keeps
  * the weights frozen: only activation gradients flow, through
  *   loss -> final RMSNorm -> for each layer, last first:
  *     FFN:  dx += RMSNormᵀ(W1ᵀ·(dg ⊙ h3 ⊙ silu'(h1)) + W3ᵀ·(dg ⊙ silu(h1))), dg = W2ᵀ·dx
@@ -369,9 +373,9 @@ int pd_backprop_run(pd_backprop *b, const float *keys, const float *values, int 
         float *h1 = b->h1 + (size_t)l * RM * H, *h3 = b->h3 + (size_t)l * RM * H;
         memcpy(x_in, x, (size_t)R * C * sizeof(float));
         pd__rmsnorm_rows(xn1, b->rs1 + (size_t)l * RM, x, w->rms_att, R, C, c->norm_eps);
-        pd_wmatmul(b->pool, q, xn1, &w->wq, R);
-        pd_wmatmul(b->pool, k, xn1, &w->wk, R);
-        pd_wmatmul(b->pool, v, xn1, &w->wv, R);
+        pd_wmatmul_float(b->pool, q, xn1, &w->wq, R);
+        pd_wmatmul_float(b->pool, k, xn1, &w->wk, R);
+        pd_wmatmul_float(b->pool, v, xn1, &w->wv, R);
         pd__qk_saved save = {NULL, NULL, NULL, NULL};
         if (w->q_norm)
             save = (pd__qk_saved){b->q_pre + (size_t)l * RM * QD, b->k_pre + (size_t)l * RM * KV,
@@ -381,18 +385,18 @@ int pd_backprop_run(pd_backprop *b, const float *keys, const float *values, int 
         attn_ctx a = {b, l, P, P ? keys + l * pstride : NULL, P ? values + l * pstride : NULL,
                       NULL, NULL};
         pd_pool_run(b->pool, attn_fwd_row, &a, R);
-        pd_wmatmul(b->pool, b->tmp, ao, &w->wo, R);
+        pd_wmatmul_float(b->pool, b->tmp, ao, &w->wo, R);
         for (size_t i = 0; i < (size_t)R * C; i++) x[i] += b->tmp[i];
         memcpy(x_mid, x, (size_t)R * C * sizeof(float));
         pd__rmsnorm_rows(xn2, b->rs2 + (size_t)l * RM, x, w->rms_ffn, R, C, c->norm_eps);
-        pd_wmatmul(b->pool, h1, xn2, &w->w1, R);
-        pd_wmatmul(b->pool, h3, xn2, &w->w3, R);
+        pd_wmatmul_float(b->pool, h1, xn2, &w->w1, R);
+        pd_wmatmul_float(b->pool, h3, xn2, &w->w3, R);
         for (size_t i = 0; i < (size_t)R * H; i++) {
             float val = h1[i];
             val *= (1.0f / (1.0f + expf(-val)));
             b->g[i] = val * h3[i];
         }
-        pd_wmatmul(b->pool, b->tmp, b->g, &w->w2, R);
+        pd_wmatmul_float(b->pool, b->tmp, b->g, &w->w2, R);
         for (size_t i = 0; i < (size_t)R * C; i++) x[i] += b->tmp[i];
     }
     memcpy(b->x_fin, x, (size_t)R * C * sizeof(float));
@@ -421,7 +425,7 @@ int pd_backprop_run(pd_backprop *b, const float *keys, const float *values, int 
         for (int i = 0; i < n; i++)
             memcpy(b->lx + (size_t)i * C, b->xnf + (size_t)b->tgt_row[c0 + i] * C,
                    (size_t)C * sizeof(float));
-        pd_wmatmul(b->pool, b->lg, b->lx, &m->w.wcls, n);
+        pd_wmatmul_float(b->pool, b->lg, b->lx, &m->w.wcls, n);
         for (int i = 0; i < n; i++) {
             float *lg = b->lg + (size_t)i * V;
             const int target = b->tgt_tok[c0 + i];

@@ -569,12 +569,12 @@ static int parse_all(cursor *c, pd_gguf *g)
                               (unsigned long long)t->offset, g->alignment);
         if (t->offset > avail || t->nbytes > avail - t->offset)
             return pd_err_set(c->err, PD_ETRUNC,
-                              "%s: tensor '%s': bytes [%llu, +%llu) of the data section lie "
-                              "past the end of the file (the data section holds %llu bytes; "
+                              "%s: tensor '%s' (%s): bytes [%llu, +%llu) of the data section "
+                              "lie past the end of the file (the data section holds %llu bytes; "
                               "offset past EOF or truncated file)",
                               c->path, show(t->name, name, sizeof name),
-                              (unsigned long long)t->offset, (unsigned long long)t->nbytes,
-                              (unsigned long long)avail);
+                              pd_ggml_type_name(t->type), (unsigned long long)t->offset,
+                              (unsigned long long)t->nbytes, (unsigned long long)avail);
         t->file_offset = g->data_offset + t->offset;
         t->data = c->p + t->file_offset;
     }

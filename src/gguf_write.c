@@ -238,7 +238,9 @@ int pd_gguf_add_kv(pd_gguf_writer *w, const pd_gguf_kv *kv, pd_err *err)
     key[kv->key.len] = 0;
     int rc;
     size_t sz = pd_gguf_type_size(kv->type);
-    if (kv->type == PD_GGUF_STRING) {
+    if (kv->type == PD_GGUF_UINT32 && !strcmp(key, "general.alignment")) {
+        rc = pd_gguf_writer_set_alignment(w, (uint32_t)kv->v.u, err);
+    } else if (kv->type == PD_GGUF_STRING) {
         size_t mark = w->kv_len;
         if ((rc = begin_kv(w, key, PD_GGUF_STRING, err)) >= 0)
             rc = put_str(w, kv->v.s.ptr, kv->v.s.len) < 0 ? undo_kv(w, key, mark, err)

@@ -223,13 +223,34 @@ static jv str_replace(jctx *C, const jnode *at, const jv *s, jarr *pos, jobj *kw
 
 /* ---- methods and globals ---- */
 
+static jv sorted(jctx *C, const jnode *at, const jv *arr, int reverse, int cs, const jv *attr);
+static jv pairs(jctx *C, const jobj *o, int what);
+static const jv *arg(const jarr *pos, const jobj *kw, int i, const char *name);
+
+/* dictsort(case_sensitive=false, by='key', reverse=false): [key, value]
+ * pairs in order. */
+static jv dictsort(jctx *C, const jnode *at, const jv *o, jarr *pos, jobj *kw)
+{
+    const jv *cs = arg(pos, kw, 0, "case_sensitive"), *by = arg(pos, kw, 1, "by");
+    const jv *rev = arg(pos, kw, 2, "reverse");
+    if (cs && cs->t != V_BOOL) FAIL("case_sensitive must be a boolean");
+    if (by && by->t != V_STR) FAIL("by must be a string");
+    int value = by && by->s.n == 5 && !memcmp(by->s.s, "value", 5);
+    if (by && !value && !(by->s.n == 3 && !memcmp(by->s.s, "key", 3)))
+        FAIL("by must be either 'key' or 'value'");
+    if (rev && rev->t != V_BOOL) FAIL("reverse must be a boolean");
+    jv items = pairs(C, o->o, 0), index = pd__jv_int(value);
+    return sorted(C, at, &items, rev && rev->b, cs && cs->b, &index);
+}
+
 static const struct { const char *name; int id; } STR_METHODS[] = {
     {"upper", F_S_UPPER}, {"lower", F_S_LOWER}, {"strip", F_S_STRIP}, {"title", F_S_TITLE},
     {"capitalize", F_S_CAPITALIZE}, {"rstrip", F_S_RSTRIP}, {"lstrip", F_S_LSTRIP},
     {"startswith", F_S_STARTSWITH}, {"endswith", F_S_ENDSWITH}, {"split", F_S_SPLIT},
     {"replace", F_S_REPLACE}};
 static const struct { const char *name; int id; } OBJ_METHODS[] = {
-    {"get", F_O_GET}, {"items", F_O_ITEMS}, {"keys", F_O_KEYS}, {"values", F_O_VALUES}};
+    {"get", F_O_GET}, {"items", F_O_ITEMS}, {"keys", F_O_KEYS}, {"values", F_O_VALUES},
+    {"dictsort", F_O_DICTSORT}};
 
 static int name_is(const char *name, size_t n, const char *s) { return strlen(s) == n && !memcmp(name, s, n); }
 
@@ -387,6 +408,7 @@ jv pd__jv_call_builtin(jctx *C, const jnode *at, const jfunc *fn, jarr *pos, job
     case F_O_ITEMS: return pairs(C, self->o, 0);
     case F_O_KEYS: return pairs(C, self->o, 1);
     case F_O_VALUES: return pairs(C, self->o, 2);
+    case F_O_DICTSORT: return dictsort(C, at, self, pos, kw);
     default: FAIL("unsupported function");
     }
 }
@@ -579,6 +601,8 @@ static jv number_value(double f, int integer)
 static jv simple_filter(jctx *C, const jnode *at, const jv *v, const char *f)
 {
     if (!strcmp(f, "safe")) return *v;
+    if (!strcmp(f, "count") && (v->t == V_ARRAY || v->t == V_STR || v->t == V_OBJECT))
+        f = "length"; /* Jinja's alias, which the reference lacks */
     if (!strcmp(f, "tojson")) {
         jjson_opts o = {.undefined_as_null = 1};
         jsbuf b = {0};
@@ -656,6 +680,11 @@ static jv simple_filter(jctx *C, const jnode *at, const jv *v, const char *f)
         if (!strcmp(f, "keys")) return pairs(C, v->o, 1);
         if (!strcmp(f, "values")) return pairs(C, v->o, 2);
         if (!strcmp(f, "get")) return NONE;
+        if (!strcmp(f, "dictsort")) {
+            jarr pos = {0};
+            jobj kw = {0};
+            return dictsort(C, at, v, &pos, &kw);
+        }
         FAIL("Unknown ObjectValue filter: %s", f);
     case V_BOOL:
         if (!strcmp(f, "bool")) return *v;

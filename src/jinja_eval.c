@@ -792,7 +792,7 @@ jv pd__jv_call_macro(jctx *C, const jnode *at, const jfunc *fn, jarr *pos, jobj 
 {
     const jnode *m = fn->macro;
     enter(C, at);
-    jscope *ms = scope_new(C, caller);
+    jscope *ms = scope_new(C, fn->closure ? fn->closure : caller);
     bind_macro(C, m, pos, kw, ms);
     jsbuf out = {0};
     if (exec_block(C, m->k1, m->n1, ms, &out) != FLOW_NORMAL)
@@ -1027,8 +1027,25 @@ static int exec_block(jctx *C, jnode *const *k, int n, jscope *s, jsbuf *out)
             if (v.t != V_NONE && v.t != V_UNDEF) pd__jv_print(C, out, &v);
             break;
         }
-        case N_CALLBLOCK:
-            pd__jv_fail(C, x, PD_EINVAL, "unsupported: call blocks");
+        case N_CALLBLOCK: { /* the macro called with caller() in its scope */
+            jv caller = pd__jv_func(C, F_MACRO, NULL, x->b);
+            caller.fn->closure = s;
+            jarr pos = {0};
+            jobj kw = {0};
+            pd__jv_args(C, x->a->k1, x->a->n1, s, &pos, &kw);
+            jv fn = eval(C, x->a->a, s);
+            if (fn.t != V_FUNC)
+                pd__jv_fail(C, x, PD_EINVAL, "Cannot call something that is not a function: got %s",
+                            pd__jv_type(&fn));
+            jscope *env = scope_new(C, s);
+            set_var(C, env, "caller", 6, caller);
+            enter(C, x);
+            jv v = fn.fn->macro ? pd__jv_call_macro(C, x, fn.fn, &pos, &kw, env)
+                                : pd__jv_call_builtin(C, x, fn.fn, &pos, &kw);
+            C->depth--;
+            if (v.t != V_NONE && v.t != V_UNDEF) pd__jv_print(C, out, &v);
+            break;
+        }
         default: {
             jv v = eval(C, x, s);
             if (v.t != V_NONE && v.t != V_UNDEF) pd__jv_print(C, out, &v);

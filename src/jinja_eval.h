@@ -36,16 +36,19 @@ enum {
     F_MACRO, F_RANGE, F_NAMESPACE, F_RAISE, F_STRFTIME,
     F_S_UPPER, F_S_LOWER, F_S_STRIP, F_S_TITLE, F_S_CAPITALIZE, F_S_RSTRIP, F_S_LSTRIP,
     F_S_STARTSWITH, F_S_ENDSWITH, F_S_SPLIT, F_S_REPLACE,
-    F_O_GET, F_O_ITEMS, F_O_KEYS, F_O_VALUES
+    F_O_GET, F_O_ITEMS, F_O_KEYS, F_O_VALUES, F_O_DICTSORT
 };
+
+typedef struct jscope jscope;
 
 struct jfunc {
     int id;
     jv self;            /* the string or object a method is bound to */
     const jnode *macro; /* F_MACRO: its definition */
+    jscope *closure;    /* a call block's caller(): the scope it sees; NULL:
+                           a macro sees the scope it is called from */
 };
 
-typedef struct jscope jscope;
 struct jscope {
     jscope *parent;
     jobj vars;

@@ -590,6 +590,30 @@ static jnode *parse_statement(parser *P)
         }
         x->k1 = body.v, x->n1 = body.n, x->k2 = alt.v, x->n2 = alt.n;
         expect_end(P, "endfor");
+    } else if (!strcmp(name, "call")) {
+        /* {% call(params) macro(args) %}body{% endcall %}: body is the
+         * macro's caller(), an anonymous macro of params */
+        x = node(P, N_CALLBLOCK, kw);
+        jnode *caller = node(P, N_MACRO, kw);
+        caller->a = node(P, N_IDENT, kw);
+        caller->a->s = "caller", caller->a->n = 6;
+        if (is(P, TK_LPAREN)) {
+            nlist params = parse_args(P, 1);
+            caller->k2 = params.v, caller->n2 = params.n;
+        }
+        jnode *callee = parse_primary(P);
+        if (callee->kind != N_IDENT) fail(P, "Expected identifier following call statement%s", NULL);
+        x->a = node(P, N_CALL, kw);
+        x->a->a = callee;
+        nlist args = parse_args(P, 0);
+        x->a->k1 = args.v, x->a->n1 = args.n;
+        expect(P, TK_CLOSE_STMT, "'%}'");
+        nlist body = {0};
+        parse_body(P, &body, "endcall", NULL, NULL);
+        caller->k1 = body.v, caller->n1 = body.n;
+        caller->flag = macro_flags(caller);
+        x->b = caller;
+        expect_end(P, "endcall");
     } else if (!strcmp(name, "break") || !strcmp(name, "continue")) {
         x = node(P, name[0] == 'b' ? N_BREAK : N_CONTINUE, kw);
         expect(P, TK_CLOSE_STMT, "'%}'");

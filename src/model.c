@@ -47,7 +47,7 @@ int pd_config_validate(const pd_config *c, const char *path, pd_err *err)
         return pd_err_set(err, PD_EFORMAT,
                           "%s: q_dim %d must be n_heads * head_dim = %d * %d (at most 65536)",
                           path, c->q_dim, c->n_heads, c->head_dim);
-    if (c->arch < PD_ARCH_LLAMA || c->arch > PD_ARCH_QWEN3 || c->rope_type < PD_ROPE_NORM ||
+    if (c->arch < PD_ARCH_LLAMA || c->arch > PD_ARCH_PHI3 || c->rope_type < PD_ROPE_NORM ||
         c->rope_type > PD_ROPE_NEOX || c->rope_scaling < PD_ROPE_SCALING_NONE ||
         c->rope_scaling > PD_ROPE_SCALING_LLAMA3)
         return pd_err_set(err, PD_EFORMAT, "%s: unknown architecture %d, rope type %d or scaling %d",

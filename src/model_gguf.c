@@ -7,8 +7,8 @@
  * under "<arch>.*"; tensors token_embd.weight, blk.N.{attn_norm, attn_q, attn_k,
  * attn_v, attn_output, ffn_norm, ffn_gate, ffn_down, ffn_up}.weight,
  * output_norm.weight and output.weight (absent: the classifier is tied to the
- * embedding); the tokenizer under tokenizer.ggml.* with SentencePiece's
- * U+2581 for space. ggml's ne[0] is the row length, so a row-major [out][in]
+ * embedding); the tokenizer under tokenizer.ggml.* (SentencePiece or
+ * byte-level BPE: src/tokenizer_gguf.c reads and writes it). ggml's ne[0] is the row length, so a row-major [out][in]
  * matrix has ne = {in, out}: the same bytes as llama2.c's, and the rotary
  * pairs are adjacent in both, so nothing is permuted.
  *
@@ -80,6 +80,7 @@ typedef struct loader {
     pd_err *err;
     binding *b; /* (n_bind) */
     int n_bind;
+    pd_wmat *fused; /* (n_layers, 2) phi3's attn_qkv and ffn_up, split once bound (owned) */
 } loader;
 
 /* The hyper-parameters of the file's architecture (src/arch.c). */
@@ -158,6 +159,49 @@ static int want_mat(loader *L, const char *name, int64_t ne0, int64_t ne1, pd_wm
     return want_any(L, name, ne0, ne1, NULL, mat, optional);
 }
 
+/* phi3: one attn_qkv (rows q_dim + 2 kv_dim) and one ffn_up (rows 2 hidden:
+ * gate then up) per layer, into L->fused; split_fused makes the views. */
+static int bind_fused(loader *L)
+{
+    const pd_config *c = &L->m->cfg;
+    const int64_t D = c->dim, QKV = (int64_t)c->q_dim + 2 * (int64_t)c->kv_dim;
+    const int64_t H2 = 2 * (int64_t)c->hidden_dim;
+    int rc;
+    L->fused = calloc((size_t)c->n_layers * 2, sizeof *L->fused);
+    if (!L->fused) return pd_err_set(L->err, PD_ENOMEM, "%s: out of memory", L->path);
+    for (int l = 0; l < c->n_layers; l++) {
+        char name[64];
+        snprintf(name, sizeof name, "blk.%d.attn_qkv.weight", l);
+        if ((rc = want_mat(L, name, D, QKV, &L->fused[2 * l], 0)) < 0) return rc;
+        snprintf(name, sizeof name, "blk.%d.ffn_up.weight", l);
+        if ((rc = want_mat(L, name, D, H2, &L->fused[2 * l + 1], 0)) < 0) return rc;
+    }
+    return PD_OK;
+}
+
+/* Row band [r0, r0 + rows) of W as a matrix of its own. */
+static pd_wmat wmat_rows(const pd_wmat *W, int r0, int rows)
+{
+    pd_wmat v = *W;
+    v.data = (const unsigned char *)W->data + (size_t)r0 * W->row_bytes;
+    v.rows = rows;
+    return v;
+}
+
+static void split_fused(loader *L)
+{
+    const pd_config *c = &L->m->cfg;
+    for (int l = 0; l < c->n_layers; l++) {
+        pd_layer_weights *lw = &L->m->w.layers[l];
+        const pd_wmat *qkv = &L->fused[2 * l], *up = &L->fused[2 * l + 1];
+        lw->wq = wmat_rows(qkv, 0, c->q_dim);
+        lw->wk = wmat_rows(qkv, c->q_dim, c->kv_dim);
+        lw->wv = wmat_rows(qkv, c->q_dim + c->kv_dim, c->kv_dim);
+        lw->w1 = wmat_rows(up, 0, c->hidden_dim);
+        lw->w3 = wmat_rows(up, c->hidden_dim, c->hidden_dim);
+    }
+}
+
 /* The architecture's per-layer vectors and rope_freqs.weight (arch.c says
  * which); vectors must be F32 (or F16/BF16, widened). */
 static int bind_arch(loader *L)
@@ -167,6 +211,7 @@ static int bind_arch(loader *L)
     pd__arch_vec v[PD__ARCH_MAX_VECS];
     const int nv = pd__arch_layer_vecs(c, v);
     int rc;
+    if (pd__arch_fused(c->arch) && (rc = bind_fused(L)) < 0) return rc;
     for (int l = 0; l < c->n_layers; l++)
         for (int i = 0; i < nv; i++) {
             char name[64];
@@ -235,6 +280,10 @@ static int bind_weights(loader *L)
         };
         for (int i = 0; i < 9; i++) {
             char name[64];
+            /* fused architectures store q/k/v and gate/up together (bind_arch) */
+            if (pd__arch_fused(c->arch) && lt[i].mat && lt[i].mat != &lw->wo &&
+                lt[i].mat != &lw->w2)
+                continue;
             snprintf(name, sizeof name, "blk.%d.%s.weight", l, lt[i].name);
             if ((rc = want_any(L, name, lt[i].ne0, lt[i].ne1, lt[i].dst, lt[i].mat, 0)) < 0)
                 return rc;
@@ -287,7 +336,8 @@ static int bind_weights(loader *L)
         next += n;
     }
     if (m->tied_classifier) m->w.wcls = m->w.token_embedding;
-    m->weight_type = pd_gguf_find_tensor(L->g, "blk.0.attn_q.weight")->type;
+    if (L->fused) split_fused(L);
+    m->weight_type = m->w.layers[0].wq.type; /* pd_qtype ids are ggml's */
     m->dtype = dtype_of_ggml(m->weight_type);
     return PD_OK;
 }
@@ -336,7 +386,7 @@ int pd__model_load_gguf(pd_model *m, const char *path, pd_err *err)
     int rc = pd_map_file(path, &m->map, &m->map_size, err);
     if (rc < 0) return rc;
     if ((rc = pd_gguf_parse(m->map, m->map_size, path, &g, err)) < 0) return rc;
-    loader L = {m, g, path, err, NULL, 0};
+    loader L = {m, g, path, err, NULL, 0, NULL};
     const pd_gguf_str *tokens = NULL;
     uint64_t n_tokens = 0;
     int64_t vocab;
@@ -366,6 +416,7 @@ int pd__model_load_gguf(pd_model *m, const char *path, pd_err *err)
         rc = pd_tokenizer_load_gguf(g, &m->tok, err);
 done:
     free(L.b);
+    free(L.fused);
     pd_gguf_free(g);
     return rc;
 }
@@ -401,7 +452,8 @@ static int add_arch_metadata(pd_gguf_writer *w, const pd_config *c, pd_err *err)
          (rc = pd_gguf_add_f32(w, KEY("rope.scaling.factor"), 1.0f / c->rope_freq_scale, err)) <
              0))
         return rc;
-    if (c->sliding_window > 0 &&
+    /* phi3 files always state it (0: none, as Phi-4's) */
+    if ((c->sliding_window > 0 || c->arch == PD_ARCH_PHI3) &&
         (rc = pd_gguf_add_u32(w, KEY("attention.sliding_window"), (uint32_t)c->sliding_window,
                               err)) < 0)
         return rc;
@@ -438,6 +490,21 @@ static int add_metadata(pd_gguf_writer *w, const pd_model *m, int dtype, const c
     return add_arch_metadata(w, c, err);
 }
 
+/* The matrix a, b (and c) were cut from (split_fused): they must be
+ * consecutive row bands of one matrix. */
+static pd_wmat fused_of(const pd_wmat *a, const pd_wmat *b, const pd_wmat *c)
+{
+    pd_wmat f = *a;
+    const unsigned char *end = (const unsigned char *)a->data + (size_t)a->rows * a->row_bytes;
+    PD_ASSERT(b->data == end && b->type == a->type && b->cols == a->cols);
+    f.rows += b->rows;
+    if (c) {
+        PD_ASSERT(c->data == end + (size_t)b->rows * b->row_bytes && c->type == a->type);
+        f.rows += c->rows;
+    }
+    return f;
+}
+
 int pd_gguf_write_model(const pd_model *m, const char *path, int dtype, const char *name,
                         pd_err *err)
 {
@@ -451,6 +518,11 @@ int pd_gguf_write_model(const pd_model *m, const char *path, int dtype, const ch
     const int n_vecs = pd__arch_layer_vecs(c, vecs);
     int n_out = 4 + (9 + n_vecs) * c->n_layers;
     out_tensor *ts = calloc((size_t)n_out, sizeof *ts);
+    pd_wmat *fused = NULL; /* (n_layers, 2) phi3's attn_qkv and ffn_up */
+    if (pd__arch_fused(c->arch) && !(fused = calloc((size_t)c->n_layers * 2, sizeof *fused))) {
+        free(ts);
+        return pd_err_set(err, PD_ENOMEM, "%s: out of memory", path);
+    }
     unsigned char *conv = NULL; /* converted matrices */
     float *row = NULL;          /* one dequantised row */
     pd_gguf_writer *w = NULL;
@@ -478,6 +550,17 @@ int pd_gguf_write_model(const pd_model *m, const char *path, int dtype, const ch
     for (int l = 0; l < c->n_layers; l++) {
         const pd_layer_weights *lw = &m->w.layers[l];
         OUT(lw->rms_att, NULL, D, 0, "blk.%d.attn_norm.weight", l);
+        if (fused) {
+            /* the views of one loaded attn_qkv / ffn_up are contiguous bands */
+            fused[2 * l] = fused_of(&lw->wq, &lw->wk, &lw->wv);
+            fused[2 * l + 1] = fused_of(&lw->w1, &lw->w3, NULL);
+            OUT(NULL, &fused[2 * l], D, QD + 2 * KV, "blk.%d.attn_qkv.weight", l);
+            OUT(NULL, &lw->wo, QD, D, "blk.%d.attn_output.weight", l);
+            OUT(lw->rms_ffn, NULL, D, 0, "blk.%d.ffn_norm.weight", l);
+            OUT(NULL, &lw->w2, H, D, "blk.%d.ffn_down.weight", l);
+            OUT(NULL, &fused[2 * l + 1], D, 2 * H, "blk.%d.ffn_up.weight", l);
+            continue;
+        }
         OUT(NULL, &lw->wq, D, QD, "blk.%d.attn_q.weight", l);
         OUT(NULL, &lw->wk, D, KV, "blk.%d.attn_k.weight", l);
         OUT(NULL, &lw->wv, D, KV, "blk.%d.attn_v.weight", l);
@@ -539,6 +622,7 @@ int pd_gguf_write_model(const pd_model *m, const char *path, int dtype, const ch
     rc = pd_gguf_writer_write(w, path, err);
 done:
     pd_gguf_writer_free(w);
+    free(fused);
     free(conv);
     free(row);
     free(ts);

@@ -128,9 +128,8 @@ void pd__qmatmul_block_portable(float *out, const float *in, const void *xq, con
         pd__matmul_block_portable(out, in, W->data, K, N, t0, t1, n0, n1);
         return;
     }
-    const int act = pd__qint_act(W->type);
-    if (act >= 0) {
-        const size_t xb = pd__qint_row_bytes(act, K);
+    if (xq) {
+        const size_t xb = pd__qint_row_bytes(pd__qint_act(W->type), K);
         for (int t = t0; t < t1; t++)
             for (int n = n0; n < n1; n++)
                 out[(size_t)t * N + n] = dot_int_portable(W, n, (const char *)xq + (size_t)t * xb);
@@ -298,8 +297,8 @@ static void quantize_inputs(const float *in, int T, int n, const pd_wmat *const 
     }
 }
 
-void pd_wmatmul_n(pd_pool *pool, int n, float *const *outs, const float *in,
-                  const pd_wmat *const *Ws, int T)
+static void wmatmul_n(pd_pool *pool, int n, float *const *outs, const float *in,
+                      const pd_wmat *const *Ws, int T, int float_path)
 {
     PD_ASSERT(n >= 1 && n <= QMM_MAX_N);
     job j = {.n = n, .T = T, .isa = pd_wmatmul_isa(), .in = in};
@@ -312,7 +311,10 @@ void pd_wmatmul_n(pd_pool *pool, int n, float *const *outs, const float *in,
     }
     int threads = pd_pool_threads(pool);
     if (work < 65536.0) pool = NULL; /* small products: not worth waking the workers */
-    quantize_inputs(in, T, n, Ws, j.xq);
+    if (float_path)
+        for (int i = 0; i < n; i++) j.xq[i] = NULL;
+    else
+        quantize_inputs(in, T, n, Ws, j.xq);
     for (int i = 0; i < n; i++) {
         j.out[i] = outs[i];
         j.W[i] = Ws[i];
@@ -320,6 +322,21 @@ void pd_wmatmul_n(pd_pool *pool, int n, float *const *outs, const float *in,
         j.first[i + 1] = j.first[i] + (Ws[i]->rows + j.rows_per_task[i] - 1) / j.rows_per_task[i];
     }
     pd_pool_run(pool, run_task, &j, j.first[n]);
+}
+
+void pd_wmatmul_n(pd_pool *pool, int n, float *const *outs, const float *in,
+                  const pd_wmat *const *Ws, int T)
+{
+    wmatmul_n(pool, n, outs, in, Ws, T, 0);
+}
+
+void pd_wmatmul_float(pd_pool *pool, float *out, const float *in, const pd_wmat *W, int T)
+{
+    if (pd__qint_act(W->type) < 0) {
+        pd_wmatmul(pool, out, in, W, T);
+        return;
+    }
+    wmatmul_n(pool, 1, &out, in, &W, T, 1);
 }
 
 void pd_wmatmul(pd_pool *pool, float *out, const float *in, const pd_wmat *W, int T)
@@ -331,11 +348,12 @@ void pd_wmatmul(pd_pool *pool, float *out, const float *in, const pd_wmat *W, in
     pd_wmatmul_n(pool, 1, &out, in, &W, T);
 }
 
-void pd_wmatmul_isa_run(int isa, float *out, const float *in, const pd_wmat *W, int T)
+void pd_wmatmul_isa_run(int isa, int float_path, float *out, const float *in, const pd_wmat *W,
+                        int T)
 {
     PD_ASSERT(isa >= 0 && isa <= pd_wmatmul_isa() && pd_wmat_supported(W));
-    const void *xq;
-    quantize_inputs(in, T, 1, &W, &xq);
+    const void *xq = NULL;
+    if (!float_path) quantize_inputs(in, T, 1, &W, &xq);
     for (int t0 = 0; t0 < T; t0 += PD__QMM_TB) {
         int t1 = t0 + PD__QMM_TB < T ? t0 + PD__QMM_TB : T;
         run_block(isa, out, in, xq, W, t0, t1, 0, W->rows);
@@ -344,7 +362,7 @@ void pd_wmatmul_isa_run(int isa, float *out, const float *in, const pd_wmat *W, 
 
 void pd_wmatmul_portable(float *out, const float *in, const pd_wmat *W, int T)
 {
-    pd_wmatmul_isa_run(PD_ISA_PORTABLE, out, in, W, T);
+    pd_wmatmul_isa_run(PD_ISA_PORTABLE, 0, out, in, W, T);
 }
 
 /* ---- the transposed product (backward pass) ---- */

@@ -87,11 +87,97 @@ static void qmm_tile_single(__m256 *acc, const float *const *x, const float *wb,
     qmm_tile(acc, x, wb, kn, tail_mask, 1, QMM_NR1);
 }
 
+/* 8 F16/BF16 weights at p (k + 8 <= K) as floats, exactly */
+QMM_INLINE __m256 qmm_half8(const unsigned char *p, const int bf)
+{
+    __m128i h = _mm_loadu_si128((const __m128i *)p);
+    return bf ? _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16))
+              : _mm256_cvtph_ps(h);
+}
+
+/* F16/BF16 straight from the rows, converted in registers (no buffer):
+ * MR tokens x NR rows, the whole of K at once; the last K % 8 weights
+ * through a zero-padded copy, as the buffer path. Rows/tokens past the
+ * block's edge repeat the last one and are not stored. */
+QMM_INLINE void qmm_half_tile(float *out, const float *in, const pd_wmat *W, int t, int t1,
+                              int n, int n1, const int MR, const int NR, const int bf,
+                              __m256i tail_mask)
+{
+    const int K = W->cols, N = W->rows;
+    const unsigned char *w[QMM_NRMAX];
+    const float *x[QMM_MR];
+    _Pragma("GCC unroll 16")
+    for (int j = 0; j < NR; j++)
+        w[j] = (const unsigned char *)W->data + (size_t)(n + j < n1 ? n + j : n1 - 1) * W->row_bytes;
+    _Pragma("GCC unroll 16")
+    for (int i = 0; i < MR; i++) x[i] = in + (size_t)(t + i < t1 ? t + i : t1 - 1) * K;
+    __m256 a[QMM_MR][QMM_NRMAX];
+    _Pragma("GCC unroll 16")
+    for (int i = 0; i < MR; i++)
+        _Pragma("GCC unroll 16")
+        for (int j = 0; j < NR; j++) a[i][j] = _mm256_setzero_ps();
+    int k = 0;
+    for (; k + 8 <= K; k += 8) {
+        __m256 xv[QMM_MR];
+        _Pragma("GCC unroll 16")
+        for (int i = 0; i < MR; i++) xv[i] = _mm256_loadu_ps(x[i] + k);
+        _Pragma("GCC unroll 16")
+        for (int j = 0; j < NR; j++) {
+            __m256 wv = qmm_half8(w[j] + 2 * (size_t)k, bf);
+            _Pragma("GCC unroll 16")
+            for (int i = 0; i < MR; i++) a[i][j] = _mm256_fmadd_ps(xv[i], wv, a[i][j]);
+        }
+    }
+    if (k < K) {
+        __m256 xv[QMM_MR];
+        _Pragma("GCC unroll 16")
+        for (int i = 0; i < MR; i++) xv[i] = _mm256_maskload_ps(x[i] + k, tail_mask);
+        for (int j = 0; j < NR; j++) {
+            float tail[8] = {0};
+            deq_half16(w[j] + 2 * (size_t)k, K - k, tail, bf);
+            __m256 wv = _mm256_loadu_ps(tail);
+            for (int i = 0; i < MR; i++) a[i][j] = _mm256_fmadd_ps(xv[i], wv, a[i][j]);
+        }
+    }
+    _Pragma("GCC unroll 16")
+    for (int i = 0; i < MR; i++)
+        _Pragma("GCC unroll 16")
+        for (int j = 0; j < NR; j++)
+            if (t + i < t1 && n + j < n1) out[(size_t)(t + i) * N + n + j] = qmm_hsum(a[i][j]);
+}
+
+static void qmm_half_single(float *out, const float *in, const pd_wmat *W, int t, int t1, int n,
+                            int n1, int bf, __m256i tail_mask)
+{
+    if (bf) qmm_half_tile(out, in, W, t, t1, n, n1, 1, QMM_NR1, 1, tail_mask);
+    else qmm_half_tile(out, in, W, t, t1, n, n1, 1, QMM_NR1, 0, tail_mask);
+}
+
+static void qmm_half_batch(float *out, const float *in, const pd_wmat *W, int t, int t1, int n,
+                           int n1, int bf, __m256i tail_mask)
+{
+    if (bf) qmm_half_tile(out, in, W, t, t1, n, n1, QMM_MR, QMM_NRB, 1, tail_mask);
+    else qmm_half_tile(out, in, W, t, t1, n, n1, QMM_MR, QMM_NRB, 0, tail_mask);
+}
+
 void QMM_FN(float *out, const float *in, const void *xq, const pd_wmat *W, int t0, int t1,
             int n0, int n1)
 {
     if (xq) {
         qi_block(out, xq, W, t0, t1, n0, n1);
+        return;
+    }
+    if (W->type == PD_Q_F16 || W->type == PD_Q_BF16) {
+        const int bf = W->type == PD_Q_BF16, single = t1 - t0 == 1;
+        const int NR = single ? QMM_NR1 : QMM_NRB, MR = single ? 1 : QMM_MR;
+        int32_t mk[8];
+        for (int i = 0; i < 8; i++) mk[i] = i < W->cols % 8 ? -1 : 0;
+        const __m256i tail_mask = _mm256_loadu_si256((const __m256i *)mk);
+        for (int n = n0; n < n1; n += NR)
+            for (int t = t0; t < t1; t += MR) {
+                if (single) qmm_half_single(out, in, W, t, t1, n, n1, bf, tail_mask);
+                else qmm_half_batch(out, in, W, t, t1, n, n1, bf, tail_mask);
+            }
         return;
     }
     const int K = W->cols, N = W->rows, TT = t1 - t0;

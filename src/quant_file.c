@@ -229,12 +229,8 @@ static int model_info(const pd_gguf *g, pd_quantize_model_info *mi, pd_err *err)
 static int copy_metadata(const pd_gguf *g, pd_gguf_writer *w, const pd_quantize_params *p,
                          pd_err *err)
 {
-    static const char *const dropped[] = {"general.alignment", "split.no", "split.count",
-                                          "split.tensors.count"};
+    static const char *const dropped[] = {"split.no", "split.count", "split.tensors.count"};
     int rc, have_ftype = 0, have_qv = 0, have_name = 0;
-    if (g->alignment != PD_GGUF_DEFAULT_ALIGNMENT &&
-        (rc = pd_gguf_writer_set_alignment(w, g->alignment, err)) < 0)
-        return rc;
     for (size_t i = 0; i < g->n_kv; i++) {
         const pd_gguf_kv *kv = &g->kv[i];
         int drop = 0;

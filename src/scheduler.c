@@ -6,7 +6,11 @@
  * generating sequence first, then prefill chunks with the remaining budget),
  * run it, sample a token for every sequence whose logits came back, publish
  * it to the request, and retire finished sequences. With nothing to do it
- * sleeps on a condition variable that pd_sched_submit signals. */
+ * sleeps on a condition variable that pd_sched_submit signals. A request that
+ * scores its prompt (prompt_logprobs) asks for logits at every prompt token:
+ * each such row gives the log-probability of the next prompt token (in
+ * double, into prompt_out), and the last one is sampled as usual, or ends a
+ * request of max_tokens 0. */
 #include "prefixd/scheduler.h"
 
 #include <errno.h>

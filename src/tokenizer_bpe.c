@@ -451,7 +451,7 @@ static void scratch_free(scratch *s)
     pcre2_jit_stack_free(s->js);
 }
 
-static int scratch_init(scratch *s, const pd_tokenizer *tok, size_t len)
+static int scratch_init(scratch *s, size_t len)
 {
     memset(s, 0, sizeof *s);
     size_t n = len + 1;
@@ -470,7 +470,6 @@ static int scratch_init(scratch *s, const pd_tokenizer *tok, size_t len)
         return PD_ENOMEM;
     }
     pcre2_jit_stack_assign(s->mc, NULL, s->js);
-    (void)tok;
     return PD_OK;
 }
 
@@ -583,7 +582,7 @@ int pd__tokenizer_bpe_encode(const pd_tokenizer *tok, const char *text, size_t l
     PD_ASSERT(tok->kind == PD_TOKENIZER_BPE);
     if (len == 0) return PD_OK;
     scratch s;
-    if (scratch_init(&s, tok, len) < 0) return PD_ENOMEM;
+    if (scratch_init(&s, len) < 0) return PD_ENOMEM;
     byte_table bt;
     build_byte_table(&bt);
     size_t n = 1;

@@ -275,7 +275,9 @@ int pd_gguf_writer_create(pd_gguf_writer **out, pd_err *err);
 void pd_gguf_writer_free(pd_gguf_writer *w);
 
 /* Copies a pair of a parsed file (kv borrowed; its bytes are copied): any
- * type, arrays (nested too) as encoded. Same errors as the adders below. */
+ * type, arrays (nested too) as encoded. A u32 general.alignment sets the
+ * writer's alignment (pd_gguf_writer_set_alignment: before any tensor). Same
+ * errors as the adders below. */
 int pd_gguf_add_kv(pd_gguf_writer *w, const pd_gguf_kv *kv, pd_err *err);
 
 /* Sets the alignment (a power of two up to 65536) and stores it as

@@ -16,7 +16,8 @@
  * trim_blocks on, one trailing newline of the source dropped, `{%-`/`-%}`/
  * `{{-`/`-}}`/`{#-`/`-#}` whitespace control; statements if/elif/else, for
  * (loop.*, else, `for x in xs if cond`, tuple unpacking), set (names, tuples,
- * namespace attributes, block set), macro, filter blocks, break/continue;
+ * namespace attributes, block set), macro, call blocks, filter blocks,
+ * break/continue;
  * expressions with literals, member/index access, slices, arithmetic, `~`,
  * comparisons, in/not in, and/or/not, ternaries, `x if c` selections, filters,
  * tests and the string/mapping methods templates call; globals range,
@@ -31,10 +32,10 @@
  * tojson's sort_keys orders by bytes (the reference by locale); case changes
  * are ASCII-only; a context variable may shadow a global (the reference
  * refuses it); division and modulo by zero are errors (the reference prints
- * Infinity or NaN); call blocks ({% call %}) and dictsort are not supported.
+ * Infinity or NaN). One addition: the filter count (Jinja's alias of length).
  *
- * Anything else (an unknown statement, filter, test or method, a call block,
- * a type error) fails with PD_EFORMAT (parse) or PD_EINVAL (render) and
+ * Anything else (an unknown statement, filter, test or method, a type
+ * error) fails with PD_EFORMAT (parse) or PD_EINVAL (render) and
  * "line L, column C: what", never a crash. Rendering is bounded: output size,
  * memory, nesting/recursion depth and loop iterations (pd_jinja_params).
  *

@@ -44,6 +44,13 @@ void pd_wmatmul(pd_pool *pool, float *out, const float *in, const pd_wmat *W, in
 /* The same on the portable kernel, one thread (for tests). */
 void pd_wmatmul_portable(float *out, const float *in, const pd_wmat *W, int T);
 
+/* The product without rounding the input, for every type: the dequantised
+ * weights times in with pd_matmul's order (the float path). For the types
+ * whose pd_wmatmul rounds the input to 8 bits (pd_wmat_act_type) this is the
+ * smooth function whose gradient pd_wmatmul_t gives; the training forward
+ * uses it. For the other types it is pd_wmatmul. */
+void pd_wmatmul_float(pd_pool *pool, float *out, const float *in, const pd_wmat *W, int T);
+
 /* dX (R, W->cols) = dY (R, W->rows) · W + beta · dX: the transposed product of
  * the backward pass (not batch-invariant; BLAS). An F32 W is one sgemm;
  * other types are dequantised in bands of rows into scratch, which must hold
@@ -75,8 +82,10 @@ int pd_wmat_act_type(int type);
 enum { PD_ISA_PORTABLE = 0, PD_ISA_AVX2 = 1, PD_ISA_AVX512 = 2 };
 /* The best this CPU runs. */
 int pd_wmatmul_isa(void);
-/* pd_wmatmul on a given instruction set (<= pd_wmatmul_isa()), one thread. */
-void pd_wmatmul_isa_run(int isa, float *out, const float *in, const pd_wmat *W, int T);
+/* pd_wmatmul (float_path 0) or pd_wmatmul_float (1) on a given instruction
+ * set (<= pd_wmatmul_isa()), one thread. */
+void pd_wmatmul_isa_run(int isa, int float_path, float *out, const float *in, const pd_wmat *W,
+                        int T);
 
 /* Internal: the typed kernels (qmatmul*.c) compute rows [t0, t1) x outputs
  * [n0, n1) of out (T, W->rows) from in (T, W->cols), t1 - t0 <= PD__QMM_TB;

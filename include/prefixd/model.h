@@ -1,6 +1,6 @@
 /* prefixd/model.h — the frozen base model: a Llama-family transformer loaded
  * from a llama2.c checkpoint (.bin + tokenizer.bin) or a GGUF v3 file
- * (general.architecture = llama, qwen2 or qwen3 — see pd_arch and
+ * (general.architecture = llama, qwen2, qwen3 or phi3 — see pd_arch and
  * src/arch.c —, matrices of any weight type of quant.h, tokenizer in metadata).
  *
  *     pd_model_params mp = pd_model_default_params();
@@ -75,7 +75,8 @@ typedef struct pd_config {
 typedef enum pd_arch {
     PD_ARCH_LLAMA = 0, /* may carry q/k/v biases (llama.cpp reads them if present) */
     PD_ARCH_QWEN2 = 1, /* q/k/v biases, NeoX rotary */
-    PD_ARCH_QWEN3 = 2  /* per-head RMSNorm on q and k before rotary, NeoX rotary */
+    PD_ARCH_QWEN3 = 2, /* per-head RMSNorm on q and k before rotary, NeoX rotary */
+    PD_ARCH_PHI3 = 3   /* Phi-3/Phi-4: q/k/v in one matrix, gate/up in one, NeoX rotary */
 } pd_arch;
 
 /* Which dimensions of a head rotate together. */
@@ -93,7 +94,7 @@ typedef enum pd_rope_scaling {
     PD_ROPE_SCALING_LLAMA3 = 2  /* Llama 3.1+: per-pair factors in rope_freqs.weight */
 } pd_rope_scaling;
 
-/* "llama", "qwen2", "qwen3" ("?" when unknown). */
+/* "llama", "qwen2", "qwen3", "phi3" ("?" when unknown). */
 const char *pd_arch_name(int arch);
 /* "norm", "neox"; "none", "linear", "llama3". */
 const char *pd_rope_type_name(int rope_type);

@@ -1,7 +1,8 @@
 """The architectures of the GGUF files people download, end to end: a
-Llama-3-shaped model (grouped-query attention, Llama 3.1 rope factors) and a
+Llama-3-shaped model (grouped-query attention, Llama 3.1 rope factors), a
 Qwen3-shaped one (q/k head norms, NeoX rotary, head size 32 with dim 64 and
-4 heads) with random weights and a real SentencePiece vocabulary, written by
+4 heads) and a Phi-3-shaped one (fused matrices, a sliding window capping the
+context) with random weights and a real SentencePiece vocabulary, written by
 build/tools/prefixd-synth. Each is inspected, served by `prefixd serve`
 (/v1/completions), and takes a prompt-built task from `prefixd prefix
 from-prompt`; the task's greedy completion equals the base model's on the
@@ -25,10 +26,16 @@ SHAPES = {
                "--rope-orig-ctx", "128"],
     "qwen3": ["--arch", "qwen3", "--dim", "64", "--hidden", "160", "--layers", "2",
               "--heads", "4", "--kv-heads", "2", "--head-dim", "32"],
+    "phi3": ["--arch", "phi3", "--dim", "64", "--hidden", "160", "--layers", "2",
+             "--heads", "4", "--kv-heads", "4", "--sliding-window", "128"],
 }
+# each shape's vocabulary: SentencePiece ones (Phi-3's own for phi3)
+SPM = {"llama3": VOCAB, "qwen3": VOCAB,
+       "phi3": os.path.join(ROOT, "tests/data/vocab/ggml-vocab-phi-3.gguf")}
 EXPECT = {
     "llama3": ["architecture: llama", "rope_type: norm", "rope_scaling: llama3"],
     "qwen3": ["architecture: qwen3", "rope_type: neox", "qk_norm: yes", "q_dim: 128"],
+    "phi3": ["architecture: phi3", "rope_type: neox", "sliding_window: 128", "seq_len: 128"],
 }
 PRE, REQ = "Once upon a time", "there was a"
 # the real byte-level BPE vocabularies the Makefile builds from the npm
@@ -46,7 +53,7 @@ def synth(name, vocab, path, *extra):
 @pytest.fixture(scope="module", params=sorted(SHAPES))
 def model(request, tmp_path_factory):
     name = request.param
-    return name, synth(name, VOCAB, tmp_path_factory.mktemp(name) / f"{name}.gguf")
+    return name, synth(name, SPM[name], tmp_path_factory.mktemp(name) / f"{name}.gguf")
 
 
 @pytest.mark.parametrize("name", sorted(BPE))

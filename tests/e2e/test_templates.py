@@ -185,3 +185,24 @@ def test_train_on_chat_data(tmp_path):
                        capture_output=True, text=True, timeout=120)
     assert p.returncode != 0
     assert "bad.jsonl:2:" in p.stderr and "no assistant message" in p.stderr, p.stderr
+
+
+def test_configured_template_file(tmp_path):
+    """chat_template names a file: it is used; one that does not parse
+    stops the server at start with the line and column."""
+    from server_util import Server
+
+    registry = tmp_path / "registry"
+    registry.mkdir()
+    good = tmp_path / "mine.jinja"
+    good.write_text("{% for m in messages %}[{{ m.role }}] {{ m.content }}\n{% endfor %}"
+                    "{% if add_generation_prompt %}[assistant] {% endif %}\n")
+    with Server(tmp_path, str(registry), config={"chat_template": str(good)}) as s:
+        r = s.request("POST", "/apply-template", {"messages": [{"role": "user", "content": "hi"}]})
+        assert r.status == 200 and r.json()["prompt"] == "[user] hi\n[assistant] "
+    bad = tmp_path / "bad.jinja"
+    bad.write_text("ok\n{% for m in messages %}")
+    srv = Server(tmp_path, str(registry), config={"chat_template": str(bad)}, wait=False)
+    assert srv.proc.wait(timeout=60) != 0
+    srv.log.close()
+    assert "chat_template" in srv.logs() and "line 2, column" in srv.logs(), srv.logs()

@@ -149,7 +149,8 @@ def make_gguf(tmp, models):
                         ("qwen3", ["--arch", "qwen3", "--head-dim", "6"]),
                         ("llama3", ["--arch", "llama", "--rope-scaling", "llama3"]),
                         ("linear", ["--arch", "llama", "--rope-scaling", "linear", "--biases",
-                                    "--sliding-window", "8"])]:
+                                    "--sliding-window", "8"]),
+                        ("phi3", ["--arch", "phi3", "--sliding-window", "8"])]:
         p = os.path.join(tmp, "synth-%s.gguf" % name)
         r = subprocess.run([synth, *common, *extra, "--out", p], stderr=subprocess.PIPE)
         if r.returncode != 0:
@@ -447,6 +448,40 @@ def make_tokenizer_bpe():
             out("tokenizer_bpe", "v%d-f%d" % (v, f), bytes([v, f]) + t)
 
 
+def make_tokenizer_gguf():
+    """Small vocab-only GGUFs (tests/tools/vocab_from_hf.py's writer)."""
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tools"))
+    import vocab_from_hf as vh
+
+    def gguf(kvs):
+        return struct.pack("<IIQQ", vh.GGUF_MAGIC, 3, 0, len(kvs)) + b"".join(kvs)
+
+    bpe_tokens = ["a", "b", "ab", "\u0120", "\u0120a", "<|im_end|>", "<think>", "<|endoftext|>"]
+    bpe_types = [1, 1, 1, 1, 1, 3, 4, 3]
+    base = [vh.kv_str("tokenizer.ggml.model", "gpt2"),
+            vh.kv_arr_str("tokenizer.ggml.tokens", bpe_tokens),
+            vh.kv_arr_i32("tokenizer.ggml.token_type", bpe_types),
+            vh.kv_arr_str("tokenizer.ggml.merges", ["a b", "\u0120 a"]),
+            vh.kv_u32("tokenizer.ggml.bos_token_id", 7), vh.kv_u32("tokenizer.ggml.eos_token_id", 5),
+            vh.kv_bool("tokenizer.ggml.add_bos_token", True),
+            vh.kv_str("tokenizer.chat_template", "{{ messages }}")]
+    for pre in ("gpt-2", "llama-bpe", "qwen2", "deepseek-llm", "falcon", "tekken", "unknown-pre"):
+        out("tokenizer_gguf", "bpe-" + pre, gguf(base + [vh.kv_str("tokenizer.ggml.pre", pre)]))
+    out("tokenizer_gguf", "bpe-no-pre", gguf(base))
+    out("tokenizer_gguf", "bpe-bad-merge", gguf(base[:3] + [vh.kv_arr_str("tokenizer.ggml.merges",
+                                                                          ["ab"])]))
+    out("tokenizer_gguf", "bpe-no-merges", gguf(base[:3]))
+    spm_tokens = ["<unk>", "<s>", "</s>", "<0x41>", "\u2581", "\u2581a", "a", "<|end|>"]
+    spm = [vh.kv_str("tokenizer.ggml.model", "llama"),
+           vh.kv_arr_str("tokenizer.ggml.tokens", spm_tokens),
+           vh.kv(  "tokenizer.ggml.scores", 9, struct.pack("<IQ", 6, 8) +
+                   struct.pack("<8f", 0, 0, 0, 0, -1, -2, -3, 0)),
+           vh.kv_arr_i32("tokenizer.ggml.token_type", [2, 3, 3, 6, 1, 1, 1, 4]),
+           vh.kv_bool("tokenizer.ggml.add_space_prefix", False)]
+    out("tokenizer_gguf", "spm", gguf(spm))
+    out("tokenizer_gguf", "bert", gguf([vh.kv_str("tokenizer.ggml.model", "bert")] + spm[1:2]))
+
+
 def main():
     if os.path.isdir(CORPUS):
         shutil.rmtree(CORPUS)
@@ -461,6 +496,7 @@ def main():
     make_multipart()
     make_tokenizer()
     make_tokenizer_bpe()
+    make_tokenizer_gguf()
     total = 0
     for d, _, files in os.walk(CORPUS):
         total += sum(os.path.getsize(os.path.join(d, f)) for f in files)

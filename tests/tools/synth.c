@@ -19,7 +19,7 @@
 static void usage(FILE *f)
 {
     fprintf(f,
-            "usage: prefixd-synth --arch llama|qwen2|qwen3 [--vocab VOCAB.gguf | --vocab-size N]\n"
+            "usage: prefixd-synth --arch llama|qwen2|qwen3|phi3 [--vocab VOCAB.gguf | --vocab-size N]\n"
             "         --dim N --hidden N --layers N --heads N [--kv-heads N] [--head-dim N]\n"
             "         [--ctx N] [--rope-scaling none|linear|llama3] [--rope-factor F]\n"
             "         [--rope-orig-ctx N] [--rope-base B] [--biases] [--tied]\n"
@@ -74,10 +74,10 @@ int main(int argc, char **argv)
         const char *v = argv[++i];
         int rc = 0;
         if (!strcmp(a, "--arch")) {
-            for (int k = PD_ARCH_LLAMA; k <= PD_ARCH_QWEN3; k++)
+            for (int k = PD_ARCH_LLAMA; k <= PD_ARCH_PHI3; k++)
                 if (!strcmp(v, pd_arch_name(k))) s.arch = k;
             if (s.arch < 0) {
-                fprintf(stderr, "prefixd-synth: --arch: '%s' is not llama, qwen2 or qwen3\n", v);
+                fprintf(stderr, "prefixd-synth: --arch: '%s' is not llama, qwen2, qwen3 or phi3\n", v);
                 return 2;
             }
         } else if (!strcmp(a, "--rope-scaling")) {

@@ -46,6 +46,15 @@ int synth_list_tensors(const synth_spec *s, synth_tensor *t)
     const int biases = s->arch == PD_ARCH_QWEN2 || (s->arch == PD_ARCH_LLAMA && s->biases);
     for (int l = 0; l < s->n_layers; l++) {
         ADD(SYNTH_NORM, D, 0, "blk.%d.attn_norm.weight", l);
+        if (s->arch == PD_ARCH_PHI3) {
+            /* q, k, v in one matrix; gate then up in one (llama.cpp's phi3) */
+            ADD(SYNTH_MATRIX, D, QD + 2 * KV, "blk.%d.attn_qkv.weight", l);
+            ADD(SYNTH_MATRIX, QD, D, "blk.%d.attn_output.weight", l);
+            ADD(SYNTH_NORM, D, 0, "blk.%d.ffn_norm.weight", l);
+            ADD(SYNTH_MATRIX, H, D, "blk.%d.ffn_down.weight", l);
+            ADD(SYNTH_MATRIX, D, 2 * H, "blk.%d.ffn_up.weight", l);
+            continue;
+        }
         ADD(SYNTH_MATRIX, D, QD, "blk.%d.attn_q.weight", l);
         ADD(SYNTH_MATRIX, D, KV, "blk.%d.attn_k.weight", l);
         ADD(SYNTH_MATRIX, D, KV, "blk.%d.attn_v.weight", l);
@@ -154,7 +163,7 @@ int synth_add_hparams(pd_gguf_writer *w, const synth_spec *s, uint32_t file_type
         return rc;
     if (s->extra_key && (rc = pd_gguf_add_f32(w, s->extra_key, s->extra_value, err)) < 0)
         return rc;
-    if (s->sliding_window > 0 &&
+    if ((s->sliding_window > 0 || s->arch == PD_ARCH_PHI3) &&
         (rc = pd_gguf_add_u32(w, KEY("attention.sliding_window"), (uint32_t)s->sliding_window,
                               err)) < 0)
         return rc;
@@ -288,15 +297,14 @@ int synth_write(const synth_spec *spec, const char *vocab_path, const char *out,
     int rc, n_tok = 0;
     if ((rc = pd_gguf_writer_create(&w, err)) < 0) return rc;
     if (vocab_path) {
-        /* the vocabulary goes first so vocab_size is known for the tensors */
-        pd_gguf_writer *vw = NULL;
-        if ((rc = pd_gguf_open(vocab_path, &voc, err)) < 0 ||
-            (rc = pd_gguf_writer_create(&vw, err)) < 0)
+        /* the vocabulary's size decides the embedding's */
+        if ((rc = pd_gguf_open(vocab_path, &voc, err)) < 0) goto done;
+        const pd_gguf_kv *kv = pd_gguf_find_kv(voc, "tokenizer.ggml.tokens");
+        if (!kv || kv->type != PD_GGUF_ARRAY || kv->arr_n < 1 || kv->arr_n > (1u << 22)) {
+            rc = pd_err_set(err, PD_EFORMAT, "%s: no usable tokenizer.ggml.tokens", vocab_path);
             goto done;
-        rc = synth_copy_vocab(vw, voc, &n_tok, err);
-        pd_gguf_writer_free(vw);
-        if (rc < 0) goto done;
-        s.vocab_size = n_tok;
+        }
+        s.vocab_size = (int)kv->arr_n;
     }
     if ((rc = synth_add_hparams(w, &s, 0, err)) < 0) goto done;
     if (vocab_path) rc = synth_copy_vocab(w, voc, &n_tok, err);

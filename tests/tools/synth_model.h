@@ -3,7 +3,9 @@
  * (tests/bench/bench_synth.c). Test code, not part of libprefixd.
  *
  * The file follows llama.cpp's conventions for general.architecture =
- * llama / qwen2 / qwen3: "<arch>.*" hyper-parameters, token_embd.weight,
+ * llama / qwen2 / qwen3 / phi3 (phi3: blk.N.attn_qkv and a gate|up
+ * blk.N.ffn_up instead of the separate matrices, and always
+ * attention.sliding_window): "<arch>.*" hyper-parameters, token_embd.weight,
  * blk.N.{attn_norm, attn_q, attn_k, attn_v, attn_output, ffn_norm,
  * ffn_gate, ffn_down, ffn_up}.weight, qwen2 (and llama with biases)
  * blk.N.attn_{q,k,v}.bias, qwen3 blk.N.attn_{q,k}_norm.weight,

@@ -6,6 +6,8 @@
  *   qwen2    q/k/v biases, NeoX rotary, tied classifier, GQA 4/2
  *   qwen3    q/k head RMSNorm, NeoX rotary, key_length 16 with dim 32 and
  *            4 heads (q_dim 64 != dim), GQA 4/2
+ *   phi3     q/k/v in one matrix and gate/up in one (split into views at
+ *            load), NeoX rotary, GQA 4/2
  *
  * For each: the engine's logits with a random prefix equal the independent
  * double-precision forward pass of ref_model.h (tolerance below), and the
@@ -40,8 +42,8 @@
 /* |engine - reference| <= TOL · (1 + max |reference|) over all logits */
 #define TOL 2e-5
 
-enum { M_LLAMA3, M_LINEAR, M_QWEN2, M_QWEN3, N_MODELS };
-static const char *const names[N_MODELS] = {"llama3", "linear", "qwen2", "qwen3"};
+enum { M_LLAMA3, M_LINEAR, M_QWEN2, M_QWEN3, M_PHI3, N_MODELS };
+static const char *const names[N_MODELS] = {"llama3", "linear", "qwen2", "qwen3", "phi3"};
 static pd_model *models[N_MODELS];
 static char dir[64];
 
@@ -82,9 +84,12 @@ static synth_spec model_spec(int which)
         s.tied = 1;
         s.rope_base = 1000;
         break;
-    default:
+    case M_QWEN3:
         s = base_spec(PD_ARCH_QWEN3);
         s.head_dim = 16;
+        break;
+    default:
+        s = base_spec(PD_ARCH_PHI3); /* fused q/k/v and gate/up, no window (Phi-4) */
         break;
     }
     s.seed += (uint64_t)which;
@@ -511,7 +516,7 @@ typedef struct refusal {
 static void test_refusals(void **state)
 {
     (void)state;
-    refusal cases[16];
+    refusal cases[20];
     int n = 0;
 #define CASE(what_, code_, msg_, ...)                         \
     do {                                                      \
@@ -552,6 +557,10 @@ static void test_refusals(void **state)
     CASE("factor with type none", PD_EUNSUPPORTED, "scaling type none",
          s->rope_type_str = "none"; s->extra_key = "llama.rope.scaling.factor";
          s->extra_value = 4);
+    CASE("phi3 LongRoPE", PD_EUNSUPPORTED, "tensor rope_factors_long.weight is not used",
+         s->arch = PD_ARCH_PHI3; s->extra_tensor = "rope_factors_long.weight");
+    CASE("phi3 unfused", PD_ENOTFOUND, "tensor blk.0.attn_qkv.weight is missing",
+         s->arch = PD_ARCH_PHI3; s->skip_tensor = "blk.0.attn_qkv.weight");
     CASE("unknown architecture", PD_EUNSUPPORTED, "general.architecture is 'gemma'",
          s->arch = 99);
 #undef CASE
@@ -632,7 +641,8 @@ static void test_sliding_window_caps_context(void **state)
     cmocka_unit_test_prestate(fn, (void *)(intptr_t)M_LLAMA3),                           \
         cmocka_unit_test_prestate(fn, (void *)(intptr_t)M_LINEAR),                       \
         cmocka_unit_test_prestate(fn, (void *)(intptr_t)M_QWEN2),                        \
-        cmocka_unit_test_prestate(fn, (void *)(intptr_t)M_QWEN3)
+        cmocka_unit_test_prestate(fn, (void *)(intptr_t)M_QWEN3),                        \
+        cmocka_unit_test_prestate(fn, (void *)(intptr_t)M_PHI3)
 
 int main(void)
 {

@@ -157,16 +157,18 @@ static void test_gradient_matches_finite_differences(void **state)
 
 /* The same check through every architecture's variant (random-weight
  * models of tests/tools/synth_model.c): Llama 3 and linear rope scaling,
- * qwen2 biases with NeoX rotary, qwen3 q/k head norms with q_dim != dim;
- * all with grouped-query attention. */
+ * qwen2 biases with NeoX rotary, qwen3 q/k head norms with q_dim != dim,
+ * phi3's fused matrices; all with grouped-query attention. */
 static void test_gradient_every_architecture(void **state)
 {
     (void)state;
     char dir[] = "/tmp/prefixd-test-backprop-XXXXXX";
     assert_non_null(mkdtemp(dir));
-    for (int which = 0; which < 4; which++) {
+    for (int which = 0; which < 5; which++) {
         synth_spec s = {0};
-        s.arch = which < 2 ? PD_ARCH_LLAMA : which == 2 ? PD_ARCH_QWEN2 : PD_ARCH_QWEN3;
+        static const int arch[5] = {PD_ARCH_LLAMA, PD_ARCH_LLAMA, PD_ARCH_QWEN2, PD_ARCH_QWEN3,
+                                    PD_ARCH_PHI3};
+        s.arch = arch[which];
         s.dim = 24;
         s.hidden_dim = 40;
         s.n_layers = 2;
@@ -181,8 +183,8 @@ static void test_gradient_every_architecture(void **state)
         s.rope_orig_ctx = 48;
         s.biases = which == 1;
         s.head_dim = which == 3 ? 8 : 0; /* q_dim 32 != dim 24 */
-        static const char *const what[4] = {"llama3 rope", "linear rope + biases", "qwen2",
-                                            "qwen3"};
+        static const char *const what[5] = {"llama3 rope", "linear rope + biases", "qwen2",
+                                            "qwen3", "phi3"};
         char path[96];
         snprintf(path, sizeof path, "%s/m.gguf", dir);
         pd_err err;

@@ -596,6 +596,55 @@ static void test_chat_masks_qwen3(void **state)
     pd_tokenizer_free(tok);
 }
 
+/* On the SentencePiece Llama vocabulary (tests/data/vocab) with the
+ * built-in llama2 template: <s> and </s> in the rendered text are control
+ * tokens; the targets are exactly each answer and its </s>. */
+static void test_chat_masks_llama_spm(void **state)
+{
+    (void)state;
+    pd_gguf *g;
+    pd_tokenizer *tok;
+    pd_err err;
+    if (pd_gguf_open("tests/data/vocab/ggml-vocab-llama-spm.gguf", &g, &err) < 0 ||
+        pd_tokenizer_load_gguf(g, &tok, &err) < 0)
+        fail_msg("%s", err.msg);
+    pd_gguf_free(g);
+    const char *line =
+        "{\"messages\": [{\"role\": \"system\", \"content\": \"Be kind.\"},"
+        " {\"role\": \"user\", \"content\": \"Hi there\"},"
+        " {\"role\": \"assistant\", \"content\": \"Hello friend.\"},"
+        " {\"role\": \"user\", \"content\": \"Bye\"},"
+        " {\"role\": \"assistant\", \"content\": \"Goodbye!\"}]}";
+    pd_dataset_params p = params(512, 0);
+    p.chat_template = pd_chat_builtin("llama2");
+    pd_dataset *d;
+    if (pd_dataset_parse(line, strlen(line), "chat.jsonl", tok, &p, &d, &err) < 0)
+        fail_msg("%s", err.msg);
+    const pd_example *ex = &d->ex[0];
+    /* the rendering: <s>[INST] <<SYS>>\nBe kind.\n<</SYS>>\n\nHi there [/INST] Hello
+     * friend. </s><s>[INST] Bye [/INST] Goodbye! </s>, BOS once (the encoder's) */
+    const char *text = "[INST] <<SYS>>\nBe kind.\n<</SYS>>\n\nHi there [/INST] Hello friend. </s>"
+                       "<s>[INST] Bye [/INST] Goodbye! </s>";
+    int32_t want[256];
+    int nw = pd_tokenizer_encode_flags(tok, text, strlen(text), PD_TOK_ADD_SPECIAL | PD_TOK_PARSE_SPECIAL,
+                                       want, 256);
+    assert_int_equal(ex->n, nw);
+    assert_memory_equal(ex->tokens, want, (size_t)nw * sizeof *want);
+    assert_int_equal(ex->tokens[0], pd_tokenizer_bos(tok));
+    /* the target runs, as text: each answer with its end of turn */
+    char runs[256] = "";
+    for (int j = 1; j < ex->n; j++) {
+        if (!ex->loss_mask[j]) {
+            if (ex->loss_mask[j - 1]) strcat(runs, "|");
+            continue;
+        }
+        strcat(runs, pd_tokenizer_token_text(tok, ex->tokens[j]));
+    }
+    assert_string_equal(runs, " Hello friend. </s>| Goodbye! </s>");
+    pd_dataset_free(d);
+    pd_tokenizer_free(tok);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -609,6 +658,7 @@ int main(void)
         cmocka_unit_test(test_chat_masks),
         cmocka_unit_test(test_chat_bad_lines),
         cmocka_unit_test(test_chat_masks_qwen3),
+        cmocka_unit_test(test_chat_masks_llama_spm),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -176,6 +176,19 @@ static void test_semantics(void **state)
     /* a macro sees the scope it is called from; kwargs when read */
     expect_output("{% macro m() %}{{ v }}{{ kwargs.k }}{% endmacro %}{% set v = 'V' %}{{ m(k=1) }}",
                   NULL, "V1");
+    /* count: Jinja's alias of length, which the reference lacks */
+    expect_output("{{ xs | count }} {{ 'abc' | count }} {{ d | count }}", "{\"xs\": [1, 2], \"d\": {}}",
+                  "2 3 0");
+    /* call blocks (outputs from the reference) */
+    expect_output("{% macro wrap(t) %}<{{ t }}:{{ caller() }}>{% endmacro %}{% call wrap('a') %}"
+                  "inner {{ 1 + 1 }}{% endcall %}", NULL, "<a:inner 2>");
+    expect_output("{% macro each(xs) %}{% for x in xs %}{{ caller(x) }}{% endfor %}{% endmacro %}"
+                  "{% set v = 'V' %}{% call(item) each([1,2]) %}[{{ item }}{{ v }}]{% endcall %}",
+                  NULL, "[1V][2V]");
+    expect_output("{% for k, v in d | dictsort %}{{ k }}={{ v }};{% endfor %}|"
+                  "{{ d.dictsort(by='value', reverse=true) }}|{{ d.dictsort(true) }}",
+                  "{\"d\": {\"b\": 2, \"a\": 3, \"C\": 1}}",
+                  "a=3;b=2;C=1;|[[\"a\", 3], [\"b\", 2], [\"C\", 1]]|[[\"C\", 1], [\"a\", 3], [\"b\", 2]]");
     /* tuples cannot be unpacked in for, as in the reference */
     expect_error("{% for a, b in [(1, 2)] %}{{ a }}{% endfor %}", NULL, PD_EINVAL, "line 1, column 8",
                  "TupleValue");
@@ -198,8 +211,10 @@ static void test_syntax_errors(void **state)
     expect_error("{% macro m(a=1, b) %}{% endmacro %}", NULL, PD_EFORMAT, "line 1",
                  "Non-default argument follows default argument");
     expect_error("{{ x[] }}", NULL, PD_EFORMAT, "line 1", "at least one argument");
-    expect_error("{% call m() %}{% endcall %}", NULL, PD_EFORMAT, "line 1, column 4",
-                 "unsupported statement: call");
+    expect_error("{% call 'm'() %}{% endcall %}", NULL, PD_EFORMAT, "line 1",
+                 "Expected identifier following call statement");
+    expect_error("{% with x = 1 %}{% endwith %}", NULL, PD_EFORMAT, "line 1, column 4",
+                 "unsupported statement: with");
     expect_error("{{ a.1.2 if }}", NULL, PD_EFORMAT, "line 1", "");
 }
 

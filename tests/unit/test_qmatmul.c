@@ -121,6 +121,10 @@ static void test_against_double(void **state)
             act_rounded(type, x, xr, T, K);
             pd_wmatmul(NULL, out, x, &W, T);
             const int bs = pd_wmat_act_type(type) == PD_Q_Q8_K ? 256 : 32;
+            /* the float path: no rounding of the input */
+            float *outf = malloc((size_t)T * N * 4);
+            assert_non_null(outf);
+            pd_wmatmul_float(NULL, outf, x, &W, T);
             for (int t = 0; t < T; t++)
                 for (int n = 0; n < N; n++) {
                     double s = 0, a = 0, s0 = 0, bound = 0;
@@ -147,7 +151,12 @@ static void test_against_double(void **state)
                     if (fabs(s - s0) > bound + 1e-12)
                         fail_msg("%s: rounding moved out[%d][%d] by %g > %g", tname(type), t, n,
                                  fabs(s - s0), bound);
+                    double gf = outf[(size_t)t * N + n];
+                    if (fabs(gf - s0) > tol + (K / 8.0 + 3) * ldexp(1.0, -24) * fabs(s0))
+                        fail_msg("%s K=%d float path: out[%d][%d] = %.9g, double %.9g",
+                                 tname(type), K, t, n, gf, s0);
                 }
+            free(outf);
             free(buf);
             free(x);
             free(xr);
@@ -177,13 +186,16 @@ static void test_isas_identical(void **state)
             float *x = rand_floats((size_t)T * K, &seed);
             float *ref = malloc((size_t)T * N * 4), *got = malloc((size_t)T * N * 4);
             assert_true(ref && got);
-            pd_wmatmul_portable(ref, x, &W, T);
-            for (int isa = PD_ISA_AVX2; isa <= best; isa++) {
-                memset(got, 0xff, (size_t)T * N * 4);
-                pd_wmatmul_isa_run(isa, got, x, &W, T);
-                if (memcmp(ref, got, (size_t)T * N * 4) != 0)
-                    fail_msg("%s T=%d: ISA %d differs from the portable kernel", tname(type), T,
-                             isa);
+            /* both paths of the integer types: rounded input and float */
+            for (int fp = 0; fp < (pd_wmat_act_type(type) >= 0 ? 2 : 1); fp++) {
+                pd_wmatmul_isa_run(PD_ISA_PORTABLE, fp, ref, x, &W, T);
+                for (int isa = PD_ISA_AVX2; isa <= best; isa++) {
+                    memset(got, 0xff, (size_t)T * N * 4);
+                    pd_wmatmul_isa_run(isa, fp, got, x, &W, T);
+                    if (memcmp(ref, got, (size_t)T * N * 4) != 0)
+                        fail_msg("%s T=%d float path %d: ISA %d differs from the portable kernel",
+                                 tname(type), T, fp, isa);
+                }
             }
             free(x);
             free(ref);

@@ -7,15 +7,19 @@
  *     its ffn_down rows of 172 stay F16), and its resident weight bytes are
  *     the file's tensor bytes;
  *   - the same weights dequantised into an F32 GGUF (pd_gguf_write_model) give
- *     the same fingerprint and the same logits within 1e-2 of the logit range
- *     (room for kernels that round activations to 8 bits, as ggml's do;
- *     measured: 0, bit-identical, as the kernels dequantise the weights into
- *     registers and sum in pd_matmul's order);
+ *     the same fingerprint and the same logits up to the kernels' rounding
+ *     of the activations to 8 bits per block (ggml's integer dot products):
+ *     relative RMS difference <= 0.03 (measured: 0 for F16/BF16, whose
+ *     kernels convert the weights exactly; 0.004-0.007 on stories260K,
+ *     0.007-0.017 on the synthetic K-quant model);
  *   - greedy generations stay close to the F32 original: tokens equal before
- *     the first divergence over 64 generated tokens from "Once upon a time",
- *     at least the figures measured (deterministic): F16, BF16, Q8_0, Q5_0,
- *     Q6_K (→ Q8_0), Q4_K_M (→ Q5_0) all 64; Q4_0, Q2_K (→ Q4_0) 23; Q5_1,
- *     Q4_1, Q5_K_M (→ Q5_1), Q3_K_M 16;
+ *     the first divergence over 64 generated tokens from "Once upon a time"
+ *     (measured with the integer kernels: F16, BF16, Q8_0, Q6_K (→ Q8_0),
+ *     Q5_K_M (→ Q5_1), Q4_K_M (→ Q5_0) 64; Q5_0 57; Q4_0, Q2_K (→ Q4_0) 23;
+ *     Q5_1, Q4_1, Q3_K_M 16); the test asks for half of that, as a kernel's
+ *     rounding moves the point where a near tie breaks;
+ *   - the K-quant file types on a synthetic Llama with rows of 256: the mix's
+ *     types, the dequantised twin, the logits' distance from F32 per type;
  *   - converting a converted file again: a Q8_0 file requantised to Q8_0 is
  *     byte-identical (the fixed point of the format);
  *   - the mixes' per-tensor choices on a synthetic 8-layer shape with rows of
@@ -43,6 +47,7 @@
 #include "prefixd/quant.h"
 #include "prefixd/quantize.h"
 
+#include "../tools/synth_model.h"
 #include "testutil.h"
 
 static char tmpdir[] = "/tmp/prefixd-test-quant-XXXXXX";
@@ -115,6 +120,22 @@ static void run_all(const pd_model *m, const int32_t *toks, int n, float *out)
     pd_engine_free(e);
 }
 
+/* sqrt(Σ (a - b)²) / sqrt(Σ b²) over n values. */
+static double rel_rms(const float *a, const float *b, size_t n)
+{
+    double d2 = 0, b2 = 0;
+    for (size_t i = 0; i < n; i++) {
+        d2 += ((double)a[i] - b[i]) * ((double)a[i] - b[i]);
+        b2 += (double)b[i] * b[i];
+    }
+    return b2 > 0 ? sqrt(d2 / b2) : sqrt(d2);
+}
+
+/* A quantised model vs the F32 model of its dequantised weights: the kernels
+ * may round the activations to 8 bits per block (ggml's integer dot
+ * products), nothing else. */
+#define TWIN_TOL 0.03
+
 static int argmax(const float *x, int n)
 {
     int best = 0;
@@ -171,19 +192,19 @@ static void test_stories_every_type(void **state)
         /* rows of 64: K-quants fall back to 32-blocks (Q4_K → Q5_0, Q5_K → Q5_1,
          * Q6_K → Q8_0, Q2_K/Q3_K → Q4_0); ffn_down rows of 172 to F16; the tied
          * embedding (the output) Q8_0 in every quantised file */
-        {PD_FTYPE_F16, 0, PD_Q_F16, PD_Q_F16, PD_Q_F16, 64},
-        {PD_FTYPE_BF16, 0, PD_Q_BF16, PD_Q_BF16, PD_Q_BF16, 64},
-        {PD_FTYPE_Q8_0, 0, PD_Q_Q8_0, PD_Q_F16, PD_Q_Q8_0, 64},
-        {PD_FTYPE_Q5_1, 0, PD_Q_Q5_1, PD_Q_F16, PD_Q_Q8_0, 16},
-        {PD_FTYPE_Q5_0, 0, PD_Q_Q5_0, PD_Q_F16, PD_Q_Q8_0, 64},
-        {PD_FTYPE_Q4_1, 0, PD_Q_Q4_1, PD_Q_F16, PD_Q_Q8_0, 16},
-        {PD_FTYPE_Q4_0, 0, PD_Q_Q4_0, PD_Q_F16, PD_Q_Q8_0, 23},
-        {PD_FTYPE_Q6_K, 0, PD_Q_Q8_0, PD_Q_F16, PD_Q_Q8_0, 64},
-        {PD_FTYPE_Q5_K_M, 0, PD_Q_Q5_1, PD_Q_F16, PD_Q_Q8_0, 16},
-        {PD_FTYPE_Q4_K_M, 0, PD_Q_Q5_0, PD_Q_F16, PD_Q_Q8_0, 64},
-        {PD_FTYPE_Q3_K_M, 0, PD_Q_Q4_0, PD_Q_F16, PD_Q_Q8_0, 16},
-        {PD_FTYPE_Q2_K, 0, PD_Q_Q4_0, PD_Q_F16, PD_Q_Q8_0, 23},
-        {PD_FTYPE_Q4_0, 1, PD_Q_Q4_0, PD_Q_F16, PD_Q_Q4_0, 23},
+        {PD_FTYPE_F16, 0, PD_Q_F16, PD_Q_F16, PD_Q_F16, 32},
+        {PD_FTYPE_BF16, 0, PD_Q_BF16, PD_Q_BF16, PD_Q_BF16, 32},
+        {PD_FTYPE_Q8_0, 0, PD_Q_Q8_0, PD_Q_F16, PD_Q_Q8_0, 32},
+        {PD_FTYPE_Q5_1, 0, PD_Q_Q5_1, PD_Q_F16, PD_Q_Q8_0, 8},
+        {PD_FTYPE_Q5_0, 0, PD_Q_Q5_0, PD_Q_F16, PD_Q_Q8_0, 28},
+        {PD_FTYPE_Q4_1, 0, PD_Q_Q4_1, PD_Q_F16, PD_Q_Q8_0, 8},
+        {PD_FTYPE_Q4_0, 0, PD_Q_Q4_0, PD_Q_F16, PD_Q_Q8_0, 12},
+        {PD_FTYPE_Q6_K, 0, PD_Q_Q8_0, PD_Q_F16, PD_Q_Q8_0, 32},
+        {PD_FTYPE_Q5_K_M, 0, PD_Q_Q5_1, PD_Q_F16, PD_Q_Q8_0, 32},
+        {PD_FTYPE_Q4_K_M, 0, PD_Q_Q5_0, PD_Q_F16, PD_Q_Q8_0, 32},
+        {PD_FTYPE_Q3_K_M, 0, PD_Q_Q4_0, PD_Q_F16, PD_Q_Q8_0, 8},
+        {PD_FTYPE_Q2_K, 0, PD_Q_Q4_0, PD_Q_F16, PD_Q_Q8_0, 12},
+        {PD_FTYPE_Q4_0, 1, PD_Q_Q4_0, PD_Q_F16, PD_Q_Q4_0, 12},
     };
     pd_model *ref = test_model_load();
     assert_non_null(ref);
@@ -225,14 +246,10 @@ static void test_stories_every_type(void **state)
         assert_string_equal(q->fingerprint_hex, d->fingerprint_hex);
         run_all(q, want, N, lq);
         run_all(d, want, N, ld);
-        double max_diff = 0, range = 0;
-        for (size_t i = 0; i < (size_t)N * V; i++) {
-            max_diff = fmax(max_diff, fabs((double)lq[i] - ld[i]));
-            range = fmax(range, fabs(ld[i]));
-        }
-        if (max_diff > 1e-2 * range)
-            fail_msg("%s: logits differ from the dequantised F32 model by %.3g (range %.3g)",
-                     fname, max_diff, range);
+        double twin = rel_rms(lq, ld, (size_t)N * V);
+        if (twin > TWIN_TOL)
+            fail_msg("%s: logits differ from the dequantised F32 model by %.4f (relative RMS)",
+                     fname, twin);
 
         /* greedy agreement with the F32 original */
         int32_t got[NP + NG];
@@ -246,6 +263,84 @@ static void test_stories_every_type(void **state)
         pd_model_free(d);
         pd_model_free(q);
     }
+    free(lq);
+    free(ld);
+    pd_model_free(ref);
+}
+
+/* The K-quant file types on a synthetic Llama whose rows allow them (dim
+ * 256, hidden 512, 4 layers, 4 query heads per kv head, untied output): the
+ * mix's types, the dequantised twin (same fingerprint, same logits), and the
+ * logits' distance from the F32 original, relative RMS over 24 positions,
+ * at most the bound per type (measured on these random weights, which
+ * amplify the error more than trained ones: Q6_K 0.046, Q5_K_M 0.081, Q5_K_S
+ * 0.084, Q4_K_M 0.154, Q4_K_S 0.160, Q3_K_L 0.247, Q3_K_M 0.260, Q3_K_S
+ * 0.373, Q2_K 0.451; bounds 1.25x those). */
+static void test_k_quants_synthetic(void **state)
+{
+    (void)state;
+    const synth_spec sp = {.arch = PD_ARCH_LLAMA, .dim = 256, .hidden_dim = 512, .n_layers = 4,
+                           .n_heads = 4, .n_kv_heads = 1, .vocab_size = 512, .seq_len = 64,
+                           .seed = 7};
+    char src[300];
+    path_in(src, sizeof src, "synth-f32.gguf");
+    pd_err err;
+    if (synth_write(&sp, NULL, src, &err) < 0) fail_msg("%s", err.msg);
+    pd_model *ref = load(src);
+    const int V = ref->cfg.vocab_size, N = 24;
+    int32_t toks[24];
+    for (int i = 0; i < N; i++) toks[i] = (int32_t)(3 + (i * 37) % 500);
+    float *lr = malloc((size_t)N * V * sizeof *lr), *lq = malloc((size_t)N * V * sizeof *lq),
+          *ld = malloc((size_t)N * V * sizeof *ld);
+    assert_true(lr && lq && ld);
+    run_all(ref, toks, N, lr);
+    static const struct {
+        int ftype, attn_q, attn_v3, ffn_down3;
+        double max_rel;
+    } cases[] = {
+        /* layer 3 of 4 is a "more bits" layer (i >= 7n/8) */
+        {PD_FTYPE_Q6_K, PD_Q_Q6_K, PD_Q_Q6_K, PD_Q_Q6_K, 0.057},
+        {PD_FTYPE_Q5_K_M, PD_Q_Q5_K, PD_Q_Q6_K, PD_Q_Q6_K, 0.1},
+        {PD_FTYPE_Q5_K_S, PD_Q_Q5_K, PD_Q_Q5_K, PD_Q_Q5_K, 0.105},
+        {PD_FTYPE_Q4_K_M, PD_Q_Q4_K, PD_Q_Q6_K, PD_Q_Q6_K, 0.19},
+        {PD_FTYPE_Q4_K_S, PD_Q_Q4_K, PD_Q_Q5_K, PD_Q_Q4_K, 0.2},
+        {PD_FTYPE_Q3_K_L, PD_Q_Q3_K, PD_Q_Q5_K, PD_Q_Q5_K, 0.31},
+        {PD_FTYPE_Q3_K_M, PD_Q_Q3_K, PD_Q_Q4_K, PD_Q_Q4_K, 0.325},
+        {PD_FTYPE_Q3_K_S, PD_Q_Q3_K, PD_Q_Q3_K, PD_Q_Q3_K, 0.47},
+        {PD_FTYPE_Q2_K, PD_Q_Q2_K, PD_Q_Q4_K, PD_Q_Q3_K, 0.56},
+    };
+    for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
+        const char *fname = pd_ftype_name(cases[k].ftype);
+        char path[300], deq[300], name[64];
+        pd_quantize_params qp = pd_quantize_default_params();
+        qp.ftype = cases[k].ftype;
+        snprintf(name, sizeof name, "synth-%s.gguf", fname);
+        path_in(path, sizeof path, name);
+        if (pd_quantize_gguf(src, path, &qp, NULL, &err) < 0) fail_msg("%s", err.msg);
+        pd_model *q = load(path);
+        assert_int_equal(q->w.layers[2].wq.type, cases[k].attn_q);
+        assert_int_equal(q->w.layers[3].wv.type, cases[k].attn_v3);
+        assert_int_equal(q->w.layers[3].w2.type, cases[k].ffn_down3);
+        assert_int_equal(q->w.wcls.type, PD_Q_Q6_K);
+        snprintf(name, sizeof name, "synth-deq-%s.gguf", fname);
+        path_in(deq, sizeof deq, name);
+        if (pd_gguf_write_model(q, deq, PD_DTYPE_F32, NULL, &err) < 0) fail_msg("%s", err.msg);
+        pd_model *d = load(deq);
+        assert_string_equal(q->fingerprint_hex, d->fingerprint_hex);
+        assert_string_not_equal(q->fingerprint_hex, ref->fingerprint_hex);
+        run_all(q, toks, N, lq);
+        run_all(d, toks, N, ld);
+        double twin = rel_rms(lq, ld, (size_t)N * V), dist = rel_rms(lq, lr, (size_t)N * V);
+        if (twin > TWIN_TOL)
+            fail_msg("%s: logits differ from the dequantised twin by %.4f (relative RMS)", fname,
+                     twin);
+        if (dist > cases[k].max_rel)
+            fail_msg("%s: logits' relative RMS distance from F32 %.4f above %.4f", fname, dist,
+                     cases[k].max_rel);
+        pd_model_free(d);
+        pd_model_free(q);
+    }
+    free(lr);
     free(lq);
     free(ld);
     pd_model_free(ref);
@@ -346,6 +441,49 @@ static void test_mixes(void **state)
     assert_int_equal(pd_ftype_from_name("bf16"), PD_FTYPE_BF16);
     assert_int_equal(pd_ftype_from_name("IQ4_XS"), -1);
     assert_int_equal(pd_ftype_base_type(PD_FTYPE_Q3_K_L), PD_Q_Q3_K);
+}
+
+/* pd_gguf_add_kv copies pairs of every value type (nested arrays, strings,
+ * general.alignment as the writer's alignment) byte for byte. */
+static void test_copy_metadata(void **state)
+{
+    (void)state;
+    pd_gguf *g, *h;
+    pd_gguf_writer *w;
+    pd_err err;
+    assert_int_equal(pd_gguf_open("tests/fuzz/corpus/gguf/every-kv-type.gguf", &g, &err), PD_OK);
+    assert_int_equal(g->alignment, 64);
+    assert_int_equal(pd_gguf_writer_create(&w, &err), PD_OK);
+    for (size_t i = 0; i < g->n_kv; i++) assert_int_equal(pd_gguf_add_kv(w, &g->kv[i], &err), PD_OK);
+    float one[64] = {1};
+    int64_t ne[1] = {64};
+    assert_int_equal(pd_gguf_add_tensor(w, "t", 1, ne, PD_GGML_F32, one, &err), PD_OK);
+    void *buf;
+    size_t n;
+    assert_int_equal(pd_gguf_writer_to_mem(w, &buf, &n, &err), PD_OK);
+    assert_int_equal(pd_gguf_parse(buf, n, "copy", &h, &err), PD_OK);
+    assert_int_equal(h->alignment, 64);
+    assert_int_equal(h->n_kv, g->n_kv);
+    for (size_t i = 0; i < g->n_kv; i++) {
+        const pd_gguf_kv *a = &g->kv[i], *b = &h->kv[i];
+        assert_true(a->key.len == b->key.len && !memcmp(a->key.ptr, b->key.ptr, a->key.len));
+        assert_int_equal(a->type, b->type);
+        if (a->type == PD_GGUF_ARRAY) {
+            assert_int_equal(a->arr_type, b->arr_type);
+            assert_int_equal(a->arr_n, b->arr_n);
+            assert_int_equal(a->arr_bytes, b->arr_bytes);
+            assert_memory_equal(a->arr_data, b->arr_data, a->arr_bytes);
+        } else if (a->type == PD_GGUF_STRING) {
+            assert_true(a->v.s.len == b->v.s.len && !memcmp(a->v.s.ptr, b->v.s.ptr, a->v.s.len));
+        } else {
+            assert_true(a->v.u == b->v.u); /* the 8 bytes of any scalar */
+        }
+    }
+    assert_int_equal(((const float *)pd_gguf_find_tensor(h, "t")->data)[0], 1);
+    pd_gguf_free(h);
+    free(buf);
+    pd_gguf_writer_free(w);
+    pd_gguf_free(g);
 }
 
 /* ---- bad input ---- */
@@ -449,6 +587,7 @@ static void test_bad_input(void **state)
     assert_true(pd_model_load(&mp, &m, &err) < 0);
     assert_non_null(strstr(err.msg, "trunc.gguf"));
     assert_non_null(strstr(err.msg, "tensor"));
+    assert_non_null(strstr(err.msg, "(Q8_0)"));
     free(buf);
 
     /* quantize refuses an input tensor it cannot read */
@@ -470,7 +609,9 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_mixes),
         cmocka_unit_test(test_stories_every_type),
+        cmocka_unit_test(test_k_quants_synthetic),
         cmocka_unit_test(test_requantize_stable),
+        cmocka_unit_test(test_copy_metadata),
         cmocka_unit_test(test_bad_input),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
