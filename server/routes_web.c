@@ -32,7 +32,7 @@ static enum MHD_Result send_asset(http_req *r, const web_asset *a)
 {
     const char *inm =
         MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_IF_NONE_MATCH);
-    int fresh = inm && strstr(inm, a->etag) != NULL;
+    int fresh = inm && (strstr(inm, a->etag) != NULL || !strcmp(inm, "*"));
     struct MHD_Response *resp =
         fresh ? MHD_create_response_from_buffer(0, NULL, MHD_RESPMEM_PERSISTENT)
               : MHD_create_response_from_buffer(a->len, (void *)a->data, MHD_RESPMEM_PERSISTENT);
@@ -53,7 +53,7 @@ static enum MHD_Result send_asset(http_req *r, const web_asset *a)
 enum MHD_Result route_web_index(http_req *r)
 {
     const web_asset *a = find_asset("index.html");
-    if (!a) /* PD_ASSERT-worthy only if the build dropped it; answer clearly */
+    if (!a) /* a build whose asset list lost index.html: say so rather than crash */
         return http_send_error(r, 404, NULL, "unknown_url",
                                "This binary was built without the web console.");
     return send_asset(r, a);
