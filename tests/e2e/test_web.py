@@ -90,7 +90,7 @@ def test_console_in_chromium(tmp_path, registry):
     with keyed(tmp_path, registry) as s:
         p = subprocess.run([node, os.path.join(E2E, "web_console.mjs"), s.url, ADMIN, USER,
                             files["train"], files["valid"], out],
-                           capture_output=True, text=True, timeout=150, cwd=E2E)
+                           capture_output=True, text=True, timeout=420, cwd=E2E)
         print(p.stdout)
         assert p.returncode == 0, f"{p.stdout}\n{p.stderr}\n{s.logs()[-3000:]}"
     for shot in ("tasks", "playground", "jobs", "load", "auth"):
