@@ -22,6 +22,7 @@
 #include <stdint.h>
 
 #include "prefixd/adamw.h"
+#include "prefixd/distill.h"
 #include "prefixd/model.h"
 #include "prefixd/prefix.h"
 
@@ -65,7 +66,21 @@ typedef struct pd_train_params {
     int checkpoint_every;         /* steps between checkpoints (default 20) */
     const char *checkpoint_path;  /* NULL: no checkpoints */
     int n_threads;                /* <= 0: online CPUs */
+    pd_distill_params distill;    /* teacher_prompt set: context distillation (below) */
 } pd_train_params;
+
+/* Context distillation (distill.teacher_prompt set; prefixd/distill.h): the
+ * prefix of num_virtual_tokens slots is trained so that the model with it
+ * predicts what the model after BOS + teacher_prompt predicts. train_path
+ * (optional) and valid_path hold the user inputs the teacher continues
+ * (every line's whole text); without train_path the continuations are
+ * unconditional. The loss is KL(teacher ‖ student) per continuation token
+ * (mixed with ce_weight of cross-entropy in training); valid_loss is the
+ * held-out KL in nats per token and valid_token_accuracy the top-1
+ * agreement with the teacher; base_valid_loss the KL of the base model
+ * without the prompt. The result serves with has_bos = 1 and carries
+ * method "distill" and the distill_* figures in its metadata. Excludes
+ * init_text, init_prefix and prefix_projection. */
 
 /* The learning rate learning_rate 0 means: direct prefixes, and with the
  * projection MLP. Every interface (CLI, HTTP) uses these. */
