@@ -1106,6 +1106,7 @@ int pd_train_run(const pd_model *m, const pd_train_params *p, const pd_train_hoo
                 .trained_tokens = t.trained_tokens,
                 .tokens_per_second = dt > 0 ? (double)(t.trained_tokens - tokens0) / dt : 0.0,
                 .resumed_from = resumed_from,
+                .distill = p->distill.teacher_prompt != NULL,
             };
             hooks->on_progress(&pr, hooks->user_data);
         }

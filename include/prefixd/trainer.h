@@ -108,6 +108,9 @@ typedef struct pd_train_progress {
     uint64_t trained_tokens;      /* tokens processed so far (all epochs) */
     double tokens_per_second;
     int resumed_from;             /* step a checkpoint resumed from, or -1 */
+    int distill;                  /* 1: a distill job: valid_loss is the held-out KL
+                                     (nats/token), valid_token_accuracy the top-1
+                                     agreement with the teacher */
 } pd_train_progress;
 
 typedef void (*pd_train_progress_fn)(const pd_train_progress *p, void *user_data);
