@@ -14,8 +14,12 @@
  * {...}}}` or no method: this server's supervised method is prefix tuning
  * (a task prefix trained on the completions, the base model frozen);
  * "prefix" is accepted as its other name. Any other type is a 400 naming
- * method. Settings (hp_keys below), in the top-level `hyperparameters`
- * and/or the method's (given twice they must agree): OpenAI's n_epochs
+ * method, except "distill": context distillation of a long prompt into the
+ * prefix (its teacher settings, DISTILL_KEYS, only in
+ * method.distill.hyperparameters; resolve_distill checks them and stores
+ * teacher_messages rendered as teacher_prompt; the training file then holds
+ * the user inputs the teacher continues). Settings (hp_keys below), in the
+ * top-level `hyperparameters` and/or the method's (given twice they must agree): OpenAI's n_epochs
  * ("auto" or a count), batch_size, learning_rate_multiplier (multiplies
  * learning_rate, given or default); and learning_rate (default 0.1 for a
  * direct prefix, 1e-2 with prefix_projection: PD_TRAIN_DEFAULT_LR*),
