@@ -125,6 +125,20 @@ def test_same_seed_same_samples_and_bits(server, inputs):
     assert tensors(server, "dog-a") != tensors(server, "dog-c")
 
 
+def test_teacher_messages_render_with_the_template(server, inputs):
+    """teacher_messages: rendered (stories260K has no template: chatml) and stored as
+    teacher_prompt, so GET shows what the teacher runs; the job then trains on it."""
+    msgs = [{"role": "system", "content": TEACHER}]
+    r = distill(server, inputs, "dog-chat", teacher_prompt=None, teacher_messages=msgs,
+                n_epochs=1, n_samples=8, sample_length=8, num_virtual_tokens=4)
+    assert r.status == 200, (r.status, r.body)
+    hp = r.json()["method"]["distill"]["hyperparameters"]
+    assert hp["teacher_prompt"] == f"<|im_start|>system\n{TEACHER}<|im_end|>\n", hp
+    assert hp["teacher_messages"] == msgs
+    job = wait_job(server, r.json()["id"], timeout=TRAIN_TIMEOUT)
+    assert job["status"] == "succeeded", (job, server.logs())
+
+
 @pytest.mark.parametrize("hp,param", [
     ({"teacher_prompt": None}, "teacher_prompt"),
     ({"teacher_messages": [{"role": "system", "content": "x"}]}, "teacher_messages"),
