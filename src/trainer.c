@@ -212,15 +212,19 @@ static int check_params(const pd_model *m, const pd_train_params *p, pd_err *err
             return pd_err_set(err, PD_EINVAL, "distill: prefix_projection, init_text and "
                               "init_from do not apply (the prefix starts from the teacher "
                               "prompt or at random: init)");
-        if (d->n_samples < 2 || d->n_samples > 1000000 || d->sample_length < 2 ||
-            d->sample_length > c->seq_len - 2 || !(d->temperature > 0 && d->temperature <= 100) ||
-            !(d->ce_weight >= 0 && d->ce_weight <= 1) ||
-            (d->init != PD_DISTILL_INIT_PROMPT && d->init != PD_DISTILL_INIT_RANDOM))
-            return pd_err_set(err, PD_EINVAL, "distill: n_samples %d (2 to 1000000), "
-                              "sample_length %d (2 to %d), temperature %g ((0, 100]), ce_weight "
-                              "%g ([0, 1]) or init %d out of range", d->n_samples,
-                              d->sample_length, c->seq_len - 2, d->temperature, d->ce_weight,
-                              d->init);
+#define DRANGE(cond, ...) \
+    if (!(cond)) return pd_err_set(err, PD_EINVAL, "distill: " __VA_ARGS__)
+        DRANGE(d->n_samples >= 2 && d->n_samples <= 1000000, "n_samples %d outside [2, 1000000]",
+               d->n_samples);
+        DRANGE(d->sample_length >= 2 && d->sample_length <= c->seq_len - 2,
+               "sample_length %d outside [2, %d]", d->sample_length, c->seq_len - 2);
+        DRANGE(d->temperature > 0 && d->temperature <= 100, "temperature %g outside (0, 100]",
+               d->temperature);
+        DRANGE(d->ce_weight >= 0 && d->ce_weight <= 1, "ce_weight %g outside [0, 1]",
+               d->ce_weight);
+        DRANGE(d->init == PD_DISTILL_INIT_PROMPT || d->init == PD_DISTILL_INIT_RANDOM,
+               "init %d is not a PD_DISTILL_INIT_ value", d->init);
+#undef DRANGE
     }
 #define RANGE(cond, ...) \
     if (!(cond)) return pd_err_set(err, PD_EINVAL, __VA_ARGS__)
