@@ -26,6 +26,14 @@
  * prompt (ARCHITECTURE.md "Prompt equivalence"). init_text is refused with
  * prefix_projection (no MLP reproduces a given prefix).
  *
+ * Distillation (p->distill.teacher_prompt): the examples are teacher
+ * samples with soft targets (distill.c), BOS first like a dataset's, and
+ * the prefix holds BOS (has_bos = 1) like an init_text one; it starts from
+ * the prompt's compressed KV (pd_distill_init_kv) or at random. The loss is
+ * then KL(teacher ‖ student) (+ ce_weight of cross-entropy in training;
+ * validation is pure KL), valid_token_accuracy the top-1 agreement with the
+ * teacher, and base_loss / base_accuracy the base model's without the prompt.
+ *
  * Losses. train_loss is the mean over the targets of the last epoch;
  * valid_loss the mean over the validation targets with the final prefix;
  * base_valid_loss the same targets under the base model without a prefix

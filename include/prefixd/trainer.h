@@ -11,7 +11,9 @@
  * improving, returning the best evaluated prefix. It checkpoints
  * (parameters, optimiser state, step, RNG, data order) atomically every N
  * steps and resumes from a checkpoint. On success it returns a pd_prefix
- * (source "trained", job id and final losses in its metadata). It runs on the
+ * (source "trained", job id and final losses in its metadata). With
+ * distill.teacher_prompt set it distils that prompt into the prefix instead
+ * (context distillation, below). It runs on the
  * calling thread, in steps; the caller may pause between steps (serving has
  * priority) through the yield callback, and cancel through the flag.
  */
