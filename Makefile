@@ -187,6 +187,7 @@ bench: deps
 	$(BENCH_BIN)
 	$(PYTHON) tests/bench/load.py serve --model $(SYNTH)
 	$(PYTHON) tests/bench/load.py prefix --model $(SYNTH)
+	$(PYTHON) tests/bench/load.py distill --model $(SYNTH)
 	$(PYTHON) tests/bench/load.py hotload --model $(MODEL) --tokenizer $(TOKENIZER)
 	$(PYTHON) tests/bench/load.py registry --model $(MODEL) --tokenizer $(TOKENIZER)
 	$(PYTHON) tests/bench/load.py train --model $(MODEL) --tokenizer $(TOKENIZER)

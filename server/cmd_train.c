@@ -20,6 +20,7 @@
 
 #include "cli.h"
 #include "commands.h"
+#include "prefixd/fsutil.h"
 #include "prefixd/log.h"
 #include "prefixd/trainer.h"
 
@@ -32,10 +33,18 @@ static const char usage[] =
     "                     [--init-from PREFIX.safetensors] [--seed S] [--threads N]\n"
     "                     [--eval-every N] [--patience N] [--checkpoint FILE\n"
     "                     [--checkpoint-every N]] [--skip-bad-lines] [--f16]\n"
+    "       prefixd train --model M --distill-prompt TEXT | --distill-prompt-file F\n"
+    "                     --task NAME --out DIR [--data INPUTS] [--valid INPUTS]\n"
+    "                     [--samples N] [--sample-length N] [--temperature T]\n"
+    "                     [--ce-weight W] [--init-random] [other options as above]\n"
     "defaults: 20 virtual tokens, epochs auto (enough for 250 steps, at most 25),\n"
     "batch 4, lr 0.1 (1e-2 with --projection), warm-up 0.1, linear decay, no early\n"
     "stopping (--patience N: stop after N validations without a lower loss and\n"
-    "keep the best)\n";
+    "keep the best)\n"
+    "distillation (context distillation of a long prompt into P virtual tokens):\n"
+    "64 samples of 32 tokens at temperature 1, ce-weight 0 (pure KL), the prefix\n"
+    "starting from the prompt's BOS and last P-1 positions; --data INPUTS: user\n"
+    "inputs (every line's text) the teacher continues, else unconditional\n";
 
 static atomic_int cancel_flag;
 
@@ -123,6 +132,9 @@ int cmd_train(int argc, char **argv)
          hidden = tp.encoder_hidden_size, threads = 0, eval_every = tp.eval_every,
          ckpt_every = tp.checkpoint_every, patience = 0;
     int f16 = 0;
+    const char *prompt_file = NULL;
+    char *prompt_buf = NULL;
+    long samples = tp.distill.n_samples, sample_len = tp.distill.sample_length;
     for (int i = 1; i < argc; i++) {
         int r;
         if ((r = cli_opt(argc, argv, &i, "--model", &model))) {
@@ -133,6 +145,19 @@ int cmd_train(int argc, char **argv)
         } else if ((r = cli_opt(argc, argv, &i, "--out", &out))) {
         } else if ((r = cli_opt(argc, argv, &i, "--init-text", &tp.init_text))) {
         } else if ((r = cli_opt(argc, argv, &i, "--checkpoint", &tp.checkpoint_path))) {
+        } else if ((r = cli_opt(argc, argv, &i, "--distill-prompt", &tp.distill.teacher_prompt))) {
+        } else if ((r = cli_opt(argc, argv, &i, "--distill-prompt-file", &prompt_file))) {
+        } else if ((r = cli_opt(argc, argv, &i, "--samples", &v))) {
+            if (r > 0 && cli_int("--samples", v, 2, 1000000, &samples) < 0) return 2;
+        } else if ((r = cli_opt(argc, argv, &i, "--sample-length", &v))) {
+            if (r > 0 && cli_int("--sample-length", v, 2, 1 << 20, &sample_len) < 0) return 2;
+        } else if ((r = cli_opt(argc, argv, &i, "--temperature", &v))) {
+            if (r > 0 && cli_float("--temperature", v, 1e-3, 100, &tp.distill.temperature) < 0)
+                return 2;
+        } else if ((r = cli_opt(argc, argv, &i, "--ce-weight", &v))) {
+            if (r > 0 && cli_float("--ce-weight", v, 0, 1, &tp.distill.ce_weight) < 0) return 2;
+        } else if (!strcmp(argv[i], "--init-random")) {
+            tp.distill.init = PD_DISTILL_INIT_RANDOM;
         } else if ((r = cli_opt(argc, argv, &i, "--virtual-tokens", &v))) {
             if (r > 0 && cli_int("--virtual-tokens", v, 1, 1 << 20, &P) < 0) return 2;
         } else if ((r = cli_opt(argc, argv, &i, "--init-from", &init_from))) {
@@ -187,7 +212,26 @@ int cmd_train(int argc, char **argv)
         }
         if (r < 0) return 2;
     }
-    if (!tp.train_path) return cli_fail("train: --data is required") + 1;
+    if (prompt_file && tp.distill.teacher_prompt)
+        return cli_fail("train: --distill-prompt and --distill-prompt-file exclude each other") +
+               1;
+    if (prompt_file) {
+        pd_err ferr;
+        size_t size;
+        if (pd_read_file(prompt_file, 1u << 24, &prompt_buf, &size, &ferr) < 0)
+            return cli_fail("--distill-prompt-file: %s", ferr.msg);
+        if (strlen(prompt_buf) != size) {
+            free(prompt_buf);
+            return cli_fail("--distill-prompt-file: %s holds a NUL byte", prompt_file);
+        }
+        tp.distill.teacher_prompt = prompt_buf;
+    }
+    tp.distill.n_samples = (int)samples;
+    tp.distill.sample_length = (int)sample_len;
+    if (!tp.train_path && !tp.distill.teacher_prompt) {
+        free(prompt_buf);
+        return cli_fail("train: --data is required") + 1;
+    }
     if (!tp.task) return cli_fail("train: --task is required") + 1;
     if (!pd_task_name_valid(tp.task))
         return cli_fail("--task: '%s' is not a valid task name ([A-Za-z0-9][A-Za-z0-9._-]{0,63})",
@@ -244,7 +288,16 @@ int cmd_train(int argc, char **argv)
         const char *bl = pd_prefix_meta_get(pf, "base_valid_loss");
         printf("wrote %s: task %s, %d virtual tokens, %s steps, train loss %s", path, pf->task,
                pf->n_tokens, pd_prefix_meta_get(pf, "steps"), pd_prefix_meta_get(pf, "train_loss"));
-        if (vl && bl) printf(", validation loss %s (base model %s)", vl, bl);
+        const char *kl = pd_prefix_meta_get(pf, "distill_valid_kl");
+        if (kl)
+            printf(", held-out KL %s nats/token (base model without the prompt %s), top-1 "
+                   "agreement %s (base %s), %s prompt tokens", kl,
+                   pd_prefix_meta_get(pf, "distill_base_kl"),
+                   pd_prefix_meta_get(pf, "distill_top1_agreement"),
+                   pd_prefix_meta_get(pf, "distill_base_top1_agreement"),
+                   pd_prefix_meta_get(pf, "distill_prompt_tokens"));
+        else if (vl && bl)
+            printf(", validation loss %s (base model %s)", vl, bl);
         printf("\n");
         if (tp.checkpoint_path) unlink(tp.checkpoint_path); /* the job is done */
         status = 0;
@@ -255,5 +308,6 @@ int cmd_train(int argc, char **argv)
     pd_prefix_release(init);
     pd_model_free(m);
     free(path);
+    free(prompt_buf);
     return status;
 }

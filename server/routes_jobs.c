@@ -14,8 +14,12 @@
  * {...}}}` or no method: this server's supervised method is prefix tuning
  * (a task prefix trained on the completions, the base model frozen);
  * "prefix" is accepted as its other name. Any other type is a 400 naming
- * method. Settings (hp_keys below), in the top-level `hyperparameters`
- * and/or the method's (given twice they must agree): OpenAI's n_epochs
+ * method, except "distill": context distillation of a long prompt into the
+ * prefix (its teacher settings, DISTILL_KEYS, only in
+ * method.distill.hyperparameters; resolve_distill checks them and stores
+ * teacher_messages rendered as teacher_prompt; the training file then holds
+ * the user inputs the teacher continues). Settings (hp_keys below), in the
+ * top-level `hyperparameters` and/or the method's (given twice they must agree): OpenAI's n_epochs
  * ("auto" or a count), batch_size, learning_rate_multiplier (multiplies
  * learning_rate, given or default); and learning_rate (default 0.1 for a
  * direct prefix, 1e-2 with prefix_projection: PD_TRAIN_DEFAULT_LR*),
@@ -39,6 +43,8 @@
 #include <time.h>
 
 #include "http.h"
+#include "prefixd/chat.h"
+#include "worker.h"
 #include "prefixd/log.h"
 
 #define MAX_EPOCHS 1000
@@ -112,12 +118,21 @@ static int real_setting(const json_t *o, const char *key, double hi, double *out
     return 0;
 }
 
-/* Every setting a job takes, in hyperparameters or method.<type>.hyperparameters. */
-static const char *const hp_keys[] = {
-    "n_epochs", "batch_size", "learning_rate_multiplier", "learning_rate",
-    "lr_scheduler_type", "warmup_ratio", "weight_decay", "max_grad_norm", "eval_every",
-    "early_stopping_patience", "num_virtual_tokens", "prefix_projection",
-    "encoder_hidden_size", "init_text", "init_from", NULL};
+/* Every setting a job takes, in hyperparameters or method.<type>.hyperparameters;
+ * a distill job takes the teacher's settings too (DISTILL_KEYS, resolve_distill). */
+#define HP_KEYS                                                                              \
+    "n_epochs", "batch_size", "learning_rate_multiplier", "learning_rate",                  \
+        "lr_scheduler_type", "warmup_ratio", "weight_decay", "max_grad_norm", "eval_every", \
+        "early_stopping_patience", "num_virtual_tokens", "prefix_projection",               \
+        "encoder_hidden_size", "init_text", "init_from"
+#define DISTILL_KEYS                                                                         \
+    "teacher_prompt", "teacher_messages", "n_samples", "sample_length", "temperature",      \
+        "ce_weight", "init"
+static const char *const hp_keys[] = {HP_KEYS, NULL};
+static const char *const hp_keys_distill[] = {HP_KEYS, DISTILL_KEYS, NULL};
+
+/* Soft targets a distill job may hold, in bytes at most (prefixd/distill.h). */
+#define MAX_SOFT_BYTES (2ull << 30)
 
 /* A real setting in [lo, hi] ("auto"/absent leave *out); lo itself only
  * when lo_ok. */
@@ -258,6 +273,138 @@ static json_t *resolve_hp(srv *s, const json_t *g, bad *b)
     return out;
 }
 
+/* The teacher prompt of teacher_messages: the conversation rendered with
+ * the model's chat template (chatml when it has none), without a
+ * generation prompt. New string (free()), or NULL with *b. */
+static char *render_teacher(srv *s, const json_t *messages, bad *b)
+{
+    json_t *norm;
+    pd_err err;
+    if (!json_is_array(messages) || !json_array_size(messages)) {
+        fail(b, "teacher_messages", "teacher_messages must be a non-empty array of messages.");
+        return NULL;
+    }
+    if (pd_chat_normalize(messages, &norm, &err) < 0) {
+        fail(b, "teacher_messages", "teacher_messages: %s", err.msg);
+        return NULL;
+    }
+    const char *tmpl = pd_chat_model_template(s->model->tok);
+    if (!tmpl) tmpl = pd_chat_builtin(PD_CHAT_DEFAULT);
+    pd_chat_params cp = pd_chat_default_params();
+    pd_chat_model_tokens(s->model->tok, &cp);
+    cp.add_generation_prompt = 0;
+    char *out = NULL;
+    if (pd_chat_render(tmpl, norm, &cp, &out, &err) < 0)
+        fail(b, "teacher_messages", "teacher_messages: %s", err.msg);
+    json_decref(norm);
+    return out;
+}
+
+/* A distill job's settings (method.distill.hyperparameters, in g) checked
+ * and resolved into out (which resolve_hp filled); -1 with *b. The teacher
+ * prompt is stored as text (teacher_messages rendered). */
+static int resolve_distill(srv *s, const json_t *g, json_t *out, bad *b)
+{
+    pd_distill_params d = pd_distill_default_params();
+    const pd_config *c = &s->model->cfg;
+    int samples = d.n_samples, len = d.sample_length;
+    double temp = d.temperature, ce = d.ce_weight;
+    if (int_setting(g, "n_samples", 2, 1000000, &samples, b) < 0 ||
+        int_setting(g, "sample_length", 2, c->seq_len - 3, &len, b) < 0 ||
+        range_setting(g, "temperature", 0, 0, 100, &temp, b) < 0 ||
+        range_setting(g, "ce_weight", 0, 1, 1, &ce, b) < 0)
+        return -1;
+    const char *init = "prompt";
+    const json_t *v = json_object_get(g, "init");
+    if (!is_auto(v)) {
+        if (!json_is_string(v) || (strcmp(json_string_value(v), "prompt") &&
+                                   strcmp(json_string_value(v), "random")))
+            return fail(b, "init", "init must be \"prompt\" (the teacher prompt's BOS and last "
+                        "positions) or \"random\".");
+        init = json_string_value(v);
+    }
+    static const char *const excluded[] = {"init_text", "init_from", NULL};
+    for (const char *const *k = excluded; *k; k++)
+        if (json_object_get(g, *k) && !json_is_null(json_object_get(g, *k)))
+            return fail(b, *k, "%s does not apply to a distill job (it starts from the teacher "
+                        "prompt, or at random with init \"random\").", *k);
+    if (json_is_true(json_object_get(g, "prefix_projection")))
+        return fail(b, "prefix_projection", "a distill job trains the prefix directly: "
+                    "prefix_projection must be false.");
+    const json_t *tp = json_object_get(g, "teacher_prompt");
+    const json_t *tm = json_object_get(g, "teacher_messages");
+    if (json_is_null(tp)) tp = NULL;
+    if (json_is_null(tm)) tm = NULL;
+    if (!tp == !tm)
+        return fail(b, tp ? "teacher_messages" : "teacher_prompt",
+                    "a distill job takes the prompt to compress as teacher_prompt (text) or "
+                    "teacher_messages (a conversation), exactly one of them.");
+    char *text = NULL;
+    if (tp) {
+        if (!json_is_string(tp) || !json_string_length(tp) ||
+            strlen(json_string_value(tp)) != json_string_length(tp))
+            return fail(b, "teacher_prompt", "teacher_prompt must be a non-empty string "
+                        "(without NUL characters).");
+        text = strdup(json_string_value(tp));
+        if (!text) return fail(b, NULL, "Out of memory.");
+    } else if (!(text = render_teacher(s, tm, b))) {
+        return -1;
+    }
+    const char *param = tp ? "teacher_prompt" : "teacher_messages";
+    int32_t *tok = malloc((size_t)c->seq_len * sizeof *tok);
+    int n = tok ? pd_tokenizer_encode(s->model->tok, text, strlen(text), 1, 0, tok, c->seq_len)
+                : -1;
+    free(tok);
+    const int P = (int)json_integer_value(json_object_get(out, "num_virtual_tokens"));
+    int rc = 0;
+    if (n < 0 || n + len > c->seq_len - 1)
+        rc = fail(b, param, "%s encodes to %d tokens: with sample_length %d and at least one "
+                  "input token it must fit the context of %d tokens.", param, n, len,
+                  c->seq_len);
+    else if (!strcmp(init, "prompt") && P >= n)
+        rc = fail(b, "num_virtual_tokens", "num_virtual_tokens %d does not compress a teacher "
+                  "prompt of %d tokens: use fewer.", P, n);
+    else if ((unsigned long long)samples * (unsigned long long)(1 + len) *
+                 (unsigned long long)c->vocab_size * 4ull > MAX_SOFT_BYTES)
+        rc = fail(b, "n_samples", "%d samples of %d tokens over a vocabulary of %d need more "
+                  "than %llu MB of soft targets: use fewer samples or shorter ones.", samples,
+                  len, c->vocab_size, MAX_SOFT_BYTES >> 20);
+    if (rc == 0 &&
+        (json_object_set_new(out, "teacher_prompt", json_string(text)) < 0 ||
+         (tm && json_object_set(out, "teacher_messages", (json_t *)tm) < 0) ||
+         json_object_set_new(out, "n_samples", json_integer(samples)) < 0 ||
+         json_object_set_new(out, "sample_length", json_integer(len)) < 0 ||
+         json_object_set_new(out, "temperature", json_real(temp)) < 0 ||
+         json_object_set_new(out, "ce_weight", json_real(ce)) < 0 ||
+         json_object_set_new(out, "init", json_string(init)) < 0))
+        rc = fail(b, NULL, "Out of memory.");
+    free(text);
+    return rc;
+}
+
+int jobs_distill_params(const json_t *mhp, pd_train_params *tp, pd_err *err)
+{
+    const json_t *v = json_is_object(mhp) ? json_object_get(mhp, "teacher_prompt") : NULL;
+    if (!v) return PD_OK; /* not a distill job */
+    pd_distill_params *d = &tp->distill;
+    const json_t *ns = json_object_get(mhp, "n_samples"), *sl = json_object_get(mhp, "sample_length");
+    const json_t *te = json_object_get(mhp, "temperature"), *ce = json_object_get(mhp, "ce_weight");
+    const json_t *in = json_object_get(mhp, "init");
+    if (!json_is_string(v) || !json_is_integer(ns) || !json_is_integer(sl) ||
+        !json_is_number(te) || !json_is_number(ce) || !json_is_string(in))
+        return pd_err_set(err, PD_EINVAL, "distill settings: teacher_prompt, n_samples, "
+                          "sample_length, temperature, ce_weight or init is missing or of the "
+                          "wrong type in the stored job");
+    d->teacher_prompt = json_string_value(v);
+    d->n_samples = (int)json_integer_value(ns);
+    d->sample_length = (int)json_integer_value(sl);
+    d->temperature = json_number_value(te);
+    d->ce_weight = json_number_value(ce);
+    d->init = strcmp(json_string_value(in), "random") ? PD_DISTILL_INIT_PROMPT
+                                                       : PD_DISTILL_INIT_RANDOM;
+    return PD_OK;
+}
+
 /* Checks the request body and builds the job's stored request (new
  * reference) with every setting resolved; NULL with *b filled. */
 static json_t *job_request(srv *s, const json_t *body, bad *b)
@@ -323,10 +470,12 @@ static json_t *job_request(srv *s, const json_t *body, bad *b)
         }
         const json_t *t = json_object_get(method, "type");
         if (!json_is_string(t) ||
-            (strcmp(json_string_value(t), "supervised") && strcmp(json_string_value(t), "prefix"))) {
-            fail(b, "method", "method.type %s%s%s is not supported: this server's method is "
+            (strcmp(json_string_value(t), "supervised") && strcmp(json_string_value(t), "prefix") &&
+             strcmp(json_string_value(t), "distill"))) {
+            fail(b, "method", "method.type %s%s%s is not supported: this server's methods are "
                  "\"supervised\" (prefix tuning: a task prefix trained on the completions with "
-                 "the base model frozen; \"prefix\" is accepted as its other name).",
+                 "the base model frozen; \"prefix\" is accepted as its other name) and "
+                 "\"distill\" (a long prompt compressed into a short prefix).",
                  json_is_string(t) ? "\"" : "", json_is_string(t) ? json_string_value(t)
                                                                    : "(missing)",
                  json_is_string(t) ? "\"" : "");
@@ -363,7 +512,9 @@ static json_t *job_request(srv *s, const json_t *body, bad *b)
         const char *key;
         json_t *v;
         if (!o) continue;
-        if (only_keys(o, hp_keys, i ? "method.hyperparameters" : "hyperparameters", b) < 0) {
+        const int distill = i && !strcmp(type, "distill");
+        if (only_keys(o, distill ? hp_keys_distill : hp_keys,
+                      i ? "method.hyperparameters" : "hyperparameters", b) < 0) {
             json_decref(given);
             return NULL;
         }
@@ -379,6 +530,10 @@ static json_t *job_request(srv *s, const json_t *body, bad *b)
         }
     }
     json_t *resolved = resolve_hp(s, given, b);
+    if (resolved && !strcmp(type, "distill") && resolve_distill(s, given, resolved, b) < 0) {
+        json_decref(resolved);
+        resolved = NULL;
+    }
     json_decref(given);
     if (!resolved) return NULL;
     json_t *common = json_pack("{s:O,s:O,s:O}", "n_epochs", json_object_get(resolved, "n_epochs"),

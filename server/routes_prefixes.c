@@ -106,6 +106,36 @@ static enum MHD_Result send_peft(http_req *r)
     return http_send_response(r, 200, resp);
 }
 
+/* A distilled prefix's figures from its file metadata (trainer.c), as
+ * "distillation": {prompt_tokens, compression, valid_kl, base_kl,
+ * top1_agreement, base_top1_agreement} (numbers; KL in nats per token, base:
+ * the model without the prompt). Loads the prefix when it is not resident
+ * (and counts that as a request); nothing is added when it cannot. */
+static void add_distill_figures(http_req *r, json_t *o)
+{
+    pd_prefix *p;
+    pd_err err;
+    if (pd_registry_acquire(r->s->reg, r->param, &p, &err) < 0) return;
+    const char *method = pd_prefix_meta_get(p, "method");
+    if (method && !strcmp(method, "distill")) {
+        static const char *const keys[][2] = {
+            {"prompt_tokens", "distill_prompt_tokens"}, {"compression", "distill_compression"},
+            {"valid_kl", "distill_valid_kl"},           {"base_kl", "distill_base_kl"},
+            {"top1_agreement", "distill_top1_agreement"},
+            {"base_top1_agreement", "distill_base_top1_agreement"},
+            {"samples", "distill_samples"}};
+        json_t *d = json_object();
+        for (size_t i = 0; d && i < sizeof keys / sizeof *keys; i++) {
+            const char *v = pd_prefix_meta_get(p, keys[i][1]);
+            char *end;
+            double x = v ? strtod(v, &end) : 0.0;
+            if (v && end != v && !*end) json_object_set_new(d, keys[i][0], json_real(x));
+        }
+        if (d) json_object_set_new(o, "distillation", d);
+    }
+    pd_prefix_release(p);
+}
+
 enum MHD_Result route_prefixes_get(http_req *r)
 {
     pd_registry_entry e;
@@ -117,7 +147,9 @@ enum MHD_Result route_prefixes_get(http_req *r)
                                "format must be \"peft\" (a tar of adapter_config.json and "
                                "adapter_model.safetensors), or absent for the JSON entry.");
     if (format) return send_peft(r);
-    return http_send_json(r, 200, prefix_entry_json(&e));
+    json_t *o = prefix_entry_json(&e);
+    if (o && !strcmp(e.source, "trained")) add_distill_figures(r, o);
+    return http_send_json(r, 200, o);
 }
 
 /* The HTTP status of a registry / prefix failure. */

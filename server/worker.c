@@ -303,7 +303,7 @@ int worker_train_params(const json_t *params, const char *job_id, pd_train_param
     if (lr == 0.0)
         lr = tp->prefix_projection ? PD_TRAIN_DEFAULT_LR_PROJECTION : PD_TRAIN_DEFAULT_LR;
     tp->learning_rate = lr * mult;
-    return PD_OK;
+    return jobs_distill_params(mhp, tp, err);
 }
 
 /* The prefix length the job will train with (init_text decides it then;
@@ -465,6 +465,10 @@ static void on_progress(const pd_train_progress *pr, void *user_data)
         json_object_set_new(data, "train_loss", num(pr->train_loss));
         json_object_set_new(data, "valid_loss", num(pr->valid_loss));
         json_object_set_new(data, "valid_token_accuracy", num(pr->valid_token_accuracy));
+        if (pr->distill) { /* the same figures under their distillation names */
+            json_object_set_new(data, "valid_kl", num(pr->valid_loss));
+            json_object_set_new(data, "valid_top1_agreement", num(pr->valid_token_accuracy));
+        }
         json_object_set_new(data, "learning_rate", num(pr->learning_rate));
         json_object_set_new(data, "trained_tokens", json_integer((json_int_t)pr->trained_tokens));
         json_object_set_new(data, "tokens_per_second", num(pr->tokens_per_second));

@@ -115,6 +115,10 @@ void worker_stats_get(worker *w, worker_stats *out);
  * there is none (job_id borrowed too). PD_EINVAL with err naming the field. */
 int worker_train_params(const json_t *params, const char *job_id, pd_train_params *tp,
                         const char **init_from, pd_err *err);
+/* The distill settings of a stored job's method hyperparameters (mhp) into
+ * tp->distill (strings borrowed from mhp); PD_OK without change when the
+ * job is not a distill job (routes_jobs.c, which stores them). */
+int jobs_distill_params(const json_t *mhp, pd_train_params *tp, pd_err *err);
 
 /* Rewrites a data error of the trainer or the validator ("PATH:LINE: what")
  * for a user who never saw PATH: into out (cap bytes) as "NAME line LINE:

@@ -76,6 +76,8 @@ struct pd_backprop {
     float *wdeq;      /* dequantised rows of a weight for pd_wmatmul_t (0 for F32) */
     int *tgt_row;     /* (R) row predicting each target */
     int *tgt_tok;     /* (R) the target token */
+    const float **tgt_soft; /* (R) the target's teacher distribution (V), or NULL */
+    float *tgt_w;     /* (R) the target's cross-entropy weight with soft targets */
     void *block;
 };
 
@@ -134,7 +136,10 @@ int pd_backprop_create(const pd_model *m, int max_rows, int max_prefix, int n_th
     b->att_off = malloc(R * sizeof(size_t));
     b->tgt_row = malloc(R * sizeof(int));
     b->tgt_tok = malloc(R * sizeof(int));
-    if (!b->block || !b->row_start || !b->row_pos || !b->att_off || !b->tgt_row || !b->tgt_tok) {
+    b->tgt_soft = malloc(R * sizeof *b->tgt_soft);
+    b->tgt_w = malloc(R * sizeof(float));
+    if (!b->block || !b->row_start || !b->row_pos || !b->att_off || !b->tgt_row || !b->tgt_tok ||
+        !b->tgt_soft || !b->tgt_w) {
         pd_backprop_free(b);
         return pd_err_set(err, PD_ENOMEM, "out of memory for training activations (%zu MB)",
                           total * 4 >> 20);
@@ -158,6 +163,8 @@ void pd_backprop_free(pd_backprop *b)
     free(b->att_off);
     free(b->tgt_row);
     free(b->tgt_tok);
+    free(b->tgt_soft);
+    free(b->tgt_w);
     free(b);
 }
 
@@ -330,6 +337,9 @@ int pd_backprop_run(pd_backprop *b, const float *keys, const float *values, int 
     size_t off = 0;
     for (int e = 0; e < n_ex; e++) {
         if (ex[e].n < 2) return pd_err_set(err, PD_EINVAL, "example %d has fewer than 2 tokens", e);
+        if (ex[e].soft && !(ex[e].ce_weight >= 0.0f && ex[e].ce_weight <= 1.0f))
+            return pd_err_set(err, PD_EINVAL, "example %d: ce_weight %g outside [0, 1]", e,
+                              (double)ex[e].ce_weight);
         if (ex[e].n > b->max_ctx || P + ex[e].n > c->seq_len)
             return pd_err_set(err, PD_EINVAL,
                               "example %d: %d tokens after a prefix of %d exceed the context %d", e,
@@ -413,6 +423,8 @@ int pd_backprop_run(pd_backprop *b, const float *keys, const float *values, int 
                 if (ex[e].loss_mask[j]) {
                     b->tgt_row[n_t] = r + j - 1; /* the row that predicts token j */
                     b->tgt_tok[n_t] = ex[e].tokens[j];
+                    b->tgt_soft[n_t] = ex[e].soft ? ex[e].soft + (size_t)j * V : NULL;
+                    b->tgt_w[n_t] = ex[e].ce_weight;
                     n_t++;
                 }
             r += ex[e].n;
@@ -434,10 +446,27 @@ int pd_backprop_run(pd_backprop *b, const float *keys, const float *values, int 
                 if (lg[u] > max) max = lg[u];
             double sum = 0.0;
             for (int u = 0; u < V; u++) sum += exp((double)(lg[u] - max));
-            loss += log(sum) + (double)max - (double)lg[target];
+            const double lse = log(sum) + (double)max; /* −log q[u] = lse − lg[u] */
+            const float *soft = b->tgt_soft[c0 + i];
+            if (!soft) {
+                loss += lse - (double)lg[target];
+            } else { /* (1 − w)·KL(p ‖ q) + w·CE */
+                const double w = b->tgt_w[c0 + i];
+                double kl = 0.0;
+                for (int u = 0; u < V; u++)
+                    if (soft[u] > 0.0f)
+                        kl += (double)soft[u] * (log((double)soft[u]) - ((double)lg[u] - lse));
+                loss += (1.0 - w) * kl + w * (lse - (double)lg[target]);
+            }
             if (want_grad) {
                 for (int u = 0; u < V; u++) lg[u] = (float)(exp((double)(lg[u] - max)) / sum);
-                lg[target] -= 1.0f; /* d(cross-entropy)/d(logits) = softmax - onehot */
+                if (!soft) {
+                    lg[target] -= 1.0f; /* d(cross-entropy)/d(logits) = softmax - onehot */
+                } else { /* softmax − (1 − w)·p − w·onehot */
+                    const float w = b->tgt_w[c0 + i];
+                    for (int u = 0; u < V; u++) lg[u] -= (1.0f - w) * soft[u];
+                    lg[target] -= w;
+                }
             }
         }
         if (want_grad) {

@@ -584,8 +584,9 @@ int pd_dataset_parse(const char *data, size_t size, const char *name, const pd_t
     }
     for (int i = 0; i < b.d->n; i++) {
         size_t end = i + 1 < b.d->n ? b.start[i + 1] : b.d->n_tokens;
-        b.d->ex[i] = (pd_example){b.d->tokens + b.start[i], b.d->mask + b.start[i],
-                                  (int)(end - b.start[i])};
+        b.d->ex[i] = (pd_example){.tokens = b.d->tokens + b.start[i],
+                                  .loss_mask = b.d->mask + b.start[i],
+                                  .n = (int)(end - b.start[i])};
     }
     free(b.start);
     pd_jinja_free(b.chat);

@@ -26,6 +26,14 @@
  * prompt (ARCHITECTURE.md "Prompt equivalence"). init_text is refused with
  * prefix_projection (no MLP reproduces a given prefix).
  *
+ * Distillation (p->distill.teacher_prompt): the examples are teacher
+ * samples with soft targets (distill.c), BOS first like a dataset's, and
+ * the prefix holds BOS (has_bos = 1) like an init_text one; it starts from
+ * the prompt's compressed KV (pd_distill_init_kv) or at random. The loss is
+ * then KL(teacher ‖ student) (+ ce_weight of cross-entropy in training;
+ * validation is pure KL), valid_token_accuracy the top-1 agreement with the
+ * teacher, and base_loss / base_accuracy the base model's without the prompt.
+ *
  * Losses. train_loss is the mean over the targets of the last epoch;
  * valid_loss the mean over the validation targets with the final prefix;
  * base_valid_loss the same targets under the base model without a prefix
@@ -45,6 +53,7 @@
 #include "prefixd/backprop.h"
 #include "prefixd/checkpoint.h"
 #include "prefixd/dataset.h"
+#include "prefixd/distill.h"
 #include "prefixd/engine.h"
 #include "prefixd/log.h"
 #include "prefixd/prefix_mlp.h"
@@ -53,7 +62,8 @@
 #define PD_TRAIN_MAX_ROWS 65536
 
 /* Separate generator streams derived from the job's seed. */
-enum { STREAM_SPLIT = 1, STREAM_SHUFFLE = 2, STREAM_INIT = 3 };
+enum { STREAM_SPLIT = 1, STREAM_SHUFFLE = 2, STREAM_INIT = 3, STREAM_SAMPLE = 4,
+       STREAM_SAMPLE_VALID = 5 };
 
 /* Text whose cached keys/values set the scale of a random initialisation. */
 static const char scale_text[] = "Once upon a time, there was a little girl named Lily. "
@@ -89,6 +99,7 @@ pd_train_params pd_train_default_params(void)
         .checkpoint_every = 20,
         .checkpoint_path = NULL,
         .n_threads = 0,
+        .distill = pd_distill_default_params(),
     };
 }
 
@@ -146,6 +157,11 @@ typedef struct trainer {
     int best_step, bad_evals;
     int stopped_early;      /* 1: the run ended before its last step */
     double valid_accuracy, base_loss;
+    /* distillation (p->distill.teacher_prompt set) */
+    int32_t *prompt;        /* (n_prompt) the teacher prompt, BOS first */
+    int n_prompt;
+    pd_distill_data dtrain, dvalid;
+    double base_accuracy;   /* top-1 agreement of the base model without the prompt */
 } trainer;
 
 static void trainer_free(trainer *t)
@@ -169,6 +185,9 @@ static void trainer_free(trainer *t)
     free(t->grad);
     free(t->kv_buf);
     free(t->order);
+    free(t->prompt);
+    pd_distill_free(&t->dtrain);
+    pd_distill_free(&t->dvalid);
 }
 
 static uint64_t mix_seed(uint64_t seed, uint64_t stream)
@@ -191,7 +210,30 @@ static int check_params(const pd_model *m, const pd_train_params *p, pd_err *err
     if (!p->task || !pd_task_name_valid(p->task))
         return pd_err_set(err, PD_EINVAL, "task name '%s' is not valid ([A-Za-z0-9]"
                                           "[A-Za-z0-9._-]{0,63})", p->task ? p->task : "");
-    if (!p->train_path) return pd_err_set(err, PD_EINVAL, "no training file");
+    const pd_distill_params *d = &p->distill;
+    if (!p->train_path && !d->teacher_prompt)
+        return pd_err_set(err, PD_EINVAL, "no training file");
+    if (d->teacher_prompt) {
+        if (!d->teacher_prompt[0])
+            return pd_err_set(err, PD_EINVAL, "distill: teacher_prompt is empty");
+        if (p->prefix_projection || (p->init_text && p->init_text[0]) || p->init_prefix)
+            return pd_err_set(err, PD_EINVAL, "distill: prefix_projection, init_text and "
+                              "init_from do not apply (the prefix starts from the teacher "
+                              "prompt or at random: init)");
+#define DRANGE(cond, ...) \
+    if (!(cond)) return pd_err_set(err, PD_EINVAL, "distill: " __VA_ARGS__)
+        DRANGE(d->n_samples >= 2 && d->n_samples <= 1000000, "n_samples %d outside [2, 1000000]",
+               d->n_samples);
+        DRANGE(d->sample_length >= 2 && d->sample_length <= c->seq_len - 2,
+               "sample_length %d outside [2, %d]", d->sample_length, c->seq_len - 2);
+        DRANGE(d->temperature > 0 && d->temperature <= 100, "temperature %g outside (0, 100]",
+               d->temperature);
+        DRANGE(d->ce_weight >= 0 && d->ce_weight <= 1, "ce_weight %g outside [0, 1]",
+               d->ce_weight);
+        DRANGE(d->init == PD_DISTILL_INIT_PROMPT || d->init == PD_DISTILL_INIT_RANDOM,
+               "init %d is not a PD_DISTILL_INIT_ value", d->init);
+#undef DRANGE
+    }
 #define RANGE(cond, ...) \
     if (!(cond)) return pd_err_set(err, PD_EINVAL, __VA_ARGS__)
     RANGE(p->num_virtual_tokens >= 1 && p->num_virtual_tokens <= c->seq_len - 2,
@@ -244,32 +286,34 @@ static int check_params(const pd_model *m, const pd_train_params *p, pd_err *err
 }
 
 /* The example as trained: without its BOS when the prefix holds one. */
-static pd_example view(const pd_example *e, int has_bos)
+static pd_example view(const pd_example *e, int has_bos, int V)
 {
     if (!has_bos) return *e;
-    return (pd_example){e->tokens + 1, e->loss_mask + 1, e->n - 1};
+    pd_example v = *e;
+    v.tokens++;
+    v.loss_mask++;
+    if (v.soft) v.soft += V;
+    v.n--;
+    return v;
 }
 
-static int load_data(trainer *t, pd_err *err)
+static int engine(trainer *t, pd_err *err);
+
+/* t->train, t->valid, t->valid_base from the training examples src (n_src)
+ * and the validation examples vsrc (n_vsrc), or a split of src when vsrc is
+ * NULL. The examples stay owned by their source. */
+static int assign_examples(trainer *t, const pd_example *src, int n_src, const pd_example *vsrc,
+                           int n_vsrc, pd_err *err)
 {
     const pd_train_params *p = t->p;
-    pd_dataset_params dp = pd_dataset_default_params();
-    dp.max_tokens = t->m->cfg.seq_len - t->P + t->has_bos;
-    dp.first_target = 1 + t->has_bos;
-    dp.skip_bad_lines = p->skip_bad_lines;
-    int rc = pd_dataset_load(p->train_path, t->m->tok, &dp, &t->train_ds, err);
-    if (rc < 0) return rc;
-    if (p->valid_path) {
-        rc = pd_dataset_load(p->valid_path, t->m->tok, &dp, &t->valid_ds, err);
-        if (rc < 0) return rc;
-    }
+    const int V = t->m->cfg.vocab_size;
     int *tr = NULL, *va = NULL, ntr, nva;
-    if (p->valid_path) {
-        ntr = t->train_ds->n;
-        nva = t->valid_ds->n;
+    if (vsrc) {
+        ntr = n_src;
+        nva = n_vsrc;
     } else {
-        rc = pd_dataset_split(t->train_ds->n, p->valid_fraction, mix_seed(p->seed, STREAM_SPLIT),
-                              &tr, &ntr, &va, &nva, err);
+        int rc = pd_dataset_split(n_src, p->valid_fraction, mix_seed(p->seed, STREAM_SPLIT), &tr,
+                                  &ntr, &va, &nva, err);
         if (rc < 0) return rc;
     }
     t->train = malloc((size_t)ntr * sizeof *t->train);
@@ -280,17 +324,93 @@ static int load_data(trainer *t, pd_err *err)
         free(va);
         return pd_err_set(err, PD_ENOMEM, "out of memory");
     }
-    for (int i = 0; i < ntr; i++)
-        t->train[i] = view(&t->train_ds->ex[tr ? tr[i] : i], t->has_bos);
-    const pd_dataset *vd = t->valid_ds ? t->valid_ds : t->train_ds;
+    for (int i = 0; i < ntr; i++) {
+        t->train[i] = view(&src[tr ? tr[i] : i], t->has_bos, V);
+        t->train[i].ce_weight = (float)p->distill.ce_weight; /* with soft targets only */
+    }
+    const pd_example *vd = vsrc ? vsrc : src;
     for (int i = 0; i < nva; i++) {
-        t->valid_base[i] = vd->ex[va ? va[i] : i];
-        t->valid[i] = view(&t->valid_base[i], t->has_bos);
+        t->valid_base[i] = vd[va ? va[i] : i]; /* validation: pure KL with soft targets */
+        t->valid[i] = view(&t->valid_base[i], t->has_bos, V);
     }
     free(tr);
     free(va);
     t->n_train = ntr;
     t->n_valid = nva;
+    return PD_OK;
+}
+
+/* Distillation data: the user's inputs (optional files), continuations
+ * sampled from the teacher (prefixd/distill.h); validation on samples held
+ * out of training (valid_fraction) or sampled after the validation file's
+ * inputs (one sample per input). */
+static int load_distill(trainer *t, pd_err *err)
+{
+    const pd_train_params *p = t->p;
+    const pd_distill_params *dp = &p->distill;
+    pd_dataset_params lp = pd_dataset_default_params();
+    lp.max_tokens = t->m->cfg.seq_len - t->P - dp->sample_length;
+    lp.skip_bad_lines = p->skip_bad_lines;
+    int rc;
+    if (lp.max_tokens < 2)
+        return pd_err_set(err, PD_EINVAL, "distill: sample_length %d leaves no room for inputs",
+                          dp->sample_length);
+    if (p->train_path && (rc = pd_dataset_load(p->train_path, t->m->tok, &lp, &t->train_ds,
+                                               err)) < 0)
+        return rc;
+    if (p->valid_path && (rc = pd_dataset_load(p->valid_path, t->m->tok, &lp, &t->valid_ds,
+                                               err)) < 0)
+        return rc;
+    int max_in = 0;
+    for (int k = 0; k < 2; k++) {
+        const pd_dataset *d = k ? t->valid_ds : t->train_ds;
+        if (d && d->max_len - 1 > max_in) max_in = d->max_len - 1;
+    }
+    if ((rc = pd_distill_prompt_tokens(t->m, dp->teacher_prompt, max_in + dp->sample_length,
+                                       &t->prompt, &t->n_prompt, err)) < 0)
+        return rc;
+    if (dp->init == PD_DISTILL_INIT_PROMPT && t->P >= t->n_prompt)
+        return pd_err_set(err, PD_EINVAL, "distill: num_virtual_tokens %d does not compress a "
+                          "teacher prompt of %d tokens", t->P, t->n_prompt);
+    if ((rc = engine(t, err)) < 0) return rc;
+    rc = pd_distill_build(t->eng, t->m, t->prompt, t->n_prompt,
+                          t->train_ds ? t->train_ds->ex : NULL, t->train_ds ? t->train_ds->n : 0,
+                          dp, mix_seed(p->seed, STREAM_SAMPLE), &t->dtrain, err);
+    if (rc == PD_OK && t->valid_ds) {
+        pd_distill_params vp = *dp;
+        vp.n_samples = t->valid_ds->n;
+        rc = pd_distill_build(t->eng, t->m, t->prompt, t->n_prompt, t->valid_ds->ex,
+                              t->valid_ds->n, &vp, mix_seed(p->seed, STREAM_SAMPLE_VALID),
+                              &t->dvalid, err);
+    }
+    if (rc == PD_OK)
+        rc = assign_examples(t, t->dtrain.ex, t->dtrain.n, t->valid_ds ? t->dvalid.ex : NULL,
+                             t->dvalid.n, err);
+    if (rc < 0) return rc;
+    t->max_len = t->dtrain.max_len > t->dvalid.max_len ? t->dtrain.max_len : t->dvalid.max_len;
+    PD_LOGI("task %s: distilling a prompt of %d tokens into %d virtual tokens: %d teacher "
+            "samples, %d held out", p->task, t->n_prompt, t->P, t->n_train + t->n_valid,
+            t->n_valid);
+    return PD_OK;
+}
+
+static int load_data(trainer *t, pd_err *err)
+{
+    const pd_train_params *p = t->p;
+    if (p->distill.teacher_prompt) return load_distill(t, err);
+    pd_dataset_params dp = pd_dataset_default_params();
+    dp.max_tokens = t->m->cfg.seq_len - t->P + t->has_bos;
+    dp.first_target = 1 + t->has_bos;
+    dp.skip_bad_lines = p->skip_bad_lines;
+    int rc = pd_dataset_load(p->train_path, t->m->tok, &dp, &t->train_ds, err);
+    if (rc < 0) return rc;
+    if (p->valid_path) {
+        rc = pd_dataset_load(p->valid_path, t->m->tok, &dp, &t->valid_ds, err);
+        if (rc < 0) return rc;
+    }
+    rc = assign_examples(t, t->train_ds->ex, t->train_ds->n, t->valid_ds ? t->valid_ds->ex : NULL,
+                         t->valid_ds ? t->valid_ds->n : 0, err);
+    if (rc < 0) return rc;
     t->max_len = t->train_ds->max_len;
     if (t->valid_ds && t->valid_ds->max_len > t->max_len) t->max_len = t->valid_ds->max_len;
     if (t->train_ds->n_skipped || (t->valid_ds && t->valid_ds->n_skipped))
@@ -337,6 +457,14 @@ static uint64_t config_hash(const trainer *t)
     if (p->init_prefix) {
         h = fnv(h, p->init_prefix->keys, t->n_kv * sizeof(float));
         h = fnv(h, p->init_prefix->values, t->n_kv * sizeof(float));
+    } else if (p->distill.teacher_prompt) {
+        const pd_distill_params *d = &p->distill;
+        h = fnv(h, d->teacher_prompt, strlen(d->teacher_prompt) + 1);
+        h = fnv(h, &d->n_samples, sizeof d->n_samples);
+        h = fnv(h, &d->sample_length, sizeof d->sample_length);
+        h = fnv(h, &d->temperature, sizeof d->temperature);
+        h = fnv(h, &d->ce_weight, sizeof d->ce_weight);
+        h = fnv(h, &d->init, sizeof d->init);
     } else if (t->has_bos) {
         h = fnv(h, p->init_text, strlen(p->init_text) + 1);
     }
@@ -353,6 +481,16 @@ static uint64_t config_hash(const trainer *t)
 }
 
 /* ---- initialisation ---- */
+
+/* The job's engine (teacher sampling, initialisation, validation token
+ * accuracy), created on first use. */
+static int engine(trainer *t, pd_err *err)
+{
+    if (t->eng) return PD_OK;
+    pd_engine_params ep = pd_engine_default_params();
+    ep.n_threads = t->p->n_threads;
+    return pd_engine_create(t->m, &ep, &t->eng, err);
+}
 
 /* Standard deviation of a random initialisation, as a fraction of the
  * model's own RMS (see measure_scale): small, so that the untrained prefix
@@ -415,13 +553,16 @@ static int init_random(trainer *t, pd_engine *e, pd_err *err)
 
 static int init_params(trainer *t, pd_err *err)
 {
-    pd_engine *e;
-    pd_engine_params ep = pd_engine_default_params();
-    ep.n_threads = t->p->n_threads;
-    int rc = pd_engine_create(t->m, &ep, &e, err);
+    int rc = engine(t, err);
     if (rc < 0) return rc;
-    t->eng = e; /* kept for the validations' token accuracy */
-    if (t->p->init_prefix) { /* an existing prefix, as it is */
+    pd_engine *e = t->eng;
+    if (t->p->distill.teacher_prompt) {
+        if (t->p->distill.init == PD_DISTILL_INIT_PROMPT)
+            rc = pd_distill_init_kv(e, t->m, t->prompt, t->n_prompt, t->P, t->keys, t->values,
+                                    err);
+        else
+            rc = init_random(t, e, err);
+    } else if (t->p->init_prefix) { /* an existing prefix, as it is */
         memcpy(t->keys, t->p->init_prefix->keys, t->n_kv * sizeof(float));
         memcpy(t->values, t->p->init_prefix->values, t->n_kv * sizeof(float));
     } else if (t->has_bos) { /* init_text: the prompt's own cache */
@@ -453,6 +594,10 @@ static int choose_prefix(trainer *t, pd_err *err)
     const pd_train_params *p = t->p;
     t->P = p->num_virtual_tokens;
     t->has_bos = 0;
+    if (p->distill.teacher_prompt) { /* the prefix stands for BOS + the prompt */
+        t->has_bos = 1;
+        return PD_OK;
+    }
     if (p->init_prefix) {
         t->P = p->init_prefix->n_tokens;
         t->has_bos = p->init_prefix->has_bos;
@@ -628,14 +773,14 @@ static int eval_loss(trainer *t, const float *keys, const float *values, int P,
  * prefix keys/values of P slots: one engine pass per example (the engine
  * computes the same logits as the backprop forward), argmax at every row
  * whose next token is a target (the first maximum on ties). */
-static int eval_accuracy(trainer *t, const float *keys, const float *values, const pd_example *ex,
-                         int n, double *out, pd_err *err)
+static int eval_accuracy(trainer *t, const float *keys, const float *values, int P,
+                         const pd_example *ex, int n, double *out, pd_err *err)
 {
     const int cap = pd_engine_max_tokens(t->eng), V = t->m->cfg.vocab_size;
     long hits = 0, targets = 0;
     for (int i = 0; i < n; i++) {
         const pd_example *e = &ex[i];
-        pd_seq_set_prefix(t->seq, t->P, keys, values);
+        pd_seq_set_prefix(t->seq, P, keys, values);
         for (int j0 = 0; j0 < e->n - 1; j0 += cap) {
             int k = e->n - 1 - j0 < cap ? e->n - 1 - j0 : cap;
             for (int j = 0; j < k; j++) {
@@ -655,7 +800,14 @@ static int eval_accuracy(trainer *t, const float *keys, const float *values, con
                 int best = 0;
                 for (int v = 1; v < V; v++)
                     if (l[v] > l[best]) best = v;
-                hits += best == e->tokens[j0 + j + 1];
+                int want = e->tokens[j0 + j + 1];
+                if (e->soft) { /* distillation: the teacher's own top choice */
+                    const float *p = e->soft + (size_t)(j0 + j + 1) * V;
+                    want = 0;
+                    for (int v = 1; v < V; v++)
+                        if (p[v] > p[want]) want = v;
+                }
+                hits += best == want;
                 targets++;
             }
         }
@@ -727,6 +879,31 @@ static int meta_num(pd_prefix *pf, const char *key, const char *fmt, double v, p
     return pd_prefix_meta_set(pf, key, buf, err);
 }
 
+/* A distilled prefix's figures: held-out KL(teacher ‖ student) in nats per
+ * token and top-1 agreement with the teacher, the same for the base model
+ * without the prompt, and the compression. */
+static int build_distill_meta(const trainer *t, pd_prefix *pf, pd_err *err)
+{
+    const pd_distill_params *d = &t->p->distill;
+    int rc = pd_prefix_meta_set(pf, "method", "distill", err);
+    if (rc == PD_OK) rc = meta_num(pf, "distill_prompt_tokens", "%.0f", t->n_prompt, err);
+    if (rc == PD_OK)
+        rc = meta_num(pf, "distill_compression", "%.2f", (double)t->n_prompt / t->P, err);
+    if (rc == PD_OK) rc = meta_num(pf, "distill_samples", "%.0f", d->n_samples, err);
+    if (rc == PD_OK) rc = meta_num(pf, "distill_sample_length", "%.0f", d->sample_length, err);
+    if (rc == PD_OK) rc = meta_num(pf, "distill_temperature", "%g", d->temperature, err);
+    if (rc == PD_OK) rc = meta_num(pf, "distill_ce_weight", "%g", d->ce_weight, err);
+    if (rc == PD_OK && t->n_valid) {
+        rc = meta_num(pf, "distill_valid_kl", "%.6f", t->valid_loss, err);
+        if (rc == PD_OK) rc = meta_num(pf, "distill_base_kl", "%.6f", t->base_loss, err);
+        if (rc == PD_OK && isfinite(t->valid_accuracy))
+            rc = meta_num(pf, "distill_top1_agreement", "%.6f", t->valid_accuracy, err);
+        if (rc == PD_OK && isfinite(t->base_accuracy))
+            rc = meta_num(pf, "distill_base_top1_agreement", "%.6f", t->base_accuracy, err);
+    }
+    return rc;
+}
+
 /* The prefix of the current keys/values named task, with the run's figures
  * in its metadata (the keys/values must be materialised). */
 static int build_prefix(trainer *t, const char *task, pd_prefix **out, pd_err *err)
@@ -762,9 +939,13 @@ static int build_prefix(trainer *t, const char *task, pd_prefix **out, pd_err *e
     if (rc == PD_OK)
         rc = pd_prefix_meta_set(pf, "prefix_projection", t->proj ? "true" : "false", err);
     if (rc == PD_OK) rc = meta_num(pf, "schedule", "%.0f", p->schedule, err);
+    const int distill = p->distill.teacher_prompt != NULL;
     if (rc == PD_OK)
-        rc = pd_prefix_meta_set(pf, "init", p->init_prefix ? "prefix"
+        rc = pd_prefix_meta_set(pf, "init", distill ? (p->distill.init == PD_DISTILL_INIT_PROMPT
+                                                           ? "prompt" : "random")
+                                            : p->init_prefix ? "prefix"
                                             : t->has_bos  ? "text" : "random", err);
+    if (rc == PD_OK && distill) rc = build_distill_meta(t, pf, err);
     if (rc < 0) {
         pd_prefix_release(pf);
         return rc;
@@ -788,7 +969,7 @@ static int validate(trainer *t, double *acc, pd_err *err)
     materialise(t);
     double loss;
     int rc = eval_loss(t, t->keys, t->values, t->P, t->valid, t->n_valid, &loss, err);
-    if (rc == PD_OK) rc = eval_accuracy(t, t->keys, t->values, t->valid, t->n_valid, acc, err);
+    if (rc == PD_OK) rc = eval_accuracy(t, t->keys, t->values, t->P, t->valid, t->n_valid, acc, err);
     if (rc < 0) return rc;
     t->valid_loss = loss;
     t->valid_accuracy = *acc;
@@ -823,7 +1004,7 @@ int pd_train_run(const pd_model *m, const pd_train_params *p, const pd_train_hoo
     if (rc < 0) return rc;
     trainer t = {.m = m, .p = p, .proj = p->prefix_projection != 0, .valid_loss = NAN,
                  .best_valid_loss = NAN, .best_step = -1, .valid_accuracy = NAN,
-                 .base_loss = NAN};
+                 .base_loss = NAN, .base_accuracy = NAN};
     pd_example *batch = NULL;
     if ((rc = choose_prefix(&t, err)) < 0 || (rc = load_data(&t, err)) < 0 ||
         (rc = alloc_params(&t, err)) < 0)
@@ -871,6 +1052,10 @@ int pd_train_run(const pd_model *m, const pd_train_params *p, const pd_train_hoo
                                      err)) < 0)
         goto done;
     t.base_loss = base_loss;
+    if (t.n_valid && p->distill.teacher_prompt &&
+        (rc = eval_accuracy(&t, NULL, NULL, 0, t.valid_base, t.n_valid, &t.base_accuracy,
+                            err)) < 0)
+        goto done;
     PD_LOGI("task %s: %d training and %d validation examples, %d virtual tokens, %d steps, "
             "%zu parameters; base model validation loss %.4f", p->task, t.n_train, t.n_valid,
             t.P, t.sched.total_steps, t.n_params, base_loss);
@@ -933,6 +1118,7 @@ int pd_train_run(const pd_model *m, const pd_train_params *p, const pd_train_hoo
                 .trained_tokens = t.trained_tokens,
                 .tokens_per_second = dt > 0 ? (double)(t.trained_tokens - tokens0) / dt : 0.0,
                 .resumed_from = resumed_from,
+                .distill = p->distill.teacher_prompt != NULL,
             };
             hooks->on_progress(&pr, hooks->user_data);
         }
@@ -952,7 +1138,7 @@ int pd_train_run(const pd_model *m, const pd_train_params *p, const pd_train_hoo
         memcpy(t.params, t.best, t.n_params * sizeof(float));
         materialise(&t);
         double acc;
-        if ((rc = eval_accuracy(&t, t.keys, t.values, t.valid, t.n_valid, &acc, err)) < 0)
+        if ((rc = eval_accuracy(&t, t.keys, t.values, t.P, t.valid, t.n_valid, &acc, err)) < 0)
             goto done;
         t.valid_loss = t.best_valid_loss;
         t.valid_accuracy = acc;

@@ -8,6 +8,14 @@
  * Token j of an example (j >= 1) is a target when loss_mask[j] is set: the
  * loss is the cross-entropy of predicting tokens[j] from row j - 1.
  *
+ * Distillation: an example with soft targets (soft != NULL) is scored
+ * against a teacher's distribution p_j = soft[j·V ..] (V = vocab_size, a
+ * probability vector summing to 1) instead of the one-hot tokens[j]:
+ *   loss_j = (1 − w)·KL(p_j ‖ q_j) + w·(−log q_j[tokens[j]]),  w = ce_weight,
+ * q_j = softmax(student logits of row j − 1); its gradient with respect to
+ * those logits is q_j − (1 − w)·p_j − w·onehot(tokens[j]). KL terms with
+ * p = 0 are 0.
+ *
  * pd_backprop_run() returns the SUM of the target cross-entropies and the
  * number of targets, and ADDS d(sum)/d(keys), d(sum)/d(values) into dkeys,
  * dvalues (the caller zeroes them and scales by 1/n_targets for a mean). The
@@ -31,6 +39,9 @@ typedef struct pd_example {
     const int32_t *tokens;    /* (n) token ids, BOS first as served */
     const uint8_t *loss_mask; /* (n) 1: tokens[j] is a target; [0] is ignored */
     int n;                    /* >= 2 */
+    const float *soft;        /* (n, V) teacher probabilities, row j for target j
+                                 (rows of non-targets unused), or NULL: one-hot */
+    float ce_weight;          /* with soft: w above, in [0, 1] (0: pure KL) */
 } pd_example;
 
 typedef struct pd_backprop pd_backprop;

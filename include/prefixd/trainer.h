@@ -11,7 +11,9 @@
  * improving, returning the best evaluated prefix. It checkpoints
  * (parameters, optimiser state, step, RNG, data order) atomically every N
  * steps and resumes from a checkpoint. On success it returns a pd_prefix
- * (source "trained", job id and final losses in its metadata). It runs on the
+ * (source "trained", job id and final losses in its metadata). With
+ * distill.teacher_prompt set it distils that prompt into the prefix instead
+ * (context distillation, below). It runs on the
  * calling thread, in steps; the caller may pause between steps (serving has
  * priority) through the yield callback, and cancel through the flag.
  */
@@ -22,6 +24,7 @@
 #include <stdint.h>
 
 #include "prefixd/adamw.h"
+#include "prefixd/distill.h"
 #include "prefixd/model.h"
 #include "prefixd/prefix.h"
 
@@ -65,7 +68,21 @@ typedef struct pd_train_params {
     int checkpoint_every;         /* steps between checkpoints (default 20) */
     const char *checkpoint_path;  /* NULL: no checkpoints */
     int n_threads;                /* <= 0: online CPUs */
+    pd_distill_params distill;    /* teacher_prompt set: context distillation (below) */
 } pd_train_params;
+
+/* Context distillation (distill.teacher_prompt set; prefixd/distill.h): the
+ * prefix of num_virtual_tokens slots is trained so that the model with it
+ * predicts what the model after BOS + teacher_prompt predicts. train_path
+ * (optional) and valid_path hold the user inputs the teacher continues
+ * (every line's whole text); without train_path the continuations are
+ * unconditional. The loss is KL(teacher ‖ student) per continuation token
+ * (mixed with ce_weight of cross-entropy in training); valid_loss is the
+ * held-out KL in nats per token and valid_token_accuracy the top-1
+ * agreement with the teacher; base_valid_loss the KL of the base model
+ * without the prompt. The result serves with has_bos = 1 and carries
+ * method "distill" and the distill_* figures in its metadata. Excludes
+ * init_text, init_prefix and prefix_projection. */
 
 /* The learning rate learning_rate 0 means: direct prefixes, and with the
  * projection MLP. Every interface (CLI, HTTP) uses these. */
@@ -93,6 +110,9 @@ typedef struct pd_train_progress {
     uint64_t trained_tokens;      /* tokens processed so far (all epochs) */
     double tokens_per_second;
     int resumed_from;             /* step a checkpoint resumed from, or -1 */
+    int distill;                  /* 1: a distill job: valid_loss is the held-out KL
+                                     (nats/token), valid_token_accuracy the top-1
+                                     agreement with the teacher */
 } pd_train_progress;
 
 typedef void (*pd_train_progress_fn)(const pd_train_progress *p, void *user_data);

@@ -18,6 +18,12 @@ loopback, figures and same-run ratios, no assertions.
   load.py registry --model M --tokenizer T   10,000 registered prefixes: start-up
                                              time, resident bytes per prefix vs
                                              raw tensor bytes, lookup latency
+  load.py distill --model M [--tokenizer T] [--prompt-tokens N] [--slots P]
+                                             a long prompt (about N tokens) as a
+                                             hard prompt vs distilled into a P-slot
+                                             prefix (`prefixd train --distill-prompt`,
+                                             a small job: speed only): time to
+                                             first token, prefill and decode tok/s
 
 Only 127.0.0.1; every loop is bounded in count and time."""
 import argparse
@@ -405,10 +411,79 @@ def cmd_trainspeed(a):
           f" compare with the sgemm peak printed by prefixd-bench above")
 
 
+def long_prompt(n_words, seed=1):
+    """A long instruction-like prompt of about n_words words (seeded)."""
+    import random
+    rnd = random.Random(seed)
+    words = ["you", "are", "a", "helpful", "assistant", "always", "answer", "in", "short",
+             "sentences", "about", "the", "story", "of", "little", "dog", "and", "his", "red",
+             "ball", "never", "use", "long", "words", "be", "kind", "to", "every", "reader"]
+    out = []
+    while len(out) < n_words:
+        out.extend(rnd.choice(words) for _ in range(rnd.randint(6, 14)))
+        out[-1] += "."
+    return " ".join(out)
+
+
+def cmd_distill(a):
+    import re
+    tmp = tempfile.mkdtemp(prefix="prefixd-bench-")
+    try:
+        reg = os.path.join(tmp, "registry")
+        os.makedirs(reg)
+        prompt = long_prompt(a.prompt_tokens * 3 // 4)
+        pf = os.path.join(tmp, "prompt.txt")
+        with open(pf, "w") as f:
+            f.write(prompt)
+        t0 = time.perf_counter()
+        p = subprocess.run([BIN, "train", "--model", a.model] +
+                           (["--tokenizer", a.tokenizer] if a.tokenizer else []) +
+                           ["--distill-prompt-file", pf, "--task", "distilled", "--out", reg,
+                            "--virtual-tokens", str(a.slots), "--samples", "4",
+                            "--sample-length", "8", "--epochs", "1", "--batch-size", "2"],
+                           capture_output=True, text=True, timeout=3600)
+        train_s = time.perf_counter() - t0
+        if p.returncode != 0:
+            print("distill: prefixd train failed:", p.stderr[-500:])
+            return
+        n_prompt = int(re.search(r"distilling a prompt of (\d+) tokens", p.stderr).group(1))
+        srv = Server(tmp, a.model, a.tokenizer, reg)
+        try:
+            base_id = json.loads(srv.req("GET", "/v1/models")[1])["data"][0]["id"]
+            res = {}
+            for name, model, text in (("hard prompt", base_id, prompt + " One day"),
+                                      ("distilled", "distilled", " One day")):
+                best = None
+                for i in range(3):
+                    r = srv.stream({"model": model, "prompt": text, "max_tokens": a.max_tokens,
+                                    "temperature": 0.8, "seed": 1 + i})
+                    if r and r[0] > r[1] and r[2] > 1:
+                        cur = (r[1], (r[2] - 1) / (r[0] - r[1]))  # ttft, decode rate
+                        best = cur if best is None else (min(best[0], cur[0]), max(best[1], cur[1]))
+                res[name] = best
+        finally:
+            srv.stop()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    hard, dist = res["hard prompt"], res["distilled"]
+    if not hard or not dist:
+        print("distill: a completion failed")
+        return
+    print(f"distillation, {os.path.basename(a.model)}: a {n_prompt}-token prompt vs a "
+          f"{a.slots}-slot distilled prefix (distill job of 4 samples x 8 tokens, 1 epoch: "
+          f"{train_s:.1f} s with loading)")
+    print(f"  hard prompt: time to first token {hard[0] * 1e3:.0f} ms "
+          f"({n_prompt / hard[0]:.0f} prompt tok/s prefill), decode {hard[1]:.1f} tok/s")
+    print(f"  distilled:   time to first token {dist[0] * 1e3:.0f} ms, decode {dist[1]:.1f} tok/s")
+    print(f"  time to first token / {hard[0] / dist[0]:.1f}, decode x {dist[1] / hard[1]:.2f}, "
+          f"KV per request / {(n_prompt + a.max_tokens) / (a.slots + a.max_tokens):.1f} "
+          f"(prompt tokens + {a.max_tokens} generated vs slots + {a.max_tokens})")
+
+
 def main():
     ap = argparse.ArgumentParser()
     sub = ap.add_subparsers(dest="cmd", required=True)
-    for name in ("serve", "train", "hotload", "prefix", "registry", "trainspeed"):
+    for name in ("serve", "train", "hotload", "prefix", "registry", "trainspeed", "distill"):
         p = sub.add_parser(name)
         p.add_argument("--model", required=True)
         p.add_argument("--tokenizer")
@@ -419,9 +494,11 @@ def main():
         p.add_argument("--n", type=int, default=10000)
         p.add_argument("--lines", type=int, default=64)
         p.add_argument("--params", type=float, default=0.26e6)
+        p.add_argument("--prompt-tokens", type=int, default=800)
+        p.add_argument("--slots", type=int, default=16)
     a = ap.parse_args()
     {"serve": cmd_serve, "train": cmd_train, "hotload": cmd_hotload, "prefix": cmd_prefix,
-     "registry": cmd_registry, "trainspeed": cmd_trainspeed}[a.cmd](a)
+     "registry": cmd_registry, "trainspeed": cmd_trainspeed, "distill": cmd_distill}[a.cmd](a)
 
 
 if __name__ == "__main__":

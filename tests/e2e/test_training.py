@@ -275,7 +275,8 @@ def test_job_request_errors(server, dragon):
     bad(400, "n_epochs", training_file=train, hyperparameters={"n_epochs": 0})
     bad(400, "hyperparameters", training_file=train, hyperparameters={"epochs": 3})
     bad(400, "method", training_file=train, method={"type": "dpo"})
-    bad(400, "method", training_file=train, method={"type": "distill"})
+    # distill is a method now: without its teacher prompt, that is what is missing
+    bad(400, "teacher_prompt", training_file=train, method={"type": "distill"})
     bad(400, "method", training_file=train,
         method={"type": "supervised", "prefix": {"hyperparameters": {}}})
     bad(400, "num_virtual_tokens", training_file=train,

@@ -90,7 +90,7 @@ static void check_gradient(const pd_model *m, const char *what, const int32_t *t
         kd[i] = keys[i];
         vd[i] = values[i];
     }
-    pd_example ex[2] = {{t1, m1, n1}, {t2, m2, n2}};
+    pd_example ex[2] = {{.tokens = t1, .loss_mask = m1, .n = n1}, {.tokens = t2, .loss_mask = m2, .n = n2}};
     int want_targets = 0;
     for (int i = 1; i < n1; i++) want_targets += m1[i] != 0;
     for (int i = 1; i < n2; i++) want_targets += m2[i] != 0;
@@ -282,7 +282,7 @@ static void test_projection_gradient_matches_finite_differences(void **state)
     int n1 = pd_tokenizer_encode(model->tok, "Lily went to the park.", 22, 1, 0, t1, 12);
     uint8_t m1[12];
     memset(m1, 1, sizeof m1);
-    pd_example ex = {t1, m1, n1};
+    pd_example ex = {.tokens = t1, .loss_mask = m1, .n = n1};
     pd_backprop *b;
     assert_int_equal(pd_backprop_create(model, 16, 4, 1, &b, NULL), PD_OK);
     pd_prefix_mlp_forward(&mlp, prm, keys, values);
@@ -346,7 +346,7 @@ static void test_packing_and_engine_agreement(void **state)
     uint8_t ma[16], mb[16];
     memset(ma, 1, sizeof ma);
     memset(mb, 1, sizeof mb);
-    pd_example ex[2] = {{a, ma, na}, {bb, mb, nb}};
+    pd_example ex[2] = {{.tokens = a, .loss_mask = ma, .n = na}, {.tokens = bb, .loss_mask = mb, .n = nb}};
     pd_backprop *b;
     assert_int_equal(pd_backprop_create(model, 64, 8, 0, &b, NULL), PD_OK);
     double l_both, l_a, l_b;
@@ -406,7 +406,7 @@ static void test_bad_batches(void **state)
     double loss;
     int nt;
     pd_err err;
-    pd_example big = {t, m, 10}, one = {t, m, 1}, oov = {bad, m, 2};
+    pd_example big = {.tokens = t, .loss_mask = m, .n = 10}, one = {.tokens = t, .loss_mask = m, .n = 1}, oov = {.tokens = bad, .loss_mask = m, .n = 2};
     assert_int_equal(pd_backprop_run(b, k, v, 2, &big, 1, NULL, NULL, &loss, &nt, &err), PD_EINVAL);
     assert_int_equal(pd_backprop_run(b, k, v, 2, &one, 1, NULL, NULL, &loss, &nt, &err), PD_EINVAL);
     assert_int_equal(pd_backprop_run(b, k, v, 2, &oov, 1, NULL, NULL, &loss, &nt, &err), PD_EINVAL);

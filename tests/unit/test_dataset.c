@@ -144,7 +144,7 @@ static void test_one_encoding(void **state)
         if (mk[j] && first < 0) first = j;
     assert_true(first > 1);
     for (int j = first; j < n; j++) assert_int_equal(mk[j], 1);
-    pd_example ex = {t, mk, n};
+    pd_example ex = {.tokens = t, .loss_mask = mk, .n = n};
     char buf[256];
     decode_targets(&ex, buf, sizeof buf);
     assert_string_equal(buf, completion);
@@ -176,7 +176,7 @@ static void test_straddling_token(void **state)
     assert_int_equal(pd_dataset_encode(model->tok, prompt, strlen(prompt), completion,
                                        strlen(completion), 1, &t, &mk, &n, &err),
                      PD_OK);
-    pd_example ex = {t, mk, n};
+    pd_example ex = {.tokens = t, .loss_mask = mk, .n = n};
     char buf[128];
     decode_targets(&ex, buf, sizeof buf);
     size_t bl = strlen(buf), cl = strlen(completion);
