@@ -52,6 +52,11 @@ typedef struct worker_params {
     int eval_every;           /* steps between validation losses */
     int metrics_every;        /* steps between metrics events (>= 1) */
     int max_pause_ms;         /* longest pause at one step boundary while busy */
+    int poll_ms;              /* look for work this often (jobs other replicas queued,
+                                 or whose replica died); 0: 30 s */
+    int lease_s;              /* the store's lease length (renewed every third of it) */
+    int training_jobs;        /* 0: this replica validates but never trains; 1: one
+                                 job at a time */
 } worker_params;
 
 /* A new, idle worker (params copied). PD_ENOMEM / PD_ESYS with err. */
