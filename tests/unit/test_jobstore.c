@@ -113,7 +113,7 @@ static int teardown(void **state)
 {
     fixture *f = *state;
     nftw(f->root, rm_one, 16, FTW_DEPTH | FTW_PHYS);
-    if (f->db[0]) pg_run("DROP SCHEMA %s CASCADE", f->db);
+    if (f->db[0]) pg_run("SET client_min_messages = warning; DROP SCHEMA %s CASCADE", f->db);
     free(f);
     return 0;
 }
