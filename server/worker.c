@@ -17,6 +17,17 @@
  * So at most one job trains at a time, and the loop stays free for the
  * registry watcher while a job trains for minutes.
  *
+ * Replicas (a job store on PostgreSQL, pd_jobstore_shared): the timer polls
+ * every poll_ms for jobs other replicas queued or let go, and rescans for
+ * jobs left validating; next_runnable claims a job with a lease, and the
+ * yield hook renews it (every third of the lease, at most every
+ * CANCEL_POLL_S) together with reading the cancel flag, so a cancel sent to
+ * any replica stops the job here. A renewal that finds the lease taken
+ * stops the job without writing anything more to it (the replica that took
+ * it over owns its outcome); a shutdown releases the lease so another
+ * replica resumes the job at once. training_jobs 0 makes a replica that
+ * validates but never trains.
+ *
  * Serving has priority. The training thread (and the backprop and engine
  * threads it creates, which inherit it) runs at a higher nice value, and the
  * trainer's yield hook, called between steps, sleeps in 2 ms slices while
@@ -171,7 +182,8 @@ static int set_status(worker *w, const char *id, pd_job_status status, const cha
     pd_err err;
     pd_jobstore_job_error je = {code, message, param};
     int rc = pd_jobstore_job_set_status(w->p.js, id, status, message ? &je : NULL, &err);
-    if (rc == PD_EINVAL || rc == PD_ENOTFOUND)
+    /* PD_EBUSY: another replica moved it first (a shared store) */
+    if (rc == PD_EINVAL || rc == PD_ENOTFOUND || rc == PD_EBUSY)
         PD_LOGI("training worker: job %s: not %s: %s", id, pd_job_status_name(status), err.msg);
     else if (rc < 0)
         store_failed(w, "setting a job's status", &err);
@@ -1026,7 +1038,16 @@ static void dispatch_all(worker *w)
 }
 
 static void on_wake(uv_async_t *a) { dispatch_all(a->data); }
-static void on_timer(uv_timer_t *t) { dispatch_all(t->data); }
+static void on_timer(uv_timer_t *t)
+{
+    worker *w = t->data;
+    if (pd_jobstore_shared(w->p.js)) { /* jobs other replicas took and did not validate */
+        pthread_mutex_lock(&w->mu);
+        w->rescan = 1;
+        pthread_mutex_unlock(&w->mu);
+    }
+    dispatch_all(w);
+}
 
 static void lane_done(uv_work_t *req, int status)
 {

@@ -22,7 +22,11 @@
  * interrupted by a crash or a shutdown: it runs again and the trainer
  * resumes it from its checkpoint. worker_stop() stops the job in flight at
  * its next step boundary and leaves it running in the store (the next start
- * resumes it); only a cancel the store recorded makes it cancelled. */
+ * resumes it); only a cancel the store recorded makes it cancelled. On a
+ * shared store (PostgreSQL) several replicas run workers: each claims jobs
+ * with a lease it renews while training; when a replica dies, another takes
+ * the job over once the lease ends and resumes it from its checkpoint (on
+ * the shared data directory). */
 #ifndef PREFIXD_SERVER_WORKER_H
 #define PREFIXD_SERVER_WORKER_H
 

@@ -1,5 +1,17 @@
 /* jobstore.c — the durable store of the fine-tuning API: files, jobs and
- * events in SQLite, file contents beside it (see prefixd/jobstore.h).
+ * events in SQLite or PostgreSQL, file contents beside it (see
+ * prefixd/jobstore.h).
+ *
+ * BACKENDS. Everything above "statement plumbing" is written once against
+ * `qs`, a statement with ?N parameters that runs on either backend; the
+ * same SQL serves both (PostgreSQL's copy has ?N spelt $N, made at open).
+ * Only open/close, the schema (migrations vs pg_migrations), crash cleanup
+ * (SQLite only: one process owns the directory) and the leases (PostgreSQL
+ * only: JOB_CLAIM/RENEW/RELEASE) differ. On PostgreSQL each write is one
+ * autocommitted statement with synchronous_commit on, so it is durable
+ * when it returns, as on SQLite; a check that precedes a write (status
+ * flow) is repeated in the write's WHERE clause, so a replica that lost a
+ * race gets PD_EBUSY instead of a wrong transition.
  *
  * DESIGN. One SQLite connection per handle, opened without SQLite's own
  * mutex and guarded by `lock`; every prepared statement is cached in
@@ -2146,5 +2158,95 @@ int pd_jobstore_job_release_lease(pd_jobstore *js, const char *id, pd_err *err)
         st = run(js, s, "releasing a lease", err);
     }
     pthread_mutex_unlock(&js->lock);
+    return st;
+}
+
+/* ---- migration: an SQLite store into PostgreSQL ---- */
+
+/* The tables in copy order (parents first) and their columns, the same on
+ * both backends (PostgreSQL's lease columns start empty). */
+static const char *const copy_tables[][2] = {
+    {"files", "seq, id, filename, purpose, bytes, n_lines, created_at, status"},
+    {"jobs", "seq, id, created_at, finished_at, model, training_file, validation_file, "
+             "suffix, seed, hyperparameters, method, status, cancel_requested, "
+             "fine_tuned_model, trained_tokens, error_code, error_message, error_param, "
+             "result_files, estimated_finish"},
+    {"events", "seq, job_id, created_at, level, type, message, data"},
+    {"checkpoints", "seq, job_id, created_at, step, model, metrics"},
+};
+#define COPY_MAX_COLS 20
+
+/* Copies table t's rows from src (SQLite) into dst (PostgreSQL, inside the
+ * caller's transaction); adds the count to *rows. */
+static int copy_table(pd_jobstore *src, pd_jobstore *dst, int t, int64_t *rows, pd_err *err)
+{
+    const char *table = copy_tables[t][0], *cols = copy_tables[t][1];
+    int ncols = 1;
+    for (const char *c = cols; *c; c++) ncols += *c == ',';
+    PD_ASSERT(ncols <= COPY_MAX_COLS);
+    char sel[512], ins[1024];
+    snprintf(sel, sizeof sel, "SELECT %s FROM %s ORDER BY seq", cols, table);
+    int n = snprintf(ins, sizeof ins, "INSERT INTO %s (%s) VALUES (", table, cols);
+    for (int i = 0; i < ncols; i++)
+        n += snprintf(ins + n, sizeof ins - (size_t)n, "%s$%d", i ? ", " : "", i + 1);
+    snprintf(ins + n, sizeof ins - (size_t)n, ")");
+    sqlite3_stmt *s;
+    int rc = sqlite3_prepare_v2(src->db, sel, -1, &s, NULL);
+    if (rc != SQLITE_OK) return db_fail(src, rc, sel, err);
+    int st = PD_OK;
+    while (st == PD_OK && (rc = sqlite3_step(s)) == SQLITE_ROW) {
+        const char *v[COPY_MAX_COLS];
+        for (int i = 0; i < ncols; i++) v[i] = (const char *)sqlite3_column_text(s, i);
+        PGresult *r = PQexecParams(dst->pg, ins, ncols, NULL, v, NULL, NULL, 0);
+        if (PQresultStatus(r) != PGRES_COMMAND_OK) {
+            pg_keep_msg(dst, PQresultErrorMessage(r));
+            st = db_fail(dst, SQLITE_IOERR, table, err);
+        }
+        PQclear(r);
+        (*rows)++;
+    }
+    if (st == PD_OK && rc != SQLITE_DONE) st = db_fail(src, rc, sel, err);
+    sqlite3_finalize(s);
+    if (st < 0) return st;
+    /* the next seq continues after the copied ones (event and checkpoint ids) */
+    char setval[256];
+    snprintf(setval, sizeof setval, "SELECT setval(pg_get_serial_sequence('%s', 'seq'), "
+             "COALESCE(max(seq), 0) + 1, false) FROM %s", table, table);
+    return pg_exec(dst, setval, "continuing a sequence", err);
+}
+
+int pd_jobstore_migrate(const char *from_dir, const char *to_url, int64_t *rows, pd_err *err)
+{
+    PD_ASSERT(rows);
+    *rows = 0;
+    if (!pd_jobstore_is_url(to_url))
+        return pd_err_set(err, PD_EINVAL, "to: want a postgres:// or postgresql:// URL");
+    char path[PATH_MAX];
+    snprintf(path, sizeof path, "%s/" DB_NAME, from_dir ? from_dir : "");
+    if (!from_dir || access(path, F_OK) < 0)
+        return pd_err_set(err, PD_ENOTFOUND, "from: %s: no job store there", path);
+    pd_jobstore *src = NULL, *dst = NULL;
+    int st = pd_jobstore_open(from_dir, &src, err); /* locks it: no server may run on it */
+    if (st == PD_OK) st = pd_jobstore_open_db(from_dir, to_url, &dst, err);
+    if (st < 0) goto out;
+    PGresult *r = PQexec(dst->pg, "SELECT (SELECT count(*) FROM files) + (SELECT count(*) "
+                                  "FROM jobs)");
+    int used = PQresultStatus(r) != PGRES_TUPLES_OK || strcmp(PQgetvalue(r, 0, 0), "0") != 0;
+    PQclear(r);
+    if (used) {
+        st = pd_err_set(err, PD_EEXIST, "to: %s already holds files or jobs: migrate into an "
+                        "empty database", dst->db_path);
+        goto out;
+    }
+    pthread_mutex_lock(&dst->lock);
+    st = pg_exec(dst, "BEGIN", "migrate", err); /* all or nothing */
+    for (int t = 0; st == PD_OK && t < (int)(sizeof copy_tables / sizeof copy_tables[0]); t++)
+        st = copy_table(src, dst, t, rows, err);
+    if (st == PD_OK) st = pg_exec(dst, "COMMIT", "migrate", err);
+    else PQclear(PQexec(dst->pg, "ROLLBACK"));
+    pthread_mutex_unlock(&dst->lock);
+out:
+    pd_jobstore_close(dst);
+    pd_jobstore_close(src);
     return st;
 }

@@ -29,7 +29,17 @@
  * reason. Checkpoints are <data_dir>/checkpoints/<job-id>.ckpt; the store
  * only names them (and removes none).
  *
- * One process at a time: open takes an exclusive lock on
+ * BACKENDS. The above is the SQLite backend, the default for one machine.
+ * pd_jobstore_open_db() with a postgres:// URL keeps the rows in
+ * PostgreSQL instead, for several processes ("replicas") sharing one
+ * fine-tuning service: the same API and JSON, the data directory shared by
+ * all of them (file contents and checkpoints stay files there: the rows are
+ * their only index), jobs claimed with leases (see LEASES below). There a
+ * crash between writing contents and inserting the row leaves an orphan
+ * file that nothing removes (open cannot tell it from another replica's
+ * upload in flight); it is never listed or served.
+ *
+ * One process at a time (SQLite): open takes an exclusive lock on
  * <data_dir>/prefixd.lock (PD_EBUSY if another process holds it), which is
  * what makes the orphan cleanup safe. Within the process every function is
  * thread-safe: one connection guarded by one mutex (HTTP threads and the
@@ -46,8 +56,10 @@
  * seconds. Errors: PD_EINVAL for bad arguments (the message starts with the
  * offending parameter's name and ": " where there is one, so the HTTP layer
  * can fill OpenAI's "param"), PD_ENOTFOUND for unknown ids, PD_EBUSY for a
- * conflict (HTTP 409), PD_EIO for SQLite and file-system failures (message
- * carries sqlite3_errmsg or strerror), PD_EFORMAT for a file that is not a
+ * conflict (HTTP 409; on PostgreSQL also a status another replica changed
+ * first), PD_EIO for database and file-system failures (message carries
+ * the database's message or strerror), PD_EUNAVAIL when the PostgreSQL
+ * server cannot be reached (HTTP 503), PD_EFORMAT for a file that is not a
  * database, PD_EVERSION for a schema newer than this code.
  */
 #ifndef PREFIXD_JOBSTORE_H
@@ -105,6 +117,15 @@ int pd_jobstore_open(const char *data_dir, pd_jobstore **out, pd_err *err);
  * it still cannot (the HTTP layer answers 503). */
 int pd_jobstore_open_db(const char *data_dir, const char *database, pd_jobstore **out,
                         pd_err *err);
+
+/* Copies every row of the SQLite store in from_dir (files, jobs, events,
+ * checkpoints, with their ids, times and order) into the PostgreSQL
+ * database to_url, in one transaction; *rows counts them. The database
+ * must hold no files or jobs yet (PD_EEXIST); from_dir is locked meanwhile
+ * (PD_EBUSY while a server uses it). File contents and checkpoints are not
+ * copied: they stay in from_dir/files and from_dir/checkpoints, which
+ * become (or are copied into) the replicas' shared data directory. */
+int pd_jobstore_migrate(const char *from_dir, const char *to_url, int64_t *rows, pd_err *err);
 
 /* 1 if s names a PostgreSQL database (postgres:// or postgresql://). */
 int pd_jobstore_is_url(const char *s);

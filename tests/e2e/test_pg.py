@@ -257,3 +257,68 @@ def test_three_replicas_share_jobs_and_resume_after_kill9(tmp_path, pg):
         for r in replicas:
             if r.proc.poll() is None:
                 r.stop()
+
+
+def test_migrate_sqlite_store_to_postgres(tmp_path, pg):
+    """`prefixd jobstore migrate`: a single machine's files, jobs and events,
+    ids and order included, served the same from PostgreSQL afterwards."""
+    registry = make_registry(tmp_path / "registry", [])
+    s = Server(tmp_path, registry)
+    data = os.path.join(str(tmp_path), "data")
+    try:
+        body, ctype = multipart([("purpose", "fine-tune")],
+                                [("file", "d.jsonl", read("dragon.valid.jsonl"),
+                                  "application/octet-stream")])
+        r = s.request("POST", "/v1/files", body, {"Content-Type": ctype})
+        assert r.status == 200, r.body
+        fid = r.json()["id"]
+        jobs = []
+        for _ in range(2):
+            r = s.request("POST", "/v1/fine_tuning/jobs",
+                          {"model": "stories260K", "training_file": fid, "seed": 1,
+                           "method": {"type": "prefix", "prefix": {"hyperparameters": {
+                               "n_epochs": 1, "num_virtual_tokens": 4}}}})
+            assert r.status == 200, r.body
+            jobs.append(r.json()["id"])
+        for j in jobs:
+            wait_job(s, j)
+        before = state(s, jobs)
+        content = s.request("GET", f"/v1/files/{fid}/content").body
+    finally:
+        s.stop()
+    url = fresh_db(pg, "migrated")
+    p = subprocess.run([BIN, "jobstore", "migrate", "--from", data, "--to", url],
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert p.stdout.startswith("migrated "), p.stdout
+    p = subprocess.run([BIN, "jobstore", "migrate", "--from", data, "--to", url],
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode != 0 and "already holds" in p.stderr, p.stderr  # never twice
+
+    d2 = tmp_path / "pg"
+    d2.mkdir()
+    s = Server(d2, registry, config={"job_store": url, "data": data})
+    try:
+        assert state(s, jobs) == before
+        assert s.request("GET", f"/v1/files/{fid}/content").body == content
+        r = s.request("POST", f"/v1/fine_tuning/jobs/{jobs[0]}/cancel")
+        assert r.status == 409  # finished: refused, as before the move
+        # new rows continue the sequences: a new file lists first, new event ids are newer
+        r = s.request("POST", "/v1/files", body, {"Content-Type": ctype})
+        assert r.status == 200, r.body
+        got = [f["id"] for f in s.request("GET", "/v1/files").json()["data"]]
+        assert got[0] == r.json()["id"] and fid in got
+        r = s.request("POST", "/v1/fine_tuning/jobs", {"model": "stories260K",
+                                                        "training_file": fid, "seed": 1})
+        assert r.status == 200, r.body
+        new = r.json()["id"]
+        r = s.request("POST", f"/v1/fine_tuning/jobs/{new}/cancel")
+        assert r.status == 200, r.body
+        newest = max(e[0] for evs in before[2].values() for e in evs)
+        deadline = time.time() + 10
+        while not events(s, new):  # the worker notes the cancel
+            assert time.time() < deadline
+            time.sleep(0.05)
+        assert all(e["id"] > newest for e in events(s, new))
+    finally:
+        s.stop()
