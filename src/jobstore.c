@@ -162,6 +162,7 @@ enum { C_SEQ, C_JOB, C_CREATED, C_STEP, C_MODEL, C_METRICS };
 enum { E_SEQ, E_CREATED, E_LEVEL, E_TYPE, E_MESSAGE, E_DATA };
 
 #define ACTIVE "('validating_files', 'queued', 'running')"
+#define DB_NOW "extract(epoch FROM now())::bigint" /* PostgreSQL's clock, unix seconds */
 
 /* X(name, sql): every statement the store runs after open. */
 #define STATEMENTS(X)                                                                  \
@@ -212,13 +213,15 @@ enum { E_SEQ, E_CREATED, E_LEVEL, E_TYPE, E_MESSAGE, E_DATA };
     X(CKPT_DELETE, "DELETE FROM checkpoints WHERE seq = ?1 AND job_id = ?2")           \
     X(CKPT_LIST, "SELECT " CKPT_COLS " FROM checkpoints WHERE job_id = ?1 AND seq < ?2" \
                  " ORDER BY seq DESC LIMIT ?3")                                       \
-    /* PostgreSQL only: the lease of a shared store (lease_until in unix seconds) */  \
-    X(JOB_CLAIM, "UPDATE jobs SET lease_owner = ?1, lease_until = ?2 + ?3"             \
+    /* PostgreSQL only: the lease of a shared store (lease_until in unix seconds of \
+     * the database's clock, so the replicas' clocks need not agree) */             \
+    X(JOB_CLAIM, "UPDATE jobs SET lease_owner = ?1, lease_until = " DB_NOW " + ?2"     \
                  " WHERE id = (SELECT id FROM jobs WHERE status IN ('queued', 'running')" \
-                 " AND (lease_owner IS NULL OR lease_owner = ?1 OR lease_until < ?2)"    \
+                 " AND (lease_owner IS NULL OR lease_owner = ?1 OR lease_until < " DB_NOW ")" \
                  " ORDER BY seq LIMIT 1 FOR UPDATE SKIP LOCKED) RETURNING id, status")  \
-    X(JOB_RENEW, "UPDATE jobs SET lease_until = ?3 WHERE id = ?1 AND lease_owner = ?2"  \
-                 " AND status IN ('queued', 'running') RETURNING cancel_requested")     \
+    X(JOB_RENEW, "UPDATE jobs SET lease_until = " DB_NOW " + ?3 WHERE id = ?1"          \
+                 " AND lease_owner = ?2 AND status IN ('queued', 'running')"            \
+                 " RETURNING cancel_requested")                                         \
     X(JOB_RELEASE, "UPDATE jobs SET lease_owner = NULL, lease_until = NULL"             \
                    " WHERE id = ?1 AND lease_owner = ?2")                               \
     X(JOB_RELEASE_ALL, "UPDATE jobs SET lease_owner = NULL, lease_until = NULL"         \
@@ -495,14 +498,22 @@ static void pg_keep_msg(pd_jobstore *js, const char *m)
     while ((nl = strchr(js->pg_msg, '\n')) != NULL) *nl = ' ';
 }
 
+/* The session's settings, at connect and after every reconnect: each write
+ * durable when it returns whatever the server's default, no NOTICE chatter. */
+#define PG_SESSION "SET synchronous_commit = on; SET client_min_messages = warning"
+
 /* Reconnects a PostgreSQL connection that went down. 0 when it is up. */
 static int pg_alive(pd_jobstore *js)
 {
     if (PQstatus(js->pg) == CONNECTION_OK) return 0;
     PQreset(js->pg);
     if (PQstatus(js->pg) == CONNECTION_OK) {
-        PD_LOGI("job store: reconnected to the database");
-        return 0;
+        PGresult *r = PQexec(js->pg, PG_SESSION);
+        int ok = PQresultStatus(r) == PGRES_COMMAND_OK;
+        if (!ok) pg_keep_msg(js, PQresultErrorMessage(r));
+        PQclear(r);
+        if (ok) PD_LOGI("job store: reconnected to the database");
+        return ok ? 0 : -1;
     }
     pg_keep_msg(js, PQerrorMessage(js->pg));
     return -1;
@@ -1227,9 +1238,7 @@ static int pg_open(pd_jobstore *js, const char *url, pd_err *err)
         pg_keep_msg(js, PQerrorMessage(js->pg));
         return pd_err_set(err, PD_EUNAVAIL, "%s: cannot connect: %s", js->db_path, js->pg_msg);
     }
-    /* every write durable when it returns, whatever the server's default */
-    int st = pg_exec(js, "SET synchronous_commit = on", "configure", err);
-    if (st == PD_OK) st = pg_exec(js, "SET client_min_messages = warning", "configure", err);
+    int st = pg_exec(js, PG_SESSION, "configure", err);
     if (st == PD_OK) st = pg_migrate(js, err);
     if (st == PD_OK) st = pg_translate(js, err);
     return st;
@@ -1813,8 +1822,7 @@ int pd_jobstore_job_next_runnable(pd_jobstore *js, char *id, pd_job_status *stat
     int st = prep(js, js->pg ? S_JOB_CLAIM : S_JOB_NEXT, &s, err);
     if (st == PD_OK && js->pg) {
         bind_text(s, 1, js->owner);
-        q_bind_i64(s, 2, now_s());
-        q_bind_i64(s, 3, js->lease_s);
+        q_bind_i64(s, 2, js->lease_s);
     }
     if (st == PD_OK) {
         int rc = q_step(s);
@@ -2129,7 +2137,7 @@ int pd_jobstore_job_renew_lease(pd_jobstore *js, const char *id, int *cancel_req
     if (st == PD_OK) {
         bind_text(s, 1, id);
         bind_text(s, 2, js->owner);
-        q_bind_i64(s, 3, now_s() + js->lease_s);
+        q_bind_i64(s, 3, js->lease_s);
         int rc = q_step(s);
         if (rc == SQLITE_ROW) {
             if (cancel_requested) *cancel_requested = q_int(s, 0) != 0;
