@@ -1305,7 +1305,7 @@ int pd_jobstore_open_db(const char *data_dir, const char *database, pd_jobstore 
         goto fail;
     {
         char host[64] = "host", hex[9];
-        gethostname(host, sizeof host - 1);
+        if (gethostname(host, sizeof host - 1) < 0) strcpy(host, "host"); /* a name only */
         host[sizeof host - 1] = 0;
         if ((st = random_hex(hex, 8, err)) < 0) goto fail;
         snprintf(js->owner, sizeof js->owner, "%s:%ld:%s", host, (long)getpid(), hex);
