@@ -12,7 +12,7 @@
 
 CC      ?= gcc
 BUILD   ?= build
-PKGS    := openblas libmicrohttpd jansson libuv sqlite3 cmocka libpcre2-8
+PKGS    := openblas libmicrohttpd jansson libuv sqlite3 cmocka libpcre2-8 libpq
 OPT     ?= -O2 -march=x86-64-v2 -g
 SAN     ?=
 CFLAGS_BASE = -std=c11 -Wall -Wextra -Werror -D_GNU_SOURCE -Iinclude -MMD -MP
@@ -25,7 +25,7 @@ LDFLAGS = $(SAN)
 DEB_PKGS := build-essential pkg-config libopenblas-dev libmicrohttpd-dev \
             libjansson-dev libuv1-dev libsqlite3-dev libcmocka-dev \
             libpcre2-dev python3 python3-pytest python3-numpy curl nginx-light \
-            chromium
+            chromium libpq-dev postgresql
 
 LIB_SRC  := $(wildcard src/*.c)
 SRV_SRC  := $(wildcard server/*.c)

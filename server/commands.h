@@ -17,6 +17,7 @@ int cmd_template(int argc, char **argv);
 int cmd_tokenize(int argc, char **argv);
 int cmd_detokenize(int argc, char **argv);
 int cmd_quantize(int argc, char **argv);
+int cmd_jobstore(int argc, char **argv);
 
 /* Writes the loaded model m as a GGUF of file type qp->ftype at out
  * (cmd_quantize.c): an F32 GGUF beside out, converted, then removed. Prints

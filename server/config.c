@@ -16,6 +16,7 @@
 #include "cli.h"
 #include "prefixd/chat.h"
 #include "prefixd/jinja.h"
+#include "prefixd/jobstore.h"
 #include "prefixd/log.h"
 
 enum { K_STR, K_INT, K_KEYS };
@@ -65,6 +66,10 @@ static const key_def keys[] = {
     {"train_eval_every", K_INT, OFF(train_eval_every), 0, 1000000, NULL, 10},
     {"train_metrics_every", K_INT, OFF(train_metrics_every), 1, 1000000, NULL, 10},
     {"train_max_pause_ms", K_INT, OFF(train_max_pause_ms), 0, 60000, NULL, 200},
+    {"job_store", K_STR, OFF(job_store), 0, 0, NULL, 0},
+    {"job_lease_s", K_INT, OFF(job_lease_s), 2, 3600, NULL, 30},
+    {"job_poll_ms", K_INT, OFF(job_poll_ms), 100, 3600000, NULL, 5000},
+    {"training_jobs", K_INT, OFF(training_jobs), 0, 1, NULL, 1},
     {"api_keys", K_KEYS, 0, 0, 0, NULL, 0},
 };
 #define N_KEYS (sizeof keys / sizeof keys[0])
@@ -81,6 +86,8 @@ const char config_usage[] =
     "            [--max-file-bytes N] [--max-jobs N] [--train-threads N] [--train-nice N]\n"
     "            [--checkpoint-every N] [--train-eval-every N] [--train-metrics-every N]\n"
     "            [--train-max-pause-ms N] [--chat-template NAME|FILE]\n"
+    "            [--job-store postgres://...] [--job-lease-s N] [--job-poll-ms N]\n"
+    "            [--training-jobs 0|1]\n"
     "            the OpenAI-compatible HTTP server (config/README.md lists every key)\n";
 
 static int fail(char *err, size_t cap, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
@@ -343,6 +350,9 @@ int config_check(const srv_config *c, char *err, size_t cap)
         return fail(err, cap, "no model: set \"model\" in the config file or pass --model PATH");
     if (!c->registry || !*c->registry)
         return fail(err, cap, "no registry: set \"registry\" or pass --registry DIR");
+    if (c->job_store && *c->job_store && !pd_jobstore_is_url(c->job_store))
+        return fail(err, cap, "job_store: '%.64s' is not a postgres:// or postgresql:// URL "
+                    "(leave it unset for SQLite under the data directory)", c->job_store);
     if (c->max_url_bytes > c->max_header_bytes)
         return fail(err, cap, "max_url_bytes (%ld) must not exceed max_header_bytes (%ld)",
                     c->max_url_bytes, c->max_header_bytes);

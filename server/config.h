@@ -46,6 +46,10 @@ typedef struct srv_config {
     long train_eval_every;    /* training steps between validation losses */
     long train_metrics_every; /* training steps between metrics events */
     long train_max_pause_ms;  /* longest pause of training while serving is busy */
+    char *job_store;          /* postgres://... job store; NULL: SQLite under data */
+    long job_lease_s;         /* lease of a training job on a shared store, seconds */
+    long job_poll_ms;         /* how often the worker looks for jobs of other replicas */
+    long training_jobs;       /* training jobs this replica runs at once (0 or 1) */
     srv_api_key *keys;        /* n_keys entries (owned) */
     int n_keys;
 } srv_config;

@@ -36,7 +36,9 @@ static const char usage[] =
     "            (--text TEXT | --file F)   the token ids as a JSON array\n"
     "  detokenize --model M [--tokenizer T] --ids 1,2,3   the text of token ids\n"
     "  serve     [--config FILE] [--listen HOST:PORT] [--model PATH] [--registry DIR] ...\n"
-    "            the OpenAI-compatible HTTP server (prefixd serve --help: every flag)\n";
+    "            the OpenAI-compatible HTTP server (prefixd serve --help: every flag)\n"
+    "  jobstore  migrate --from DATA_DIR --to postgres://...\n"
+    "            copy a single machine's SQLite job store into PostgreSQL (replicas)\n";
 
 int main(int argc, char **argv)
 {
@@ -55,6 +57,7 @@ int main(int argc, char **argv)
     if (!strcmp(cmd, "train")) return cmd_train(argc - 1, argv + 1);
     if (!strcmp(cmd, "template")) return cmd_template(argc - 1, argv + 1);
     if (!strcmp(cmd, "serve")) return cmd_serve(argc - 1, argv + 1);
+    if (!strcmp(cmd, "jobstore")) return cmd_jobstore(argc - 1, argv + 1);
     if (!strcmp(cmd, "tokenize")) return cmd_tokenize(argc - 1, argv + 1);
     if (!strcmp(cmd, "detokenize")) return cmd_detokenize(argc - 1, argv + 1);
     fprintf(stderr, "prefixd: unknown command '%s'\n%s", cmd, usage);

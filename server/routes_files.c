@@ -89,6 +89,10 @@ enum MHD_Result http_send_store_error(http_req *r, int rc, const pd_err *err,
     case PD_EBUSY: return http_send_error(r, 409, NULL, code ? code : "conflict", "%s", msg);
     case PD_ENOMEM:
         return http_send_error(r, 503, NULL, "out_of_memory", "Out of memory; retry later.");
+    case PD_EUNAVAIL: /* the job store's database is down: a retry may succeed */
+        PD_LOGW("%s %s: job store: %s", r->method, r->url, msg);
+        return http_send_error(r, 503, NULL, "job_store_unavailable",
+                               "The job store is unavailable; retry later.");
     default:
         PD_LOGE("%s %s: job store: %s", r->method, r->url, msg);
         return http_send_error(r, 500, NULL, "internal_error", "The job store failed: %s", msg);

@@ -231,6 +231,9 @@ static int configure(srv_config *cfg, int argc, char **argv)
     if (!path && access(DEFAULT_CONFIG, R_OK) == 0) path = DEFAULT_CONFIG;
     if (path && config_load(cfg, path, err, sizeof err) < 0) return cli_fail("%s", err);
     if (config_flags(cfg, argc, argv, 1, &path, err, sizeof err) < 0) return usage_error(err);
+    const char *env_store = getenv("PREFIXD_JOB_STORE"); /* the config file's wins */
+    if (!cfg->job_store && env_store && *env_store && !(cfg->job_store = strdup(env_store)))
+        return cli_fail("out of memory");
     if (config_check(cfg, err, sizeof err) < 0) return cli_fail("%s", err);
     if (path) PD_LOGI("configuration: %s", path);
     return 0;
@@ -339,10 +342,11 @@ int cmd_serve(int argc, char **argv)
         goto done;
     }
     if (cfg.data) {
-        if (pd_jobstore_open(cfg.data, &s->js, &err) < 0) {
+        if (pd_jobstore_open_db(cfg.data, cfg.job_store, &s->js, &err) < 0) {
             PD_LOGE("job store: %s", err.msg);
             goto done;
         }
+        pd_jobstore_set_lease_seconds(s->js, (int)cfg.job_lease_s);
         worker_params wp = {
             .js = s->js,
             .model = s->model,
@@ -355,6 +359,9 @@ int cmd_serve(int argc, char **argv)
             .eval_every = (int)cfg.train_eval_every,
             .metrics_every = (int)cfg.train_metrics_every,
             .max_pause_ms = (int)cfg.train_max_pause_ms,
+            .poll_ms = (int)cfg.job_poll_ms,
+            .lease_s = (int)cfg.job_lease_s,
+            .training_jobs = (int)cfg.training_jobs,
         };
         if (worker_create(&wp, &s->wk, &err) < 0) {
             PD_LOGE("training worker: %s", err.msg);

@@ -17,6 +17,17 @@
  * So at most one job trains at a time, and the loop stays free for the
  * registry watcher while a job trains for minutes.
  *
+ * Replicas (a job store on PostgreSQL, pd_jobstore_shared): the timer polls
+ * every poll_ms for jobs other replicas queued or let go, and rescans for
+ * jobs left validating; next_runnable claims a job with a lease, and the
+ * yield hook renews it (every third of the lease, at most every
+ * CANCEL_POLL_S) together with reading the cancel flag, so a cancel sent to
+ * any replica stops the job here. A renewal that finds the lease taken
+ * stops the job without writing anything more to it (the replica that took
+ * it over owns its outcome); a shutdown releases the lease so another
+ * replica resumes the job at once. training_jobs 0 makes a replica that
+ * validates but never trains.
+ *
  * Serving has priority. The training thread (and the backprop and engine
  * threads it creates, which inherit it) runs at a higher nice value, and the
  * trainer's yield hook, called between steps, sleeps in 2 ms slices while
@@ -98,6 +109,7 @@ typedef struct job_ctx {
     const char *id;
     const char *task;
     double last_cancel_poll;
+    int lost;            /* the lease went to another replica: write nothing more */
     int events;          /* progress calls so far */
     uint64_t last_tokens; /* trained_tokens at the previous progress call */
     double t_start;      /* when this run's first step began (pd_now) */
@@ -170,7 +182,8 @@ static int set_status(worker *w, const char *id, pd_job_status status, const cha
     pd_err err;
     pd_jobstore_job_error je = {code, message, param};
     int rc = pd_jobstore_job_set_status(w->p.js, id, status, message ? &je : NULL, &err);
-    if (rc == PD_EINVAL || rc == PD_ENOTFOUND)
+    /* PD_EBUSY: another replica moved it first (a shared store) */
+    if (rc == PD_EINVAL || rc == PD_ENOTFOUND || rc == PD_EBUSY)
         PD_LOGI("training worker: job %s: not %s: %s", id, pd_job_status_name(status), err.msg);
     else if (rc < 0)
         store_failed(w, "setting a job's status", &err);
@@ -401,12 +414,20 @@ static void on_yield(void *user_data)
     worker *w = c->w;
     if (atomic_load(&w->stopping)) atomic_store(&w->cancel, 1); /* stop raced the job's start */
     double t0 = pd_now();
-    if (t0 - c->last_cancel_poll >= CANCEL_POLL_S) {
+    double every = w->p.lease_s / 3.0 < CANCEL_POLL_S ? w->p.lease_s / 3.0 : CANCEL_POLL_S;
+    if (t0 - c->last_cancel_poll >= every) {
+        /* renews the lease of a shared store and reads the cancel flag: a
+         * cancel reaches the job whichever replica took the request */
         c->last_cancel_poll = t0;
         int requested = 0;
-        if (pd_jobstore_job_cancel_requested(w->p.js, c->id, &requested, NULL) == PD_OK &&
-            requested)
+        pd_err err;
+        int rc = pd_jobstore_job_renew_lease(w->p.js, c->id, &requested, &err);
+        if (rc == PD_OK && requested) atomic_store(&w->cancel, 1);
+        if (rc == PD_EBUSY) {
+            PD_LOGW("training worker: job %s: %s: stopping", c->id, err.msg);
+            c->lost = 1;
             atomic_store(&w->cancel, 1);
+        }
     }
     if (!w->p.serving_busy || w->p.max_pause_ms <= 0) return;
     const double limit = w->p.max_pause_ms * 1e-3;
@@ -829,7 +850,10 @@ static void run_job(worker *w, const char *id, pd_job_status status)
     w->st.tokens_per_second = 0.0;
     pthread_mutex_unlock(&w->mu);
 
-    if (rc == PD_OK) {
+    if (ctx.lost) { /* another replica runs it now: its outcome is theirs */
+        pd_prefix_release(pf);
+        PD_LOGW("training worker: job %s left to the replica that took it over", id);
+    } else if (rc == PD_OK) {
         job_succeeded(w, id, tp.task, pf);
         pd_prefix_release(pf);
     } else if (rc == PD_ECANCELLED) {
@@ -849,6 +873,8 @@ static void run_job(worker *w, const char *id, pd_job_status status)
                   "Training paused by a server shutdown; it resumes from its last "
                   "checkpoint when the server starts again");
             PD_LOGI("training worker: job %s paused by the shutdown", id);
+            if (pd_jobstore_job_release_lease(w->p.js, id, &err) < 0) /* resumable at once */
+                PD_LOGW("training worker: job %s: %s", id, err.msg);
         }
     } else {
         char msg[1400], tmp[1400];
@@ -958,6 +984,7 @@ static void validate_all(worker *w)
 static void train_all(worker *w)
 {
     job_id prev = "";
+    if (w->p.training_jobs <= 0) return; /* a replica that only serves */
     while (!atomic_load(&w->stopping) && !atomic_load(&w->failed)) {
         job_id id;
         pd_err err;
@@ -1015,7 +1042,16 @@ static void dispatch_all(worker *w)
 }
 
 static void on_wake(uv_async_t *a) { dispatch_all(a->data); }
-static void on_timer(uv_timer_t *t) { dispatch_all(t->data); }
+static void on_timer(uv_timer_t *t)
+{
+    worker *w = t->data;
+    if (pd_jobstore_shared(w->p.js)) { /* jobs other replicas took and did not validate */
+        pthread_mutex_lock(&w->mu);
+        w->rescan = 1;
+        pthread_mutex_unlock(&w->mu);
+    }
+    dispatch_all(w);
+}
 
 static void lane_done(uv_work_t *req, int status)
 {
@@ -1031,7 +1067,7 @@ static void lane_done(uv_work_t *req, int status)
         w->retry_ms = w->retry_ms ? w->retry_ms * 2 : RETRY_MIN_MS;
         if (w->retry_ms > RETRY_MAX_MS) w->retry_ms = RETRY_MAX_MS;
         PD_LOGW("training worker: job store failure: retrying in %d ms", w->retry_ms);
-        uv_timer_start(&w->timer, on_timer, (uint64_t)w->retry_ms, POLL_MS);
+        uv_timer_start(&w->timer, on_timer, (uint64_t)w->retry_ms, (uint64_t)w->p.poll_ms);
         return;
     }
     w->retry_ms = 0;
@@ -1049,6 +1085,8 @@ int worker_create(const worker_params *p, worker **out, pd_err *err)
     if (!w) return pd_err_set(err, PD_ENOMEM, "out of memory");
     w->p = *p;
     if (w->p.metrics_every < 1) w->p.metrics_every = 1;
+    if (w->p.poll_ms <= 0) w->p.poll_ms = POLL_MS;
+    if (w->p.lease_s <= 0) w->p.lease_s = PD_JOBSTORE_LEASE_DEFAULT_S;
     int rc = pthread_mutex_init(&w->mu, NULL);
     if (rc != 0) {
         free(w);
@@ -1076,7 +1114,8 @@ int worker_watch(worker *w, void *uv_loop, pd_err *err)
         return pd_err_set(err, PD_ESYS, "uv_timer_init: %s", uv_strerror(rc));
     }
     /* the safety-net poll; the first look comes with worker_kick() */
-    if ((rc = uv_timer_start(&w->timer, on_timer, POLL_MS, POLL_MS)) != 0) {
+    if ((rc = uv_timer_start(&w->timer, on_timer, (uint64_t)w->p.poll_ms,
+                             (uint64_t)w->p.poll_ms)) != 0) {
         uv_close((uv_handle_t *)&w->wake, NULL);
         uv_close((uv_handle_t *)&w->timer, NULL);
         return pd_err_set(err, PD_ESYS, "uv_timer_start: %s", uv_strerror(rc));

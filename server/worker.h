@@ -22,7 +22,11 @@
  * interrupted by a crash or a shutdown: it runs again and the trainer
  * resumes it from its checkpoint. worker_stop() stops the job in flight at
  * its next step boundary and leaves it running in the store (the next start
- * resumes it); only a cancel the store recorded makes it cancelled. */
+ * resumes it); only a cancel the store recorded makes it cancelled. On a
+ * shared store (PostgreSQL) several replicas run workers: each claims jobs
+ * with a lease it renews while training; when a replica dies, another takes
+ * the job over once the lease ends and resumes it from its checkpoint (on
+ * the shared data directory). */
 #ifndef PREFIXD_SERVER_WORKER_H
 #define PREFIXD_SERVER_WORKER_H
 
@@ -52,6 +56,11 @@ typedef struct worker_params {
     int eval_every;           /* steps between validation losses */
     int metrics_every;        /* steps between metrics events (>= 1) */
     int max_pause_ms;         /* longest pause at one step boundary while busy */
+    int poll_ms;              /* look for work this often (jobs other replicas queued,
+                                 or whose replica died); 0: 30 s */
+    int lease_s;              /* the store's lease length (renewed every third of it) */
+    int training_jobs;        /* 0: this replica validates but never trains; 1: one
+                                 job at a time */
 } worker_params;
 
 /* A new, idle worker (params copied). PD_ENOMEM / PD_ESYS with err. */

@@ -1,12 +1,24 @@
 /* jobstore.c — the durable store of the fine-tuning API: files, jobs and
- * events in SQLite, file contents beside it (see prefixd/jobstore.h).
+ * events in SQLite or PostgreSQL, file contents beside it (see
+ * prefixd/jobstore.h).
+ *
+ * BACKENDS. Everything above "statement plumbing" is written once against
+ * `qs`, a statement with ?N parameters that runs on either backend; the
+ * same SQL serves both (PostgreSQL's copy has ?N spelt $N, made at open).
+ * Only open/close, the schema (migrations vs pg_migrations), crash cleanup
+ * (SQLite only: one process owns the directory) and the leases (PostgreSQL
+ * only: JOB_CLAIM/RENEW/RELEASE) differ. On PostgreSQL each write is one
+ * autocommitted statement with synchronous_commit on, so it is durable
+ * when it returns, as on SQLite; a check that precedes a write (status
+ * flow) is repeated in the write's WHERE clause, so a replica that lost a
+ * race gets PD_EBUSY instead of a wrong transition.
  *
  * DESIGN. One SQLite connection per handle, opened without SQLite's own
  * mutex and guarded by `lock`; every prepared statement is cached in
  * js->stmt (prepared on first use, reset and unbound after each use) and
  * belongs to the connection, so it too is used only under `lock`. Every
  * write is one SQL statement in autocommit mode: with journal_mode=WAL and
- * synchronous=FULL it is in the WAL and fsync'ed when sqlite3_step()
+ * synchronous=FULL it is in the WAL and fsync'ed when q_step()
  * returns, which is before the function that made it returns PD_OK. The
  * checks that precede a write (status flow, file existence, a file in use)
  * run under the same mutex, and the exclusive lock on <data_dir>/prefixd.lock
@@ -40,6 +52,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <libpq-fe.h>
 #include <sqlite3.h>
 
 #include "prefixd/fsutil.h"
@@ -149,6 +162,7 @@ enum { C_SEQ, C_JOB, C_CREATED, C_STEP, C_MODEL, C_METRICS };
 enum { E_SEQ, E_CREATED, E_LEVEL, E_TYPE, E_MESSAGE, E_DATA };
 
 #define ACTIVE "('validating_files', 'queued', 'running')"
+#define DB_NOW "extract(epoch FROM now())::bigint" /* PostgreSQL's clock, unix seconds */
 
 /* X(name, sql): every statement the store runs after open. */
 #define STATEMENTS(X)                                                                  \
@@ -156,7 +170,7 @@ enum { E_SEQ, E_CREATED, E_LEVEL, E_TYPE, E_MESSAGE, E_DATA };
                    " status) VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'processed')")            \
     X(FILE_GET, "SELECT " FILE_COLS " FROM files WHERE id = ?1")                       \
     X(FILE_LIST, "SELECT " FILE_COLS " FROM files WHERE seq < ?1"                      \
-                 " AND (?2 IS NULL OR purpose = ?2) ORDER BY seq DESC LIMIT ?3")       \
+                 " AND (purpose = ?2 OR ?2 IS NULL) ORDER BY seq DESC LIMIT ?3")       \
     X(FILE_ALL, "SELECT id FROM files ORDER BY seq")                                   \
     X(FILE_USER, "SELECT id FROM jobs WHERE status IN " ACTIVE                         \
                  " AND (training_file = ?1 OR validation_file = ?1) ORDER BY seq LIMIT 1") \
@@ -198,7 +212,20 @@ enum { E_SEQ, E_CREATED, E_LEVEL, E_TYPE, E_MESSAGE, E_DATA };
     X(CKPT_FIND, "SELECT 1 FROM checkpoints WHERE seq = ?1 AND job_id = ?2")           \
     X(CKPT_DELETE, "DELETE FROM checkpoints WHERE seq = ?1 AND job_id = ?2")           \
     X(CKPT_LIST, "SELECT " CKPT_COLS " FROM checkpoints WHERE job_id = ?1 AND seq < ?2" \
-                 " ORDER BY seq DESC LIMIT ?3")
+                 " ORDER BY seq DESC LIMIT ?3")                                       \
+    /* PostgreSQL only: the lease of a shared store (lease_until in unix seconds of \
+     * the database's clock, so the replicas' clocks need not agree) */             \
+    X(JOB_CLAIM, "UPDATE jobs SET lease_owner = ?1, lease_until = " DB_NOW " + ?2"     \
+                 " WHERE id = (SELECT id FROM jobs WHERE status IN ('queued', 'running')" \
+                 " AND (lease_owner IS NULL OR lease_owner = ?1 OR lease_until < " DB_NOW ")" \
+                 " ORDER BY seq LIMIT 1 FOR UPDATE SKIP LOCKED) RETURNING id, status")  \
+    X(JOB_RENEW, "UPDATE jobs SET lease_until = " DB_NOW " + ?3 WHERE id = ?1"          \
+                 " AND lease_owner = ?2 AND status IN ('queued', 'running')"            \
+                 " RETURNING cancel_requested")                                         \
+    X(JOB_RELEASE, "UPDATE jobs SET lease_owner = NULL, lease_until = NULL"             \
+                   " WHERE id = ?1 AND lease_owner = ?2")                               \
+    X(JOB_RELEASE_ALL, "UPDATE jobs SET lease_owner = NULL, lease_until = NULL"         \
+                       " WHERE lease_owner = ?1")
 
 enum {
 #define STMT_ENUM(name, sql) S_##name,
@@ -213,11 +240,30 @@ static const char *const stmt_sql[N_STMT] = {
 #undef STMT_SQL
 };
 
+#define Q_MAX_PARAMS 9
+
+/* A statement of either backend (see "statement plumbing"). */
+typedef struct qs {
+    struct pd_jobstore *js;
+    sqlite3_stmt *lite;                /* SQLite: prepared on first use */
+    const char *pv[Q_MAX_PARAMS];      /* PostgreSQL: bound values, NULL: null */
+    char num[Q_MAX_PARAMS][24];        /* PostgreSQL: numbers bound, as text */
+    PGresult *res;                     /* PostgreSQL: the result being stepped */
+    int row;                           /* PostgreSQL: the current row */
+} qs;
+
 /* Owned by whoever opened it; shared by all threads of the process. */
 struct pd_jobstore {
-    pthread_mutex_t lock;        /* guards db and stmt */
-    sqlite3 *db;
-    sqlite3_stmt *stmt[N_STMT];  /* prepared on first use */
+    pthread_mutex_t lock;        /* guards db, pg and stmt */
+    sqlite3 *db;                 /* the SQLite backend, or NULL */
+    PGconn *pg;                  /* the PostgreSQL backend, or NULL */
+    qs stmt[N_STMT];
+    char *pg_sql[N_STMT];        /* PostgreSQL: stmt_sql with ?N turned into $N */
+    int pg_nparams[N_STMT];
+    int pg_changes;              /* rows the last PostgreSQL write changed */
+    char pg_msg[256];            /* PostgreSQL's last error */
+    char owner[96];              /* lease owner: host:pid:random */
+    int lease_s;                 /* lease length, seconds */
     int lock_fd;                 /* holds flock(LOCK_EX) on <dir>/prefixd.lock */
     char *dir;                   /* the data directory */
     char *db_path;               /* <dir>/prefixd.db */
@@ -354,7 +400,15 @@ static int mkdir_p(const char *path, pd_err *err)
     return PD_OK;
 }
 
-/* ---- SQLite plumbing (all under js->lock) ---- */
+/* ---- statement plumbing (all under js->lock) ----
+ *
+ * The logic above the plumbing is written once for both backends against
+ * `qs`, a statement that binds parameters ?1..?N, steps through its rows and
+ * reads columns. On SQLite it wraps a cached sqlite3_stmt. On PostgreSQL
+ * it keeps the bound values (borrowed text, or numbers formatted into
+ * `num`) and runs the statement's $N form with PQexecParams on the first
+ * step, then walks the result's rows; done() frees the result. Step codes
+ * are SQLite's (SQLITE_ROW, SQLITE_DONE, or an error code) on both. */
 
 static int db_status(int rc)
 {
@@ -368,46 +422,169 @@ static int db_status(int rc)
     }
 }
 
-/* Reports the connection's last error (read before any reset). */
+/* Reports the connection's last error (read before any reset). On
+ * PostgreSQL a connection that is down is PD_EUNAVAIL (HTTP 503): the
+ * next call reconnects. */
 static int db_fail(pd_jobstore *js, int rc, const char *what, pd_err *err)
 {
+    if (js->pg) {
+        int down = PQstatus(js->pg) != CONNECTION_OK;
+        return pd_err_set(err, down ? PD_EUNAVAIL : PD_EIO, "%s: %s: %s%s", js->db_path, what,
+                          down ? "database unreachable: " : "", js->pg_msg);
+    }
     return pd_err_set(err, db_status(rc), "%s: %s: %s", js->db_path, what,
                       sqlite3_errmsg(js->db));
 }
 
-/* The cached statement id in *out, prepared on first use. */
-static int prep(pd_jobstore *js, int id, sqlite3_stmt **out, pd_err *err)
+/* The cached statement id in *out, prepared on first use (SQLite). */
+static int prep(pd_jobstore *js, int id, qs **out, pd_err *err)
 {
-    if (!js->stmt[id]) {
-        int rc = sqlite3_prepare_v3(js->db, stmt_sql[id], -1, SQLITE_PREPARE_PERSISTENT,
-                                    &js->stmt[id], NULL);
-        if (rc != SQLITE_OK) {
-            js->stmt[id] = NULL;
-            *out = NULL;
-            return db_fail(js, rc, "prepare", err);
-        }
+    qs *s = &js->stmt[id];
+    *out = s;
+    if (js->pg || s->lite) return PD_OK;
+    int rc = sqlite3_prepare_v3(js->db, stmt_sql[id], -1, SQLITE_PREPARE_PERSISTENT, &s->lite,
+                                NULL);
+    if (rc != SQLITE_OK) {
+        s->lite = NULL;
+        *out = NULL;
+        return db_fail(js, rc, "prepare", err);
     }
-    *out = js->stmt[id];
     return PD_OK;
 }
 
 /* Readies a used statement for its next use. */
-static void done(sqlite3_stmt *s)
+static void done(qs *s)
 {
-    sqlite3_reset(s);
-    sqlite3_clear_bindings(s);
+    if (s->lite) {
+        sqlite3_reset(s->lite);
+        sqlite3_clear_bindings(s->lite);
+        return;
+    }
+    PQclear(s->res);
+    s->res = NULL;
+    s->row = -1;
+    memset(s->pv, 0, sizeof s->pv);
 }
 
-/* Binds text (SQLITE_STATIC: it must live until done()), or NULL. */
-static int bind_text(sqlite3_stmt *s, int i, const char *v)
+/* Binds text (borrowed: it must live until done()), or NULL. */
+static int bind_text(qs *s, int i, const char *v)
 {
-    return v ? sqlite3_bind_text(s, i, v, -1, SQLITE_STATIC) : sqlite3_bind_null(s, i);
+    PD_ASSERT(i >= 1 && i <= Q_MAX_PARAMS);
+    if (!s->js->pg)
+        return v ? sqlite3_bind_text(s->lite, i, v, -1, SQLITE_STATIC)
+                 : sqlite3_bind_null(s->lite, i);
+    s->pv[i - 1] = v;
+    return 0;
+}
+
+static void q_bind_i64(qs *s, int i, int64_t v)
+{
+    PD_ASSERT(i >= 1 && i <= Q_MAX_PARAMS);
+    if (!s->js->pg) {
+        sqlite3_bind_int64(s->lite, i, v);
+        return;
+    }
+    snprintf(s->num[i - 1], sizeof s->num[i - 1], "%" PRId64, v);
+    s->pv[i - 1] = s->num[i - 1];
+}
+
+static void q_bind_int(qs *s, int i, int v) { q_bind_i64(s, i, v); }
+
+/* Keeps PostgreSQL's message (one line) for db_fail. */
+static void pg_keep_msg(pd_jobstore *js, const char *m)
+{
+    snprintf(js->pg_msg, sizeof js->pg_msg, "%s", m && *m ? m : "unknown error");
+    char *nl;
+    while ((nl = strchr(js->pg_msg, '\n')) != NULL) *nl = ' ';
+}
+
+/* The session's settings, at connect and after every reconnect: each write
+ * durable when it returns whatever the server's default, no NOTICE chatter. */
+#define PG_SESSION "SET synchronous_commit = on; SET client_min_messages = warning"
+
+/* Reconnects a PostgreSQL connection that went down. 0 when it is up. */
+static int pg_alive(pd_jobstore *js)
+{
+    if (PQstatus(js->pg) == CONNECTION_OK) return 0;
+    PQreset(js->pg);
+    if (PQstatus(js->pg) == CONNECTION_OK) {
+        PGresult *r = PQexec(js->pg, PG_SESSION);
+        int ok = PQresultStatus(r) == PGRES_COMMAND_OK;
+        if (!ok) pg_keep_msg(js, PQresultErrorMessage(r));
+        PQclear(r);
+        if (ok) PD_LOGI("job store: reconnected to the database");
+        return ok ? 0 : -1;
+    }
+    pg_keep_msg(js, PQerrorMessage(js->pg));
+    return -1;
+}
+
+static int q_step(qs *s)
+{
+    if (s->lite) return sqlite3_step(s->lite);
+    pd_jobstore *js = s->js;
+    if (!s->res) {
+        if (pg_alive(js) < 0) return SQLITE_IOERR;
+        s->res = PQexecParams(js->pg, js->pg_sql[s - js->stmt], js->pg_nparams[s - js->stmt],
+                              NULL, s->pv, NULL, NULL, 0);
+        ExecStatusType t = s->res ? PQresultStatus(s->res) : PGRES_FATAL_ERROR;
+        if (t != PGRES_COMMAND_OK && t != PGRES_TUPLES_OK) {
+            pg_keep_msg(js, s->res ? PQresultErrorMessage(s->res) : PQerrorMessage(js->pg));
+            const char *state = s->res ? PQresultErrorField(s->res, PG_DIAG_SQLSTATE) : NULL;
+            PQclear(s->res);
+            s->res = NULL;
+            /* 40001/40P01: serialization failure or deadlock, worth a retry */
+            return state && !strncmp(state, "40", 2) ? SQLITE_BUSY : SQLITE_IOERR;
+        }
+        js->pg_changes = atoi(PQcmdTuples(s->res));
+        s->row = -1;
+    }
+    return ++s->row < PQntuples(s->res) ? SQLITE_ROW : SQLITE_DONE;
+}
+
+static const char *q_text(qs *s, int col)
+{
+    if (s->lite) return (const char *)sqlite3_column_text(s->lite, col);
+    return PQgetisnull(s->res, s->row, col) ? NULL : PQgetvalue(s->res, s->row, col);
+}
+
+static int64_t q_i64(qs *s, int col)
+{
+    if (s->lite) return sqlite3_column_int64(s->lite, col);
+    const char *v = q_text(s, col);
+    return v ? strtoll(v, NULL, 10) : 0;
+}
+
+static int q_int(qs *s, int col) { return (int)q_i64(s, col); }
+
+static int q_type(qs *s, int col)
+{
+    if (s->lite) return sqlite3_column_type(s->lite, col);
+    return q_text(s, col) ? SQLITE_TEXT : SQLITE_NULL;
+}
+
+/* Rows changed by the last write. */
+static int q_changes(pd_jobstore *js)
+{
+    return js->pg ? js->pg_changes : sqlite3_changes(js->db);
+}
+
+/* The seq of the row the last insert made (PostgreSQL: the session's
+ * lastval(), which only this connection's inserts move). */
+static int64_t q_last_id(pd_jobstore *js)
+{
+    if (!js->pg) return sqlite3_last_insert_rowid(js->db);
+    PGresult *r = PQexec(js->pg, "SELECT lastval()");
+    int64_t v = PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) == 1
+                    ? strtoll(PQgetvalue(r, 0, 0), NULL, 10) : -1;
+    PQclear(r);
+    return v;
 }
 
 /* Runs a statement that returns no row to completion. */
-static int run(pd_jobstore *js, sqlite3_stmt *s, const char *what, pd_err *err)
+static int run(pd_jobstore *js, qs *s, const char *what, pd_err *err)
 {
-    int rc = sqlite3_step(s);
+    int rc = q_step(s);
     int st = rc == SQLITE_DONE ? PD_OK : db_fail(js, rc, what, err);
     done(s);
     return st;
@@ -421,23 +598,23 @@ static int exec(pd_jobstore *js, const char *sql, pd_err *err)
 
 /* ---- row -> JSON ---- */
 
-static json_t *col_string(sqlite3_stmt *s, int col)
+static json_t *col_string(qs *s, int col)
 {
-    const char *v = (const char *)sqlite3_column_text(s, col);
+    const char *v = (const char *)q_text(s, col);
     return v ? json_string(v) : json_null();
 }
 
-static json_t *col_integer(sqlite3_stmt *s, int col)
+static json_t *col_integer(qs *s, int col)
 {
-    return sqlite3_column_type(s, col) == SQLITE_NULL
+    return q_type(s, col) == SQLITE_NULL
                ? json_null()
-               : json_integer((json_int_t)sqlite3_column_int64(s, col));
+               : json_integer((json_int_t)q_i64(s, col));
 }
 
 /* A JSON column: its value, or null (logged) if the stored text is bad. */
-static json_t *col_json(sqlite3_stmt *s, int col)
+static json_t *col_json(qs *s, int col)
 {
-    const char *v = (const char *)sqlite3_column_text(s, col);
+    const char *v = (const char *)q_text(s, col);
     if (!v) return json_null();
     json_error_t je;
     json_t *j = json_loads(v, JSON_DECODE_ANY, &je);
@@ -448,7 +625,7 @@ static json_t *col_json(sqlite3_stmt *s, int col)
     return j;
 }
 
-static json_t *file_json(sqlite3_stmt *s)
+static json_t *file_json(qs *s)
 {
     json_t *o = json_object();
     if (!o) return NULL;
@@ -467,14 +644,14 @@ static json_t *file_json(sqlite3_stmt *s)
     return o;
 }
 
-static json_t *job_json(sqlite3_stmt *s)
+static json_t *job_json(qs *s)
 {
     json_t *o = json_object();
     if (!o) return NULL;
     int bad = 0;
     json_t *error = json_null();
-    if (sqlite3_column_type(s, J_ERR_CODE) != SQLITE_NULL ||
-        sqlite3_column_type(s, J_ERR_MSG) != SQLITE_NULL) {
+    if (q_type(s, J_ERR_CODE) != SQLITE_NULL ||
+        q_type(s, J_ERR_MSG) != SQLITE_NULL) {
         json_decref(error);
         error = json_object();
         if (error) {
@@ -518,10 +695,10 @@ static void event_id(char out[PD_JOBSTORE_ID_MAX], int64_t seq)
     snprintf(out, PD_JOBSTORE_ID_MAX, "ftevent-%0*" PRIx64, EVENT_HEX, (uint64_t)seq);
 }
 
-static json_t *event_json(sqlite3_stmt *s)
+static json_t *event_json(qs *s)
 {
     char id[PD_JOBSTORE_ID_MAX];
-    event_id(id, sqlite3_column_int64(s, E_SEQ));
+    event_id(id, q_i64(s, E_SEQ));
     json_t *o = json_object();
     if (!o) return NULL;
     int bad = 0;
@@ -544,10 +721,10 @@ static void ckpt_id(char out[PD_JOBSTORE_ID_MAX], int64_t seq)
     snprintf(out, PD_JOBSTORE_ID_MAX, "ftckpt-%0*" PRIx64, EVENT_HEX, (uint64_t)seq);
 }
 
-static json_t *ckpt_json(sqlite3_stmt *s)
+static json_t *ckpt_json(qs *s)
 {
     char id[PD_JOBSTORE_ID_MAX];
-    ckpt_id(id, sqlite3_column_int64(s, C_SEQ));
+    ckpt_id(id, q_i64(s, C_SEQ));
     json_t *metrics = col_json(s, C_METRICS);
     json_t *o = json_pack("{s:s,s:s,s:o,s:o,s:o,s:o,s:o}", "object",
                           "fine_tuning.job.checkpoint", "id", id, "created_at",
@@ -584,12 +761,12 @@ static int oom(pd_err *err)
 
 /* Steps a list statement (bound by the caller) for up to limit rows,
  * building each with row_json; has_more when a (limit+1)-th row exists. */
-static int collect(pd_jobstore *js, sqlite3_stmt *s, int limit, json_t *(*row_json)(sqlite3_stmt *),
+static int collect(pd_jobstore *js, qs *s, int limit, json_t *(*row_json)(qs *),
                    json_t **out, pd_err *err)
 {
     json_t *data = json_array();
     int n = 0, has_more = 0, rc, st = PD_OK;
-    while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
+    while ((rc = q_step(s)) == SQLITE_ROW) {
         if (n == limit) {
             has_more = 1;
             break;
@@ -664,13 +841,13 @@ static int transition_ok(pd_job_status from, pd_job_status to)
  * with the row current in *out (the caller calls done()), PD_ENOTFOUND
  * ("no <what> '<id>'"), or an error. */
 static int find_row(pd_jobstore *js, int which, const char *what, const char *id,
-                    sqlite3_stmt **out, pd_err *err)
+                    qs **out, pd_err *err)
 {
-    sqlite3_stmt *s;
+    qs *s;
     int st = prep(js, which, &s, err);
     if (st < 0) return st;
     bind_text(s, 1, id);
-    int rc = sqlite3_step(s);
+    int rc = q_step(s);
     if (rc == SQLITE_ROW) {
         *out = s;
         return PD_OK;
@@ -689,13 +866,13 @@ static int find_row(pd_jobstore *js, int which, const char *what, const char *id
 static int job_state(pd_jobstore *js, const char *id, pd_job_status *status, int *cancel,
                      int64_t *seq, pd_err *err)
 {
-    sqlite3_stmt *s;
+    qs *s;
     int st = find_row(js, S_JOB_GET, "fine-tuning job", id, &s, err);
     if (st < 0) return st;
-    int parsed = pd_job_status_parse((const char *)sqlite3_column_text(s, J_STATUS));
+    int parsed = pd_job_status_parse((const char *)q_text(s, J_STATUS));
     if (status) *status = parsed < 0 ? PD_JOB_FAILED : (pd_job_status)parsed;
-    if (cancel) *cancel = sqlite3_column_int(s, J_CANCEL);
-    if (seq) *seq = sqlite3_column_int64(s, J_SEQ);
+    if (cancel) *cancel = q_int(s, J_CANCEL);
+    if (seq) *seq = q_i64(s, J_SEQ);
     done(s);
     if (parsed < 0)
         return pd_err_set(err, PD_EFORMAT, "%s: job %s has an unknown status", js->db_path, id);
@@ -704,7 +881,7 @@ static int job_state(pd_jobstore *js, const char *id, pd_job_status *status, int
 
 static int job_get_locked(pd_jobstore *js, const char *id, json_t **out, pd_err *err)
 {
-    sqlite3_stmt *s;
+    qs *s;
     int st = find_row(js, S_JOB_GET, "fine-tuning job", id, &s, err);
     if (st < 0) return st;
     *out = job_json(s);
@@ -718,18 +895,18 @@ static int file_get_locked(pd_jobstore *js, const char *id, json_t **obj,
                            pd_jobstore_file_info *info, int64_t *seq, int *fine_tune,
                            pd_err *err)
 {
-    sqlite3_stmt *s;
+    qs *s;
     int st = find_row(js, S_FILE_GET, "file", id, &s, err);
     if (st < 0) return st;
     if (info) {
-        snprintf(info->id, sizeof info->id, "%s", (const char *)sqlite3_column_text(s, F_ID));
-        info->bytes = sqlite3_column_int64(s, F_BYTES);
-        info->created_at = sqlite3_column_int64(s, F_CREATED);
-        info->n_lines = sqlite3_column_int64(s, F_LINES);
+        snprintf(info->id, sizeof info->id, "%s", (const char *)q_text(s, F_ID));
+        info->bytes = q_i64(s, F_BYTES);
+        info->created_at = q_i64(s, F_CREATED);
+        info->n_lines = q_i64(s, F_LINES);
     }
-    if (seq) *seq = sqlite3_column_int64(s, F_SEQ);
+    if (seq) *seq = q_i64(s, F_SEQ);
     if (fine_tune) {
-        const char *p = (const char *)sqlite3_column_text(s, F_PURPOSE);
+        const char *p = (const char *)q_text(s, F_PURPOSE);
         *fine_tune = p && strcmp(p, "fine-tune") == 0;
     }
     if (obj) {
@@ -837,16 +1014,16 @@ static int clean_files(pd_jobstore *js, pd_err *err)
     closedir(d);
     if (st < 0) return st;
 
-    sqlite3_stmt *s;
+    qs *s;
     if ((st = prep(js, S_FILE_ALL, &s, err)) < 0) return st;
     int rc;
-    while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
+    while ((rc = q_step(s)) == SQLITE_ROW) {
         char path[PATH_MAX];
         snprintf(path, sizeof path, "%s/%s" FILE_EXT, js->files_dir,
-                 (const char *)sqlite3_column_text(s, 0));
+                 (const char *)q_text(s, 0));
         if (access(path, F_OK) < 0)
             PD_LOGE("job store: contents of %s are missing (%s)",
-                    (const char *)sqlite3_column_text(s, 0), path);
+                    (const char *)q_text(s, 0), path);
     }
     st = rc == SQLITE_DONE ? PD_OK : db_fail(js, rc, "listing files", err);
     done(s);
@@ -875,38 +1052,247 @@ static void clean_checkpoint_temps(pd_jobstore *js)
  * the worker will pick up. */
 static int recover_jobs(pd_jobstore *js, pd_err *err)
 {
-    sqlite3_stmt *s;
-    int st = prep(js, S_JOB_RECOVER, &s, err);
-    if (st < 0) return st;
-    sqlite3_bind_int64(s, 1, now_s());
-    st = run(js, s, "recovering jobs", err);
-    if (st < 0) return st;
-    int cancelled = sqlite3_changes(js->db);
+    qs *s;
+    int st = PD_OK, cancelled = 0;
+    /* shared (PostgreSQL): another replica may be running such a job; its
+     * worker, or whoever takes over its lease, cancels it */
+    if (!js->pg) {
+        if ((st = prep(js, S_JOB_RECOVER, &s, err)) < 0) return st;
+        q_bind_i64(s, 1, now_s());
+        if ((st = run(js, s, "recovering jobs", err)) < 0) return st;
+        cancelled = q_changes(js);
+    }
     if (cancelled) PD_LOGI("job store: %d job(s) with a cancel request marked cancelled", cancelled);
     if ((st = prep(js, S_JOB_COUNT, &s, err)) < 0) return st;
     int rc;
-    while ((rc = sqlite3_step(s)) == SQLITE_ROW)
-        PD_LOGI("job store: %d %s job(s) to run", sqlite3_column_int(s, 1),
-                (const char *)sqlite3_column_text(s, 0));
+    while ((rc = q_step(s)) == SQLITE_ROW)
+        PD_LOGI("job store: %d %s job(s) to run", q_int(s, 1),
+                (const char *)q_text(s, 0));
     st = rc == SQLITE_DONE ? PD_OK : db_fail(js, rc, "counting jobs", err);
     done(s);
     return st;
 }
 
+/* ---- PostgreSQL ---- */
+
+/* pg_migrations[v] takes a PostgreSQL schema from version v to v + 1 (the
+ * one row of schema_version). Append only; the same tables as SQLite's,
+ * plus the lease of a job (lease_owner, lease_until in unix seconds). */
+static const char *const pg_migrations[] = {
+    /* 0 -> 1 */
+    "CREATE TABLE files ("
+    "  seq        BIGSERIAL PRIMARY KEY,"
+    "  id         TEXT NOT NULL UNIQUE,"
+    "  filename   TEXT NOT NULL,"
+    "  purpose    TEXT NOT NULL,"
+    "  bytes      BIGINT NOT NULL,"
+    "  n_lines    BIGINT NOT NULL,"
+    "  created_at BIGINT NOT NULL,"
+    "  status     TEXT NOT NULL"
+    ");"
+    "CREATE TABLE jobs ("
+    "  seq              BIGSERIAL PRIMARY KEY,"
+    "  id               TEXT NOT NULL UNIQUE,"
+    "  created_at       BIGINT NOT NULL,"
+    "  finished_at      BIGINT,"
+    "  model            TEXT NOT NULL,"
+    "  training_file    TEXT NOT NULL,"
+    "  validation_file  TEXT,"
+    "  suffix           TEXT,"
+    "  seed             BIGINT NOT NULL,"
+    "  hyperparameters  TEXT NOT NULL,"
+    "  method           TEXT NOT NULL,"
+    "  status           TEXT NOT NULL CHECK (status IN ('validating_files', 'queued',"
+    "                     'running', 'succeeded', 'failed', 'cancelled')),"
+    "  cancel_requested INTEGER NOT NULL DEFAULT 0,"
+    "  fine_tuned_model TEXT,"
+    "  trained_tokens   BIGINT,"
+    "  error_code       TEXT,"
+    "  error_message    TEXT,"
+    "  error_param      TEXT,"
+    "  result_files     TEXT,"
+    "  estimated_finish BIGINT,"
+    "  lease_owner      TEXT,"
+    "  lease_until      BIGINT"
+    ");"
+    "CREATE INDEX jobs_by_status ON jobs (status, seq);"
+    "CREATE INDEX jobs_by_training_file ON jobs (training_file);"
+    "CREATE INDEX jobs_by_validation_file ON jobs (validation_file);"
+    "CREATE TABLE events ("
+    "  seq        BIGSERIAL PRIMARY KEY,"
+    "  job_id     TEXT NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,"
+    "  created_at BIGINT NOT NULL,"
+    "  level      TEXT NOT NULL,"
+    "  type       TEXT NOT NULL,"
+    "  message    TEXT NOT NULL,"
+    "  data       TEXT"
+    ");"
+    "CREATE INDEX events_by_job ON events (job_id, seq);"
+    "CREATE TABLE checkpoints ("
+    "  seq        BIGSERIAL PRIMARY KEY,"
+    "  job_id     TEXT NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,"
+    "  created_at BIGINT NOT NULL,"
+    "  step       INTEGER NOT NULL,"
+    "  model      TEXT NOT NULL,"
+    "  metrics    TEXT NOT NULL"
+    ");"
+    "CREATE INDEX checkpoints_by_job ON checkpoints (job_id, seq);",
+};
+#define PG_SCHEMA_VERSION ((int)(sizeof pg_migrations / sizeof pg_migrations[0]))
+/* Serialises migrations of replicas starting together (pg_advisory_xact_lock). */
+#define PG_MIGRATE_LOCK "7201505"
+
+/* Runs sql (no parameters); PD_OK, or the error with what. */
+static int pg_exec(pd_jobstore *js, const char *sql, const char *what, pd_err *err)
+{
+    PGresult *r = PQexec(js->pg, sql);
+    ExecStatusType t = PQresultStatus(r);
+    int st = PD_OK;
+    if (t != PGRES_COMMAND_OK && t != PGRES_TUPLES_OK) {
+        pg_keep_msg(js, PQresultErrorMessage(r));
+        st = db_fail(js, SQLITE_IOERR, what, err);
+    }
+    PQclear(r);
+    return st;
+}
+
+/* Creates or migrates the schema in one transaction, under an advisory
+ * lock so that replicas starting together migrate once. */
+static int pg_migrate(pd_jobstore *js, pd_err *err)
+{
+    int st = pg_exec(js, "BEGIN", "migrate", err);
+    if (st < 0) return st;
+    if ((st = pg_exec(js, "SELECT pg_advisory_xact_lock(" PG_MIGRATE_LOCK ")", "migrate lock",
+                      err)) < 0 ||
+        (st = pg_exec(js, "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)",
+                      "schema_version", err)) < 0)
+        goto fail;
+    PGresult *r = PQexec(js->pg, "SELECT version FROM schema_version");
+    int version = 0, rows = -1;
+    if (PQresultStatus(r) == PGRES_TUPLES_OK) {
+        rows = PQntuples(r);
+        if (rows > 0) version = atoi(PQgetvalue(r, 0, 0));
+    } else {
+        pg_keep_msg(js, PQresultErrorMessage(r));
+    }
+    PQclear(r);
+    if (rows < 0) {
+        st = db_fail(js, SQLITE_IOERR, "reading the schema version", err);
+        goto fail;
+    }
+    if (version > PG_SCHEMA_VERSION) {
+        st = pd_err_set(err, PD_EVERSION, "%s: schema version %d is newer than this prefixd's "
+                        "(%d): run a newer prefixd on this database", js->db_path, version,
+                        PG_SCHEMA_VERSION);
+        goto fail;
+    }
+    for (int v = version; v < PG_SCHEMA_VERSION; v++) {
+        char set[96];
+        snprintf(set, sizeof set, v == 0 ? "INSERT INTO schema_version VALUES (%d)"
+                                         : "UPDATE schema_version SET version = %d", v + 1);
+        if ((st = pg_exec(js, pg_migrations[v], "migrating the schema", err)) < 0 ||
+            (st = pg_exec(js, set, "recording the schema version", err)) < 0)
+            goto fail;
+        PD_LOGI("job store: %s migrated to schema version %d", js->db_path, v + 1);
+    }
+    return pg_exec(js, "COMMIT", "migrate", err);
+fail:
+    PQclear(PQexec(js->pg, "ROLLBACK"));
+    return st;
+}
+
+/* stmt_sql in PostgreSQL's spelling: ?N becomes $N; counts the parameters. */
+static int pg_translate(pd_jobstore *js, pd_err *err)
+{
+    for (int i = 0; i < N_STMT; i++) {
+        const char *q = stmt_sql[i];
+        char *out = malloc(strlen(q) + 1);
+        if (!out) return pd_err_set(err, PD_ENOMEM, "job store: out of memory");
+        char *o = out;
+        int maxp = 0;
+        for (; *q; q++) {
+            if (*q == '?' && isdigit((unsigned char)q[1])) {
+                *o++ = '$';
+                int n = atoi(q + 1);
+                if (n > maxp) maxp = n;
+            } else {
+                *o++ = *q;
+            }
+        }
+        *o = 0;
+        PD_ASSERT(maxp <= Q_MAX_PARAMS);
+        js->pg_sql[i] = out;
+        js->pg_nparams[i] = maxp;
+    }
+    return PD_OK;
+}
+
+/* Connects to url (a libpq connection URI) and readies the schema. */
+static int pg_open(pd_jobstore *js, const char *url, pd_err *err)
+{
+    const char *keys[] = {"dbname", "connect_timeout", "application_name", NULL};
+    const char *vals[] = {url, "5", "prefixd", NULL};
+    js->pg = PQconnectdbParams(keys, vals, 1);
+    if (!js->pg) return pd_err_set(err, PD_ENOMEM, "job store: out of memory");
+    if (PQstatus(js->pg) != CONNECTION_OK) {
+        pg_keep_msg(js, PQerrorMessage(js->pg));
+        return pd_err_set(err, PD_EUNAVAIL, "%s: cannot connect: %s", js->db_path, js->pg_msg);
+    }
+    int st = pg_exec(js, PG_SESSION, "configure", err);
+    if (st == PD_OK) st = pg_migrate(js, err);
+    if (st == PD_OK) st = pg_translate(js, err);
+    return st;
+}
+
+/* The database named in a URL without its password, for messages. */
+static char *redact(const char *url)
+{
+    const char *at = strchr(url, '@'), *scheme = strstr(url, "://");
+    if (!at || !scheme || at < scheme) return strdup(url);
+    const char *colon = memchr(scheme + 3, ':', (size_t)(at - scheme - 3));
+    if (!colon) return strdup(url);
+    size_t n = (size_t)(colon - url);
+    char *s = malloc(n + strlen(at) + 5);
+    if (!s) return NULL;
+    memcpy(s, url, n);
+    strcpy(s + n, ":***");
+    strcat(s, at);
+    return s;
+}
+
+int pd_jobstore_is_url(const char *s)
+{
+    return s && (!strncmp(s, "postgres://", 11) || !strncmp(s, "postgresql://", 13));
+}
+
 int pd_jobstore_open(const char *data_dir, pd_jobstore **out, pd_err *err)
+{
+    return pd_jobstore_open_db(data_dir, NULL, out, err);
+}
+
+int pd_jobstore_open_db(const char *data_dir, const char *database, pd_jobstore **out,
+                        pd_err *err)
 {
     PD_ASSERT(out);
     *out = NULL;
     if (!data_dir || !*data_dir) return pd_err_set(err, PD_EINVAL, "data_dir: empty");
+    if (database && *database && !pd_jobstore_is_url(database))
+        return pd_err_set(err, PD_EINVAL, "job_store: want a postgres:// or postgresql:// URL");
+    int use_pg = database && *database;
     if (strlen(data_dir) > PATH_MAX - 64)
         return pd_err_set(err, PD_EINVAL, "data_dir: path too long");
     pd_jobstore *js = calloc(1, sizeof *js);
     if (!js) return pd_err_set(err, PD_ENOMEM, "job store: out of memory");
     js->lock_fd = -1;
+    js->lease_s = PD_JOBSTORE_LEASE_DEFAULT_S;
+    for (int i = 0; i < N_STMT; i++) {
+        js->stmt[i].js = js;
+        js->stmt[i].row = -1;
+    }
     pthread_mutex_init(&js->lock, NULL);
     int st = PD_OK;
     js->dir = strdup(data_dir);
-    js->db_path = join(data_dir, DB_NAME);
+    js->db_path = use_pg ? redact(database) : join(data_dir, DB_NAME);
     js->files_dir = join(data_dir, FILES_DIR);
     js->ckpt_dir = join(data_dir, CKPT_DIR);
     char *lock_path = join(data_dir, LOCK_NAME);
@@ -917,6 +1303,21 @@ int pd_jobstore_open(const char *data_dir, pd_jobstore **out, pd_err *err)
     if ((st = mkdir_p(data_dir, err)) < 0 || (st = mkdir_p(js->files_dir, err)) < 0 ||
         (st = mkdir_p(js->ckpt_dir, err)) < 0)
         goto fail;
+    {
+        char host[64] = "host", hex[9];
+        if (gethostname(host, sizeof host - 1) < 0) strcpy(host, "host"); /* a name only */
+        host[sizeof host - 1] = 0;
+        if ((st = random_hex(hex, 8, err)) < 0) goto fail;
+        snprintf(js->owner, sizeof js->owner, "%s:%ld:%s", host, (long)getpid(), hex);
+    }
+    if (use_pg) {
+        /* shared by every replica: no process lock, no cleanup of files
+         * another replica may be writing at this moment */
+        if ((st = pg_open(js, database, err)) < 0 || (st = recover_jobs(js, err)) < 0) goto fail;
+        free(lock_path);
+        *out = js;
+        return PD_OK;
+    }
 
     js->lock_fd = open(lock_path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
     if (js->lock_fd < 0) {
@@ -956,7 +1357,18 @@ fail:
 void pd_jobstore_close(pd_jobstore *js)
 {
     if (!js) return;
-    for (int i = 0; i < N_STMT; i++) sqlite3_finalize(js->stmt[i]);
+    if (js->pg && PQstatus(js->pg) == CONNECTION_OK && js->pg_sql[S_JOB_RELEASE_ALL]) {
+        /* a clean close: the jobs this process held are free for others at once */
+        const char *owner = js->owner;
+        PQclear(PQexecParams(js->pg, js->pg_sql[S_JOB_RELEASE_ALL], 1, NULL, &owner, NULL, NULL,
+                             0));
+    }
+    for (int i = 0; i < N_STMT; i++) {
+        sqlite3_finalize(js->stmt[i].lite);
+        PQclear(js->stmt[i].res);
+        free(js->pg_sql[i]);
+    }
+    PQfinish(js->pg);
     if (js->db && sqlite3_close(js->db) != SQLITE_OK)
         PD_LOGE("job store: closing %s: %s", js->db_path, sqlite3_errmsg(js->db));
     if (js->lock_fd >= 0) close(js->lock_fd); /* releases the flock */
@@ -999,15 +1411,15 @@ int pd_jobstore_file_create(pd_jobstore *js, const char *filename, const char *p
     if ((st = pd_write_file_atomic(path, data, size, err)) < 0) return st;
 
     pthread_mutex_lock(&js->lock);
-    sqlite3_stmt *s;
+    qs *s;
     int inserted = 0;
     if ((st = prep(js, S_FILE_INSERT, &s, err)) == PD_OK) {
         bind_text(s, 1, id);
         bind_text(s, 2, filename);
         bind_text(s, 3, purpose);
-        sqlite3_bind_int64(s, 4, (int64_t)size);
-        sqlite3_bind_int64(s, 5, n_lines);
-        sqlite3_bind_int64(s, 6, created);
+        q_bind_i64(s, 4, (int64_t)size);
+        q_bind_i64(s, 5, n_lines);
+        q_bind_i64(s, 6, created);
         st = run(js, s, "inserting a file", err);
         inserted = st == PD_OK;
     }
@@ -1067,12 +1479,12 @@ int pd_jobstore_file_list(pd_jobstore *js, const char *purpose, const char *afte
             st = pd_err_set(err, PD_ENOTFOUND, "after: no file '%s'", show(b, after));
         }
     }
-    sqlite3_stmt *s = NULL;
+    qs *s = NULL;
     if (st == PD_OK) st = prep(js, S_FILE_LIST, &s, err);
     if (st == PD_OK) {
-        sqlite3_bind_int64(s, 1, before);
+        q_bind_i64(s, 1, before);
         bind_text(s, 2, purpose);
-        sqlite3_bind_int(s, 3, limit + 1);
+        q_bind_int(s, 3, limit + 1);
         st = collect(js, s, limit, file_json, out, err);
     }
     pthread_mutex_unlock(&js->lock);
@@ -1086,15 +1498,15 @@ int pd_jobstore_file_delete(pd_jobstore *js, const char *id, json_t **obj, pd_er
     char b[96];
     pthread_mutex_lock(&js->lock);
     int st = file_get_locked(js, id, NULL, NULL, NULL, NULL, err);
-    sqlite3_stmt *s = NULL;
+    qs *s = NULL;
     if (st == PD_OK) st = prep(js, S_FILE_USER, &s, err);
     if (st == PD_OK) {
         bind_text(s, 1, id);
-        int rc = sqlite3_step(s);
+        int rc = q_step(s);
         if (rc == SQLITE_ROW)
             st = pd_err_set(err, PD_EBUSY, "file '%s' is in use by fine-tuning job %s, "
                             "which has not finished", show(b, id),
-                            (const char *)sqlite3_column_text(s, 0));
+                            (const char *)q_text(s, 0));
         else if (rc != SQLITE_DONE)
             st = db_fail(js, rc, "checking file use", err);
         done(s);
@@ -1216,16 +1628,16 @@ int pd_jobstore_job_create(pd_jobstore *js, const json_t *params, char *id_out, 
     st = check_job_file(js, "training_file", json_string_value(train), err);
     if (st == PD_OK && valid)
         st = check_job_file(js, "validation_file", json_string_value(valid), err);
-    sqlite3_stmt *s = NULL;
+    qs *s = NULL;
     if (st == PD_OK) st = prep(js, S_JOB_INSERT, &s, err);
     if (st == PD_OK) {
         bind_text(s, 1, id);
-        sqlite3_bind_int64(s, 2, now_s());
+        q_bind_i64(s, 2, now_s());
         bind_text(s, 3, json_string_value(model));
         bind_text(s, 4, json_string_value(train));
         bind_text(s, 5, valid ? json_string_value(valid) : NULL);
         bind_text(s, 6, suffix ? json_string_value(suffix) : NULL);
-        sqlite3_bind_int64(s, 7, seed_v);
+        q_bind_i64(s, 7, seed_v);
         bind_text(s, 8, hyper_text);
         bind_text(s, 9, method_text);
         st = run(js, s, "inserting a job", err);
@@ -1254,7 +1666,7 @@ int pd_jobstore_job_params(pd_jobstore *js, const char *id, json_t **out, pd_err
     PD_ASSERT(js && out);
     *out = NULL;
     pthread_mutex_lock(&js->lock);
-    sqlite3_stmt *s;
+    qs *s;
     int st = find_row(js, S_JOB_GET, "fine-tuning job", id, &s, err);
     if (st == PD_OK) {
         json_t *o = json_object();
@@ -1306,11 +1718,11 @@ int pd_jobstore_job_list(pd_jobstore *js, const char *after, int limit, json_t *
             st = pd_err_set(err, PD_ENOTFOUND, "after: no fine-tuning job '%s'", show(b, after));
         }
     }
-    sqlite3_stmt *s = NULL;
+    qs *s = NULL;
     if (st == PD_OK) st = prep(js, S_JOB_LIST, &s, err);
     if (st == PD_OK) {
-        sqlite3_bind_int64(s, 1, before);
-        sqlite3_bind_int(s, 2, limit + 1);
+        q_bind_i64(s, 1, before);
+        q_bind_int(s, 2, limit + 1);
         st = collect(js, s, limit, job_json, out, err);
     }
     pthread_mutex_unlock(&js->lock);
@@ -1322,22 +1734,27 @@ int pd_jobstore_job_list(pd_jobstore *js, const char *after, int limit, json_t *
 static int update_status(pd_jobstore *js, const char *id, pd_job_status from, pd_job_status to,
                          const pd_jobstore_job_error *error, pd_err *err)
 {
-    sqlite3_stmt *s;
+    qs *s;
     int st = prep(js, S_JOB_SET_STATUS, &s, err);
     if (st < 0) return st;
     bind_text(s, 1, id);
     bind_text(s, 2, pd_job_status_name(from));
     bind_text(s, 3, pd_job_status_name(to));
-    if (pd_job_status_final(to)) sqlite3_bind_int64(s, 4, now_s());
-    sqlite3_bind_int(s, 5, error != NULL);
+    if (pd_job_status_final(to)) q_bind_i64(s, 4, now_s());
+    q_bind_int(s, 5, error != NULL);
     if (error) {
         bind_text(s, 6, error->code);
         bind_text(s, 7, error->message);
         bind_text(s, 8, error->param);
     }
     st = run(js, s, "updating a job's status", err);
-    /* the mutex and the process lock make the row's status the one just read */
-    if (st == PD_OK) PD_ASSERT(sqlite3_changes(js->db) == 1);
+    /* SQLite: the mutex and the process lock make the row's status the one
+     * just read. PostgreSQL: another replica may have moved it meanwhile. */
+    if (st == PD_OK && q_changes(js) != 1) {
+        PD_ASSERT(js->pg);
+        st = pd_err_set(err, PD_EBUSY, "status: job %s changed meanwhile (not %s any more)", id,
+                        pd_job_status_name(from));
+    }
     return st;
 }
 
@@ -1384,12 +1801,12 @@ int pd_jobstore_job_set_result(pd_jobstore *js, const char *id, const char *fine
                           show(b, fine_tuned_model));
     pthread_mutex_lock(&js->lock);
     int st = unfinished_locked(js, id, err);
-    sqlite3_stmt *s = NULL;
+    qs *s = NULL;
     if (st == PD_OK) st = prep(js, S_JOB_SET_RESULT, &s, err);
     if (st == PD_OK) {
         bind_text(s, 1, id);
         bind_text(s, 2, fine_tuned_model);
-        if (trained_tokens >= 0) sqlite3_bind_int64(s, 3, trained_tokens);
+        if (trained_tokens >= 0) q_bind_i64(s, 3, trained_tokens);
         st = run(js, s, "recording a job's result", err);
     }
     pthread_mutex_unlock(&js->lock);
@@ -1401,13 +1818,17 @@ int pd_jobstore_job_next_runnable(pd_jobstore *js, char *id, pd_job_status *stat
 {
     PD_ASSERT(js && id);
     pthread_mutex_lock(&js->lock);
-    sqlite3_stmt *s;
-    int st = prep(js, S_JOB_NEXT, &s, err);
+    qs *s;
+    int st = prep(js, js->pg ? S_JOB_CLAIM : S_JOB_NEXT, &s, err);
+    if (st == PD_OK && js->pg) {
+        bind_text(s, 1, js->owner);
+        q_bind_i64(s, 2, js->lease_s);
+    }
     if (st == PD_OK) {
-        int rc = sqlite3_step(s);
+        int rc = q_step(s);
         if (rc == SQLITE_ROW) {
-            snprintf(id, PD_JOBSTORE_ID_MAX, "%s", (const char *)sqlite3_column_text(s, 0));
-            int parsed = pd_job_status_parse((const char *)sqlite3_column_text(s, 1));
+            snprintf(id, PD_JOBSTORE_ID_MAX, "%s", (const char *)q_text(s, 0));
+            int parsed = pd_job_status_parse((const char *)q_text(s, 1));
             PD_ASSERT(parsed == PD_JOB_QUEUED || parsed == PD_JOB_RUNNING);
             if (status) *status = (pd_job_status)parsed;
         } else {
@@ -1427,7 +1848,7 @@ int pd_jobstore_job_request_cancel(pd_jobstore *js, const char *id, json_t **obj
     pd_job_status status;
     pthread_mutex_lock(&js->lock);
     int st = job_state(js, id, &status, NULL, NULL, err);
-    sqlite3_stmt *s = NULL;
+    qs *s = NULL;
     if (st == PD_OK && pd_job_status_final(status)) {
         st = pd_err_set(err, PD_EINVAL, "job %s already finished (%s)", id,
                         pd_job_status_name(status));
@@ -1442,7 +1863,7 @@ int pd_jobstore_job_request_cancel(pd_jobstore *js, const char *id, json_t **obj
         st = prep(js, S_JOB_CANCEL_NOW, &s, err);
         if (st == PD_OK) {
             bind_text(s, 1, id);
-            sqlite3_bind_int64(s, 2, now_s());
+            q_bind_i64(s, 2, now_s());
             bind_text(s, 3, pd_job_status_name(status));
             st = run(js, s, "cancelling a job", err);
         }
@@ -1485,12 +1906,12 @@ static int seq_find_locked(pd_jobstore *js, int stmt, const char *prefix, const 
     if (!id_ok(id, prefix, EVENT_HEX))
         return pd_err_set(err, PD_ENOTFOUND, "%sno %s '%s'", pre, what, show(b, id));
     *seq = (int64_t)strtoull(id + strlen(prefix), NULL, 16);
-    sqlite3_stmt *s;
+    qs *s;
     int st = prep(js, stmt, &s, err);
     if (st < 0) return st;
-    sqlite3_bind_int64(s, 1, *seq);
+    q_bind_i64(s, 1, *seq);
     bind_text(s, 2, job_id);
-    int rc = sqlite3_step(s);
+    int rc = q_step(s);
     if (rc == SQLITE_DONE)
         st = pd_err_set(err, PD_ENOTFOUND, "%sno %s '%s' in job %s", pre, what, show(b, id),
                         job_id);
@@ -1518,17 +1939,17 @@ int pd_jobstore_event_add(pd_jobstore *js, const char *job_id, const char *level
     }
     pthread_mutex_lock(&js->lock);
     st = job_state(js, job_id, NULL, NULL, NULL, err);
-    sqlite3_stmt *s = NULL;
+    qs *s = NULL;
     if (st == PD_OK) st = prep(js, S_EVENT_INSERT, &s, err);
     if (st == PD_OK) {
         bind_text(s, 1, job_id);
-        sqlite3_bind_int64(s, 2, now_s());
+        q_bind_i64(s, 2, now_s());
         bind_text(s, 3, level);
         bind_text(s, 4, type);
         bind_text(s, 5, message ? message : "");
         bind_text(s, 6, data_text);
         st = run(js, s, "adding an event", err);
-        if (st == PD_OK && id) event_id(id, sqlite3_last_insert_rowid(js->db));
+        if (st == PD_OK && id) event_id(id, q_last_id(js));
     }
     pthread_mutex_unlock(&js->lock);
     free(data_text);
@@ -1545,15 +1966,15 @@ int pd_jobstore_event_list(pd_jobstore *js, const char *job_id, const char *afte
     int64_t before = INT64_MAX;
     pthread_mutex_lock(&js->lock);
     st = job_state(js, job_id, NULL, NULL, NULL, err);
-    sqlite3_stmt *s = NULL;
+    qs *s = NULL;
     if (st == PD_OK && after)
         st = seq_find_locked(js, S_EVENT_FIND, "ftevent-", "after: ", "event", job_id, after,
                              &before, err);
     if (st == PD_OK) st = prep(js, S_EVENT_LIST, &s, err);
     if (st == PD_OK) {
         bind_text(s, 1, job_id);
-        sqlite3_bind_int64(s, 2, before);
-        sqlite3_bind_int(s, 3, limit + 1);
+        q_bind_i64(s, 2, before);
+        q_bind_int(s, 3, limit + 1);
         st = collect(js, s, limit, event_json, out, err);
     }
     pthread_mutex_unlock(&js->lock);
@@ -1568,12 +1989,12 @@ static int update_unfinished(pd_jobstore *js, int stmt, const char *id, const ch
 {
     pthread_mutex_lock(&js->lock);
     int st = unfinished_locked(js, id, err);
-    sqlite3_stmt *s = NULL;
+    qs *s = NULL;
     if (st == PD_OK) st = prep(js, stmt, &s, err);
     if (st == PD_OK) {
         bind_text(s, 1, id);
         if (use_text) bind_text(s, 2, text);
-        else if (value >= 0) sqlite3_bind_int64(s, 2, value);
+        else if (value >= 0) q_bind_i64(s, 2, value);
         st = run(js, s, what, err);
     }
     pthread_mutex_unlock(&js->lock);
@@ -1625,16 +2046,16 @@ int pd_jobstore_checkpoint_add(pd_jobstore *js, const char *job_id, int step,
     if (!text) return oom(err);
     pthread_mutex_lock(&js->lock);
     int st = job_state(js, job_id, NULL, NULL, NULL, err);
-    sqlite3_stmt *s = NULL;
+    qs *s = NULL;
     if (st == PD_OK) st = prep(js, S_CKPT_INSERT, &s, err);
     if (st == PD_OK) {
         bind_text(s, 1, job_id);
-        sqlite3_bind_int64(s, 2, now_s());
-        sqlite3_bind_int(s, 3, step);
+        q_bind_i64(s, 2, now_s());
+        q_bind_int(s, 3, step);
         bind_text(s, 4, model);
         bind_text(s, 5, text);
         st = run(js, s, "adding a checkpoint", err);
-        if (st == PD_OK && id) ckpt_id(id, sqlite3_last_insert_rowid(js->db));
+        if (st == PD_OK && id) ckpt_id(id, q_last_id(js));
     }
     pthread_mutex_unlock(&js->lock);
     free(text);
@@ -1654,10 +2075,10 @@ int pd_jobstore_checkpoint_delete(pd_jobstore *js, const char *job_id, const cha
     int64_t seq = 0;
     pthread_mutex_lock(&js->lock);
     int st = ckpt_find_locked(js, job_id, id, &seq, err);
-    sqlite3_stmt *s = NULL;
+    qs *s = NULL;
     if (st == PD_OK) st = prep(js, S_CKPT_DELETE, &s, err);
     if (st == PD_OK) {
-        sqlite3_bind_int64(s, 1, seq);
+        q_bind_i64(s, 1, seq);
         bind_text(s, 2, job_id);
         st = run(js, s, "deleting a checkpoint", err);
     }
@@ -1678,14 +2099,162 @@ int pd_jobstore_checkpoint_list(pd_jobstore *js, const char *job_id, const char 
     if (st == PD_OK && after)
         st = seq_find_locked(js, S_CKPT_FIND, "ftckpt-", "after: ", "checkpoint", job_id, after,
                              &before, err);
-    sqlite3_stmt *s = NULL;
+    qs *s = NULL;
     if (st == PD_OK) st = prep(js, S_CKPT_LIST, &s, err);
     if (st == PD_OK) {
         bind_text(s, 1, job_id);
-        sqlite3_bind_int64(s, 2, before);
-        sqlite3_bind_int(s, 3, limit + 1);
+        q_bind_i64(s, 2, before);
+        q_bind_int(s, 3, limit + 1);
         st = collect(js, s, limit, ckpt_json, out, err);
     }
     pthread_mutex_unlock(&js->lock);
+    return st;
+}
+
+/* ---- leases (PostgreSQL; a single process needs none) ---- */
+
+void pd_jobstore_set_lease_seconds(pd_jobstore *js, int seconds)
+{
+    PD_ASSERT(js && seconds >= 1);
+    pthread_mutex_lock(&js->lock);
+    js->lease_s = seconds;
+    pthread_mutex_unlock(&js->lock);
+}
+
+int pd_jobstore_shared(const pd_jobstore *js)
+{
+    return js->pg != NULL;
+}
+
+int pd_jobstore_job_renew_lease(pd_jobstore *js, const char *id, int *cancel_requested,
+                                pd_err *err)
+{
+    PD_ASSERT(js);
+    if (!js->pg) return pd_jobstore_job_status(js, id, NULL, cancel_requested, err);
+    pthread_mutex_lock(&js->lock);
+    qs *s;
+    int st = prep(js, S_JOB_RENEW, &s, err);
+    if (st == PD_OK) {
+        bind_text(s, 1, id);
+        bind_text(s, 2, js->owner);
+        q_bind_i64(s, 3, js->lease_s);
+        int rc = q_step(s);
+        if (rc == SQLITE_ROW) {
+            if (cancel_requested) *cancel_requested = q_int(s, 0) != 0;
+        } else {
+            st = rc == SQLITE_DONE
+                     ? pd_err_set(err, PD_EBUSY, "job %s: lease lost (taken over, or the job "
+                                  "left queued/running)", id)
+                     : db_fail(js, rc, "renewing a lease", err);
+        }
+        done(s);
+    }
+    pthread_mutex_unlock(&js->lock);
+    return st;
+}
+
+int pd_jobstore_job_release_lease(pd_jobstore *js, const char *id, pd_err *err)
+{
+    PD_ASSERT(js);
+    if (!js->pg) return PD_OK;
+    pthread_mutex_lock(&js->lock);
+    qs *s;
+    int st = prep(js, S_JOB_RELEASE, &s, err);
+    if (st == PD_OK) {
+        bind_text(s, 1, id);
+        bind_text(s, 2, js->owner);
+        st = run(js, s, "releasing a lease", err);
+    }
+    pthread_mutex_unlock(&js->lock);
+    return st;
+}
+
+/* ---- migration: an SQLite store into PostgreSQL ---- */
+
+/* The tables in copy order (parents first) and their columns, the same on
+ * both backends (PostgreSQL's lease columns start empty). */
+static const char *const copy_tables[][2] = {
+    {"files", "seq, id, filename, purpose, bytes, n_lines, created_at, status"},
+    {"jobs", "seq, id, created_at, finished_at, model, training_file, validation_file, "
+             "suffix, seed, hyperparameters, method, status, cancel_requested, "
+             "fine_tuned_model, trained_tokens, error_code, error_message, error_param, "
+             "result_files, estimated_finish"},
+    {"events", "seq, job_id, created_at, level, type, message, data"},
+    {"checkpoints", "seq, job_id, created_at, step, model, metrics"},
+};
+#define COPY_MAX_COLS 20
+
+/* Copies table t's rows from src (SQLite) into dst (PostgreSQL, inside the
+ * caller's transaction); adds the count to *rows. */
+static int copy_table(pd_jobstore *src, pd_jobstore *dst, int t, int64_t *rows, pd_err *err)
+{
+    const char *table = copy_tables[t][0], *cols = copy_tables[t][1];
+    int ncols = 1;
+    for (const char *c = cols; *c; c++) ncols += *c == ',';
+    PD_ASSERT(ncols <= COPY_MAX_COLS);
+    char sel[512], ins[1024];
+    snprintf(sel, sizeof sel, "SELECT %s FROM %s ORDER BY seq", cols, table);
+    int n = snprintf(ins, sizeof ins, "INSERT INTO %s (%s) VALUES (", table, cols);
+    for (int i = 0; i < ncols; i++)
+        n += snprintf(ins + n, sizeof ins - (size_t)n, "%s$%d", i ? ", " : "", i + 1);
+    snprintf(ins + n, sizeof ins - (size_t)n, ")");
+    sqlite3_stmt *s;
+    int rc = sqlite3_prepare_v2(src->db, sel, -1, &s, NULL);
+    if (rc != SQLITE_OK) return db_fail(src, rc, sel, err);
+    int st = PD_OK;
+    while (st == PD_OK && (rc = sqlite3_step(s)) == SQLITE_ROW) {
+        const char *v[COPY_MAX_COLS];
+        for (int i = 0; i < ncols; i++) v[i] = (const char *)sqlite3_column_text(s, i);
+        PGresult *r = PQexecParams(dst->pg, ins, ncols, NULL, v, NULL, NULL, 0);
+        if (PQresultStatus(r) != PGRES_COMMAND_OK) {
+            pg_keep_msg(dst, PQresultErrorMessage(r));
+            st = db_fail(dst, SQLITE_IOERR, table, err);
+        }
+        PQclear(r);
+        (*rows)++;
+    }
+    if (st == PD_OK && rc != SQLITE_DONE) st = db_fail(src, rc, sel, err);
+    sqlite3_finalize(s);
+    if (st < 0) return st;
+    /* the next seq continues after the copied ones (event and checkpoint ids) */
+    char setval[256];
+    snprintf(setval, sizeof setval, "SELECT setval(pg_get_serial_sequence('%s', 'seq'), "
+             "COALESCE(max(seq), 0) + 1, false) FROM %s", table, table);
+    return pg_exec(dst, setval, "continuing a sequence", err);
+}
+
+int pd_jobstore_migrate(const char *from_dir, const char *to_url, int64_t *rows, pd_err *err)
+{
+    PD_ASSERT(rows);
+    *rows = 0;
+    if (!pd_jobstore_is_url(to_url))
+        return pd_err_set(err, PD_EINVAL, "to: want a postgres:// or postgresql:// URL");
+    char path[PATH_MAX];
+    snprintf(path, sizeof path, "%s/" DB_NAME, from_dir ? from_dir : "");
+    if (!from_dir || access(path, F_OK) < 0)
+        return pd_err_set(err, PD_ENOTFOUND, "from: %s: no job store there", path);
+    pd_jobstore *src = NULL, *dst = NULL;
+    int st = pd_jobstore_open(from_dir, &src, err); /* locks it: no server may run on it */
+    if (st == PD_OK) st = pd_jobstore_open_db(from_dir, to_url, &dst, err);
+    if (st < 0) goto out;
+    PGresult *r = PQexec(dst->pg, "SELECT (SELECT count(*) FROM files) + (SELECT count(*) "
+                                  "FROM jobs)");
+    int used = PQresultStatus(r) != PGRES_TUPLES_OK || strcmp(PQgetvalue(r, 0, 0), "0") != 0;
+    PQclear(r);
+    if (used) {
+        st = pd_err_set(err, PD_EEXIST, "to: %s already holds files or jobs: migrate into an "
+                        "empty database", dst->db_path);
+        goto out;
+    }
+    pthread_mutex_lock(&dst->lock);
+    st = pg_exec(dst, "BEGIN", "migrate", err); /* all or nothing */
+    for (int t = 0; st == PD_OK && t < (int)(sizeof copy_tables / sizeof copy_tables[0]); t++)
+        st = copy_table(src, dst, t, rows, err);
+    if (st == PD_OK) st = pg_exec(dst, "COMMIT", "migrate", err);
+    else PQclear(PQexec(dst->pg, "ROLLBACK"));
+    pthread_mutex_unlock(&dst->lock);
+out:
+    pd_jobstore_close(dst);
+    pd_jobstore_close(src);
     return st;
 }

@@ -38,7 +38,8 @@ extern "C" {
     X(EEXIST, -11, "already exists")                       \
     X(EBUSY, -12, "resource busy")                         \
     X(ECANCELLED, -13, "cancelled")                        \
-    X(ESYS, -14, "system call failed")
+    X(ESYS, -14, "system call failed")                     \
+    X(EUNAVAIL, -15, "service unavailable")
 
 typedef enum pd_status {
 #define PD__STATUS_ENUM(name, value, text) PD_##name = value,

@@ -29,7 +29,17 @@
  * reason. Checkpoints are <data_dir>/checkpoints/<job-id>.ckpt; the store
  * only names them (and removes none).
  *
- * One process at a time: open takes an exclusive lock on
+ * BACKENDS. The above is the SQLite backend, the default for one machine.
+ * pd_jobstore_open_db() with a postgres:// URL keeps the rows in
+ * PostgreSQL instead, for several processes ("replicas") sharing one
+ * fine-tuning service: the same API and JSON, the data directory shared by
+ * all of them (file contents and checkpoints stay files there: the rows are
+ * their only index), jobs claimed with leases (see LEASES below). There a
+ * crash between writing contents and inserting the row leaves an orphan
+ * file that nothing removes (open cannot tell it from another replica's
+ * upload in flight); it is never listed or served.
+ *
+ * One process at a time (SQLite): open takes an exclusive lock on
  * <data_dir>/prefixd.lock (PD_EBUSY if another process holds it), which is
  * what makes the orphan cleanup safe. Within the process every function is
  * thread-safe: one connection guarded by one mutex (HTTP threads and the
@@ -46,8 +56,10 @@
  * seconds. Errors: PD_EINVAL for bad arguments (the message starts with the
  * offending parameter's name and ": " where there is one, so the HTTP layer
  * can fill OpenAI's "param"), PD_ENOTFOUND for unknown ids, PD_EBUSY for a
- * conflict (HTTP 409), PD_EIO for SQLite and file-system failures (message
- * carries sqlite3_errmsg or strerror), PD_EFORMAT for a file that is not a
+ * conflict (HTTP 409; on PostgreSQL also a status another replica changed
+ * first), PD_EIO for database and file-system failures (message carries
+ * the database's message or strerror), PD_EUNAVAIL when the PostgreSQL
+ * server cannot be reached (HTTP 503), PD_EFORMAT for a file that is not a
  * database, PD_EVERSION for a schema newer than this code.
  */
 #ifndef PREFIXD_JOBSTORE_H
@@ -90,7 +102,39 @@ typedef struct pd_jobstore pd_jobstore;
  * PD_EVERSION, PD_EIO, PD_ENOMEM. */
 int pd_jobstore_open(const char *data_dir, pd_jobstore **out, pd_err *err);
 
-/* Closes the database and releases the lock. No call may be in flight on
+/* Opens the store with its rows in `database`: NULL or "" is SQLite under
+ * data_dir (pd_jobstore_open); a "postgres://" or "postgresql://" URL (a
+ * libpq connection URI) is PostgreSQL, shared by any number of processes
+ * ("replicas"): then data_dir must be the same shared directory for all of
+ * them (file contents in files/, checkpoints in checkpoints/; the rows are
+ * their only index), no process lock is taken and no orphan is cleaned.
+ * The PostgreSQL schema is created or migrated at open (table
+ * schema_version; replicas starting together migrate once, under an
+ * advisory lock); every write commits with synchronous_commit on.
+ * PD_EUNAVAIL when the database cannot be reached (connect timeout 5 s);
+ * PD_EINVAL for another kind of database string. Afterwards, a call that
+ * finds the database gone reconnects first and fails with PD_EUNAVAIL if
+ * it still cannot (the HTTP layer answers 503). */
+int pd_jobstore_open_db(const char *data_dir, const char *database, pd_jobstore **out,
+                        pd_err *err);
+
+/* Copies every row of the SQLite store in from_dir (files, jobs, events,
+ * checkpoints, with their ids, times and order) into the PostgreSQL
+ * database to_url, in one transaction; *rows counts them. The database
+ * must hold no files or jobs yet (PD_EEXIST); from_dir is locked meanwhile
+ * (PD_EBUSY while a server uses it). File contents and checkpoints are not
+ * copied: they stay in from_dir/files and from_dir/checkpoints, which
+ * become (or are copied into) the replicas' shared data directory. */
+int pd_jobstore_migrate(const char *from_dir, const char *to_url, int64_t *rows, pd_err *err);
+
+/* 1 if s names a PostgreSQL database (postgres:// or postgresql://). */
+int pd_jobstore_is_url(const char *s);
+
+/* 1 when the store is shared by several processes (PostgreSQL). */
+int pd_jobstore_shared(const pd_jobstore *js);
+
+/* Closes the database and releases the lock (PostgreSQL: and every lease
+ * this process holds, so another replica may resume its jobs at once). No call may be in flight on
  * another thread. pd_jobstore_close(NULL) is a no-op. */
 void pd_jobstore_close(pd_jobstore *js);
 
@@ -245,6 +289,34 @@ int pd_jobstore_job_set_result(pd_jobstore *js, const char *id, const char *fine
  * untouched) when there is none. */
 int pd_jobstore_job_next_runnable(pd_jobstore *js, char *id, pd_job_status *status,
                                   pd_err *err);
+
+/* LEASES (PostgreSQL). On a shared store pd_jobstore_job_next_runnable
+ * also claims the job it returns: in one statement (SELECT ... FOR UPDATE
+ * SKIP LOCKED) it picks the oldest queued or running job whose lease is
+ * free, expired or already this process's, and sets lease_owner (host:pid:
+ * random, fixed at open) and lease_until (now + the lease length). The
+ * worker renews the lease while it trains; a process that dies stops
+ * renewing, and when lease_until passes another process claims the job and
+ * resumes it from its checkpoint. So a job runs in one process at a time
+ * as long as the renewals come more often than the lease length. On SQLite
+ * (one process) there is no lease: the functions below only check. */
+#define PD_JOBSTORE_LEASE_DEFAULT_S 30
+
+/* The lease length of future claims and renewals (>= 1 second). */
+void pd_jobstore_set_lease_seconds(pd_jobstore *js, int seconds);
+
+/* Extends this process's lease of job id and reads its cancel flag into
+ * *cancel_requested (may be NULL). PD_EBUSY when the lease is not ours any
+ * more (another process took the job over, or it left queued/running): the
+ * caller must stop working on the job and write nothing more to it.
+ * SQLite: pd_jobstore_job_status(). */
+int pd_jobstore_job_renew_lease(pd_jobstore *js, const char *id, int *cancel_requested,
+                                pd_err *err);
+
+/* Gives up this process's lease of job id at once (a shutdown: another
+ * replica may resume it without waiting for the lease to expire). A no-op
+ * when the lease is not ours, and on SQLite. */
+int pd_jobstore_job_release_lease(pd_jobstore *js, const char *id, pd_err *err);
 
 /* POST .../cancel. validating_files or queued: cancelled at once (finished_at
  * set). running: cancel_requested is set and the status stays running; the

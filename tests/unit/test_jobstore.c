@@ -22,6 +22,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <libpq-fe.h>
 #include <sqlite3.h>
 
 #include "prefixd/fsutil.h"
@@ -32,7 +33,47 @@
 typedef struct fixture {
     char root[512]; /* mkdtemp'd */
     char dir[600];  /* <root>/data: open creates it */
+    char db[64];    /* PostgreSQL: this test's own schema ("" on SQLite) */
+    char url[1024]; /* PostgreSQL: its URL */
 } fixture;
+
+/* PostgreSQL runs: PD_TEST_PG_HOST (a socket directory) and PD_TEST_PG_PORT
+ * name a server where user prefixd may create schemas; each test gets a
+ * fresh one in database postgres (tests/e2e/test_pg.py starts the server and runs this binary). */
+static const char *pg_host, *pg_port;
+
+static PGconn *pg_admin(void)
+{
+    char url[1024];
+    snprintf(url, sizeof url, "postgresql://prefixd@/postgres?host=%s&port=%s", pg_host,
+             pg_port);
+    PGconn *c = PQconnectdb(url);
+    if (PQstatus(c) != CONNECTION_OK) {
+        fprintf(stderr, "admin connection: %s", PQerrorMessage(c));
+        PQfinish(c);
+        return NULL;
+    }
+    return c;
+}
+
+static int pg_run(const char *fmt, const char *db)
+{
+    PGconn *c = pg_admin();
+    if (!c) return -1;
+    char sql[256];
+    snprintf(sql, sizeof sql, fmt, db);
+    PGresult *r = PQexec(c, sql);
+    int ok = PQresultStatus(r) == PGRES_COMMAND_OK;
+    if (!ok) fprintf(stderr, "%s: %s", sql, PQresultErrorMessage(r));
+    PQclear(r);
+    PQfinish(c);
+    return ok ? 0 : -1;
+}
+
+static int open_at(const fixture *f, pd_jobstore **js, pd_err *err)
+{
+    return pd_jobstore_open_db(f->dir, f->url[0] ? f->url : NULL, js, err);
+}
 
 static int setup(void **state)
 {
@@ -46,6 +87,18 @@ static int setup(void **state)
         return -1;
     }
     snprintf(f->dir, sizeof f->dir, "%s/data", f->root);
+    if (pg_host) {
+        static int counter;
+        snprintf(f->db, sizeof f->db, "pdtest_%ld_%d", (long)getpid(), counter++);
+        /* a schema of its own (cheaper than a database), set as search_path */
+        snprintf(f->url, sizeof f->url, "postgresql://prefixd@/postgres?host=%s&port=%s"
+                 "&options=-csearch_path%%3D%s", pg_host, pg_port, f->db);
+        if (pg_run("CREATE SCHEMA %s", f->db) < 0) {
+            rmdir(f->root);
+            free(f);
+            return -1;
+        }
+    }
     *state = f;
     return 0;
 }
@@ -60,6 +113,7 @@ static int teardown(void **state)
 {
     fixture *f = *state;
     nftw(f->root, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+    if (f->db[0]) pg_run("SET client_min_messages = warning; DROP SCHEMA %s CASCADE", f->db);
     free(f);
     return 0;
 }
@@ -70,7 +124,7 @@ static pd_jobstore *open_store(const fixture *f)
 {
     pd_jobstore *js = NULL;
     pd_err err;
-    int st = pd_jobstore_open(f->dir, &js, &err);
+    int st = open_at(f, &js, &err);
     if (st != PD_OK) fail_msg("open: %s", err.msg);
     return js;
 }
@@ -589,13 +643,21 @@ static void test_cancel(void **state)
     assert_int_equal(pd_jobstore_job_request_cancel(js, "ftjob-nope", NULL, &err),
                      PD_ENOTFOUND);
 
-    /* a cancel requested before a crash is honoured at the next open */
+    /* a cancel requested before a crash is honoured at the next open; on a
+     * shared store (another replica may be running the job) the job stays
+     * runnable and the worker that claims it sees the request and cancels */
     assert_int_equal(pd_jobstore_job_request_cancel(js, e, NULL, &err), PD_OK);
     pd_jobstore_close(js);
     js = open_store(f);
-    assert_int_equal(pd_jobstore_job_status(js, e, &s, NULL, &err), PD_OK);
-    assert_int_equal(s, PD_JOB_CANCELLED);
+    assert_int_equal(pd_jobstore_job_status(js, e, &s, &requested, &err), PD_OK);
+    assert_int_equal(s, pg_host ? PD_JOB_RUNNING : PD_JOB_CANCELLED);
+    assert_int_equal(requested, 1);
     char next[PD_JOBSTORE_ID_MAX];
+    if (pg_host) {
+        assert_int_equal(pd_jobstore_job_next_runnable(js, next, NULL, &err), PD_OK);
+        assert_string_equal(next, e);
+        set_status(js, e, PD_JOB_CANCELLED);
+    }
     assert_int_equal(pd_jobstore_job_next_runnable(js, next, NULL, &err), PD_ENOTFOUND);
     pd_jobstore_close(js);
 }
@@ -958,7 +1020,7 @@ static void test_crash_without_close(void **state)
     assert_true(pid >= 0);
     if (pid == 0) {
         pd_jobstore *js = NULL;
-        CHILD_CHECK(pd_jobstore_open(f->dir, &js, NULL) == PD_OK);
+        CHILD_CHECK(open_at(f, &js, NULL) == PD_OK);
         pd_jobstore_file_info fi;
         CHILD_CHECK(pd_jobstore_file_create(js, "t.jsonl", "fine-tune", DATA, sizeof DATA - 1,
                                             &fi, NULL, NULL) == PD_OK);
@@ -1016,7 +1078,7 @@ static void test_kill9_after_acknowledge(void **state)
     if (pid == 0) {
         close(fds[0]);
         pd_jobstore *js = NULL;
-        CHILD_CHECK(pd_jobstore_open(f->dir, &js, NULL) == PD_OK);
+        CHILD_CHECK(open_at(f, &js, NULL) == PD_OK);
         pd_jobstore_file_info fi;
         CHILD_CHECK(pd_jobstore_file_create(js, "t.jsonl", "fine-tune", DATA, sizeof DATA - 1,
                                             &fi, NULL, NULL) == PD_OK);
@@ -1189,8 +1251,124 @@ static void test_threads(void **state)
     pd_jobstore_close(js);
 }
 
+/* ---- PostgreSQL only: leases, schema version, connection failures ---- */
+
+static void test_pg_leases(void **state)
+{
+    fixture *f = *state;
+    pd_jobstore *a = open_store(f), *b = open_store(f); /* two "replicas" */
+    pd_err err;
+    char file[PD_JOBSTORE_ID_MAX], j1[PD_JOBSTORE_ID_MAX], j2[PD_JOBSTORE_ID_MAX],
+        next[PD_JOBSTORE_ID_MAX];
+    pd_job_status s;
+    assert_true(pd_jobstore_shared(a));
+    make_file(a, "fine-tune", file);
+    job_in(a, file, PD_JOB_QUEUED, j1);
+    job_in(b, file, PD_JOB_QUEUED, j2);
+    /* each claims a different job: j1 is a's, so b gets j2, then nothing */
+    assert_int_equal(pd_jobstore_job_next_runnable(a, next, &s, &err), PD_OK);
+    assert_string_equal(next, j1);
+    assert_int_equal(pd_jobstore_job_next_runnable(b, next, &s, &err), PD_OK);
+    assert_string_equal(next, j2);
+    assert_int_equal(pd_jobstore_job_next_runnable(a, next, &s, &err), PD_OK);
+    assert_string_equal(next, j1); /* its own lease again */
+    set_status(b, j2, PD_JOB_RUNNING);
+    set_status(b, j2, PD_JOB_SUCCEEDED);
+    assert_int_equal(pd_jobstore_job_next_runnable(b, next, &s, &err), PD_ENOTFOUND);
+
+    /* a renews and sees a cancel requested through b */
+    set_status(a, j1, PD_JOB_RUNNING);
+    int cancel = -1;
+    assert_int_equal(pd_jobstore_job_renew_lease(a, j1, &cancel, &err), PD_OK);
+    assert_int_equal(cancel, 0);
+    /* a stops renewing ("dies"): after its lease ends b takes the job over */
+    pd_jobstore_set_lease_seconds(a, 1);
+    assert_int_equal(pd_jobstore_job_renew_lease(a, j1, NULL, &err), PD_OK);
+    assert_int_equal(pd_jobstore_job_next_runnable(b, next, &s, &err), PD_ENOTFOUND);
+    sleep(3); /* lease_until is in whole seconds: past it for sure */
+    assert_int_equal(pd_jobstore_job_next_runnable(b, next, &s, &err), PD_OK);
+    assert_string_equal(next, j1);
+    assert_int_equal(s, PD_JOB_RUNNING);
+    assert_int_equal(pd_jobstore_job_renew_lease(a, j1, NULL, &err), PD_EBUSY);
+    assert_non_null(strstr(err.msg, "lease lost"));
+    assert_int_equal(pd_jobstore_job_next_runnable(a, next, &s, &err), PD_ENOTFOUND);
+    assert_int_equal(pd_jobstore_job_request_cancel(a, j1, NULL, &err), PD_OK);
+    assert_int_equal(pd_jobstore_job_renew_lease(b, j1, &cancel, &err), PD_OK);
+    assert_int_equal(cancel, 1);
+    /* released (a shutdown): a may claim it at once; a's release is a no-op */
+    assert_int_equal(pd_jobstore_job_release_lease(a, j1, &err), PD_OK);
+    assert_int_equal(pd_jobstore_job_next_runnable(a, next, &s, &err), PD_ENOTFOUND);
+    assert_int_equal(pd_jobstore_job_release_lease(b, j1, &err), PD_OK);
+    assert_int_equal(pd_jobstore_job_next_runnable(a, next, &s, &err), PD_OK);
+    assert_string_equal(next, j1);
+    /* closing a frees what it held */
+    pd_jobstore_close(a);
+    assert_int_equal(pd_jobstore_job_next_runnable(b, next, &s, &err), PD_OK);
+    assert_string_equal(next, j1);
+    /* a final job leaves the lease alone: it is never claimed again */
+    set_status(b, j1, PD_JOB_CANCELLED);
+    assert_int_equal(pd_jobstore_job_renew_lease(b, j1, NULL, &err), PD_EBUSY);
+    /* the other replica sees the same rows, events included */
+    a = open_store(f);
+    assert_int_equal(pd_jobstore_event_add(b, j1, "info", "message", "hello", NULL, NULL, &err),
+                     PD_OK);
+    json_t *sa = snapshot(a), *sb = snapshot(b);
+    assert_true(json_equal(sa, sb));
+    json_decref(sa);
+    json_decref(sb);
+    pd_jobstore_close(a);
+    pd_jobstore_close(b);
+}
+
+static void test_pg_schema_and_connect(void **state)
+{
+    fixture *f = *state;
+    pd_jobstore *js = open_store(f);
+    pd_jobstore_close(js);
+    js = open_store(f); /* a second open migrates nothing */
+    pd_jobstore_close(js);
+    PGconn *c = PQconnectdb(f->url);
+    assert_int_equal(PQstatus(c), CONNECTION_OK);
+    PGresult *r = PQexec(c, "SELECT version FROM schema_version");
+    assert_int_equal(PQresultStatus(r), PGRES_TUPLES_OK);
+    assert_int_equal(PQntuples(r), 1);
+    assert_string_equal(PQgetvalue(r, 0, 0), "1");
+    PQclear(r);
+    PQclear(PQexec(c, "UPDATE schema_version SET version = 99"));
+    PQfinish(c);
+    pd_err err;
+    assert_int_equal(open_at(f, &js, &err), PD_EVERSION);
+    assert_non_null(strstr(err.msg, "newer"));
+    assert_null(strstr(err.msg, "secret"));
+
+    /* nobody listening: a clear error naming the database, password hidden */
+    char url[1024];
+    snprintf(url, sizeof url, "postgresql://prefixd:secret@/postgres?host=%s&port=1", pg_host);
+    assert_int_equal(pd_jobstore_open_db(f->dir, url, &js, &err), PD_EUNAVAIL);
+    assert_non_null(strstr(err.msg, "cannot connect"));
+    assert_null(strstr(err.msg, "secret"));
+    assert_int_equal(pd_jobstore_open_db(f->dir, "mysql://x/y", &js, &err), PD_EINVAL);
+    assert_non_null(strstr(err.msg, "job_store"));
+}
+
+#define BOTH(X)                                                                    \
+    X(test_files_crud), X(test_files_list), X(test_job_create_get), X(test_status_flow), \
+    X(test_cancel), X(test_jobs_list), X(test_events), X(test_checkpoints_results_estimate), \
+    X(test_next_runnable), X(test_paths_and_delete_in_use), X(test_reopen_keeps_everything), \
+    X(test_crash_without_close), X(test_kill9_after_acknowledge), X(test_threads)
+#define T(fn) cmocka_unit_test_setup_teardown(fn, setup, teardown)
+
 int main(void)
 {
+    pg_host = getenv("PD_TEST_PG_HOST");
+    pg_port = getenv("PD_TEST_PG_PORT");
+    if (pg_host && *pg_host) {
+        if (!pg_port) pg_port = "5432";
+        const struct CMUnitTest pg[] = {BOTH(T), T(test_pg_leases),
+                                        T(test_pg_schema_and_connect)};
+        return cmocka_run_group_tests_name("jobstore on PostgreSQL", pg, NULL, NULL);
+    }
+    pg_host = NULL;
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_open_layout_and_lock, setup, teardown),
         cmocka_unit_test_setup_teardown(test_schema_version_and_bad_db, setup, teardown),
