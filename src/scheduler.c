@@ -19,6 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "prefixd/log.h"
 
@@ -141,6 +142,7 @@ struct pd_sched {
     const pd_model *m;
     pd_sched_params p;
     pd_engine *e;
+    pd_kvpool *pool;         /* every running sequence's KV blocks (engine thread) */
     pthread_t thread;
     pthread_mutex_t mu;      /* guards queue, stats, stopping */
     pthread_cond_t wake;     /* work arrived or stop */
@@ -161,7 +163,7 @@ struct pd_sched {
 
 pd_sched_params pd_sched_default_params(void)
 {
-    pd_sched_params p = {64, 256, 1024, 0};
+    pd_sched_params p = {64, 256, 1024, 0, 0};
     return p;
 }
 
@@ -174,6 +176,14 @@ static void publish_done(pd_request *rq, int finish, const char *error)
     rq->t_done = pd_now();
     pthread_cond_broadcast(&rq->cv);
     pthread_mutex_unlock(&rq->mu);
+}
+
+/* Publishes the pool's counts in the stats. Called with s->mu held. */
+static void pool_stats_locked(pd_sched *s)
+{
+    s->stats.kv_blocks_total = s->pool->n_blocks;
+    s->stats.kv_blocks_used = s->pool->n_blocks - s->pool->n_free;
+    s->stats.kv_blocks_reserved = s->pool->n_reserved;
 }
 
 /* Frees the slot's sequence and drops the scheduler's request reference. */
@@ -189,24 +199,31 @@ static void retire(pd_sched *s, int i, int finish, const char *error)
     s->stats.seqs_freed++;
     if (finish == PD_FINISH_REASON_CANCELLED) s->stats.cancelled++;
     s->stats.running = s->n_running;
+    pool_stats_locked(s);
     pthread_mutex_unlock(&s->mu);
     publish_done(rq, finish, error);
     pd_request_release(rq);
 }
 
-/* Moves queued requests into free slots. Called with s->mu held. */
+/* Moves queued requests into free slots, in order, while the KV pool can
+ * promise each one the blocks of its prompt + max_tokens; the first that
+ * does not fit waits (and those behind it) until sequences finish. Called
+ * with s->mu held. */
 static void admit_locked(pd_sched *s)
 {
     while (s->q_len > 0 && s->n_running < s->p.max_seqs) {
         pd_request *rq = s->queue[s->q_head];
+        pd_err err;
+        pd_seq *seq = NULL;
+        int rc = pd_seq_create_paged(s->m, s->pool, rq->n_prompt + rq->max_tokens, &seq, &err);
+        if (rc == PD_EBUSY) break; /* waits for blocks */
         s->q_head = (s->q_head + 1) % s->p.queue_limit;
         s->q_len--;
         slot *sl = &s->slots[s->n_running];
         memset(sl, 0, sizeof *sl);
         sl->rq = rq;
-        pd_err err;
+        sl->seq = seq;
         int P = rq->prefix ? rq->prefix->n_tokens : 0;
-        int rc = pd_seq_create(s->m, rq->n_prompt + rq->max_tokens, &sl->seq, &err);
         if (rc == PD_OK) {
             pd_seq_set_prefix(sl->seq, P, P ? rq->prefix->keys : NULL,
                               P ? rq->prefix->values : NULL);
@@ -226,6 +243,7 @@ static void admit_locked(pd_sched *s)
     }
     s->stats.queued = s->q_len;
     s->stats.running = s->n_running;
+    pool_stats_locked(s);
 }
 
 /* log sum_i exp(logits[i]), in double. */
@@ -280,6 +298,7 @@ static void engine_iteration(pd_sched *s)
     for (int i = 0; i < s->n_running && n < budget; i++) {
         slot *sl = &s->slots[i];
         if (sl->prefilled < sl->rq->n_prompt) continue;
+        pd_seq_grow(sl->seq, sl->seq->len + 1);
         s->b_tokens[n] = sl->next;
         s->b_pos[n] = sl->seq->len;
         s->b_seqs[n] = sl->seq;
@@ -292,6 +311,7 @@ static void engine_iteration(pd_sched *s)
         int left = sl->rq->n_prompt - sl->prefilled;
         if (left <= 0) continue;
         int chunk = left < budget - n ? left : budget - n;
+        pd_seq_grow(sl->seq, sl->prefilled + chunk);
         for (int j = 0; j < chunk; j++) {
             s->b_tokens[n] = sl->rq->prompt[sl->prefilled + j];
             s->b_pos[n] = sl->prefilled + j;
@@ -409,6 +429,7 @@ static void engine_iteration(pd_sched *s)
     int bin = 0;
     while (bin < 7 && n > (1 << bin)) bin++;
     s->stats.batch_hist[bin]++;
+    pool_stats_locked(s);
     pthread_mutex_unlock(&s->mu);
 }
 
@@ -444,6 +465,7 @@ static void *engine_main(void *arg)
 static void release_memory(pd_sched *s)
 {
     pd_engine_free(s->e);
+    pd_kvpool_free(s->pool);
     free(s->queue);
     free(s->slots);
     free(s->b_tokens);
@@ -488,6 +510,24 @@ int pd_sched_create(const pd_model *m, const pd_sched_params *p, pd_sched **out,
     ep.max_tokens = T;
     ep.n_threads = p->n_threads;
     if (rc == PD_OK) rc = pd_engine_create(m, &ep, &s->e, err);
+    if (rc == PD_OK) {
+        size_t budget = p->kv_budget;
+        if (budget == 0) { /* derived: see pd_sched_params */
+            const size_t one = (size_t)pd_kvpool_blocks_for(m->cfg.seq_len) *
+                               pd_kvpool_block_bytes(m);
+            budget = (size_t)s->p.max_seqs * one;
+            long pages = sysconf(_SC_AVPHYS_PAGES), psz = sysconf(_SC_PAGESIZE);
+            if (pages > 0 && psz > 0 && budget > (size_t)pages * (size_t)psz / 4)
+                budget = (size_t)pages * (size_t)psz / 4;
+            if (budget > ((size_t)4 << 30)) budget = (size_t)4 << 30;
+            if (budget < one) budget = one;
+        }
+        rc = pd_kvpool_create(m, budget, &s->pool, err);
+    }
+    if (rc == PD_OK) {
+        s->stats.kv_blocks_total = s->pool->n_blocks;
+        s->stats.kv_block_bytes = pd_kvpool_block_bytes(m);
+    }
     if (rc == PD_OK) {
         pthread_mutex_init(&s->mu, NULL);
         pthread_cond_init(&s->wake, NULL);
@@ -552,6 +592,14 @@ int pd_sched_submit(pd_sched *s, pd_request *rq, pd_err *err)
     if (rq->max_tokens < (rq->prompt_logprobs || rq->build_prefix ? 0 : 1))
         return pd_err_set(err, PD_EINVAL, "max_tokens %d: at least 1 unless the prompt is only "
                           "scored (prompt_logprobs)", rq->max_tokens);
+    /* n_blocks never changes: read without the engine thread */
+    const int nb = pd_kvpool_blocks_for(rq->n_prompt + rq->max_tokens);
+    if (nb > s->pool->n_blocks)
+        return pd_err_set(err, PD_EINVAL,
+                          "this request needs %d tokens of KV cache (prompt %d + max_tokens %d) "
+                          "but the KV budget holds %d; shorten the prompt or lower max_tokens",
+                          nb * PD_KV_BLOCK, rq->n_prompt, rq->max_tokens,
+                          s->pool->n_blocks * PD_KV_BLOCK);
     if (rq->top_logprobs < 0 || rq->top_logprobs > PD_TOP_LOGPROBS_MAX)
         return pd_err_set(err, PD_EINVAL, "top logprobs %d outside [0, %d]", rq->top_logprobs,
                           PD_TOP_LOGPROBS_MAX);
