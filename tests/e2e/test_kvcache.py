@@ -1,0 +1,129 @@
+"""The paged KV cache over HTTP, on the shipped model: a pool far smaller than
+the waiting requests serves them all in turn with the same answers as alone,
+and every block comes back to the pool (asserted through /metrics) after
+cancels, client disconnects, stop strings, scoring, prefix builds and
+refused requests."""
+import json
+import socket
+import threading
+import time
+
+import pytest
+
+from server_util import Server, make_registry
+
+STORY = "Once upon a time"
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory):
+    return make_registry(tmp_path_factory.mktemp("registry"), [("story", STORY)])
+
+
+def wait_idle(s, timeout=20):
+    """Metrics once no sequence runs and none waits."""
+    deadline = time.time() + timeout
+    while True:
+        m = s.metrics()
+        if m["prefixd_running_sequences"] == 0 and m["prefixd_queue_depth"] == 0:
+            return m
+        assert time.time() < deadline, m
+        time.sleep(0.02)
+
+
+def assert_pool_full(s):
+    m = wait_idle(s)
+    assert m["prefixd_kv_blocks_total"] > 0
+    assert m["prefixd_kv_blocks_used"] == 0, m
+    assert m["prefixd_kv_blocks_reserved"] == 0, m
+    assert m["prefixd_kv_blocks_free"] == m["prefixd_kv_blocks_total"], m
+    return m
+
+
+def test_small_pool_serves_everyone_in_turn(tmp_path, registry):
+    """1 MiB of blocks (51 blocks of 16 tokens on this model) holds 3 requests of
+    prompt + 300 tokens; 12 at once wait in the queue, none fails, each answer
+    equals the one it gets alone, and the pool never goes over its size."""
+    with Server(tmp_path, registry, config={"kv_budget_mb": 1}) as s:
+        m = s.metrics()
+        total = m["prefixd_kv_blocks_total"]
+        per_req = (4 + 300 + 15) // 16 + 1  # ceil((prompt + 300) / 16), prompt <= 16 tokens
+        assert total < 4 * per_req, total
+        bodies = [{"model": "story" if i % 2 else "stories260K", "prompt": f"Tim had {i} toys",
+                   "max_tokens": 300, "temperature": 0} for i in range(12)]
+        alone = [s.complete(**b)["choices"][0]["text"] for b in bodies[:2]]
+        results = [None] * len(bodies)
+        peak = {"used": 0, "queued": 0}
+
+        def worker(i):
+            results[i] = s.request("POST", "/v1/completions", bodies[i], timeout=120)
+
+        threads = [threading.Thread(target=worker, args=(i,)) for i in range(len(bodies))]
+        for t in threads:
+            t.start()
+        while any(t.is_alive() for t in threads):
+            m = s.metrics()
+            peak["used"] = max(peak["used"], m["prefixd_kv_blocks_used"] +
+                               m["prefixd_kv_blocks_reserved"])
+            peak["queued"] = max(peak["queued"], m["prefixd_queue_depth"])
+            time.sleep(0.01)
+        for t in threads:
+            t.join()
+        assert [r.status for r in results] == [200] * len(bodies), \
+            [r.body for r in results if r.status != 200]
+        assert peak["used"] <= total
+        assert peak["queued"] > 0, "the pool should have made requests wait"
+        for i in range(2):
+            assert results[i].json()["choices"][0]["text"] == alone[i]
+        assert_pool_full(s)
+
+
+def test_no_block_leaks(tmp_path, registry):
+    with Server(tmp_path, registry, config={"kv_budget_mb": 2}) as s:
+        # finished by length and by stop string, scored prompt, n > 1
+        s.complete(model="story", prompt="The dog", max_tokens=20, temperature=0)
+        s.complete(model="story", prompt="The dog", max_tokens=200, temperature=0, stop=[" the"])
+        s.complete(model="story", prompt="The dog ran", max_tokens=1, echo=True, logprobs=2)
+        s.complete(model="stories260K", prompt=["a", "b"], max_tokens=30, n=2, temperature=1,
+                   seed=3)
+        # a prefix built on the engine thread
+        r = s.request("PUT", "/v1/prefixes/frog", {"from_prompt": "The frog sat on a log."})
+        assert r.status in (200, 201), r.body
+        # refused requests never reach the pool
+        r = s.request("POST", "/v1/completions",
+                      {"model": "story", "prompt": "x", "max_tokens": 100000})
+        assert r.status == 400
+        # a client that goes away mid-stream
+        sock = socket.create_connection(("127.0.0.1", s.port))
+        body = json.dumps({"model": "story", "prompt": "there was", "max_tokens": 400,
+                           "temperature": 0, "stream": True}).encode()
+        sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\n"
+                     b"Content-Type: application/json\r\nContent-Length: " +
+                     str(len(body)).encode() + b"\r\n\r\n" + body)
+        data = b""
+        while b"data: " not in data:
+            data += sock.recv(4096)
+        m = s.metrics()
+        assert m["prefixd_kv_blocks_used"] > 0
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        sock.close()
+        assert_pool_full(s)
+        # requests queued behind a full pool, then all cancelled by disconnecting
+        socks = []
+        for i in range(6):
+            c = socket.create_connection(("127.0.0.1", s.port))
+            b = json.dumps({"model": "story", "prompt": f"day {i}", "max_tokens": 450,
+                            "temperature": 0, "stream": True}).encode()
+            c.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\n"
+                      b"Content-Type: application/json\r\nContent-Length: " +
+                      str(len(b)).encode() + b"\r\n\r\n" + b)
+            socks.append(c)
+        deadline = time.time() + 10
+        while s.metrics()["prefixd_queue_depth"] == 0 and time.time() < deadline:
+            time.sleep(0.01)
+        for c in socks:
+            c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+            c.close()
+        assert_pool_full(s)
+        freed = s.metrics()["prefixd_sequences_freed_total"]
+        assert freed >= 8
