@@ -290,6 +290,17 @@ void metrics_render(metrics *m, const pd_sched_stats *ss, const pd_registry_stat
                (uint64_t)ss->kv_blocks_reserved);
         scalar(out, "prefixd_kv_block_bytes", "gauge",
                "Bytes per KV block (16 tokens of every layer).", (uint64_t)ss->kv_block_bytes);
+        scalar(out, "prefixd_kv_blocks_cached", "gauge",
+               "Free KV blocks that still hold prompt-cache content (reused on a hit, evicted "
+               "when needed).",
+               (uint64_t)ss->kv_blocks_cached);
+        scalar(out, "prefixd_prompt_cache_hits_total", "counter",
+               "Requests that started from blocks of the prompt cache.", ss->cache_hits);
+        scalar(out, "prefixd_prompt_cache_tokens_total", "counter",
+               "Prompt tokens taken from the prompt cache instead of prefilled.",
+               ss->cache_tokens);
+        scalar(out, "prefixd_prompt_cache_evictions_total", "counter",
+               "Prompt-cache blocks reused for other content.", ss->cache_evictions);
     }
     if (rs) {
         scalar(out, "prefixd_registry_tasks", "gauge", "Servable tasks in the registry.",

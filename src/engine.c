@@ -79,8 +79,8 @@ int pd_seq_create(const pd_model *m, int cap, pd_seq **out, pd_err *err)
     return PD_OK;
 }
 
-int pd_seq_create_paged(const pd_model *m, pd_kvpool *pool, int cap, pd_seq **out,
-                        pd_err *err)
+int pd_seq_create_paged(const pd_model *m, pd_kvpool *pool, int cap, const int32_t *shared,
+                        int n_shared, pd_seq **out, pd_err *err)
 {
     *out = NULL;
     if (cap < 1 || cap > m->cfg.seq_len)
@@ -92,24 +92,39 @@ int pd_seq_create_paged(const pd_model *m, pd_kvpool *pool, int cap, pd_seq **ou
         return pd_err_set(err, PD_EINVAL,
                           "a sequence of %d tokens needs %d KV blocks; the KV budget holds %d",
                           cap, nb, pool->n_blocks);
+    PD_ASSERT(n_shared >= 0 && n_shared * PD_KV_BLOCK < cap + PD_KV_BLOCK && n_shared <= nb);
+    /* pinning an unheld shared block takes it from what is available */
+    int pins = 0;
+    for (int i = 0; i < n_shared; i++) pins += pd_kvpool_pin_cost(pool, shared[i]);
+    if (nb - n_shared + pins > pd_kvpool_available(pool))
+        return pd_err_set(err, PD_EBUSY, "%d KV blocks wanted, %d available",
+                          nb - n_shared + pins, pd_kvpool_available(pool));
     pd_seq *s = calloc(1, sizeof *s);
     if (s) s->blocks = malloc((size_t)nb * sizeof *s->blocks);
     if (!s || !s->blocks) {
         if (s) free(s);
         return pd_err_set(err, PD_ENOMEM, "out of memory for a block table of %d blocks", nb);
     }
-    if (pd_kvpool_reserve(pool, nb) < 0) {
-        free(s->blocks);
-        free(s);
-        return pd_err_set(err, PD_EBUSY, "%d KV blocks wanted, %d available", nb,
-                          pd_kvpool_available(pool));
+    for (int i = 0; i < n_shared; i++) {
+        pd_kvpool_pin(pool, shared[i]);
+        s->blocks[i] = shared[i];
     }
+    int rc = pd_kvpool_reserve(pool, nb - n_shared);
+    PD_ASSERT(rc == PD_OK);
     s->pool = pool;
-    s->n_reserved = nb;
+    s->n_blocks = s->n_shared = n_shared;
+    s->n_reserved = nb - n_shared;
     s->cap = cap;
     s->kv_dim = m->cfg.kv_dim;
     *out = s;
     return PD_OK;
+}
+
+int pd_seq_use_shared(pd_seq *s)
+{
+    s->len = s->n_shared << PD_KV_BLOCK_SHIFT;
+    if (s->len > s->cap) s->len = s->cap;
+    return s->len;
 }
 
 void pd_seq_grow(pd_seq *s, int n_tokens)
@@ -157,7 +172,8 @@ void pd_seq_free(pd_seq *s)
 {
     if (!s) return;
     if (s->pool) {
-        for (int i = s->n_blocks - 1; i >= 0; i--) pd_kvpool_put(s->pool, s->blocks[i]);
+        /* the last first: in the LRU a block's successors go before it */
+        for (int i = s->n_blocks - 1; i >= 0; i--) pd_kvpool_release(s->pool, s->blocks[i]);
         pd_kvpool_unreserve(s->pool, s->n_reserved);
         free(s->blocks);
     }
@@ -350,6 +366,9 @@ static int check_batch(const pd_engine *e, const pd_batch *b, pd_err *err)
         if (b->tokens[i] < 0 || b->tokens[i] >= c->vocab_size)
             return pd_err_set(err, PD_EINVAL, "token %d: id %d outside the vocabulary [0, %d)",
                               i, b->tokens[i], c->vocab_size);
+        if (pos < (s->n_shared << PD_KV_BLOCK_SHIFT))
+            return pd_err_set(err, PD_EINVAL, "token %d: cache index %d is in a shared block", i,
+                              pos);
         if (pos < 0 || pos >= seq_room(s))
             return pd_err_set(err, PD_EINVAL, "token %d: cache index %d outside [0, %d)", i, pos,
                               seq_room(s));

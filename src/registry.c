@@ -52,6 +52,7 @@
 
 #include <uv.h>
 
+#include "prefixd/kvpool.h"
 #include "prefixd/log.h"
 #include "prefixd/safetensors.h"
 
@@ -213,6 +214,20 @@ static int read_all(int fd, size_t size, char **out)
  * *id the identity of the bytes it came from. On a load error *id names the
  * invalid version. PD_ENOTFOUND: no regular file; PD_EBUSY: it kept
  * changing under the reader. */
+/* The prompt cache's owner of p (kvpool.h): a hash of its shape, keys and
+ * values, never 0 or PD_KV_OWNER_BASE. Equal content, equal KV: a file
+ * replaced by another with the same tensors shares its cache entries,
+ * any other replacement never does. */
+static uint64_t content_id(const pd_prefix *p)
+{
+    const size_t n = (size_t)p->n_layers * p->n_kv_heads * p->n_tokens * p->head_dim;
+    const int shape[4] = {p->n_layers, p->n_kv_heads, p->n_tokens, p->head_dim};
+    uint64_t h = pd_kvpool_hash(UINT64_C(0x70726566697864), shape, sizeof shape);
+    h = pd_kvpool_hash(h, p->keys, n * sizeof(float));
+    h = pd_kvpool_hash(h, p->values, n * sizeof(float));
+    return h == 0 || h == PD_KV_OWNER_BASE ? h + 2 : h;
+}
+
 static int load_file(const pd_registry *r, const char *task, file_id *id, pd_prefix **out,
                      pd_err *err)
 {
@@ -265,6 +280,7 @@ static int load_file(const pd_registry *r, const char *task, file_id *id, pd_pre
             pd_prefix_release(p);
             return rc;
         }
+        p->content_id = content_id(p);
         *out = p;
         return PD_OK;
     }

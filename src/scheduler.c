@@ -135,6 +135,8 @@ typedef struct slot {
     pd_seq *seq;
     pd_sampler sampler;
     int prefilled;    /* prompt tokens already in the cache */
+    uint64_t owner;   /* prompt-cache owner (kvpool.h), 0: no prompt cache */
+    int published;    /* blocks of the sequence published or found so far */
     int32_t next;     /* the token to feed next once prefilled */
 } slot;
 
@@ -159,6 +161,8 @@ struct pd_sched {
     uint8_t *b_want;
     int *b_slot;             /* slot index of each logits row */
     int *b_ppos;             /* (max_step_tokens) prompt position a logits row scores, or -1 */
+    int32_t *hit;            /* (max_hit) blocks of a prompt found in the prompt cache */
+    int max_hit;             /* blocks of the model's context */
 };
 
 pd_sched_params pd_sched_default_params(void)
@@ -182,8 +186,10 @@ static void publish_done(pd_request *rq, int finish, const char *error)
 static void pool_stats_locked(pd_sched *s)
 {
     s->stats.kv_blocks_total = s->pool->n_blocks;
-    s->stats.kv_blocks_used = s->pool->n_blocks - s->pool->n_free;
+    s->stats.kv_blocks_used = pd_kvpool_used(s->pool);
     s->stats.kv_blocks_reserved = s->pool->n_reserved;
+    s->stats.kv_blocks_cached = s->pool->n_lru;
+    s->stats.cache_evictions = s->pool->evictions;
 }
 
 /* Frees the slot's sequence and drops the scheduler's request reference. */
@@ -215,7 +221,14 @@ static void admit_locked(pd_sched *s)
         pd_request *rq = s->queue[s->q_head];
         pd_err err;
         pd_seq *seq = NULL;
-        int rc = pd_seq_create_paged(s->m, s->pool, rq->n_prompt + rq->max_tokens, &seq, &err);
+        /* the prompt cache: whole blocks, the last prompt token always prefilled */
+        uint64_t owner = !rq->prefix ? PD_KV_OWNER_BASE : rq->prefix->content_id;
+        int n_hit = 0;
+        if (owner && !rq->prompt_logprobs)
+            n_hit = pd_kvpool_match(s->pool, owner, rq->prompt, rq->n_prompt - 1, s->hit,
+                                    s->max_hit);
+        int rc = pd_seq_create_paged(s->m, s->pool, rq->n_prompt + rq->max_tokens, s->hit, n_hit,
+                                     &seq, &err);
         if (rc == PD_EBUSY) break; /* waits for blocks */
         s->q_head = (s->q_head + 1) % s->p.queue_limit;
         s->q_len--;
@@ -223,10 +236,13 @@ static void admit_locked(pd_sched *s)
         memset(sl, 0, sizeof *sl);
         sl->rq = rq;
         sl->seq = seq;
+        sl->owner = owner;
         int P = rq->prefix ? rq->prefix->n_tokens : 0;
         if (rc == PD_OK) {
             pd_seq_set_prefix(sl->seq, P, P ? rq->prefix->keys : NULL,
                               P ? rq->prefix->values : NULL);
+            sl->prefilled = pd_seq_use_shared(sl->seq);
+            sl->published = n_hit;
             rc = pd_sampler_init(&sl->sampler, s->m->cfg.vocab_size, &rq->sampling, &err);
             if (rc < 0) pd_seq_free(sl->seq);
         }
@@ -237,9 +253,14 @@ static void admit_locked(pd_sched *s)
         }
         pthread_mutex_lock(&rq->mu);
         rq->state = PD_REQ_RUNNING;
+        rq->cached_tokens = sl->prefilled;
         pthread_mutex_unlock(&rq->mu);
         s->n_running++;
-        s->stats.prompt_tokens += (uint64_t)rq->n_prompt;
+        s->stats.prompt_tokens += (uint64_t)(rq->n_prompt - sl->prefilled);
+        if (n_hit > 0) {
+            s->stats.cache_hits++;
+            s->stats.cache_tokens += (uint64_t)sl->prefilled;
+        }
     }
     s->stats.queued = s->q_len;
     s->stats.running = s->n_running;
@@ -280,6 +301,24 @@ static void top_logprobs(const float *logits, int V, int n, pd_token_out *o)
     }
     o->n_top = c;
     for (int k = 0; k < c; k++) o->top_logprobs[k] = (float)((double)logits[o->top_ids[k]] - lse);
+}
+
+/* Publishes the sequence's blocks that its cache filled since the last
+ * call (prompt tokens, then generated ones as they were fed). */
+static void publish_blocks(pd_sched *s, slot *sl)
+{
+    if (!sl->owner) return;
+    const pd_request *rq = sl->rq;
+    const pd_seq *q = sl->seq;
+    for (; (sl->published + 1) * PD_KV_BLOCK <= q->len; sl->published++) {
+        const int b = sl->published, t0 = b * PD_KV_BLOCK;
+        int32_t toks[PD_KV_BLOCK];
+        for (int j = 0; j < PD_KV_BLOCK; j++) {
+            const int t = t0 + j; /* entry t holds the prompt's token t, else generated t - n */
+            toks[j] = t < rq->n_prompt ? rq->prompt[t] : rq->out[t - rq->n_prompt].id;
+        }
+        pd_kvpool_publish(s->pool, q->blocks[b], b ? q->blocks[b - 1] : -1, sl->owner, toks);
+    }
 }
 
 static void engine_iteration(pd_sched *s)
@@ -350,6 +389,7 @@ static void engine_iteration(pd_sched *s)
     for (int i = 0; i < s->n_running; i++) {
         slot *sl = &s->slots[i];
         if (sl->prefilled < sl->rq->n_prompt) sl->prefilled = sl->seq->len;
+        publish_blocks(s, sl);
     }
     uint64_t generated = 0;
     /* sample; collect finished slots (retire from the highest index down so
@@ -474,6 +514,7 @@ static void release_memory(pd_sched *s)
     free(s->b_want);
     free(s->b_slot);
     free(s->b_ppos);
+    free(s->hit);
     free(s);
 }
 
@@ -502,9 +543,11 @@ int pd_sched_create(const pd_model *m, const pd_sched_params *p, pd_sched **out,
     s->b_want = malloc((size_t)T);
     s->b_slot = malloc((size_t)T * sizeof *s->b_slot);
     s->b_ppos = malloc((size_t)T * sizeof *s->b_ppos);
+    s->max_hit = pd_kvpool_blocks_for(m->cfg.seq_len);
+    s->hit = malloc((size_t)s->max_hit * sizeof *s->hit);
     int rc = PD_OK;
     if (!s->queue || !s->slots || !s->b_tokens || !s->b_pos || !s->b_seqs || !s->b_want ||
-        !s->b_slot || !s->b_ppos)
+        !s->b_slot || !s->b_ppos || !s->hit)
         rc = pd_err_set(err, PD_ENOMEM, "out of memory for the scheduler");
     pd_engine_params ep = pd_engine_default_params();
     ep.max_tokens = T;

@@ -40,7 +40,8 @@ typedef struct pd_seq {
     /* paged storage (pd_seq_create_paged), NULL when contiguous: */
     struct pd_kvpool *pool; /* borrowed; outlives the sequence */
     int32_t *blocks; /* (blocks_for(cap)) block ids, the first n_blocks taken (owned) */
-    int n_blocks;    /* blocks taken from the pool */
+    int n_blocks;    /* blocks held: the n_shared first are shared (read-only) */
+    int n_shared;    /* blocks found in the prompt cache at creation */
     int n_reserved;  /* blocks still promised to this sequence by the pool */
     int cap;         /* capacity in tokens */
     int kv_dim;      /* the model's kv_dim (floats per cache entry and layer) */
@@ -57,15 +58,22 @@ int pd_seq_create(const pd_model *m, int cap, pd_seq **out, pd_err *err);
 void pd_seq_free(pd_seq *s);
 
 /* Allocates a paged sequence of capacity cap whose cache lives in blocks of
- * pool (kvpool.h, borrowed: it must outlive the sequence), reserving the
- * blocks of the whole capacity now; blocks are taken as it grows
- * (pd_seq_grow) and all go back to the pool at pd_seq_free. PD_EBUSY when
- * the pool cannot promise them (nothing allocated), PD_EINVAL, PD_ENOMEM.
- * The engine reads and writes a paged sequence with the same float
- * operations, in the same order, as a contiguous one: the logits are the
- * same bits. */
-int pd_seq_create_paged(const pd_model *m, struct pd_kvpool *pool, int cap, pd_seq **out,
-                        pd_err *err);
+ * pool (kvpool.h, borrowed: it must outlive the sequence). Its first
+ * n_shared blocks are the published blocks shared[] (from
+ * pd_kvpool_match; held, never written), so it starts with
+ * n_shared * PD_KV_BLOCK cache entries (after pd_seq_set_prefix, set len
+ * with pd_seq_use_shared); the rest of the capacity is reserved now and
+ * taken as it grows (pd_seq_grow). Every block goes back to the pool at
+ * pd_seq_free. PD_EBUSY when the pool cannot promise them (nothing
+ * allocated or held), PD_EINVAL, PD_ENOMEM. The engine reads and writes a
+ * paged sequence with the same float operations, in the same order, as a
+ * contiguous one: the logits are the same bits. */
+int pd_seq_create_paged(const pd_model *m, struct pd_kvpool *pool, int cap,
+                        const int32_t *shared, int n_shared, pd_seq **out, pd_err *err);
+
+/* Sets len to the entries of the shared blocks (after pd_seq_set_prefix,
+ * which empties the cache); returns it. */
+int pd_seq_use_shared(pd_seq *s);
 
 /* Makes room for cache entries [0, n_tokens) (n_tokens <= cap): takes
  * reserved blocks from the pool as needed. Contiguous sequences always

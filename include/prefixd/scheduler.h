@@ -15,6 +15,15 @@
  * waits in the queue, in order. A request needing more than the whole pool
  * is refused at submit (PD_EINVAL).
  *
+ * Prompt cache: every full block a sequence fills (prompt or generated
+ * tokens) is published in the pool under its owner (the prefix's
+ * content_id, or the base model) and token ids (kvpool.h); a new request
+ * starts from the longest published run of its prompt, leaving at least
+ * the prompt's last token to prefill (its logits), and prefills only the
+ * rest. Its logits are the same bits as without the hit. Requests that
+ * score their prompt (prompt_logprobs) and prefixes without a content_id
+ * do not take from the cache.
+ *
  * Threads: any thread may submit, wait on and cancel requests; the engine
  * thread never blocks on the network (it only appends to a request's output
  * under the request's mutex and signals its condition variable).
@@ -97,6 +106,8 @@ typedef struct pd_request {
     int finish;                   /* pd_finish_reason once DONE */
     char error[PD_ERR_MSG_MAX];
     pd_prefix *built;             /* build_prefix result (owned by the request) */
+    int cached_tokens;            /* prompt tokens found in the prompt cache (not prefilled);
+                                     set when the request starts running */
     double t_submit, t_first, t_done; /* monotonic seconds */
 
     /* --- shared */
@@ -163,6 +174,10 @@ typedef struct pd_sched_stats {
     int kv_blocks_used;         /* blocks held by sequences now */
     int kv_blocks_reserved;     /* blocks promised to running sequences, not yet taken */
     size_t kv_block_bytes;      /* bytes per block (PD_KV_BLOCK tokens, all layers) */
+    int kv_blocks_cached;       /* published blocks nobody holds (the prompt cache's LRU) */
+    uint64_t cache_hits;        /* requests that started from cached blocks */
+    uint64_t cache_tokens;      /* prompt tokens those requests did not prefill */
+    uint64_t cache_evictions;   /* cached blocks reused for other content */
 } pd_sched_stats;
 
 void pd_sched_stats_get(pd_sched *s, pd_sched_stats *out);

@@ -127,3 +127,119 @@ def test_no_block_leaks(tmp_path, registry):
         assert_pool_full(s)
         freed = s.metrics()["prefixd_sequences_freed_total"]
         assert freed >= 8
+
+
+# ---- the prompt cache ----
+
+LONG = ("Lily and Ben went to the park. They saw a big red ball under a tree. Ben wanted "
+        "the ball, but Lily said they must share. They played with the ball all day and "
+        "had fun. When the sun went down, they went home to eat. ")
+LONG2 = ("Tom had a little dog named Max. Max liked to run and jump in the grass. One day "
+         "Max ran away and Tom was sad. He looked everywhere for his dog. ")
+
+
+def cached(resp):
+    return resp["usage"]["prompt_tokens_details"]["cached_tokens"]
+
+
+def answer(resp):
+    """Texts and every token's logprobs (floats: compared for equality)."""
+    return [(c["text"], c["logprobs"]) for c in sorted(resp["choices"], key=lambda c: c["index"])]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, registry):
+    with Server(tmp_path_factory.mktemp("server"), registry) as s:
+        yield s
+
+
+@pytest.mark.parametrize("sampling", [dict(temperature=0),
+                                      dict(temperature=0.9, top_p=0.9, top_k=40, seed=7)])
+@pytest.mark.parametrize("model", ["stories260K", "story"])
+def test_hit_gives_the_same_answer(server, sampling, model):
+    p = dict(model=model, prompt=("Sam" if "seed" in sampling else "Ann") + " " + model + " " + LONG,
+             max_tokens=40, logprobs=3,
+             **sampling)
+    m0 = server.metrics()
+    a = server.complete(**p)
+    b = server.complete(**p)
+    m1 = server.metrics()
+    assert cached(a) == 0
+    n = a["usage"]["prompt_tokens"]
+    assert n > 48
+    assert cached(b) == (n - 1) // 16 * 16  # whole blocks, the last token prefilled
+    assert answer(a) == answer(b)
+    assert m1["prefixd_prompt_cache_hits_total"] == m0["prefixd_prompt_cache_hits_total"] + 1
+    assert m1["prefixd_prompt_cache_tokens_total"] == \
+        m0["prefixd_prompt_cache_tokens_total"] + cached(b)
+    # a longer prompt sharing the start reuses the shared blocks
+    c = server.complete(**dict(p, prompt=p["prompt"] + " And then they slept."))
+    assert cached(c) >= cached(b) - 16 and cached(c) > 0
+
+
+def test_hit_equals_the_command_line(server):
+    """The greedy answer with a hit is the command line's (an independent run)."""
+    from server_util import generate
+    server.complete(model="stories260K", prompt=LONG2, max_tokens=30, temperature=0)
+    r = server.complete(model="stories260K", prompt=LONG2, max_tokens=30, temperature=0)
+    assert cached(r) > 0
+    assert r["choices"][0]["text"] == generate(LONG2, 30)
+
+
+def test_entries_never_cross_tasks(server, tmp_path):
+    prompt = "Cross " + LONG2
+    server.complete(model="story", prompt=prompt, max_tokens=5, temperature=0)
+    assert cached(server.complete(model="story", prompt=prompt, max_tokens=5,
+                                  temperature=0)) > 0
+    base = server.complete(model="stories260K", prompt=prompt, max_tokens=5, temperature=0)
+    assert cached(base) == 0
+    r = server.request("PUT", "/v1/prefixes/other", {"from_prompt": "A big dog ran."})
+    assert r.status in (200, 201), r.body
+    assert cached(server.complete(model="other", prompt=prompt, max_tokens=5,
+                                  temperature=0)) == 0
+
+
+def test_hot_replaced_prefix_never_uses_old_entries(server):
+    prompt = "Swap " + LONG
+    r = server.request("PUT", "/v1/prefixes/swap", {"from_prompt": "The sun was hot."})
+    assert r.status in (200, 201), r.body
+    server.complete(model="swap", prompt=prompt, max_tokens=5, temperature=0)
+    assert cached(server.complete(model="swap", prompt=prompt, max_tokens=5, temperature=0)) > 0
+    r = server.request("PUT", "/v1/prefixes/swap", {"from_prompt": "It was a rainy day."})
+    assert r.status in (200, 201), r.body
+    fresh = server.complete(model="swap", prompt=prompt, max_tokens=20, temperature=0, logprobs=2)
+    assert cached(fresh) == 0
+    again = server.complete(model="swap", prompt=prompt, max_tokens=20, temperature=0, logprobs=2)
+    assert cached(again) > 0
+    assert answer(fresh) == answer(again)
+
+
+def test_chat_reports_cached_tokens(server):
+    msgs = [{"role": "system", "content": LONG}, {"role": "user", "content": "Who went?"}]
+    r1 = server.request("POST", "/v1/chat/completions",
+                        {"model": "stories260K", "messages": msgs, "max_tokens": 10,
+                         "temperature": 0})
+    r2 = server.request("POST", "/v1/chat/completions",
+                        {"model": "stories260K", "messages": msgs, "max_tokens": 10,
+                         "temperature": 0})
+    assert r1.status == 200 and r2.status == 200, (r1.body, r2.body)
+    a, b = r1.json(), r2.json()
+    assert cached(b) > 0
+    assert a["choices"][0]["message"] == b["choices"][0]["message"]
+
+
+def test_eviction_pressure_keeps_answers(tmp_path, registry):
+    """A 1 MiB pool (51 blocks) and many distinct long prompts: cached blocks are
+    evicted and reused; every answer stays the one the prompt gets on a fresh
+    server, hit or not."""
+    prompts = [f"{i} " + LONG for i in range(8)]
+    with Server(tmp_path, registry, config={"kv_budget_mb": 1}) as s:
+        first = [s.complete(model="story", prompt=p, max_tokens=30, temperature=0, logprobs=2)
+                 for p in prompts]
+        again = [s.complete(model="story", prompt=p, max_tokens=30, temperature=0, logprobs=2)
+                 for p in reversed(prompts)][::-1]
+        m = s.metrics()
+        assert m["prefixd_prompt_cache_evictions_total"] > 0
+        assert any(cached(r) > 0 for r in again)
+        assert [answer(r) for r in first] == [answer(r) for r in again]
+        assert_pool_full(s)

@@ -261,10 +261,10 @@ static void test_paged_equals_contiguous(void **state)
         }
         pd_seq *seqs[3];
         assert_int_equal(pd_seq_create(model, PG_TOK, &seqs[0], NULL), PD_OK);
-        assert_int_equal(pd_seq_create_paged(model, pool, PG_TOK, &seqs[1], NULL), PD_OK);
-        assert_int_equal(pd_seq_create_paged(model, pool, PG_TOK, &seqs[2], NULL), PD_OK);
+        assert_int_equal(pd_seq_create_paged(model, pool, PG_TOK, NULL, 0, &seqs[1], NULL), PD_OK);
+        assert_int_equal(pd_seq_create_paged(model, pool, PG_TOK, NULL, 0, &seqs[2], NULL), PD_OK);
         pd_seq *extra;
-        assert_int_equal(pd_seq_create_paged(model, pool, 1, &extra, &err), PD_EBUSY);
+        assert_int_equal(pd_seq_create_paged(model, pool, 1, NULL, 0, &extra, &err), PD_EBUSY);
         assert_int_equal(pd_kvpool_available(pool), 0);
         for (int s = 0; s < 3; s++) pd_seq_set_prefix(seqs[s], P, P ? pk : NULL, P ? pv : NULL);
         /* alternate the two paged sequences' blocks in the pool */
