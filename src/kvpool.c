@@ -210,8 +210,8 @@ int pd_kvpool_match(const pd_kvpool *p, uint64_t owner, const int32_t *tokens, i
 int pd_kvpool_publish(pd_kvpool *p, int32_t id, int32_t parent, uint64_t owner,
                       const int32_t *toks)
 {
-    PD_ASSERT(id >= 0 && id < p->n_blocks && p->refs[id] > 0 && !p->cached[id]);
-    if (parent >= 0 && !p->cached[parent]) return 0;
+    PD_ASSERT(id >= 0 && id < p->n_blocks && p->refs[id] > 0);
+    if (p->cached[id] || (parent >= 0 && !p->cached[parent])) return 0;
     const uint64_t k = chain_key(p, parent, owner, toks);
     if (find(p, k, parent, owner, toks) >= 0) return 0;
     p->key[id] = k;

@@ -133,9 +133,9 @@ int pd_kvpool_match(const pd_kvpool *p, uint64_t owner, const int32_t *tokens, i
 
 /* Publishes full block id (held by the caller) whose PD_KV_BLOCK token ids
  * are toks and whose sequence's previous block is parent (a published
- * block, or -1 for the first). Returns 1 when published, 0 when an equal
- * block is already published (this one stays private) or parent is not
- * published. */
+ * block, or -1 for the first). Returns 1 when published, 0 when it already
+ * is, when an equal block is (this one stays private) or when parent is
+ * not published. */
 int pd_kvpool_publish(pd_kvpool *p, int32_t id, int32_t parent, uint64_t owner,
                       const int32_t *toks);
 
