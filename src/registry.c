@@ -833,12 +833,12 @@ int pd_registry_acquire(pd_registry *r, const char *task, pd_prefix **out, pd_er
 }
 
 /* Writes p as task's file and installs it from disk. Caller holds no lock. */
-static int publish(pd_registry *r, const pd_prefix *p, pd_err *err)
+static int publish(pd_registry *r, const pd_prefix *p, int f16, pd_err *err)
 {
     char path[PATH_MAX];
     task_path(r, p->task, path);
     pthread_mutex_lock(&r->write_lock);
-    int rc = pd_prefix_save(p, r->model, path, 0, err);
+    int rc = pd_prefix_save(p, r->model, path, f16, err);
     pd_prefix *q = NULL;
     file_id id = {0, 0, 0, 0, 0};
     if (rc == PD_OK) rc = load_file(r, p->task, &id, &q, err);
@@ -861,16 +861,21 @@ int pd_registry_put(pd_registry *r, const char *task, const void *data, size_t s
     if (rc < 0) return rc;
     snprintf(p->task, sizeof p->task, "%s", task);
     rc = pd_prefix_meta_set(p, "task", task, err);
-    if (rc == PD_OK) rc = publish(r, p, err);
+    if (rc == PD_OK) rc = publish(r, p, 0, err);
     pd_prefix_release(p);
     return rc;
 }
 
-int pd_registry_put_prefix(pd_registry *r, const pd_prefix *p, pd_err *err)
+int pd_registry_put_prefix_as(pd_registry *r, const pd_prefix *p, int f16, pd_err *err)
 {
     if (!p || !pd_task_name_valid(p->task))
         return pd_err_set(err, PD_EINVAL, "prefix task name not valid");
-    return publish(r, p, err);
+    return publish(r, p, f16, err);
+}
+
+int pd_registry_put_prefix(pd_registry *r, const pd_prefix *p, pd_err *err)
+{
+    return pd_registry_put_prefix_as(r, p, 0, err);
 }
 
 int pd_registry_delete(pd_registry *r, const char *task, pd_err *err)

@@ -243,3 +243,28 @@ def test_eviction_pressure_keeps_answers(tmp_path, registry):
         assert any(cached(r) > 0 for r in again)
         assert [answer(r) for r in first] == [answer(r) for r in again]
         assert_pool_full(s)
+
+
+def test_put_from_prompt_dtype_f16(tmp_path):
+    """PUT {"from_prompt", "dtype": "f16"} writes the file as F16 like the command
+    line's --f16: half the bytes, and the same greedy answers as the command line's
+    F16 file of the same text."""
+    from conftest import MODEL, TOKENIZER, run
+    reg = tmp_path / "reg"
+    reg.mkdir()
+    text = "Lily and Ben were friends."
+    run("prefix", "from-prompt", "--model", MODEL, "--tokenizer", TOKENIZER, "--task", "cli16",
+        "--text", text, "--out", str(reg), "--f16")
+    with Server(tmp_path, str(reg)) as s:
+        r32 = s.request("PUT", "/v1/prefixes/h32", {"from_prompt": text})
+        r16 = s.request("PUT", "/v1/prefixes/h16", {"from_prompt": text, "dtype": "f16"})
+        assert r32.status == 201 and r16.status == 201, (r32.body, r16.body)
+        b32, b16 = r32.json()["bytes"], r16.json()["bytes"]
+        assert b16 < 0.7 * b32, (b16, b32)
+        bad = s.request("PUT", "/v1/prefixes/h8", {"from_prompt": text, "dtype": "f8"})
+        assert bad.status == 400 and bad.json()["error"]["param"] == "dtype"
+        outs = {t: s.complete(model=t, prompt=" One day", max_tokens=40, temperature=0,
+                              logprobs=1)["choices"][0]
+                for t in ("cli16", "h16", "h32")}
+        assert outs["h16"] == outs["cli16"]
+        assert outs["h16"]["text"]  # and it serves
