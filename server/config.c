@@ -73,7 +73,8 @@ static const key_def keys[] = {
 const char config_usage[] =
     "  serve     [--config FILE] [--listen HOST:PORT] [--model PATH] [--tokenizer PATH]\n"
     "            [--registry DIR] [--data DIR] [--threads N] [--max-seqs N]\n"
-    "            [--max-step-tokens N] [--queue-limit N] [--context N] [--max-choices N]\n"
+    "            [--max-step-tokens N] [--queue-limit N] [--kv-budget-mb N] [--context N]\n"
+    "            [--max-choices N]\n"
     "            [--api-key [admin:]KEY]... [--max-body-bytes N] [--max-prefix-bytes N]\n"
     "            [--registry-budget-mb N] [--registry-rescan-ms N] [--shutdown-grace-ms N]\n"
     "            [--max-connections N] [--connection-timeout-s N] [--log-level LEVEL]\n"
