@@ -562,7 +562,7 @@ int pd_sched_create(const pd_model *m, const pd_sched_params *p, pd_sched **out,
             long pages = sysconf(_SC_AVPHYS_PAGES), psz = sysconf(_SC_PAGESIZE);
             if (pages > 0 && psz > 0 && budget > (size_t)pages * (size_t)psz / 4)
                 budget = (size_t)pages * (size_t)psz / 4;
-            if (budget > ((size_t)4 << 30)) budget = (size_t)4 << 30;
+            if (budget > ((size_t)1 << 30)) budget = (size_t)1 << 30;
             if (budget < one) budget = one;
         }
         rc = pd_kvpool_create(m, budget, &s->pool, err);

@@ -139,7 +139,7 @@ typedef struct pd_sched_params {
     int queue_limit;      /* waiting requests at most (default 1024) */
     int n_threads;        /* engine threads, <= 0: online CPUs */
     size_t kv_budget;     /* bytes of KV blocks; 0: max_seqs full-context sequences, at
-                             most a quarter of the free memory and 4 GiB, at least one
+                             most a quarter of the free memory and 1 GiB, at least one
                              full-context sequence */
 } pd_sched_params;
 

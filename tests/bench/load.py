@@ -378,7 +378,8 @@ def cmd_table(a):
 
 
 def token_text(i):
-    return f"Story {i}: a tale of a small town and its people, told slowly."
+    # BOS + dummy space + 18 bytes: 20 slots on byte-level vocabularies (as cmd_prefix)
+    return f"{i:02d}abcdefghijklmnop"
 
 
 def cmd_shared(a):
