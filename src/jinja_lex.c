@@ -296,6 +296,7 @@ static const struct { const char *seq; int type; } TABLE[] = {
 
 static int at(const lexer *L, const char *seq)
 {
+    if (L->pos >= L->p.n || L->p.s[L->pos] != seq[0]) return 0; /* most calls end here */
     size_t k = strlen(seq);
     return L->p.n - L->pos >= k && !memcmp(L->p.s + L->pos, seq, k);
 }

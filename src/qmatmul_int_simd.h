@@ -138,7 +138,8 @@ QI_INLINE __m256i qi_s_q6_K(const pd_block_q6_K *w, const pd_block_q8_K *x)
     for (int s = 0; s < 16; s++) corr += w->scales[s] * x->bsums[s];
     const __m256i sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)w->scales));
     for (int half = 0; half < 2; half++) {
-        const __m256i sch = _mm256_permute2x128_si256(sc16, sc16, half ? 0x11 : 0x00);
+        const __m256i sch = half ? _mm256_permute2x128_si256(sc16, sc16, 0x11)
+                                 : _mm256_permute2x128_si256(sc16, sc16, 0x00);
         const uint8_t *ql = w->ql + 64 * half;
         __m256i h = _mm256_loadu_si256((const __m256i *)(w->qh + 32 * half));
         __m256i l0 = _mm256_loadu_si256((const __m256i *)ql);

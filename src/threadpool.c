@@ -8,6 +8,11 @@
  * hands work out ~100 times, microseconds apart, and a worker still spinning
  * picks the next run up in well under a microsecond, while an idle pool
  * (server without requests) sleeps in the kernel and costs no CPU.
+ * Spinning only pays while every thread has a CPU. The spin yields now and
+ * then; when the yield (or anything else) takes the CPU away for longer than
+ * STOLEN_NS, other threads want this CPU, and that waiter sleeps at once for
+ * its next NO_SPIN_WAITS waits (a sleeper that is woken gets the CPU back
+ * sooner than a spinner that used up its share).
  * Lost wake-ups are excluded by the futex word itself (the kernel sleeps
  * only while the word still holds the value the waiter saw) and by
  * announcing sleepers before the last check (sequentially consistent
@@ -37,10 +42,16 @@
 
 /* How long a waiter spins before it sleeps. */
 #define SPIN_NS 100000L
+/* A gap this long between two looks at the clock while spinning: the CPU
+ * went to another thread. */
+#define STOLEN_NS 20000L
+/* Waits that sleep without spinning after such a gap. */
+#define NO_SPIN_WAITS 1000
 
 typedef struct worker {
     pd_pool *p;
-    int index; /* 1..n_threads-1; the caller is 0 */
+    int index;   /* 1..n_threads-1; the caller is 0 */
+    int no_spin; /* waits left that skip the spin (owned by the worker) */
     pthread_t thread;
 } worker;
 
@@ -52,6 +63,7 @@ struct pd_pool {
     atomic_int sleepers;           /* workers asleep on generation, or about to be */
     atomic_int caller_sleeps;      /* 1 while the caller sleeps on pending, or is about to */
     atomic_int stop;
+    int caller_no_spin;            /* waits of the caller left that skip the spin */
     /* the current run: written before generation is bumped, read after */
     pd_pool_fn fn;
     void *ctx;
@@ -76,19 +88,31 @@ static int64_t now_ns(void)
     return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
-/* Spins until *word != seen or SPIN_NS pass; returns the last value read. */
-static uint32_t spin_while_equal(_Atomic uint32_t *word, uint32_t seen)
+/* Spins until *word != seen or SPIN_NS pass, unless this waiter's CPU is
+ * contended (*no_spin, see the design note); returns the last value read. */
+static uint32_t spin_while_equal(_Atomic uint32_t *word, uint32_t seen, int *no_spin)
 {
     uint32_t v = atomic_load_explicit(word, memory_order_acquire);
     if (v != seen) return v;
-    const int64_t until = now_ns() + SPIN_NS;
+    if (*no_spin > 0) {
+        (*no_spin)--;
+        return v;
+    }
+    int64_t last = now_ns();
+    const int64_t until = last + SPIN_NS;
     for (unsigned i = 1;; i++) {
         cpu_relax();
         v = atomic_load_explicit(word, memory_order_acquire);
         if (v != seen) return v;
         if (i % 64 == 0) {
-            if (now_ns() >= until) return v;
             sched_yield(); /* another thread on this CPU (an oversubscribed machine) runs */
+            const int64_t t = now_ns();
+            if (t - last > STOLEN_NS) {
+                *no_spin = NO_SPIN_WAITS;
+                return v;
+            }
+            if (t >= until) return v;
+            last = t;
         }
     }
 }
@@ -102,11 +126,11 @@ static void run_chunk(pd_pool *p, int index)
 
 static void *worker_main(void *arg)
 {
-    const worker *w = arg;
+    worker *w = arg;
     pd_pool *p = w->p;
     uint32_t seen = 0;
     for (;;) {
-        uint32_t g = spin_while_equal(&p->generation, seen);
+        uint32_t g = spin_while_equal(&p->generation, seen, &w->no_spin);
         if (g == seen) {
             atomic_fetch_add(&p->sleepers, 1);
             while ((g = atomic_load(&p->generation)) == seen) futex_wait(&p->generation, seen);
@@ -187,7 +211,8 @@ void pd_pool_run(pd_pool *p, pd_pool_fn fn, void *ctx, int n_tasks)
     run_chunk(p, 0);
     uint32_t left;
     while ((left = atomic_load_explicit(&p->pending, memory_order_acquire)) != 0) {
-        if (spin_while_equal(&p->pending, left) != left) continue; /* progress: spin again */
+        if (spin_while_equal(&p->pending, left, &p->caller_no_spin) != left)
+            continue; /* progress: spin again */
         atomic_store(&p->caller_sleeps, 1);
         while ((left = atomic_load(&p->pending)) != 0) futex_wait(&p->pending, left);
         atomic_store(&p->caller_sleeps, 0);

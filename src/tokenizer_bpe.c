@@ -28,6 +28,18 @@
  *
  * Invalid UTF-8 in the input never matches a regex (PCRE2_MATCH_INVALID_UTF),
  * so it ends up in the gaps and is still byte-mapped and merged.
+ *
+ * Where llama.cpp differs from the HF regex semantics used here: llama.cpp
+ * runs hand-written splitters for the GPT-2 and Llama 3 regexes and, for the
+ * others, std::regex over text whose non-ASCII code points are collapsed to
+ * one byte per category (its own Unicode tables: one category per code
+ * point, every non-ASCII space a \v) and spells the Llama 3 / Qwen 2
+ * contractions '[sS]... instead of (?i:'s|...). So the two can differ only
+ * where those Unicode tables or category collapses disagree with PCRE2's. On
+ * the 260-string corpus of tests/e2e/test_tokenize_hf.py, llama.cpp's
+ * llama-tokenize and prefixd give the same ids for Llama 3, GPT-2 and
+ * DeepSeek LLM (and "it'ſ" / "x'K" the same as the HF reference). Neither
+ * applies a tokenizer.json normalizer (Qwen's NFC).
  */
 #include <stdio.h>
 #include <stdlib.h>

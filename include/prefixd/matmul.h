@@ -10,6 +10,14 @@
  * bit for bit. (BLAS sgemm does not promise this: its edge kernels sum in
  * another order than its main kernel.) The AVX2 kernel and the portable one
  * compute the same bits.
+ *
+ * Typed weights (pd_wmatmul, any GGUF weight type as stored) keep the same
+ * property with one fixed order per type: the 8-lane order above over the
+ * dequantised weights (F32, F16, BF16, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K), or,
+ * for Q8_0, Q4_0, Q4_K, Q5_K and Q6_K, exact integer block sums over the
+ * input rounded to 8 bits per block and one float chain over the blocks
+ * (src/qmatmul_int.h). Portable, AVX2 and AVX-512 kernels, chosen at run
+ * time, compute the same bits.
  */
 #ifndef PREFIXD_MATMUL_H
 #define PREFIXD_MATMUL_H

@@ -5,7 +5,10 @@
  * about 0.1 ms (a decode step hands out work every few microseconds, and a
  * spinning worker starts within a microsecond), yielding the CPU to any
  * other runnable thread meanwhile, then sleep in the kernel: an idle pool
- * uses no CPU. A run allocates nothing. */
+ * uses no CPU. On a machine with more runnable threads than CPUs (seen as
+ * a spin that lost its CPU) a waiter sleeps at once for a while, as
+ * spinning then only delays the thread that has the work. A run allocates
+ * nothing. */
 #ifndef PREFIXD_THREADPOOL_H
 #define PREFIXD_THREADPOOL_H
 

@@ -115,6 +115,20 @@ int bench_synth_write(bench_synth *s, const char *path, int dtype, int *written,
 /* Frees the generated weights (the spec stays usable). */
 void bench_synth_release(bench_synth *s);
 
+/* ---- arithmetic peaks of our own (bench_peak.c) ---- */
+
+typedef struct bench_peaks {
+    double f32_avx2;   /* GFLOP/s, 256-bit FMA chains on every CPU (0: no AVX2) */
+    double f32_avx512; /* GFLOP/s, 512-bit FMA chains (0: no AVX-512) */
+    double int8_vnni;  /* GOP/s, vpdpbusd (a multiply-add = 2 ops; 0: no VNNI) */
+} bench_peaks;
+
+void bench_peaks_measure(bench_peaks *pk, int n_cpus);
+
+/* The TinyLlama-1.1B shape: dim 2048, hidden 5632, 22 layers, 32 heads / 4
+ * kv heads, vocab 32000, context 2048; weights ±0.02. */
+bench_synth bench_synth_1b(void);
+
 /* ---- the engine (bench_engine.c) ---- */
 
 /* What to run on one model; steps and repetitions scale with its size. */
@@ -126,6 +140,8 @@ typedef struct bench_plan {
     int decode1_steps, decode1_reps;
     int batch;          /* sequences decoded together */
     int decodeb_steps, decodeb_reps;
+    int batch_mid;      /* a second, smaller batch (0: none) */
+    int decodem_steps, decodem_reps;
     double budget_s;    /* seconds per figure before repetitions stop early */
 } bench_plan;
 
@@ -135,6 +151,7 @@ typedef struct bench_result {
     double prefill_at_flops; /* attention FLOPs (q·k and a·v) of that step */
     double decode1_tps;      /* tokens per second, batch 1, best run */
     double decodeb_tps;      /* tokens per second summed over the batch, best run */
+    double decodem_tps;      /* the same for batch_mid sequences (0 when none) */
 } bench_result;
 
 /* Runs the plan on model m (borrowed) with an engine of all CPUs. Returns

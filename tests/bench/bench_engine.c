@@ -168,6 +168,8 @@ int bench_engine_run(const pd_model *m, const bench_plan *p, bench_result *r, pd
     if (p->batch * p->prompt > max_tokens) max_tokens = p->batch * p->prompt;
     /* sequence 0 runs the prefill and decode 1, all of them decode B */
     int cap_b = p->prompt + p->warm_steps + p->decodeb_steps * p->decodeb_reps;
+    int cap_m = p->prompt + p->warm_steps + p->decodem_steps * p->decodem_reps;
+    if (cap_b < cap_m) cap_b = cap_m;
     int cap0 = p->prompt + p->warm_steps + p->decode1_steps * p->decode1_reps;
     if (cap0 < p->prefill_tokens) cap0 = p->prefill_tokens;
     if (cap0 < cap_b) cap0 = cap_b;
@@ -207,6 +209,10 @@ int bench_engine_run(const pd_model *m, const bench_plan *p, bench_result *r, pd
     r->prefill_at_flops = (double)c->n_layers * 4 * C * T * (T + 1) / 2;
 
     if ((rc = run_decode(&g, p, 1, p->decode1_steps, p->decode1_reps, &r->decode1_tps, err)) < 0)
+        goto done;
+    if (p->batch_mid > 0 && p->batch_mid <= p->batch &&
+        (rc = run_decode(&g, p, p->batch_mid, p->decodem_steps, p->decodem_reps,
+                         &r->decodem_tps, err)) < 0)
         goto done;
     rc = run_decode(&g, p, p->batch, p->decodeb_steps, p->decodeb_reps, &r->decodeb_tps, err);
 done:

@@ -16,10 +16,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "bench.h"
 #include "prefixd/matmul.h"
 #include "prefixd/model.h"
+#include "prefixd/quantize.h"
 
 #define PREFILL_TOKENS 512
 #define BATCH 32
@@ -54,7 +56,17 @@ static const bench_plan plan_134m = {
     .prompt = 16, .warm_steps = 4,
     .decode1_steps = 32, .decode1_reps = 5,
     .batch = BATCH, .decodeb_steps = 12, .decodeb_reps = 4,
+    .batch_mid = 8, .decodem_steps = 16, .decodem_reps = 3,
     .budget_s = 12,
+};
+/* TinyLlama-1.1B shape: one timed prefill, short decode runs */
+static const bench_plan plan_1b = {
+    .prefill_tokens = PREFILL_TOKENS, .prefill_reps = 1,
+    .prompt = 8, .warm_steps = 2,
+    .decode1_steps = 8, .decode1_reps = 3,
+    .batch = BATCH, .decodeb_steps = 3, .decodeb_reps = 2,
+    .batch_mid = 8, .decodem_steps = 4, .decodem_reps = 2,
+    .budget_s = 20,
 };
 
 static double gb(double bytes) { return bytes * 1e-9; }
@@ -110,43 +122,88 @@ static void print_machine(const bench_machine *mc)
            mc->n_cpus, mc->matmul_gflops, mc->matmul_gflops / mc->sgemm_gflops);
     printf("  read bandwidth  %d threads summing %4zu MiB       %8.1f GB/s\n", mc->n_cpus,
            mc->read_bytes >> 20, mc->read_gbs);
+    bench_peaks pk;
+    bench_peaks_measure(&pk, mc->n_cpus);
+    printf("  F32 FMA peak    AVX2 256-bit chains, %d threads   %8.1f GFLOP/s\n", mc->n_cpus,
+           pk.f32_avx2);
+    printf("  F32 FMA peak    AVX-512 512-bit chains            %8.1f GFLOP/s%s\n", pk.f32_avx512,
+           pk.f32_avx512 > 0 ? "" : " (no AVX-512)");
+    printf("  int8 peak       AVX-512 VNNI vpdpbusd             %8.1f GOP/s%s\n", pk.int8_vnni,
+           pk.int8_vnni > 0 ? "" : " (no VNNI)");
+    static const char *const isa[3] = {"portable", "AVX2+FMA+F16C", "AVX-512"};
+    printf("  pd_wmatmul      kernels in use: %s\n", isa[pd_wmatmul_isa()]);
     printf("  memcpy          1 thread, %4zu MiB copied          %8.1f GB/s (bytes copied)\n",
            mc->memcpy_bytes >> 20, mc->memcpy_gbs);
     print_others("  ", mc->others, mc->n_cpus);
     printf("\n");
 }
 
-/* Writes (or finds) the synthetic GGUFs; fills the paths. */
-static int prepare_synth(const char *dir, char *f32_path, char *f16_path, size_t cap)
+/* One synthetic file: written from a spec (ftype F32/F16) or quantised from
+ * an earlier one (src >= 0). */
+typedef struct synth_file {
+    const char *label;
+    int big;       /* 0: the 134M spec, 1: the 1.1B spec */
+    const char *ftype; /* "F32", "F16", "Q8_0", "Q4_K_M" */
+    int src;       /* index of the file to quantise, or -1 to write */
+    char path[4200];
+    int ok;
+} synth_file;
+
+static int file_size_ok(const char *path)
 {
-    snprintf(f32_path, cap, "%s/synth-134m-f32.gguf", dir);
-    snprintf(f16_path, cap, "%s/synth-134m-f16.gguf", dir);
-    bench_synth s = bench_synth_110m();
-    const char *paths[2] = {f32_path, f16_path};
-    const int dtypes[2] = {PD_DTYPE_F32, PD_DTYPE_F16};
-    int rc = PD_OK;
-    printf("== synthetic model: dim %d, hidden %d, %d layers, %d heads (%d kv), vocab %d, "
-           "context %d, weights ±%.2f ==\n",
-           s.dim, s.hidden_dim, s.n_layers, s.n_heads, s.n_kv_heads, s.vocab_size, s.seq_len,
-           (double)s.scale);
-    for (int i = 0; i < 2 && rc == PD_OK; i++) {
+    struct stat st;
+    return stat(path, &st) == 0 && st.st_size > 0;
+}
+
+/* Writes (or finds) the synthetic GGUFs of files[0..n) in dir. */
+static void prepare_synth(const char *dir, synth_file *files, int n)
+{
+    bench_synth specs[2] = {bench_synth_110m(), bench_synth_1b()};
+    for (int b = 0; b < 2; b++)
+        printf("== synthetic model %d: dim %d, hidden %d, %d layers, %d heads (%d kv), vocab %d, "
+               "context %d, weights ±%.2f ==\n",
+               b, specs[b].dim, specs[b].hidden_dim, specs[b].n_layers, specs[b].n_heads,
+               specs[b].n_kv_heads, specs[b].vocab_size, specs[b].seq_len,
+               (double)specs[b].scale);
+    for (int i = 0; i < n; i++) {
+        synth_file *f = &files[i];
+        snprintf(f->path, sizeof f->path, "%s/synth-%s-%s.gguf", dir, f->big ? "1b" : "134m",
+                 f->ftype);
+        for (char *p = f->path + strlen(dir); *p; p++)
+            if (*p >= 'A' && *p <= 'Z') *p = (char)(*p - 'A' + 'a');
         pd_err err;
-        int written;
-        uint64_t bytes;
         double t0 = bench_now();
-        rc = bench_synth_write(&s, paths[i], dtypes[i], &written, &bytes, &err);
-        if (rc < 0) {
-            printf("  %s: %s\n", paths[i], err.msg);
-            break;
+        int written = 0, rc;
+        if (f->src < 0) {
+            uint64_t bytes;
+            rc = bench_synth_write(&specs[f->big], f->path,
+                                   strcmp(f->ftype, "F16") == 0 ? PD_DTYPE_F16 : PD_DTYPE_F32,
+                                   &written, &bytes, &err);
+        } else if (!files[f->src].ok) {
+            rc = pd_err_set(&err, PD_EINVAL, "no source file");
+        } else if (file_size_ok(f->path)) {
+            rc = PD_OK;
+        } else {
+            pd_quantize_params qp = pd_quantize_default_params();
+            qp.ftype = pd_ftype_from_name(f->ftype);
+            rc = pd_quantize_gguf(files[f->src].path, f->path, &qp, NULL, &err);
+            written = rc == PD_OK;
         }
-        printf("  %-40s %4llu MB  %s", paths[i], (unsigned long long)(bytes >> 20),
-               written ? "written" : "already there");
+        if (rc < 0) {
+            printf("  %s: %s\n", f->path, err.msg);
+            continue;
+        }
+        f->ok = 1;
+        struct stat st;
+        long long mb = stat(f->path, &st) == 0 ? (long long)(st.st_size >> 20) : -1;
+        printf("  %-44s %5lld MB  %s", f->path, mb, written ? "written" : "already there");
         if (written) printf(" in %.1f s", bench_now() - t0);
         printf("\n");
+        /* the 1.1B weights are 4.4 GB of floats: drop them once written */
+        if (f->src < 0) bench_synth_release(&specs[f->big]);
     }
-    bench_synth_release(&s);
+    for (int b = 0; b < 2; b++) bench_synth_release(&specs[b]);
     printf("\n");
-    return rc;
 }
 
 static int load_model(model_run *mr)
@@ -245,6 +302,10 @@ static void run_model(model_run *mr, const bench_machine *mc, bench_shape *shape
            "bandwidth%s\n",
            r->decode1_tps, 1e3 / r->decode1_tps, d1_gbs, d1_gbs / mc->read_gbs,
            m->weight_bytes < CACHE_RESIDENT ? " (weights fit in cache)" : "");
+    if (p->batch_mid > 0)
+        printf("  decode batch %-2d     %9.1f tok/s  %7.3f ms/step  = %.2f x batch 1\n",
+               p->batch_mid, r->decodem_tps, 1e3 * p->batch_mid / r->decodem_tps,
+               r->decodem_tps / r->decode1_tps);
     printf("  decode batch %-2d     %9.1f tok/s  %7.3f ms/step  = %.2f x batch 1\n", p->batch,
            r->decodeb_tps, 1e3 * p->batch / r->decodeb_tps, r->decodeb_tps / r->decode1_tps);
     print_others("  ", mr->others, mc->n_cpus);
@@ -265,10 +326,10 @@ static void print_summary(const model_run *runs, int n, const bench_machine *mc)
 {
     printf("== summary (references: sgemm %.1f GFLOP/s, read %.1f GB/s) ==\n", mc->sgemm_gflops,
            mc->read_gbs);
-    printf("  %-16s | %9s %8s %7s | %9s %7s %7s | %9s %7s | %6s\n", "model", "prefill",
-           "GFLOP/s", "/sgemm", "dec-1", "GB/s", "/read", "dec-32", "/dec-1", "others");
-    printf("  %-16s | %9s %8s %7s | %9s %7s %7s | %9s %7s | %6s\n", "", "tok/s", "(matmul)", "",
-           "tok/s", "", "", "tok/s", "", "CPUs");
+    printf("  %-16s | %9s %8s %7s | %9s %7s %7s | %9s | %9s %7s | %6s\n", "model", "prefill",
+           "GFLOP/s", "/sgemm", "dec-1", "GB/s", "/read", "dec-8", "dec-32", "/dec-1", "others");
+    printf("  %-16s | %9s %8s %7s | %9s %7s %7s | %9s | %9s %7s | %6s\n", "", "tok/s", "(matmul)",
+           "", "tok/s", "", "", "tok/s", "tok/s", "", "CPUs");
     for (int i = 0; i < n; i++) {
         const model_run *mr = &runs[i];
         if (!mr->ok) {
@@ -278,9 +339,9 @@ static void print_summary(const model_run *runs, int n, const bench_machine *mc)
         const bench_result *r = &mr->r;
         double gf = r->prefill_mm_flops / r->prefill_s * 1e-9;
         double bw = gb((double)mr->weight_bytes * r->decode1_tps);
-        printf("  %-16s | %9.1f %8.1f %7.2f | %9.1f %7.1f %7.2f | %9.1f %7.2f | %6.2f\n",
+        printf("  %-16s | %9.1f %8.1f %7.2f | %9.1f %7.1f %7.2f | %9.1f | %9.1f %7.2f | %6.2f\n",
                mr->label, mr->plan->prefill_tokens / r->prefill_s, gf, gf / mc->sgemm_gflops,
-               r->decode1_tps, bw, bw / mc->read_gbs, r->decodeb_tps,
+               r->decode1_tps, bw, bw / mc->read_gbs, r->decodem_tps, r->decodeb_tps,
                r->decodeb_tps / r->decode1_tps, mr->others);
     }
     printf("\n== targets ==\n");
@@ -306,11 +367,12 @@ static void print_summary(const model_run *runs, int n, const bench_machine *mc)
 
 int main(int argc, char **argv)
 {
-    int small = 0;
+    int small = 0, no_1b = 0;
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--small") == 0) small = 1;
+        else if (strcmp(argv[i], "--no-1b") == 0) no_1b = 1;
         else {
-            fprintf(stderr, "usage: %s [--small]\n", argv[0]);
+            fprintf(stderr, "usage: %s [--small] [--no-1b]\n", argv[0]);
             return 2;
         }
     }
@@ -328,24 +390,37 @@ int main(int argc, char **argv)
     print_machine(&mc);
 
     /* the synthetic models live beside the binary (build/bench/) */
-    char dir[4096], f32_path[4200], f16_path[4200];
+    char dir[4096];
     snprintf(dir, sizeof dir, "%s", argv[0]);
     char *slash = strrchr(dir, '/');
     if (slash) *slash = 0;
     else snprintf(dir, sizeof dir, ".");
-    int have_synth = !small && prepare_synth(dir, f32_path, f16_path, sizeof f32_path) == PD_OK;
+    synth_file files[] = {
+        {.label = "134M F32", .big = 0, .ftype = "F32", .src = -1},
+        {.label = "134M F16", .big = 0, .ftype = "F16", .src = -1},
+        {.label = "134M Q8_0", .big = 0, .ftype = "Q8_0", .src = 0},
+        {.label = "134M Q4_K_M", .big = 0, .ftype = "Q4_K_M", .src = 0},
+        {.label = "1.1B F16", .big = 1, .ftype = "F16", .src = -1},
+        {.label = "1.1B Q8_0", .big = 1, .ftype = "Q8_0", .src = 4},
+        {.label = "1.1B Q4_K_M", .big = 1, .ftype = "Q4_K_M", .src = 4},
+    };
+    int n_files = small ? 0 : no_1b ? 4 : 7;
+    prepare_synth(dir, files, n_files);
 
-    model_run runs[3] = {
+    model_run runs[8] = {
         {.label = "stories260K", .path = "models/stories260K/stories260K.bin",
          .tokenizer = "models/stories260K/tok512.bin", .plan = &plan_small},
-        {.label = "synth-134M F32", .path = f32_path, .plan = &plan_134m},
-        {.label = "synth-134M F16", .path = f16_path, .plan = &plan_134m},
     };
-    int n_runs = have_synth ? 3 : 1;
-    bench_shape small_shapes[5], big_shapes[5];
-    int n_small = 0, n_big = 0;
+    int n_runs = 1;
+    for (int i = 0; i < n_files; i++)
+        if (files[i].ok)
+            runs[n_runs++] = (model_run){.label = files[i].label, .path = files[i].path,
+                                         .plan = files[i].big ? &plan_1b : &plan_134m};
+    bench_shape shapes[3][5];
+    int n_shapes[3] = {0, 0, 0};
     for (int i = 0; i < n_runs; i++) {
-        run_model(&runs[i], &mc, i == 0 ? small_shapes : big_shapes, i == 0 ? &n_small : &n_big);
+        int k = i == 0 ? 0 : runs[i].plan == &plan_1b ? 2 : 1;
+        run_model(&runs[i], &mc, shapes[k], &n_shapes[k]);
         if (runs[i].m) runs[i].weight_bytes = runs[i].m->weight_bytes;
         pd_model_free(runs[i].m);
         runs[i].m = NULL;

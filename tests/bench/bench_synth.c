@@ -35,6 +35,14 @@ bench_synth bench_synth_110m(void)
     return s;
 }
 
+bench_synth bench_synth_1b(void)
+{
+    bench_synth s = {.dim = 2048, .hidden_dim = 5632, .n_layers = 22, .n_heads = 32,
+                     .n_kv_heads = 4, .vocab_size = 32000, .seq_len = 2048, .scale = 0.02f,
+                     .seed = 1100};
+    return s;
+}
+
 /* The file's layout and metadata are tests/tools/synth_model.c's (a llama
  * with an untied classifier); this file only adds the bench's own weights
  * (norms exactly 1), F16 and the reuse of an existing file. */

@@ -38,7 +38,7 @@ if (process.env.MODE === "api") {
     },
   });
   let job = created;
-  const deadline = Date.now() + 240000;
+  const deadline = Date.now() + 1000 * Number(process.env.TRAIN_TIMEOUT || 240);
   while (!["succeeded", "failed", "cancelled"].includes(job.status) && Date.now() < deadline) {
     await new Promise((r) => setTimeout(r, 100));
     job = await client.fineTuning.jobs.retrieve(created.id);

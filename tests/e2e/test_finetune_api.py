@@ -36,8 +36,8 @@ import pytest
 
 from conftest import MODEL, ROOT, TOKENIZER, run
 from server_util import Server, make_registry
-from test_training import (BASE, DATA, create_job, events, get_job, listing, read, upload,
-                           upload_ok, wait_job)
+from test_training import (DATA, TRAIN_TIMEOUT, create_job, events, get_job, listing,
+                           read, upload, upload_ok, wait_job)
 
 PREFIXES = os.path.join(ROOT, "tests", "data", "prefixes")
 
@@ -99,10 +99,10 @@ def test_supervised_checkpoints_and_result_file_with_node_client(server, tmp_pat
         pytest.skip("node or the openai package is not installed (make deps)")
     valid = tmp_path / "valid.jsonl"
     valid.write_bytes(b"".join(read("dragon.train.jsonl").splitlines(keepends=True)[:8]))
-    env = dict(os.environ, PREFIXD_URL=server.url, MODE="api",
+    env = dict(os.environ, PREFIXD_URL=server.url, MODE="api", TRAIN_TIMEOUT=str(TRAIN_TIMEOUT),
                TRAIN_PATH=os.path.join(DATA, "dragon.valid.jsonl"), VALID_PATH=str(valid))
     p = subprocess.run([node, os.path.join(e2e, "openai_finetune.mjs")], capture_output=True,
-                       text=True, timeout=300, env=env)
+                       text=True, timeout=TRAIN_TIMEOUT + 60, env=env)
     assert p.returncode == 0, p.stderr
     out = json.loads(p.stdout)
     job = out["job"]
