@@ -186,6 +186,9 @@ bench: deps
 	for b in $(MICRO_BIN); do $$b || exit 1; done
 	$(BENCH_BIN)
 	$(PYTHON) tests/bench/load.py serve --model $(SYNTH)
+	$(PYTHON) tests/bench/load.py table --model $(SYNTH)
+	$(PYTHON) tests/bench/load.py shared --model $(SYNTH)
+	$(PYTHON) tests/bench/load.py capacity --model $(SYNTH)
 	$(PYTHON) tests/bench/load.py prefix --model $(SYNTH)
 	$(PYTHON) tests/bench/load.py distill --model $(SYNTH)
 	$(PYTHON) tests/bench/load.py hotload --model $(MODEL) --tokenizer $(TOKENIZER)

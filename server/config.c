@@ -45,6 +45,7 @@ static const key_def keys[] = {
     {"max_seqs", K_INT, OFF(max_seqs), 1, 4096, NULL, 64},
     {"max_step_tokens", K_INT, OFF(max_step_tokens), 1, 65536, NULL, 256},
     {"queue_limit", K_INT, OFF(queue_limit), 1, 1L << 20, NULL, 1024},
+    {"kv_budget_mb", K_INT, OFF(kv_budget_mb), 0, 1L << 24, NULL, 0},
     {"context", K_INT, OFF(context), 0, 1L << 24, NULL, 0},
     {"max_choices", K_INT, OFF(max_choices), 1, 1024, NULL, 16},
     {"max_body_bytes", K_INT, OFF(max_body_bytes), 1024, 1L << 30, NULL, 1 * MIB},
@@ -77,7 +78,8 @@ static const key_def keys[] = {
 const char config_usage[] =
     "  serve     [--config FILE] [--listen HOST:PORT] [--model PATH] [--tokenizer PATH]\n"
     "            [--registry DIR] [--data DIR] [--threads N] [--max-seqs N]\n"
-    "            [--max-step-tokens N] [--queue-limit N] [--context N] [--max-choices N]\n"
+    "            [--max-step-tokens N] [--queue-limit N] [--kv-budget-mb N] [--context N]\n"
+    "            [--max-choices N]\n"
     "            [--api-key [admin:]KEY]... [--max-body-bytes N] [--max-prefix-bytes N]\n"
     "            [--registry-budget-mb N] [--registry-rescan-ms N] [--shutdown-grace-ms N]\n"
     "            [--max-connections N] [--connection-timeout-s N] [--log-level LEVEL]\n"

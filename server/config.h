@@ -25,6 +25,7 @@ typedef struct srv_config {
     long max_seqs;            /* running sequences at most */
     long max_step_tokens;     /* tokens per engine step at most */
     long queue_limit;         /* waiting requests at most */
+    long kv_budget_mb;        /* KV cache pool, MiB; 0: derived from free memory */
     long context;             /* tokens per request at most, 0: the model's */
     long max_choices;         /* prompts × n per request at most */
     long max_body_bytes;      /* JSON request bodies */

@@ -279,6 +279,28 @@ void metrics_render(metrics *m, const pd_sched_stats *ss, const pd_registry_stat
         scalar(out, "prefixd_cancelled_total", "counter",
                "Sequences stopped by a cancel (client gone, stop string, shutdown).",
                ss->cancelled);
+        scalar(out, "prefixd_kv_blocks_total", "gauge", "Blocks in the KV cache pool.",
+               (uint64_t)ss->kv_blocks_total);
+        scalar(out, "prefixd_kv_blocks_used", "gauge", "KV blocks held by sequences now.",
+               (uint64_t)ss->kv_blocks_used);
+        scalar(out, "prefixd_kv_blocks_free", "gauge", "KV blocks held by no sequence.",
+               (uint64_t)(ss->kv_blocks_total - ss->kv_blocks_used));
+        scalar(out, "prefixd_kv_blocks_reserved", "gauge",
+               "KV blocks promised to running sequences and not yet taken.",
+               (uint64_t)ss->kv_blocks_reserved);
+        scalar(out, "prefixd_kv_block_bytes", "gauge",
+               "Bytes per KV block (16 tokens of every layer).", (uint64_t)ss->kv_block_bytes);
+        scalar(out, "prefixd_kv_blocks_cached", "gauge",
+               "Free KV blocks that still hold prompt-cache content (reused on a hit, evicted "
+               "when needed).",
+               (uint64_t)ss->kv_blocks_cached);
+        scalar(out, "prefixd_prompt_cache_hits_total", "counter",
+               "Requests that started from blocks of the prompt cache.", ss->cache_hits);
+        scalar(out, "prefixd_prompt_cache_tokens_total", "counter",
+               "Prompt tokens taken from the prompt cache instead of prefilled.",
+               ss->cache_tokens);
+        scalar(out, "prefixd_prompt_cache_evictions_total", "counter",
+               "Prompt-cache blocks reused for other content.", ss->cache_evictions);
     }
     if (rs) {
         scalar(out, "prefixd_registry_tasks", "gauge", "Servable tasks in the registry.",

@@ -415,13 +415,25 @@ static json_t *gen_logprobs_json(completion *c, const choice *h, int t0, int t1,
     return c->chat ? chat_logprobs_json(c, h, t0, t1) : logprobs_json(c, h, t0, t1, with_prompt);
 }
 
+/* usage, as OpenAI reports it: prompt tokens once per prompt, and of them
+ * prompt_tokens_details.cached_tokens those the prompt cache held (for
+ * each prompt, its first choice's). */
 static json_t *usage_json(completion *c)
 {
-    long long pt = 0, ct = 0;
+    long long pt = 0, ct = 0, cached = 0;
     for (int i = 0; i < c->q.n_prompts; i++) pt += c->q.prompts[i].n;
-    for (int k = 0; k < c->n_ch; k++) ct += c->ch[k].consumed;
-    return json_pack("{s:I,s:I,s:I}", "prompt_tokens", (json_int_t)pt, "completion_tokens",
-                     (json_int_t)ct, "total_tokens", (json_int_t)(pt + ct));
+    for (int k = 0; k < c->n_ch; k++) {
+        ct += c->ch[k].consumed;
+        pd_request *rq = c->ch[k].rq;
+        if (rq && k % c->q.n_per_prompt == 0) {
+            pthread_mutex_lock(&rq->mu);
+            cached += rq->cached_tokens;
+            pthread_mutex_unlock(&rq->mu);
+        }
+    }
+    return json_pack("{s:I,s:I,s:I,s:{s:I}}", "prompt_tokens", (json_int_t)pt,
+                     "completion_tokens", (json_int_t)ct, "total_tokens", (json_int_t)(pt + ct),
+                     "prompt_tokens_details", "cached_tokens", (json_int_t)cached);
 }
 
 static void record(completion *c, int status)

@@ -5,8 +5,9 @@
  * Content-Type application/octet-stream or anything not JSON), validated
  * against the base model and published atomically by pd_registry_put (a bad
  * file changes nothing: the old version keeps serving), or JSON
- * {"from_prompt": "text"}: the prefix is the KV cache of the text run from
- * BOS. That run is model math, so the handler submits it to the scheduler as
+ * {"from_prompt": "text", "dtype": "f32" | "f16"}: the prefix is the KV
+ * cache of the text run from BOS, its file written as F32 (default) or F16
+ * (as the command line's --f16). That run is model math, so the handler submits it to the scheduler as
  * a prefix-build request (its prompt is prefilled on the engine thread, in
  * the same steps as completions) and waits for the result.
  *
@@ -168,7 +169,7 @@ static unsigned status_of(int rc)
 
 /* Builds the prefix of text on the scheduler's engine thread and publishes
  * it. PD_EBUSY when the queue is full, PD_ECANCELLED when shutting down. */
-static int build_from_prompt(srv *s, const char *task, const char *text, pd_err *err)
+static int build_from_prompt(srv *s, const char *task, const char *text, int f16, pd_err *err)
 {
     const int max = s->model->cfg.seq_len - 1;
     int32_t *toks = malloc((size_t)max * sizeof *toks);
@@ -200,7 +201,7 @@ static int build_from_prompt(srv *s, const char *task, const char *text, pd_err 
             if (done) break;
         }
         if (rq->built)
-            rc = pd_registry_put_prefix(s->reg, rq->built, err);
+            rc = pd_registry_put_prefix_as(s->reg, rq->built, f16, err);
         else
             rc = pd_err_set(err, rq->finish == PD_FINISH_REASON_CANCELLED ? PD_ECANCELLED : PD_EIO,
                             "%s", rq->error[0] ? rq->error : "the prefix build did not finish");
@@ -243,19 +244,31 @@ enum MHD_Result route_prefixes_put(http_req *r)
         json_t *body = http_body_json(r, &ret);
         if (!body) return ret;
         const char *key;
-        json_t *v, *fp = NULL;
+        json_t *v, *fp = NULL, *dt = NULL;
         json_object_foreach(body, key, v) {
+            if (!strcmp(key, "dtype")) {
+                dt = v;
+                continue;
+            }
             if (strcmp(key, "from_prompt") != 0) {
                 enum MHD_Result e = http_send_error(r, 400, key, "unknown_parameter",
                                                     "Unknown field '%s': the JSON form of PUT "
                                                     "/v1/prefixes/{task} takes only "
-                                                    "\"from_prompt\".",
+                                                    "\"from_prompt\" and \"dtype\".",
                                                     key);
                 json_decref(body);
                 return e;
             }
             fp = v;
         }
+        int f16 = 0;
+        if (dt && (!json_is_string(dt) || (strcmp(json_string_value(dt), "f16") != 0 &&
+                                           strcmp(json_string_value(dt), "f32") != 0))) {
+            json_decref(body);
+            return http_send_error(r, 400, "dtype", "invalid_value",
+                                   "\"dtype\" must be \"f32\" (the default) or \"f16\".");
+        }
+        if (dt) f16 = !strcmp(json_string_value(dt), "f16");
         if (!fp || !json_is_string(fp) || json_string_length(fp) == 0 ||
             strlen(json_string_value(fp)) != json_string_length(fp)) {
             json_decref(body);
@@ -283,7 +296,7 @@ enum MHD_Result route_prefixes_put(http_req *r)
                                    "the context of %d tokens for the request (at most %d).",
                                    n, s->context, s->context - 2);
         }
-        rc = build_from_prompt(s, task, json_string_value(fp), &err);
+        rc = build_from_prompt(s, task, json_string_value(fp), f16, &err);
         json_decref(body);
     } else {
         rc = pd_registry_put(s->reg, task, r->body.p, r->body.len, &err);

@@ -377,6 +377,7 @@ int cmd_serve(int argc, char **argv)
     sp.max_step_tokens = (int)cfg.max_step_tokens;
     sp.queue_limit = (int)cfg.queue_limit;
     sp.n_threads = (int)cfg.threads;
+    sp.kv_budget = (size_t)cfg.kv_budget_mb << 20;
     if (pd_sched_create(s->model, &sp, &s->sched, &err) < 0) {
         PD_LOGE("scheduler: %s", err.msg);
         goto done;

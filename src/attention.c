@@ -41,7 +41,7 @@ float pd__attn_exp(float x)
 /* Logical key j's row in the prefix slots or the cache (base: keys or values). */
 static const float *key_row(const pd_attn *a, const float *prefix, const float *cache, int j)
 {
-    return j < a->P ? prefix + (size_t)j * a->hd : cache + (size_t)(j - a->P) * a->kv_stride;
+    return j < a->P ? prefix + (size_t)j * a->hd : pd__attn_entry(a, cache, j - a->P);
 }
 
 /* q·k in the 8-lane order of attention.h. */

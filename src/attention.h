@@ -4,9 +4,12 @@
  *
  * The keys form one logical sequence: j < P are the prefix slots
  * (pk, pv: P rows of hd floats, contiguous), j >= P the cache entries
- * (k, v: entry j - P at k + (j - P) * kv_stride). The boundary is only an
- * address: a prefix built from a prompt's own cache gives the same bits as
- * the prompt.
+ * e = j - P: contiguous (blk NULL) at k + e * kv_stride, or paged (a
+ * sequence's block table, kvpool.h) at
+ * k + blk[e / PD_KV_BLOCK] * blk_stride + (e % PD_KV_BLOCK) * kv_stride.
+ * The boundaries are only addresses: a prefix built from a prompt's own
+ * cache gives the same bits as the prompt, a paged cache the same bits as a
+ * contiguous one.
  *
  * Rows: n_tok tokens x n_heads query heads that share these keys (the heads
  * of one kv group, or some of them). Row r = i * n_heads + h reads its query
@@ -31,6 +34,9 @@
 #define PREFIXD_ATTENTION_H
 
 #include <stddef.h>
+#include <stdint.h>
+
+#include "prefixd/kvpool.h"
 
 typedef struct pd_attn {
     int hd;                 /* head dimension */
@@ -38,6 +44,8 @@ typedef struct pd_attn {
     const float *pk, *pv;   /* (P, hd) the group's prefix keys and values; NULL when P == 0 */
     const float *k, *v;     /* the group's first cache entry; entry e at k + e * kv_stride */
     size_t kv_stride;
+    const int32_t *blk;     /* paged: block of entry e is blk[e / PD_KV_BLOCK]; NULL: contiguous */
+    size_t blk_stride;      /* paged: floats between consecutive blocks of the pool */
     const float *q;         /* row (i, h) at q + i * q_stride + h * hd */
     size_t q_stride;
     float *o;               /* row (i, h) at o + i * o_stride + h * hd */
@@ -88,5 +96,13 @@ float pd__attn_exp(float x);
 void pd__attend_portable(const pd_attn *a);
 void pd__attend_avx2(const pd_attn *a);
 void pd__attend_avx512(const pd_attn *a);
+
+/* Cache entry e's row from base (a->k or a->v). */
+static inline const float *pd__attn_entry(const pd_attn *a, const float *base, int e)
+{
+    if (!a->blk) return base + (size_t)e * a->kv_stride;
+    return base + (size_t)a->blk[e >> PD_KV_BLOCK_SHIFT] * a->blk_stride +
+           (size_t)(e & (PD_KV_BLOCK - 1)) * a->kv_stride;
+}
 
 #endif

@@ -84,7 +84,7 @@ SIMD_TARGET static INLINE __m128 reduce4(__m256 a0, __m256 a1, __m256 a2, __m256
 static INLINE const float *key_at(const pd_attn *a, const float *prefix, const float *cache,
                                   int j)
 {
-    return j < a->P ? prefix + (size_t)j * a->hd : cache + (size_t)(j - a->P) * a->kv_stride;
+    return j < a->P ? prefix + (size_t)j * a->hd : pd__attn_entry(a, cache, j - a->P);
 }
 
 /* Scores of MR rows (queries q[m]) against the NR keys k[0..NR) (NR 4 or
@@ -222,7 +222,13 @@ SIMD_TARGET static INLINE void av_slab(const pd_attn *a, const float *p, int n, 
     for (int c = 0; c < NC + TAIL; c++) acc[c] = _mm256_setzero_ps();
     const int np = n < a->P ? n : a->P;
     if (np > 0) av_segment(acc, p, a->pv, (size_t)a->hd, 0, np, x0, tail, NC, TAIL);
-    if (n > a->P) av_segment(acc, p, a->v, a->kv_stride, a->P, n, x0, tail, NC, TAIL);
+    if (n > a->P && !a->blk) av_segment(acc, p, a->v, a->kv_stride, a->P, n, x0, tail, NC, TAIL);
+    if (n > a->P && a->blk) /* paged: one segment per block, in key order */
+        for (int j0 = a->P; j0 < n; j0 += PD_KV_BLOCK) {
+            const int j1 = n - j0 < PD_KV_BLOCK ? n : j0 + PD_KV_BLOCK;
+            av_segment(acc, p, pd__attn_entry(a, a->v, j0 - a->P), a->kv_stride, j0, j1, x0, tail,
+                       NC, TAIL);
+        }
     _Pragma("GCC unroll 8")
     for (int c = 0; c < NC; c++) _mm256_storeu_ps(o + x0 + 8 * c, acc[c]);
     if (TAIL) _mm256_maskstore_ps(o + x0 + 8 * NC, tail, acc[NC]);

@@ -14,6 +14,7 @@
  * greedy output matches it token for token. */
 #include "prefixd/engine.h"
 
+#include "prefixd/kvpool.h"
 #include "prefixd/matmul.h"
 #include "prefixd/threadpool.h"
 #include "attention.h"
@@ -73,13 +74,109 @@ int pd_seq_create(const pd_model *m, int cap, pd_seq **out, pd_err *err)
         return pd_err_set(err, PD_ENOMEM, "out of memory for a KV cache of %d tokens", cap);
     }
     s->cap = cap;
+    s->kv_dim = m->cfg.kv_dim;
     *out = s;
     return PD_OK;
 }
 
+int pd_seq_create_paged(const pd_model *m, pd_kvpool *pool, int cap, const int32_t *shared,
+                        int n_shared, pd_seq **out, pd_err *err)
+{
+    *out = NULL;
+    if (cap < 1 || cap > m->cfg.seq_len)
+        return pd_err_set(err, PD_EINVAL, "sequence capacity %d outside [1, %d]", cap,
+                          m->cfg.seq_len);
+    PD_ASSERT(pool->block_floats == pd_kvpool_block_bytes(m) / sizeof(float));
+    const int nb = pd_kvpool_blocks_for(cap);
+    if (nb > pool->n_blocks)
+        return pd_err_set(err, PD_EINVAL,
+                          "a sequence of %d tokens needs %d KV blocks; the KV budget holds %d",
+                          cap, nb, pool->n_blocks);
+    PD_ASSERT(n_shared >= 0 && n_shared * PD_KV_BLOCK < cap + PD_KV_BLOCK && n_shared <= nb);
+    /* pinning an unheld shared block takes it from what is available */
+    int pins = 0;
+    for (int i = 0; i < n_shared; i++) pins += pd_kvpool_pin_cost(pool, shared[i]);
+    if (nb - n_shared + pins > pd_kvpool_available(pool))
+        return pd_err_set(err, PD_EBUSY, "%d KV blocks wanted, %d available",
+                          nb - n_shared + pins, pd_kvpool_available(pool));
+    pd_seq *s = calloc(1, sizeof *s);
+    if (s) s->blocks = malloc((size_t)nb * sizeof *s->blocks);
+    if (!s || !s->blocks) {
+        if (s) free(s);
+        return pd_err_set(err, PD_ENOMEM, "out of memory for a block table of %d blocks", nb);
+    }
+    for (int i = 0; i < n_shared; i++) {
+        pd_kvpool_pin(pool, shared[i]);
+        s->blocks[i] = shared[i];
+    }
+    int rc = pd_kvpool_reserve(pool, nb - n_shared);
+    PD_ASSERT(rc == PD_OK);
+    s->pool = pool;
+    s->n_blocks = s->n_shared = n_shared;
+    s->n_reserved = nb - n_shared;
+    s->cap = cap;
+    s->kv_dim = m->cfg.kv_dim;
+    *out = s;
+    return PD_OK;
+}
+
+int pd_seq_use_shared(pd_seq *s)
+{
+    s->len = s->n_shared << PD_KV_BLOCK_SHIFT;
+    if (s->len > s->cap) s->len = s->cap;
+    return s->len;
+}
+
+void pd_seq_grow(pd_seq *s, int n_tokens)
+{
+    PD_ASSERT(n_tokens <= s->cap);
+    if (!s->pool) return;
+    const int nb = pd_kvpool_blocks_for(n_tokens);
+    while (s->n_blocks < nb) {
+        PD_ASSERT(s->n_reserved > 0);
+        s->blocks[s->n_blocks++] = pd_kvpool_take(s->pool);
+        s->n_reserved--;
+    }
+}
+
+/* Tokens the sequence's storage holds now. */
+static int seq_room(const pd_seq *s)
+{
+    if (!s->pool) return s->cap;
+    const int r = s->n_blocks << PD_KV_BLOCK_SHIFT;
+    return r < s->cap ? r : s->cap;
+}
+
+/* Offset in floats of cache entry pos of layer l: from k_cache/v_cache, or
+ * from the pool's data (keys; values at + v_offset). */
+static size_t seq_at(const pd_seq *s, int l, int pos, int kv_dim)
+{
+    if (!s->pool) return ((size_t)l * s->cap + (size_t)pos) * (size_t)kv_dim;
+    return (size_t)s->blocks[pos >> PD_KV_BLOCK_SHIFT] * s->pool->block_floats +
+           ((size_t)l * PD_KV_BLOCK + (size_t)(pos & (PD_KV_BLOCK - 1))) * (size_t)kv_dim;
+}
+
+/* Writable key (values: 1) row of cache entry pos of layer l. */
+static float *seq_row(const pd_seq *s, int l, int pos, int values)
+{
+    PD_ASSERT(pos >= 0 && pos < seq_room(s));
+    const size_t at = seq_at(s, l, pos, s->kv_dim);
+    if (s->pool) return s->pool->data + (values ? s->pool->v_offset : 0) + at;
+    return (values ? s->v_cache : s->k_cache) + at;
+}
+
+const float *pd_seq_key(const pd_seq *s, int l, int pos) { return seq_row(s, l, pos, 0); }
+const float *pd_seq_value(const pd_seq *s, int l, int pos) { return seq_row(s, l, pos, 1); }
+
 void pd_seq_free(pd_seq *s)
 {
     if (!s) return;
+    if (s->pool) {
+        /* the last first: in the LRU a block's successors go before it */
+        for (int i = s->n_blocks - 1; i >= 0; i--) pd_kvpool_release(s->pool, s->blocks[i]);
+        pd_kvpool_unreserve(s->pool, s->n_reserved);
+        free(s->blocks);
+    }
     free(s->k_cache);
     free(s->v_cache);
     free(s);
@@ -189,16 +286,23 @@ static void attend_task(void *ctx, int task, int thread)
     const pd_seq *s = j->b->seqs[tk->t0];
     const int P = s->n_prefix;
     const size_t pg = (((size_t)l * c->n_kv_heads + tk->g) * P) * hd;
-    const size_t at = (size_t)l * s->cap * KV + (size_t)tk->g * hd;
+    /* contiguous: entry e at cache + at + e * KV; paged: at block
+     * blocks[e / B] + at + (e % B) * KV (attention.h) */
+    const size_t at = (s->pool ? (size_t)l * PD_KV_BLOCK : (size_t)l * s->cap) * KV +
+                      (size_t)tk->g * hd;
+    const float *kbase = s->pool ? s->pool->data : s->k_cache;
+    const float *vbase = s->pool ? s->pool->data + s->pool->v_offset : s->v_cache;
     const size_t row = (size_t)tk->t0 * QD + (size_t)h * hd;
     const pd_attn a = {
         .hd = hd,
         .P = P,
         .pk = P ? s->prefix_k + pg : NULL,
         .pv = P ? s->prefix_v + pg : NULL,
-        .k = s->k_cache + at,
-        .v = s->v_cache + at,
+        .k = kbase + at,
+        .v = vbase + at,
         .kv_stride = (size_t)KV,
+        .blk = s->pool ? s->blocks : NULL,
+        .blk_stride = s->pool ? s->pool->block_floats : 0,
         .q = e->q + row,
         .q_stride = (size_t)QD,
         .o = e->xb + row,
@@ -262,9 +366,12 @@ static int check_batch(const pd_engine *e, const pd_batch *b, pd_err *err)
         if (b->tokens[i] < 0 || b->tokens[i] >= c->vocab_size)
             return pd_err_set(err, PD_EINVAL, "token %d: id %d outside the vocabulary [0, %d)",
                               i, b->tokens[i], c->vocab_size);
-        if (pos < 0 || pos >= s->cap)
+        if (pos < (s->n_shared << PD_KV_BLOCK_SHIFT))
+            return pd_err_set(err, PD_EINVAL, "token %d: cache index %d is in a shared block", i,
+                              pos);
+        if (pos < 0 || pos >= seq_room(s))
             return pd_err_set(err, PD_EINVAL, "token %d: cache index %d outside [0, %d)", i, pos,
-                              s->cap);
+                              seq_room(s));
         if (s->n_prefix + s->cap > e->att_cap)
             return pd_err_set(err, PD_EINVAL, "token %d: prefix of %d slots is too long", i,
                               s->n_prefix);
@@ -310,9 +417,10 @@ int pd_engine_step(pd_engine *e, const pd_batch *b, const float **logits, pd_err
         pd__qkv_finish(m, l, e->q, e->k, e->v, T, e->rope, NULL);
         for (int t = 0; t < T; t++) {
             pd_seq *s = b->seqs[t];
-            size_t at = ((size_t)l * s->cap + (size_t)b->pos[t]) * KV;
-            memcpy(s->k_cache + at, e->k + (size_t)t * KV, (size_t)KV * sizeof(float));
-            memcpy(s->v_cache + at, e->v + (size_t)t * KV, (size_t)KV * sizeof(float));
+            memcpy(seq_row(s, l, b->pos[t], 0), e->k + (size_t)t * KV,
+                   (size_t)KV * sizeof(float));
+            memcpy(seq_row(s, l, b->pos[t], 1), e->v + (size_t)t * KV,
+                   (size_t)KV * sizeof(float));
         }
         attend_layer(e, b, l);
         pd_wmatmul(e->pool, e->xb2, e->xb, &w->wo, T);

@@ -61,14 +61,15 @@ int pd_prefix_from_cache(const pd_model *m, const char *task, const pd_seq *s, i
     pd_prefix *p = NULL;
     int rc = pd_prefix_create(m, task, n, &p, err);
     if (rc == PD_OK) {
-        const int L = c->n_layers, KVH = c->n_kv_heads, hd = c->head_dim, KV = c->kv_dim;
+        const int L = c->n_layers, KVH = c->n_kv_heads, hd = c->head_dim;
         for (int l = 0; l < L; l++)
             for (int h = 0; h < KVH; h++)
-                for (int pos = 0; pos < n; pos++) {
-                    size_t src = ((size_t)l * s->cap + (size_t)pos) * KV + (size_t)h * hd;
+                for (int pos = 0; pos < n; pos++) { /* contiguous or paged cache */
+                    const size_t src = (size_t)h * hd;
                     size_t dst = (((size_t)l * KVH + h) * n + pos) * hd;
-                    memcpy(p->keys + dst, s->k_cache + src, (size_t)hd * sizeof(float));
-                    memcpy(p->values + dst, s->v_cache + src, (size_t)hd * sizeof(float));
+                    memcpy(p->keys + dst, pd_seq_key(s, l, pos) + src, (size_t)hd * sizeof(float));
+                    memcpy(p->values + dst, pd_seq_value(s, l, pos) + src,
+                           (size_t)hd * sizeof(float));
                 }
         p->has_bos = has_bos;
         rc = pd__prefix_stamp(p, "prompt", err);

@@ -52,6 +52,7 @@
 
 #include <uv.h>
 
+#include "prefixd/kvpool.h"
 #include "prefixd/log.h"
 #include "prefixd/safetensors.h"
 
@@ -215,6 +216,20 @@ static int read_all(int fd, size_t size, char **out)
  * *id the identity of the bytes it came from. On a load error *id names the
  * invalid version. PD_ENOTFOUND: no regular file; PD_EBUSY: it kept
  * changing under the reader. */
+/* The prompt cache's owner of p (kvpool.h): a hash of its shape, keys and
+ * values, never 0 or PD_KV_OWNER_BASE. Equal content, equal KV: a file
+ * replaced by another with the same tensors shares its cache entries,
+ * any other replacement never does. */
+static uint64_t content_id(const pd_prefix *p)
+{
+    const size_t n = (size_t)p->n_layers * p->n_kv_heads * p->n_tokens * p->head_dim;
+    const int shape[4] = {p->n_layers, p->n_kv_heads, p->n_tokens, p->head_dim};
+    uint64_t h = pd_kvpool_hash(UINT64_C(0x70726566697864), shape, sizeof shape);
+    h = pd_kvpool_hash(h, p->keys, n * sizeof(float));
+    h = pd_kvpool_hash(h, p->values, n * sizeof(float));
+    return h == 0 || h == PD_KV_OWNER_BASE ? h + 2 : h;
+}
+
 static int load_file(const pd_registry *r, const char *task, file_id *id, pd_prefix **out,
                      pd_err *err)
 {
@@ -267,6 +282,7 @@ static int load_file(const pd_registry *r, const char *task, file_id *id, pd_pre
             pd_prefix_release(p);
             return rc;
         }
+        p->content_id = content_id(p);
         *out = p;
         return PD_OK;
     }
@@ -825,12 +841,12 @@ int pd_registry_acquire(pd_registry *r, const char *task, pd_prefix **out, pd_er
 }
 
 /* Writes p as task's file and installs it from disk. Caller holds no lock. */
-static int publish(pd_registry *r, const pd_prefix *p, pd_err *err)
+static int publish(pd_registry *r, const pd_prefix *p, int f16, pd_err *err)
 {
     char path[PATH_MAX];
     task_path(r, p->task, path);
     pthread_mutex_lock(&r->write_lock);
-    int rc = pd_prefix_save(p, r->model, path, 0, err);
+    int rc = pd_prefix_save(p, r->model, path, f16, err);
     pd_prefix *q = NULL;
     file_id id = {0, 0, 0, 0, 0};
     if (rc == PD_OK) rc = load_file(r, p->task, &id, &q, err);
@@ -853,16 +869,21 @@ int pd_registry_put(pd_registry *r, const char *task, const void *data, size_t s
     if (rc < 0) return rc;
     snprintf(p->task, sizeof p->task, "%s", task);
     rc = pd_prefix_meta_set(p, "task", task, err);
-    if (rc == PD_OK) rc = publish(r, p, err);
+    if (rc == PD_OK) rc = publish(r, p, 0, err);
     pd_prefix_release(p);
     return rc;
 }
 
-int pd_registry_put_prefix(pd_registry *r, const pd_prefix *p, pd_err *err)
+int pd_registry_put_prefix_as(pd_registry *r, const pd_prefix *p, int f16, pd_err *err)
 {
     if (!p || !pd_task_name_valid(p->task))
         return pd_err_set(err, PD_EINVAL, "prefix task name not valid");
-    return publish(r, p, err);
+    return publish(r, p, f16, err);
+}
+
+int pd_registry_put_prefix(pd_registry *r, const pd_prefix *p, pd_err *err)
+{
+    return pd_registry_put_prefix_as(r, p, 0, err);
 }
 
 int pd_registry_delete(pd_registry *r, const char *task, pd_err *err)

@@ -19,6 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "prefixd/log.h"
 
@@ -134,6 +135,8 @@ typedef struct slot {
     pd_seq *seq;
     pd_sampler sampler;
     int prefilled;    /* prompt tokens already in the cache */
+    uint64_t owner;   /* prompt-cache owner (kvpool.h), 0: no prompt cache */
+    int published;    /* blocks of the sequence published or found so far */
     int32_t next;     /* the token to feed next once prefilled */
 } slot;
 
@@ -141,6 +144,7 @@ struct pd_sched {
     const pd_model *m;
     pd_sched_params p;
     pd_engine *e;
+    pd_kvpool *pool;         /* every running sequence's KV blocks (engine thread) */
     pthread_t thread;
     pthread_mutex_t mu;      /* guards queue, stats, stopping */
     pthread_cond_t wake;     /* work arrived or stop */
@@ -157,11 +161,13 @@ struct pd_sched {
     uint8_t *b_want;
     int *b_slot;             /* slot index of each logits row */
     int *b_ppos;             /* (max_step_tokens) prompt position a logits row scores, or -1 */
+    int32_t *hit;            /* (max_hit) blocks of a prompt found in the prompt cache */
+    int max_hit;             /* blocks of the model's context */
 };
 
 pd_sched_params pd_sched_default_params(void)
 {
-    pd_sched_params p = {64, 256, 1024, 0};
+    pd_sched_params p = {64, 256, 1024, 0, 0};
     return p;
 }
 
@@ -174,6 +180,16 @@ static void publish_done(pd_request *rq, int finish, const char *error)
     rq->t_done = pd_now();
     pthread_cond_broadcast(&rq->cv);
     pthread_mutex_unlock(&rq->mu);
+}
+
+/* Publishes the pool's counts in the stats. Called with s->mu held. */
+static void pool_stats_locked(pd_sched *s)
+{
+    s->stats.kv_blocks_total = s->pool->n_blocks;
+    s->stats.kv_blocks_used = pd_kvpool_used(s->pool);
+    s->stats.kv_blocks_reserved = s->pool->n_reserved;
+    s->stats.kv_blocks_cached = s->pool->n_lru;
+    s->stats.cache_evictions = s->pool->evictions;
 }
 
 /* Frees the slot's sequence and drops the scheduler's request reference. */
@@ -189,27 +205,44 @@ static void retire(pd_sched *s, int i, int finish, const char *error)
     s->stats.seqs_freed++;
     if (finish == PD_FINISH_REASON_CANCELLED) s->stats.cancelled++;
     s->stats.running = s->n_running;
+    pool_stats_locked(s);
     pthread_mutex_unlock(&s->mu);
     publish_done(rq, finish, error);
     pd_request_release(rq);
 }
 
-/* Moves queued requests into free slots. Called with s->mu held. */
+/* Moves queued requests into free slots, in order, while the KV pool can
+ * promise each one the blocks of its prompt + max_tokens; the first that
+ * does not fit waits (and those behind it) until sequences finish. Called
+ * with s->mu held. */
 static void admit_locked(pd_sched *s)
 {
     while (s->q_len > 0 && s->n_running < s->p.max_seqs) {
         pd_request *rq = s->queue[s->q_head];
+        pd_err err;
+        pd_seq *seq = NULL;
+        /* the prompt cache: whole blocks, the last prompt token always prefilled */
+        uint64_t owner = !rq->prefix ? PD_KV_OWNER_BASE : rq->prefix->content_id;
+        int n_hit = 0;
+        if (owner && !rq->prompt_logprobs)
+            n_hit = pd_kvpool_match(s->pool, owner, rq->prompt, rq->n_prompt - 1, s->hit,
+                                    s->max_hit);
+        int rc = pd_seq_create_paged(s->m, s->pool, rq->n_prompt + rq->max_tokens, s->hit, n_hit,
+                                     &seq, &err);
+        if (rc == PD_EBUSY) break; /* waits for blocks */
         s->q_head = (s->q_head + 1) % s->p.queue_limit;
         s->q_len--;
         slot *sl = &s->slots[s->n_running];
         memset(sl, 0, sizeof *sl);
         sl->rq = rq;
-        pd_err err;
+        sl->seq = seq;
+        sl->owner = owner;
         int P = rq->prefix ? rq->prefix->n_tokens : 0;
-        int rc = pd_seq_create(s->m, rq->n_prompt + rq->max_tokens, &sl->seq, &err);
         if (rc == PD_OK) {
             pd_seq_set_prefix(sl->seq, P, P ? rq->prefix->keys : NULL,
                               P ? rq->prefix->values : NULL);
+            sl->prefilled = pd_seq_use_shared(sl->seq);
+            sl->published = n_hit;
             rc = pd_sampler_init(&sl->sampler, s->m->cfg.vocab_size, &rq->sampling, &err);
             if (rc < 0) pd_seq_free(sl->seq);
         }
@@ -220,12 +253,18 @@ static void admit_locked(pd_sched *s)
         }
         pthread_mutex_lock(&rq->mu);
         rq->state = PD_REQ_RUNNING;
+        rq->cached_tokens = sl->prefilled;
         pthread_mutex_unlock(&rq->mu);
         s->n_running++;
-        s->stats.prompt_tokens += (uint64_t)rq->n_prompt;
+        s->stats.prompt_tokens += (uint64_t)(rq->n_prompt - sl->prefilled);
+        if (n_hit > 0) {
+            s->stats.cache_hits++;
+            s->stats.cache_tokens += (uint64_t)sl->prefilled;
+        }
     }
     s->stats.queued = s->q_len;
     s->stats.running = s->n_running;
+    pool_stats_locked(s);
 }
 
 /* log sum_i exp(logits[i]), in double. */
@@ -264,6 +303,24 @@ static void top_logprobs(const float *logits, int V, int n, pd_token_out *o)
     for (int k = 0; k < c; k++) o->top_logprobs[k] = (float)((double)logits[o->top_ids[k]] - lse);
 }
 
+/* Publishes the sequence's blocks that its cache filled since the last
+ * call (prompt tokens, then generated ones as they were fed). */
+static void publish_blocks(pd_sched *s, slot *sl)
+{
+    if (!sl->owner) return;
+    const pd_request *rq = sl->rq;
+    const pd_seq *q = sl->seq;
+    for (; (sl->published + 1) * PD_KV_BLOCK <= q->len; sl->published++) {
+        const int b = sl->published, t0 = b * PD_KV_BLOCK;
+        int32_t toks[PD_KV_BLOCK];
+        for (int j = 0; j < PD_KV_BLOCK; j++) {
+            const int t = t0 + j; /* entry t holds the prompt's token t, else generated t - n */
+            toks[j] = t < rq->n_prompt ? rq->prompt[t] : rq->out[t - rq->n_prompt].id;
+        }
+        pd_kvpool_publish(s->pool, q->blocks[b], b ? q->blocks[b - 1] : -1, sl->owner, toks);
+    }
+}
+
 static void engine_iteration(pd_sched *s)
 {
     const int V = s->m->cfg.vocab_size;
@@ -280,6 +337,7 @@ static void engine_iteration(pd_sched *s)
     for (int i = 0; i < s->n_running && n < budget; i++) {
         slot *sl = &s->slots[i];
         if (sl->prefilled < sl->rq->n_prompt) continue;
+        pd_seq_grow(sl->seq, sl->seq->len + 1);
         s->b_tokens[n] = sl->next;
         s->b_pos[n] = sl->seq->len;
         s->b_seqs[n] = sl->seq;
@@ -292,6 +350,7 @@ static void engine_iteration(pd_sched *s)
         int left = sl->rq->n_prompt - sl->prefilled;
         if (left <= 0) continue;
         int chunk = left < budget - n ? left : budget - n;
+        pd_seq_grow(sl->seq, sl->prefilled + chunk);
         for (int j = 0; j < chunk; j++) {
             s->b_tokens[n] = sl->rq->prompt[sl->prefilled + j];
             s->b_pos[n] = sl->prefilled + j;
@@ -330,6 +389,7 @@ static void engine_iteration(pd_sched *s)
     for (int i = 0; i < s->n_running; i++) {
         slot *sl = &s->slots[i];
         if (sl->prefilled < sl->rq->n_prompt) sl->prefilled = sl->seq->len;
+        publish_blocks(s, sl);
     }
     uint64_t generated = 0;
     /* sample; collect finished slots (retire from the highest index down so
@@ -409,6 +469,7 @@ static void engine_iteration(pd_sched *s)
     int bin = 0;
     while (bin < 7 && n > (1 << bin)) bin++;
     s->stats.batch_hist[bin]++;
+    pool_stats_locked(s);
     pthread_mutex_unlock(&s->mu);
 }
 
@@ -444,6 +505,7 @@ static void *engine_main(void *arg)
 static void release_memory(pd_sched *s)
 {
     pd_engine_free(s->e);
+    pd_kvpool_free(s->pool);
     free(s->queue);
     free(s->slots);
     free(s->b_tokens);
@@ -452,6 +514,7 @@ static void release_memory(pd_sched *s)
     free(s->b_want);
     free(s->b_slot);
     free(s->b_ppos);
+    free(s->hit);
     free(s);
 }
 
@@ -480,14 +543,34 @@ int pd_sched_create(const pd_model *m, const pd_sched_params *p, pd_sched **out,
     s->b_want = malloc((size_t)T);
     s->b_slot = malloc((size_t)T * sizeof *s->b_slot);
     s->b_ppos = malloc((size_t)T * sizeof *s->b_ppos);
+    s->max_hit = pd_kvpool_blocks_for(m->cfg.seq_len);
+    s->hit = malloc((size_t)s->max_hit * sizeof *s->hit);
     int rc = PD_OK;
     if (!s->queue || !s->slots || !s->b_tokens || !s->b_pos || !s->b_seqs || !s->b_want ||
-        !s->b_slot || !s->b_ppos)
+        !s->b_slot || !s->b_ppos || !s->hit)
         rc = pd_err_set(err, PD_ENOMEM, "out of memory for the scheduler");
     pd_engine_params ep = pd_engine_default_params();
     ep.max_tokens = T;
     ep.n_threads = p->n_threads;
     if (rc == PD_OK) rc = pd_engine_create(m, &ep, &s->e, err);
+    if (rc == PD_OK) {
+        size_t budget = p->kv_budget;
+        if (budget == 0) { /* derived: see pd_sched_params */
+            const size_t one = (size_t)pd_kvpool_blocks_for(m->cfg.seq_len) *
+                               pd_kvpool_block_bytes(m);
+            budget = (size_t)s->p.max_seqs * one;
+            long pages = sysconf(_SC_AVPHYS_PAGES), psz = sysconf(_SC_PAGESIZE);
+            if (pages > 0 && psz > 0 && budget > (size_t)pages * (size_t)psz / 4)
+                budget = (size_t)pages * (size_t)psz / 4;
+            if (budget > ((size_t)1 << 30)) budget = (size_t)1 << 30;
+            if (budget < one) budget = one;
+        }
+        rc = pd_kvpool_create(m, budget, &s->pool, err);
+    }
+    if (rc == PD_OK) {
+        s->stats.kv_blocks_total = s->pool->n_blocks;
+        s->stats.kv_block_bytes = pd_kvpool_block_bytes(m);
+    }
     if (rc == PD_OK) {
         pthread_mutex_init(&s->mu, NULL);
         pthread_cond_init(&s->wake, NULL);
@@ -552,6 +635,14 @@ int pd_sched_submit(pd_sched *s, pd_request *rq, pd_err *err)
     if (rq->max_tokens < (rq->prompt_logprobs || rq->build_prefix ? 0 : 1))
         return pd_err_set(err, PD_EINVAL, "max_tokens %d: at least 1 unless the prompt is only "
                           "scored (prompt_logprobs)", rq->max_tokens);
+    /* n_blocks never changes: read without the engine thread */
+    const int nb = pd_kvpool_blocks_for(rq->n_prompt + rq->max_tokens);
+    if (nb > s->pool->n_blocks)
+        return pd_err_set(err, PD_EINVAL,
+                          "this request needs %d tokens of KV cache (prompt %d + max_tokens %d) "
+                          "but the KV budget holds %d; shorten the prompt or lower max_tokens",
+                          nb * PD_KV_BLOCK, rq->n_prompt, rq->max_tokens,
+                          s->pool->n_blocks * PD_KV_BLOCK);
     if (rq->top_logprobs < 0 || rq->top_logprobs > PD_TOP_LOGPROBS_MAX)
         return pd_err_set(err, PD_EINVAL, "top logprobs %d outside [0, %d]", rq->top_logprobs,
                           PD_TOP_LOGPROBS_MAX);

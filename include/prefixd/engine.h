@@ -34,9 +34,17 @@ extern "C" {
 #endif
 
 typedef struct pd_seq {
+    /* contiguous storage (pd_seq_create), NULL when paged: */
     float *k_cache;  /* (n_layers, cap, kv_dim), rotary applied (owned) */
     float *v_cache;  /* (n_layers, cap, kv_dim) (owned) */
+    /* paged storage (pd_seq_create_paged), NULL when contiguous: */
+    struct pd_kvpool *pool; /* borrowed; outlives the sequence */
+    int32_t *blocks; /* (blocks_for(cap)) block ids, the first n_blocks taken (owned) */
+    int n_blocks;    /* blocks held: the n_shared first are shared (read-only) */
+    int n_shared;    /* blocks found in the prompt cache at creation */
+    int n_reserved;  /* blocks still promised to this sequence by the pool */
     int cap;         /* capacity in tokens */
+    int kv_dim;      /* the model's kv_dim (floats per cache entry and layer) */
     int len;         /* tokens in the cache (real tokens, not prefix slots) */
     int n_prefix;    /* P, 0 when none */
     const float *prefix_k; /* (n_layers, n_kv_heads, P, head_dim), borrowed */
@@ -49,13 +57,40 @@ typedef struct pd_seq {
 int pd_seq_create(const pd_model *m, int cap, pd_seq **out, pd_err *err);
 void pd_seq_free(pd_seq *s);
 
+/* Allocates a paged sequence of capacity cap whose cache lives in blocks of
+ * pool (kvpool.h, borrowed: it must outlive the sequence). Its first
+ * n_shared blocks are the published blocks shared[] (from
+ * pd_kvpool_match; held, never written), so it starts with
+ * n_shared * PD_KV_BLOCK cache entries (after pd_seq_set_prefix, set len
+ * with pd_seq_use_shared); the rest of the capacity is reserved now and
+ * taken as it grows (pd_seq_grow). Every block goes back to the pool at
+ * pd_seq_free. PD_EBUSY when the pool cannot promise them (nothing
+ * allocated or held), PD_EINVAL, PD_ENOMEM. The engine reads and writes a
+ * paged sequence with the same float operations, in the same order, as a
+ * contiguous one: the logits are the same bits. */
+int pd_seq_create_paged(const pd_model *m, struct pd_kvpool *pool, int cap,
+                        const int32_t *shared, int n_shared, pd_seq **out, pd_err *err);
+
+/* Sets len to the entries of the shared blocks (after pd_seq_set_prefix,
+ * which empties the cache); returns it. */
+int pd_seq_use_shared(pd_seq *s);
+
+/* Makes room for cache entries [0, n_tokens) (n_tokens <= cap): takes
+ * reserved blocks from the pool as needed. Contiguous sequences always
+ * have room. Never fails (the blocks were reserved). */
+void pd_seq_grow(pd_seq *s, int n_tokens);
+
+/* Cache entry pos (< the room made) of layer l: kv_dim keys, rotary applied. */
+const float *pd_seq_key(const pd_seq *s, int l, int pos);
+const float *pd_seq_value(const pd_seq *s, int l, int pos);
+
 /* Points the sequence at a prefix (borrowed: the caller keeps it alive while
  * the sequence uses it; NULL keys/values with P = 0 clears it) and empties
  * the cache. */
 void pd_seq_set_prefix(pd_seq *s, int n_prefix, const float *prefix_k,
                        const float *prefix_v);
 
-/* Empties the cache (keeps the prefix). */
+/* Empties the cache (keeps the prefix and any blocks taken). */
 void pd_seq_reset(pd_seq *s);
 
 typedef struct pd_engine pd_engine;
@@ -85,7 +120,8 @@ typedef struct pd_batch {
 
 /* Runs one forward step. Within one sequence the tokens of a step must have
  * consecutive cache indices, in order, starting at or before seq->len (an
- * index below len overwrites and truncates); each pos + 1 <= cap. Writes
+ * index below len overwrites and truncates); each pos + 1 <= cap (a paged
+ * sequence: within the room pd_seq_grow made). Writes
  * each token's K/V into its cache and sets seq->len to its last pos + 1.
  * On success *logits points at (n_out, vocab_size) floats, one row per token
  * with want_logits set, in batch order (engine-owned, valid until the next

@@ -57,6 +57,9 @@ typedef struct pd_prefix {
     pd_prefix_meta *meta;  /* n_meta entries (owned), the file's __metadata__ */
     int n_meta;
     size_t bytes;          /* resident bytes (tensors + bookkeeping) */
+    uint64_t content_id;   /* hash of P, keys and values (the prompt cache's owner, kvpool.h);
+                              set by the registry when it loads the prefix; 0: unknown
+                              (requests with it do not use the prompt cache) */
 } pd_prefix;
 
 /* Allocates a zero-filled prefix of P slots shaped for model m, with one

@@ -68,6 +68,11 @@ int pd_registry_put(pd_registry *r, const char *task, const void *data, size_t s
 /* Publishes an in-memory prefix the same way (p is borrowed). */
 int pd_registry_put_prefix(pd_registry *r, const pd_prefix *p, pd_err *err);
 
+/* The same, the file's tensors as F16 when f16 (as `prefix ... --f16`):
+ * half the disk bytes; the served prefix is what the file holds (its
+ * values rounded to F16, widened to F32 in memory). */
+int pd_registry_put_prefix_as(pd_registry *r, const pd_prefix *p, int f16, pd_err *err);
+
 /* Removes <dir>/<task>.safetensors and the entry; PD_ENOTFOUND if none. */
 int pd_registry_delete(pd_registry *r, const char *task, pd_err *err);
 

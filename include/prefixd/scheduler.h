@@ -8,6 +8,22 @@
  * and cancelled sequences leave at once and free their KV cache; new ones
  * join between steps. Requests of different tasks (prefixes) share a step.
  *
+ * KV memory: every sequence's cache is paged from one pool of blocks
+ * (kvpool.h) of kv_budget bytes. A request is admitted only when the pool
+ * can promise it the blocks of prompt + max_tokens (reserve at admission:
+ * a running sequence never runs out, nothing is preempted); until then it
+ * waits in the queue, in order. A request needing more than the whole pool
+ * is refused at submit (PD_EINVAL).
+ *
+ * Prompt cache: every full block a sequence fills (prompt or generated
+ * tokens) is published in the pool under its owner (the prefix's
+ * content_id, or the base model) and token ids (kvpool.h); a new request
+ * starts from the longest published run of its prompt, leaving at least
+ * the prompt's last token to prefill (its logits), and prefills only the
+ * rest. Its logits are the same bits as without the hit. Requests that
+ * score their prompt (prompt_logprobs) and prefixes without a content_id
+ * do not take from the cache.
+ *
  * Threads: any thread may submit, wait on and cancel requests; the engine
  * thread never blocks on the network (it only appends to a request's output
  * under the request's mutex and signals its condition variable).
@@ -28,6 +44,7 @@
 #include <stdint.h>
 
 #include "prefixd/engine.h"
+#include "prefixd/kvpool.h"
 #include "prefixd/prefix.h"
 #include "prefixd/sampler.h"
 
@@ -89,6 +106,8 @@ typedef struct pd_request {
     int finish;                   /* pd_finish_reason once DONE */
     char error[PD_ERR_MSG_MAX];
     pd_prefix *built;             /* build_prefix result (owned by the request) */
+    int cached_tokens;            /* prompt tokens found in the prompt cache (not prefilled);
+                                     set when the request starts running */
     double t_submit, t_first, t_done; /* monotonic seconds */
 
     /* --- shared */
@@ -119,6 +138,9 @@ typedef struct pd_sched_params {
     int max_step_tokens;  /* tokens per step at most (default 256) */
     int queue_limit;      /* waiting requests at most (default 1024) */
     int n_threads;        /* engine threads, <= 0: online CPUs */
+    size_t kv_budget;     /* bytes of KV blocks; 0: max_seqs full-context sequences, at
+                             most a quarter of the free memory and 1 GiB, at least one
+                             full-context sequence */
 } pd_sched_params;
 
 pd_sched_params pd_sched_default_params(void);
@@ -134,7 +156,8 @@ void pd_sched_free(pd_sched *s, int grace_ms);
 
 /* Queues rq (the scheduler takes its own reference). PD_EBUSY when the queue
  * is full, PD_EINVAL when the prompt plus prefix plus max_tokens exceed the
- * context (err says by how much), PD_ECANCELLED when shutting down. */
+ * context or the whole KV budget (err says by how much), PD_ECANCELLED when
+ * shutting down. */
 int pd_sched_submit(pd_sched *s, pd_request *rq, pd_err *err);
 
 typedef struct pd_sched_stats {
@@ -147,6 +170,14 @@ typedef struct pd_sched_stats {
     uint64_t prompt_tokens;
     uint64_t cancelled;         /* sequences stopped by cancel */
     uint64_t seqs_freed;        /* sequences whose KV cache was freed */
+    int kv_blocks_total;        /* blocks in the KV pool */
+    int kv_blocks_used;         /* blocks held by sequences now */
+    int kv_blocks_reserved;     /* blocks promised to running sequences, not yet taken */
+    size_t kv_block_bytes;      /* bytes per block (PD_KV_BLOCK tokens, all layers) */
+    int kv_blocks_cached;       /* published blocks nobody holds (the prompt cache's LRU) */
+    uint64_t cache_hits;        /* requests that started from cached blocks */
+    uint64_t cache_tokens;      /* prompt tokens those requests did not prefill */
+    uint64_t cache_evictions;   /* cached blocks reused for other content */
 } pd_sched_stats;
 
 void pd_sched_stats_get(pd_sched *s, pd_sched_stats *out);

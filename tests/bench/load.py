@@ -24,6 +24,15 @@ loopback, figures and same-run ratios, no assertions.
                                              prefix (`prefixd train --distill-prompt`,
                                              a small job: speed only): time to
                                              first token, prefill and decode tok/s
+  load.py table --model M                    issue 13's table: 64 streamed
+                                             completions, 8 concurrent, 37-token
+                                             prompts, 64 tokens; base model and
+                                             each request on its own task (P = 20)
+  load.py shared --model M                   16 requests sharing a 500-token system
+                                             prompt, 4 concurrent, with and without
+                                             the prompt cache (TTFT, tokens/s)
+  load.py capacity --model M                 concurrent 1,000-token sequences
+                                             admitted under a 1 GiB KV budget
 
 Only 127.0.0.1; every loop is bounded in count and time."""
 import argparse
@@ -291,6 +300,187 @@ def cmd_hotload(a):
     print(f"  p50 {pct(lat, 50) * 1000:.2f} ms  p99 {pct(lat, 99) * 1000:.2f} ms  max {max(lat) * 1000:.2f} ms (target p99 <= 50 ms)")
 
 
+def token_ids(srv, text, n):
+    """n token ids of text repeated (no BOS), through /tokenize."""
+    st, body = srv.req("POST", "/tokenize", {"content": text, "add_special": False})
+    ids = json.loads(body)["tokens"]
+    if not ids:
+        raise SystemExit("/tokenize returned no tokens")
+    return (ids * (n // len(ids) + 1))[:n]
+
+
+def run_prompts(srv, bodies, concurrency, sample_rss=None):
+    """Streams bodies with concurrency workers; figures as run_load, plus peak RSS."""
+    lat, ttft, toks, fails, peak = [], [], [], [0], [0]
+    lock = threading.Lock()
+    todo = list(enumerate(bodies))
+
+    def worker():
+        while True:
+            with lock:
+                if not todo:
+                    return
+                _, b = todo.pop(0)
+            r = srv.stream(b)
+            with lock:
+                if r is None:
+                    fails[0] += 1
+                else:
+                    lat.append(r[0]); ttft.append(r[1]); toks.append(r[2])
+
+    t0 = time.perf_counter()
+    th = [threading.Thread(target=worker) for _ in range(concurrency)]
+    for t in th:
+        t.start()
+    while any(t.is_alive() for t in th):
+        if sample_rss:
+            peak[0] = max(peak[0], rss_kb(sample_rss))
+        time.sleep(0.05)
+    wall = time.perf_counter() - t0
+    return {"tokens_per_s": sum(toks) / wall, "p50": pct(lat, 50), "p99": pct(lat, 99),
+            "ttft_p50": pct(ttft, 50), "ttft_p99": pct(ttft, 99), "requests": len(lat),
+            "failed": fails[0], "rss_mib": peak[0] / 1024}
+
+
+def cmd_table(a):
+    tmp = tempfile.mkdtemp(prefix="prefixd-bench-")
+    try:
+        reg = os.path.join(tmp, "registry")
+        os.makedirs(reg)
+        srv = Server(tmp, a.model, a.tokenizer, reg, {"max_step_tokens": 512})
+        try:
+            base_id = json.loads(srv.req("GET", "/v1/models")[1])["data"][0]["id"]
+            prompt = token_ids(srv, "Once upon a time there was a little girl who liked to "
+                                    "play in the garden with her dog. ", 37)
+            tasks = []
+            for i in range(64):
+                st, body = srv.req("PUT", f"/v1/prefixes/t{i:02d}",
+                                   {"from_prompt": token_text(i)})
+                if st not in (200, 201):
+                    raise SystemExit(f"PUT t{i:02d}: {st} {body[:200]}")
+                tasks.append(f"t{i:02d}")
+            P = json.loads(srv.req("GET", "/v1/prefixes/t00")[1])["num_virtual_tokens"]
+
+            def bodies(models):
+                # a distinct first token per request: no prompt-cache hits
+                return [{"model": models[i % len(models)],
+                         "prompt": [prompt[(i % 30) + 1]] + prompt[1:], "max_tokens": 64,
+                         "temperature": 0.8, "seed": i} for i in range(64)]
+
+            run_prompts(srv, bodies([base_id])[:8], 8)  # warm-up
+            base = run_prompts(srv, bodies([base_id]), 8, srv.proc.pid)
+            spread = run_prompts(srv, bodies(tasks), 8, srv.proc.pid)
+        finally:
+            srv.stop()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    print(f"issue 13 load, {os.path.basename(a.model)}: 64 streamed completions, 8 concurrent, "
+          f"37-token prompts, 64 tokens each")
+    print(f"  {'':22} {'tok/s':>7} {'p50 s':>7} {'p99 s':>7} {'ttft p50':>9} {'peak RSS':>9} {'fail':>5}")
+    for label, r in (("base model", base), (f"64 tasks (P = {P})", spread)):
+        print(f"  {label:22} {r['tokens_per_s']:7.1f} {r['p50']:7.2f} {r['p99']:7.2f} "
+              f"{r['ttft_p50']:9.3f} {r['rss_mib']:7.0f} M {r['failed']:5d}")
+    print(f"  64 tasks / base = {spread['tokens_per_s'] / base['tokens_per_s']:.3f} (target >= 0.98)")
+
+
+def token_text(i):
+    # BOS + dummy space + 18 bytes: 20 slots on byte-level vocabularies (as cmd_prefix)
+    return f"{i:02d}abcdefghijklmnop"
+
+
+def cmd_shared(a):
+    tmp = tempfile.mkdtemp(prefix="prefixd-bench-")
+    try:
+        reg = os.path.join(tmp, "registry")
+        os.makedirs(reg)
+        srv = Server(tmp, a.model, a.tokenizer, reg, {"max_step_tokens": 512})
+        try:
+            base_id = json.loads(srv.req("GET", "/v1/models")[1])["data"][0]["id"]
+            system = token_ids(srv, "You are a helpful assistant who answers briefly and "
+                                    "politely, and never makes things up. ", 500)
+            question = token_ids(srv, "What is the capital of France? ", 10)
+
+            def bodies(shared):
+                # without: the first token differs per request, so nothing is shared
+                return [{"model": base_id,
+                         "prompt": ([system[0]] if shared else [system[(i % 50) + 1]]) +
+                                   system[1:] + question[:9] + [question[i % 10]],
+                         "max_tokens": 32, "temperature": 0.8, "seed": i}
+                        for i in range(16)]
+
+            without = run_prompts(srv, bodies(False), 4)
+            srv.stream(bodies(True)[0])  # fills the cache
+            m0 = metrics(srv)
+            with_cache = run_prompts(srv, bodies(True), 4)
+            m1 = metrics(srv)
+        finally:
+            srv.stop()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    saved = m1.get("prefixd_prompt_cache_tokens_total", 0) - m0.get("prefixd_prompt_cache_tokens_total", 0)
+    print(f"shared 500-token system prompt, {os.path.basename(a.model)}: 16 requests, 4 concurrent, "
+          f"32 tokens each")
+    print(f"  {'':16} {'tok/s':>7} {'ttft p50':>9} {'ttft p99':>9} {'p50 s':>7}")
+    for label, r in (("without cache", without), ("with cache", with_cache)):
+        print(f"  {label:16} {r['tokens_per_s']:7.1f} {r['ttft_p50']:9.3f} {r['ttft_p99']:9.3f} "
+              f"{r['p50']:7.2f}")
+    print(f"  TTFT p50 without / with = {without['ttft_p50'] / max(with_cache['ttft_p50'], 1e-9):.1f}x "
+          f"(target >= 5x); {saved:.0f} prompt tokens served from the cache")
+
+
+def metrics(srv):
+    out = {}
+    for line in srv.req("GET", "/metrics")[1].decode().splitlines():
+        if line and not line.startswith("#"):
+            k, _, v = line.rpartition(" ")
+            out[k] = float(v)
+    return out
+
+
+def cmd_capacity(a):
+    """Admission is by reservation (prompt + max_tokens), so the number of
+    sequences admitted at once under the budget is what fits: requests of a
+    1-token prompt and 999 tokens to generate are sent until some wait, then
+    all are cancelled by closing their connections."""
+    tmp = tempfile.mkdtemp(prefix="prefixd-bench-")
+    try:
+        reg = os.path.join(tmp, "registry")
+        os.makedirs(reg)
+        srv = Server(tmp, a.model, a.tokenizer, reg, {"kv_budget_mb": 1024})
+        try:
+            base_id = json.loads(srv.req("GET", "/v1/models")[1])["data"][0]["id"]
+            m = metrics(srv)
+            blocks, bb = m["prefixd_kv_blocks_total"], m["prefixd_kv_block_bytes"]
+            socks, peak = [], 0
+            for i in range(200):
+                body = json.dumps({"model": base_id, "prompt": [i + 10], "max_tokens": 999,
+                                   "stream": True}).encode()
+                c = socket.create_connection(("127.0.0.1", srv.port))
+                c.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: "
+                          b"application/json\r\nContent-Length: " + str(len(body)).encode() +
+                          b"\r\n\r\n" + body)
+                socks.append(c)
+                # admitted between engine steps: wait (bounded) for it to leave the queue
+                deadline = time.time() + 5
+                while time.time() < deadline:
+                    m = metrics(srv)
+                    if m["prefixd_running_sequences"] == len(socks):
+                        break
+                    time.sleep(0.02)
+                peak = max(peak, m["prefixd_running_sequences"])
+                if m["prefixd_queue_depth"] > 0:
+                    break
+            for c in socks:
+                c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+                c.close()
+        finally:
+            srv.stop()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    print(f"1 GiB KV budget, {os.path.basename(a.model)}: {blocks:.0f} blocks of {bb / 2**20:.2f} MiB; "
+          f"{peak:.0f} concurrent 1,000-token sequences admitted (the next one waits)")
+
+
 def rss_kb(pid):
     for line in open(f"/proc/{pid}/status"):
         if line.startswith("VmRSS:"):
@@ -483,7 +673,8 @@ def cmd_distill(a):
 def main():
     ap = argparse.ArgumentParser()
     sub = ap.add_subparsers(dest="cmd", required=True)
-    for name in ("serve", "train", "hotload", "prefix", "registry", "trainspeed", "distill"):
+    for name in ("serve", "train", "hotload", "prefix", "registry", "trainspeed", "distill",
+                 "table", "shared", "capacity"):
         p = sub.add_parser(name)
         p.add_argument("--model", required=True)
         p.add_argument("--tokenizer")
@@ -498,7 +689,8 @@ def main():
         p.add_argument("--slots", type=int, default=16)
     a = ap.parse_args()
     {"serve": cmd_serve, "train": cmd_train, "hotload": cmd_hotload, "prefix": cmd_prefix,
-     "registry": cmd_registry, "trainspeed": cmd_trainspeed, "distill": cmd_distill}[a.cmd](a)
+     "registry": cmd_registry, "trainspeed": cmd_trainspeed, "distill": cmd_distill,
+     "table": cmd_table, "shared": cmd_shared, "capacity": cmd_capacity}[a.cmd](a)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@
 
 #include "prefixd/engine.h"
 #include "prefixd/generate.h"
+#include "prefixd/kvpool.h"
 
 #include "testutil.h"
 
@@ -212,6 +213,82 @@ static void test_bad_batches(void **state)
     pd_engine_free(e);
 }
 
+#define PG_TOK 41 /* crosses two block boundaries (PD_KV_BLOCK 16) */
+#define PG_PMAX 35
+
+/* Paged cache == contiguous cache, bit for bit: for every prefix length
+ * 0..PG_PMAX, three sequences share each step: a contiguous one and a
+ * paged one with the same tokens (whose blocks are interleaved in the pool
+ * with a third paged sequence's), advanced in chunks that start and end
+ * inside and across blocks. */
+static void test_paged_equals_contiguous(void **state)
+{
+    (void)state;
+    const pd_config *c = &model->cfg;
+    const int V = c->vocab_size;
+    int32_t toks[3][PG_TOK];
+    uint64_t r = 777;
+    for (int s = 0; s < 3; s++)
+        for (int i = 0; i < PG_TOK; i++) {
+            r = r * 6364136223846793005ULL + 1442695040888963407ULL;
+            toks[s][i] = i == 0 ? 1 : (int32_t)((r >> 33) % (uint64_t)V);
+        }
+    memcpy(toks[1], toks[0], sizeof toks[0]);
+    const size_t pn = (size_t)c->n_layers * c->n_kv_heads * PG_PMAX * c->head_dim;
+    float *pk = malloc(pn * sizeof(float)), *pv = malloc(pn * sizeof(float));
+    float *out = malloc((size_t)3 * PG_TOK * V * sizeof(float));
+    assert_non_null(pk);
+    assert_non_null(pv);
+    assert_non_null(out);
+    pd_engine *e;
+    pd_kvpool *pool;
+    pd_err err;
+    assert_int_equal(pd_engine_create(model, &(pd_engine_params){3 * PG_TOK, 0}, &e, NULL), PD_OK);
+    /* room for the two paged sequences and nothing more */
+    const int nb = pd_kvpool_blocks_for(PG_TOK);
+    assert_int_equal(pd_kvpool_create(model, 2 * (size_t)nb * pd_kvpool_block_bytes(model), &pool,
+                                      &err),
+                     PD_OK);
+    assert_int_equal(pool->n_blocks, 2 * nb);
+    static const int chunk[3][4] = {{17, 1, 14, 9}, {17, 1, 14, 9}, {5, 27, 1, 8}};
+    for (int P = 0; P <= PG_PMAX; P++) {
+        /* a prefix of P slots (layout n_layers, n_kv_heads, P, head_dim) */
+        const size_t n = (size_t)c->n_layers * c->n_kv_heads * P * c->head_dim;
+        for (size_t i = 0; i < n; i++) {
+            r = r * 6364136223846793005ULL + 1442695040888963407ULL;
+            pk[i] = (float)((double)(r >> 40) / (double)(1 << 24) - 0.5);
+            pv[i] = (float)((double)(r & 0xffffff) / (double)(1 << 24) - 0.5);
+        }
+        pd_seq *seqs[3];
+        assert_int_equal(pd_seq_create(model, PG_TOK, &seqs[0], NULL), PD_OK);
+        assert_int_equal(pd_seq_create_paged(model, pool, PG_TOK, NULL, 0, &seqs[1], NULL), PD_OK);
+        assert_int_equal(pd_seq_create_paged(model, pool, PG_TOK, NULL, 0, &seqs[2], NULL), PD_OK);
+        pd_seq *extra;
+        assert_int_equal(pd_seq_create_paged(model, pool, 1, NULL, 0, &extra, &err), PD_EBUSY);
+        assert_int_equal(pd_kvpool_available(pool), 0);
+        for (int s = 0; s < 3; s++) pd_seq_set_prefix(seqs[s], P, P ? pk : NULL, P ? pv : NULL);
+        /* alternate the two paged sequences' blocks in the pool */
+        for (int b = 1; b <= nb; b++) {
+            int t = b * PD_KV_BLOCK < PG_TOK ? b * PD_KV_BLOCK : PG_TOK;
+            pd_seq_grow(seqs[P % 2 ? 1 : 2], t);
+            pd_seq_grow(seqs[P % 2 ? 2 : 1], t);
+        }
+        assert_int_equal(pool->n_free, 0);
+        assert_int_equal(test_mixed_steps(e, 3, seqs, &toks[0][0], PG_TOK, &chunk[0][0], 4, V, out),
+                         0);
+        if (memcmp(out, out + (size_t)PG_TOK * V, (size_t)PG_TOK * V * sizeof(float)) != 0)
+            fail_msg("prefix of %d slots: paged logits differ from contiguous ones", P);
+        for (int s = 0; s < 3; s++) pd_seq_free(seqs[s]);
+        assert_int_equal(pool->n_free, pool->n_blocks);
+        assert_int_equal(pool->n_reserved, 0);
+    }
+    pd_kvpool_free(pool);
+    pd_engine_free(e);
+    free(pk);
+    free(pv);
+    free(out);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -219,6 +296,7 @@ int main(void)
         cmocka_unit_test(test_batched_equals_single),
         cmocka_unit_test(test_want_logits_rows),
         cmocka_unit_test(test_bad_batches),
+        cmocka_unit_test(test_paged_equals_contiguous),
     };
     return cmocka_run_group_tests_name("engine", tests, setup, teardown);
 }
