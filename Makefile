@@ -177,7 +177,7 @@ asan: deps
 	  sh tests/run_unit.sh $(patsubst $(BUILD)/%,build-asan/%,$(TEST_BIN))
 	$(MAKE) BUILD=build-asan OPT="-O1 -g -fno-omit-frame-pointer" \
 	  SAN="-fsanitize=address,undefined -fno-sanitize-recover=undefined" fuzz-regress
-	ASAN_OPTIONS=detect_leaks=1 PD_VOCAB_DIR=build-asan/vocab PREFIXD_BIN=build-asan/prefixd \
+	ASAN_OPTIONS=detect_leaks=1 PD_VOCAB_DIR=build-asan/vocab PREFIXD_TRAIN_TIMEOUT=900 PREFIXD_BIN=build-asan/prefixd \
 	  $(PYTHON) -m pytest -q tests/e2e
 
 SYNTH ?= $(BUILD)/bench/synth-134m-f32.gguf

@@ -127,7 +127,7 @@ try {
   await (await page.$("#job-form input[name=training]")).uploadFile(trainFile);
   await (await page.$("#job-form input[name=validation]")).uploadFile(validFile);
   await setValue("#job-form input[name=suffix]", "webjob");
-  await setValue("#job-form input[name=n_epochs]", 2);
+  await setValue("#job-form input[name=n_epochs]", 6); // long enough (36 steps) for the chart to be seen growing
   await setValue("#job-form input[name=batch_size]", 4);
   await setValue("#job-form input[name=eval_every]", 2);
   await setValue("#job-form input[name=seed]", 7);
