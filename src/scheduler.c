@@ -267,22 +267,11 @@ static void admit_locked(pd_sched *s)
     pool_stats_locked(s);
 }
 
-/* log sum_i exp(logits[i]), in double. */
-static double log_sum_exp(const float *logits, int V)
-{
-    float max = logits[0];
-    for (int i = 1; i < V; i++)
-        if (logits[i] > max) max = logits[i];
-    double sum = 0.0;
-    for (int i = 0; i < V; i++) sum += exp((double)(logits[i] - max));
-    return (double)max + log(sum);
-}
-
 /* Top-n log-probabilities of logits into o (n <= PD_TOP_LOGPROBS_MAX),
  * most likely first. */
 static void top_logprobs(const float *logits, int V, int n, pd_token_out *o)
 {
-    double lse = log_sum_exp(logits, V);
+    double lse = pd_sampler_log_sum_exp(logits, V);
     int c = 0;
     for (int i = 0; i < V; i++) {
         int k;
@@ -416,7 +405,7 @@ static void engine_iteration(pd_sched *s)
         if (s->b_ppos[r] >= 0) { /* scoring: log p(next prompt token) */
             pd_token_out *po = &rq->prompt_out[s->b_ppos[r] + 1];
             po->id = rq->prompt[s->b_ppos[r] + 1];
-            po->logprob = (float)((double)lg[po->id] - log_sum_exp(lg, V));
+            po->logprob = (float)((double)lg[po->id] - pd_sampler_log_sum_exp(lg, V));
             if (rq->top_logprobs > 0) top_logprobs(lg, V, rq->top_logprobs, po);
             continue;
         }

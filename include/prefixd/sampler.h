@@ -32,6 +32,7 @@ typedef struct pd_sampler {
     int vocab_size;
     float *probs;    /* (vocab_size) scratch (owned) */
     int32_t *index;  /* (vocab_size) scratch (owned) */
+    float *block_sums; /* (ceil(vocab_size / 64)) scratch (owned) */
 } pd_sampler;
 
 /* Validates params (temperature >= 0 and finite, top_p in (0,1], top_k >= 0)
@@ -42,8 +43,17 @@ void pd_sampler_release(pd_sampler *s);
 
 /* Returns the next token id for logits (vocab_size floats, not modified).
  * If logprob is not NULL it receives log softmax(logits)[token] at
- * temperature 1. */
+ * temperature 1. Reads only s and logits: a seeded sampler draws the same
+ * tokens whatever else runs (alone or batched). */
 int pd_sampler_sample(pd_sampler *s, const float *logits, float *logprob);
+
+/* log sum_i exp(logits[i]) over n >= 1 entries, with the sampler's exp and
+ * the sum in double: log softmax(logits)[k] = logits[k] - this. */
+double pd_sampler_log_sum_exp(const float *logits, int n);
+
+/* e^x in float for x <= 0 (0 below -87), within 2 ulp: the exp the sampler
+ * uses (internal, exposed for its test). */
+float pd__sampler_exp(float x);
 
 /* Uniform float in [0, 1) from the sampler's stream. */
 float pd_sampler_rand(pd_sampler *s);

@@ -352,6 +352,9 @@ def cmd_table(a):
             base_id = json.loads(srv.req("GET", "/v1/models")[1])["data"][0]["id"]
             prompt = token_ids(srv, "Once upon a time there was a little girl who liked to "
                                     "play in the garden with her dog. ", 37)
+            uniq = list(dict.fromkeys(prompt))  # distinct ids (the text repeats)
+            if len(uniq) ** 2 < 72:
+                raise SystemExit("the prompt text has too few distinct tokens")
             tasks = []
             for i in range(64):
                 st, body = srv.req("PUT", f"/v1/prefixes/t{i:02d}",
@@ -361,15 +364,21 @@ def cmd_table(a):
                 tasks.append(f"t{i:02d}")
             P = json.loads(srv.req("GET", "/v1/prefixes/t00")[1])["num_virtual_tokens"]
 
-            def bodies(models):
-                # a distinct first token per request: no prompt-cache hits
+            def bodies(models, first=0):
+                # distinct first two tokens per request (warm-up included): no
+                # prompt-cache hits, so every request prefills its 37 tokens
                 return [{"model": models[i % len(models)],
-                         "prompt": [prompt[(i % 30) + 1]] + prompt[1:], "max_tokens": 64,
-                         "temperature": 0.8, "seed": i} for i in range(64)]
+                         "prompt": [uniq[j % len(uniq)], uniq[j // len(uniq) % len(uniq)]] +
+                                   prompt[2:],
+                         "max_tokens": 64, "temperature": 0.8, "seed": i}
+                        for i, j in ((i, first + i) for i in range(64))]
 
-            run_prompts(srv, bodies([base_id])[:8], 8)  # warm-up
+            run_prompts(srv, bodies([base_id], 64)[:8], 8)  # warm-up
+            m0 = metrics(srv)
             base = run_prompts(srv, bodies([base_id]), 8, srv.proc.pid)
+            m1 = metrics(srv)
             spread = run_prompts(srv, bodies(tasks), 8, srv.proc.pid)
+            m2 = metrics(srv)
         finally:
             srv.stop()
     finally:
@@ -381,6 +390,14 @@ def cmd_table(a):
         print(f"  {label:22} {r['tokens_per_s']:7.1f} {r['p50']:7.2f} {r['p99']:7.2f} "
               f"{r['ttft_p50']:9.3f} {r['rss_mib']:7.0f} M {r['failed']:5d}")
     print(f"  64 tasks / base = {spread['tokens_per_s'] / base['tokens_per_s']:.3f} (target >= 0.98)")
+    for label, a0, a1 in (("base model", m0, m1), ("64 tasks", m1, m2)):
+        d = {k: a1.get(k, 0) - a0.get(k, 0) for k in (
+            "prefixd_prompt_cache_hits_total", "prefixd_engine_steps_total",
+            "prefixd_batch_size_sum", "prefixd_registry_loads_total")}
+        print(f"  {label}: {d['prefixd_engine_steps_total']:.0f} engine steps, "
+              f"{d['prefixd_batch_size_sum'] / max(d['prefixd_engine_steps_total'], 1):.1f} "
+              f"tokens/step, {d['prefixd_prompt_cache_hits_total']:.0f} prompt-cache hits, "
+              f"{d['prefixd_registry_loads_total']:.0f} prefix loads")
 
 
 def token_text(i):
