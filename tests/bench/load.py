@@ -59,21 +59,14 @@ def free_port():
         return s.getsockname()[1]
 
 
-class Server:
-    def __init__(self, tmp, model, tokenizer, registry, extra=None):
-        self.port = free_port()
-        cfg = {"model": model, "registry": registry, "data": os.path.join(tmp, "data"),
-               "listen": f"127.0.0.1:{self.port}", "log_level": "warn",
-               "max_seqs": 128, "queue_limit": 4096, "registry_rescan_ms": 1000}
-        if tokenizer:
-            cfg["tokenizer"] = tokenizer
-        cfg.update(extra or {})
-        path = os.path.join(tmp, f"cfg-{self.port}.json")
-        with open(path, "w") as f:
-            json.dump(cfg, f)
+class HttpServer:
+    """A server process on 127.0.0.1:port; body_extra is merged into every
+    streamed completion body."""
+    body_extra = {}
+
+    def launch(self, tmp, argv, what):
         self.log = open(os.path.join(tmp, f"server-{self.port}.log"), "w")
-        self.proc = subprocess.Popen([BIN, "serve", "--config", path], stdout=self.log,
-                                     stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.time() + 120
         while time.time() < deadline:
             try:
@@ -84,7 +77,8 @@ class Server:
             if self.proc.poll() is not None:
                 break
             time.sleep(0.1)
-        raise SystemExit("prefixd serve did not become ready; see " + self.log.name)
+        self.stop()
+        raise SystemExit(f"{what} did not become ready; see " + self.log.name)
 
     def req(self, method, path, body=None, timeout=600):
         c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
@@ -101,7 +95,7 @@ class Server:
 
     def stream(self, body, timeout=600):
         """Streams one completion; returns (latency s, ttft s, completion tokens)."""
-        body = dict(body, stream=True, stream_options={"include_usage": True})
+        body = dict(body, stream=True, stream_options={"include_usage": True}, **self.body_extra)
         t0 = time.perf_counter()
         c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
         try:
@@ -137,7 +131,37 @@ class Server:
             self.proc.wait(timeout=60)
         except subprocess.TimeoutExpired:
             self.proc.kill()
+            self.proc.wait()
         self.log.close()
+
+
+class Server(HttpServer):
+    """prefixd serve with a generated config (extra overrides keys)."""
+
+    def __init__(self, tmp, model, tokenizer, registry, extra=None):
+        self.port = free_port()
+        cfg = {"model": model, "registry": registry, "data": os.path.join(tmp, "data"),
+               "listen": f"127.0.0.1:{self.port}", "log_level": "warn",
+               "max_seqs": 128, "queue_limit": 4096, "registry_rescan_ms": 1000}
+        if tokenizer:
+            cfg["tokenizer"] = tokenizer
+        cfg.update(extra or {})
+        path = os.path.join(tmp, f"cfg-{self.port}.json")
+        with open(path, "w") as f:
+            json.dump(cfg, f)
+        self.launch(tmp, [BIN, "serve", "--config", path], "prefixd serve")
+
+
+class LlamaServer(HttpServer):
+    """llama.cpp's llama-server (only with --llama-server BIN): 8 slots, 2
+    threads, on the same model file, as the issue's comparison."""
+
+    def __init__(self, tmp, binary, model, cache_prompt):
+        self.port = free_port()
+        self.body_extra = {"cache_prompt": cache_prompt}
+        self.launch(tmp, [binary, "-m", model, "-np", "8", "-t", "2", "-c", "4096",
+                          "--host", "127.0.0.1", "--port", str(self.port), "--no-webui"],
+                    "llama-server")
 
 
 def pct(xs, p):
@@ -342,8 +366,29 @@ def run_prompts(srv, bodies, concurrency, sample_rss=None):
             "failed": fails[0], "rss_mib": peak[0] / 1024}
 
 
+def table_bodies(models, prompt, uniq, first=0):
+    """The issue's 64 requests: 37-token prompts whose first two tokens are
+    distinct per request (warm-ups use another `first`), so nothing comes
+    from a prompt cache and every request prefills its whole prompt."""
+    return [{"model": models[i % len(models)],
+             "prompt": [uniq[j % len(uniq)], uniq[j // len(uniq) % len(uniq)]] + prompt[2:],
+             "max_tokens": 64, "temperature": 0.8, "seed": i}
+            for i, j in ((i, first + i) for i in range(64))]
+
+
+def median_run(runs):
+    """The run of median tokens/s (its own latencies, not a mix of runs)."""
+    return sorted(runs, key=lambda r: r["tokens_per_s"])[len(runs) // 2]
+
+
+def span(runs, key="tokens_per_s", fmt="{:.1f}"):
+    v = [r[key] for r in runs]
+    return fmt.format(min(v)) + ("" if len(v) == 1 else "-" + fmt.format(max(v)))
+
+
 def cmd_table(a):
     tmp = tempfile.mkdtemp(prefix="prefixd-bench-")
+    engine = []
     try:
         reg = os.path.join(tmp, "registry")
         os.makedirs(reg)
@@ -353,7 +398,7 @@ def cmd_table(a):
             prompt = token_ids(srv, "Once upon a time there was a little girl who liked to "
                                     "play in the garden with her dog. ", 37)
             uniq = list(dict.fromkeys(prompt))  # distinct ids (the text repeats)
-            if len(uniq) ** 2 < 72:
+            if len(uniq) ** 2 < 64 * (a.repeat + 2):
                 raise SystemExit("the prompt text has too few distinct tokens")
             tasks = []
             for i in range(64):
@@ -364,40 +409,66 @@ def cmd_table(a):
                 tasks.append(f"t{i:02d}")
             P = json.loads(srv.req("GET", "/v1/prefixes/t00")[1])["num_virtual_tokens"]
 
-            def bodies(models, first=0):
-                # distinct first two tokens per request (warm-up included): no
-                # prompt-cache hits, so every request prefills its 37 tokens
-                return [{"model": models[i % len(models)],
-                         "prompt": [uniq[j % len(uniq)], uniq[j // len(uniq) % len(uniq)]] +
-                                   prompt[2:],
-                         "max_tokens": 64, "temperature": 0.8, "seed": i}
-                        for i, j in ((i, first + i) for i in range(64))]
-
-            run_prompts(srv, bodies([base_id], 64)[:8], 8)  # warm-up
-            m0 = metrics(srv)
-            base = run_prompts(srv, bodies([base_id]), 8, srv.proc.pid)
-            m1 = metrics(srv)
-            spread = run_prompts(srv, bodies(tasks), 8, srv.proc.pid)
-            m2 = metrics(srv)
+            run_prompts(srv, table_bodies([base_id], prompt, uniq, 64)[:8], 8)  # warm-up
+            bases, spreads = [], []
+            for k in range(a.repeat):  # alternated: a slow spell hits both
+                # the same requests each repeat would hit the prompt cache
+                # (prefixd's is exact and always on): another first token
+                first = 128 + 64 * k if k else 0
+                m0 = metrics(srv)
+                bases.append(run_prompts(srv, table_bodies([base_id], prompt, uniq, first), 8,
+                                         srv.proc.pid))
+                m1 = metrics(srv)
+                spreads.append(run_prompts(srv, table_bodies(tasks, prompt, uniq, first), 8,
+                                           srv.proc.pid))
+                m2 = metrics(srv)
+                engine.append((m0, m1, m2))
         finally:
             srv.stop()
+        llamas = []
+        if a.llama_server:  # after prefixd has stopped: never two servers at once
+            ls = LlamaServer(tmp, a.llama_server, a.model, False)
+            try:
+                run_prompts(ls, table_bodies([base_id], prompt, uniq, 64)[:8], 8)
+                for k in range(a.repeat):
+                    first = 128 + 64 * k if k else 0
+                    llamas.append(run_prompts(ls, table_bodies([base_id], prompt, uniq, first),
+                                              8, ls.proc.pid))
+            finally:
+                ls.stop()
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    base, spread = median_run(bases), median_run(spreads)
     print(f"issue 13 load, {os.path.basename(a.model)}: 64 streamed completions, 8 concurrent, "
-          f"37-token prompts, 64 tokens each")
-    print(f"  {'':22} {'tok/s':>7} {'p50 s':>7} {'p99 s':>7} {'ttft p50':>9} {'peak RSS':>9} {'fail':>5}")
-    for label, r in (("base model", base), (f"64 tasks (P = {P})", spread)):
-        print(f"  {label:22} {r['tokens_per_s']:7.1f} {r['p50']:7.2f} {r['p99']:7.2f} "
+          f"37-token prompts, 64 tokens each, no prompt-cache hits"
+          + (f"; the median of {a.repeat} alternated runs" if a.repeat > 1 else ""))
+    print(f"  {'':28} {'tok/s':>7} {'p50 s':>7} {'p99 s':>7} {'ttft p50':>9} {'peak RSS':>9} {'fail':>5}")
+    rows = [("prefixd, base model", base), (f"prefixd, 64 tasks (P = {P})", spread)]
+    if llamas:
+        rows.append(("llama-server -np 8 -t 2", median_run(llamas)))
+    for label, r in rows:
+        print(f"  {label:28} {r['tokens_per_s']:7.1f} {r['p50']:7.2f} {r['p99']:7.2f} "
               f"{r['ttft_p50']:9.3f} {r['rss_mib']:7.0f} M {r['failed']:5d}")
+    if a.repeat > 1:
+        pairs = [dict(tokens_per_s=t["tokens_per_s"] / b["tokens_per_s"]) for b, t in zip(bases, spreads)]
+        print(f"  tok/s over the runs: base {span(bases)}, 64 tasks {span(spreads)}"
+              + (f", llama-server {span(llamas)}" if llamas else "")
+              + f"; 64 tasks / base per pair {span(pairs, fmt='{:.3f}')}")
     print(f"  64 tasks / base = {spread['tokens_per_s'] / base['tokens_per_s']:.3f} (target >= 0.98)")
-    for label, a0, a1 in (("base model", m0, m1), ("64 tasks", m1, m2)):
-        d = {k: a1.get(k, 0) - a0.get(k, 0) for k in (
-            "prefixd_prompt_cache_hits_total", "prefixd_engine_steps_total",
-            "prefixd_batch_size_sum", "prefixd_registry_loads_total")}
-        print(f"  {label}: {d['prefixd_engine_steps_total']:.0f} engine steps, "
-              f"{d['prefixd_batch_size_sum'] / max(d['prefixd_engine_steps_total'], 1):.1f} "
-              f"tokens/step, {d['prefixd_prompt_cache_hits_total']:.0f} prompt-cache hits, "
-              f"{d['prefixd_registry_loads_total']:.0f} prefix loads")
+    if llamas:
+        ll = median_run(llamas)
+        print(f"  prefixd base / llama-server: tok/s {base['tokens_per_s'] / ll['tokens_per_s']:.2f}x "
+              f"(target >= 1.2x), p99 {base['p99'] / ll['p99']:.2f}x (target <= 0.8x), "
+              f"TTFT p50 {base['ttft_p50'] / ll['ttft_p50']:.2f}x")
+    for k, (m0, m1, m2) in enumerate(engine):
+        for label, a0, a1 in (("base model", m0, m1), ("64 tasks", m1, m2)):
+            d = {key: a1.get(key, 0) - a0.get(key, 0) for key in (
+                "prefixd_prompt_cache_hits_total", "prefixd_engine_steps_total",
+                "prefixd_batch_size_sum", "prefixd_registry_loads_total")}
+            print(f"  run {k + 1}, {label}: {d['prefixd_engine_steps_total']:.0f} engine steps, "
+                  f"{d['prefixd_batch_size_sum'] / max(d['prefixd_engine_steps_total'], 1):.1f} "
+                  f"tokens/step, {d['prefixd_prompt_cache_hits_total']:.0f} prompt-cache hits, "
+                  f"{d['prefixd_registry_loads_total']:.0f} prefix loads")
 
 
 def token_text(i):
@@ -416,33 +487,57 @@ def cmd_shared(a):
             system = token_ids(srv, "You are a helpful assistant who answers briefly and "
                                     "politely, and never makes things up. ", 500)
             question = token_ids(srv, "What is the capital of France? ", 10)
+            uniq = list(dict.fromkeys(system))  # distinct ids (the text repeats)
 
             def bodies(shared):
-                # without: the first token differs per request, so nothing is shared
+                # without: the first two tokens differ per request, so nothing is shared
+                head = [system[0], system[1]]
                 return [{"model": base_id,
-                         "prompt": ([system[0]] if shared else [system[(i % 50) + 1]]) +
-                                   system[1:] + question[:9] + [question[i % 10]],
+                         "prompt": (head if shared else
+                                    [uniq[i % len(uniq)], uniq[i // len(uniq) % len(uniq)]]) +
+                                   system[2:] + question[:9] + [question[i % 10]],
                          "max_tokens": 32, "temperature": 0.8, "seed": i}
                         for i in range(16)]
 
-            without = run_prompts(srv, bodies(False), 4)
-            srv.stream(bodies(True)[0])  # fills the cache
-            m0 = metrics(srv)
-            with_cache = run_prompts(srv, bodies(True), 4)
-            m1 = metrics(srv)
+            def both(server):
+                without = run_prompts(server, bodies(False), 4)
+                if server is not srv:  # prefixd's prompt cache is always on
+                    server.body_extra = dict(server.body_extra, cache_prompt=True)
+                server.stream(bodies(True)[0])  # fills the cache
+                m0 = metrics(server) if server is srv else {}
+                with_cache = run_prompts(server, bodies(True), 4)
+                m1 = metrics(server) if server is srv else {}
+                return without, with_cache, m0, m1
+
+            without, with_cache, m0, m1 = both(srv)
         finally:
             srv.stop()
+        ll = None
+        if a.llama_server:  # after prefixd has stopped: never two servers at once
+            ls = LlamaServer(tmp, a.llama_server, a.model, False)
+            try:
+                ll = both(ls)
+            finally:
+                ls.stop()
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     saved = m1.get("prefixd_prompt_cache_tokens_total", 0) - m0.get("prefixd_prompt_cache_tokens_total", 0)
     print(f"shared 500-token system prompt, {os.path.basename(a.model)}: 16 requests, 4 concurrent, "
           f"32 tokens each")
-    print(f"  {'':16} {'tok/s':>7} {'ttft p50':>9} {'ttft p99':>9} {'p50 s':>7}")
-    for label, r in (("without cache", without), ("with cache", with_cache)):
-        print(f"  {label:16} {r['tokens_per_s']:7.1f} {r['ttft_p50']:9.3f} {r['ttft_p99']:9.3f} "
+    print(f"  {'':30} {'tok/s':>7} {'ttft p50':>9} {'ttft p99':>9} {'p50 s':>7}")
+    rows = [("prefixd, without cache", without), ("prefixd, with cache", with_cache)]
+    if ll:
+        rows += [("llama-server, cache_prompt off", ll[0]), ("llama-server, cache_prompt on", ll[1])]
+    for label, r in rows:
+        print(f"  {label:30} {r['tokens_per_s']:7.1f} {r['ttft_p50']:9.3f} {r['ttft_p99']:9.3f} "
               f"{r['p50']:7.2f}")
     print(f"  TTFT p50 without / with = {without['ttft_p50'] / max(with_cache['ttft_p50'], 1e-9):.1f}x "
           f"(target >= 5x); {saved:.0f} prompt tokens served from the cache")
+    if ll:
+        for label, ours, theirs in (("without cache", without, ll[0]), ("with cache", with_cache, ll[1])):
+            print(f"  prefixd / llama-server, {label}: tok/s "
+                  f"{ours['tokens_per_s'] / theirs['tokens_per_s']:.2f}x, TTFT p50 "
+                  f"{ours['ttft_p50'] / max(theirs['ttft_p50'], 1e-9):.2f}x")
 
 
 def metrics(srv):
@@ -704,6 +799,11 @@ def main():
         p.add_argument("--params", type=float, default=0.26e6)
         p.add_argument("--prompt-tokens", type=int, default=800)
         p.add_argument("--slots", type=int, default=16)
+        p.add_argument("--repeat", type=int, default=1,
+                       help="table: alternated runs, the median reported")
+        p.add_argument("--llama-server", metavar="BIN",
+                       help="table, shared: the same load against llama.cpp's llama-server "
+                            "-np 8 -t 2 on the same model file, with ratios")
     a = ap.parse_args()
     {"serve": cmd_serve, "train": cmd_train, "hotload": cmd_hotload, "prefix": cmd_prefix,
      "registry": cmd_registry, "trainspeed": cmd_trainspeed, "distill": cmd_distill,
