@@ -24,17 +24,26 @@ loopback, figures and same-run ratios, no assertions.
                                              prefix (`prefixd train --distill-prompt`,
                                              a small job: speed only): time to
                                              first token, prefill and decode tok/s
-  load.py table --model M                    issue 13's table: 64 streamed
+  load.py table --model M [--repeat N] [--step-tokens T] [--llama-server BIN]
+                                             issue 13's table: 64 streamed
                                              completions, 8 concurrent, 37-token
-                                             prompts, 64 tokens; base model and
-                                             each request on its own task (P = 20)
-  load.py shared --model M                   16 requests sharing a 500-token system
+                                             prompts (no prompt-cache hits), 64
+                                             tokens; base model and each request
+                                             on its own task (P = 20); N
+                                             alternated runs, medians; BIN: the
+                                             same load on llama-server -np 8 -t 2
+                                             and the target ratios
+  load.py shared --model M [--llama-server BIN]
+                                             16 requests sharing a 500-token system
                                              prompt, 4 concurrent, with and without
-                                             the prompt cache (TTFT, tokens/s)
+                                             the prompt cache (TTFT, tokens/s); BIN:
+                                             the same with llama-server's cache_prompt
   load.py capacity --model M                 concurrent 1,000-token sequences
                                              admitted under a 1 GiB KV budget
 
-Only 127.0.0.1; every loop is bounded in count and time."""
+Only 127.0.0.1; every loop is bounded in count and time. llama.cpp is used
+only when --llama-server names its binary (never by `make bench`), started
+after prefixd has stopped so the two never share the CPU."""
 import argparse
 import http.client
 import json
@@ -392,7 +401,7 @@ def cmd_table(a):
     try:
         reg = os.path.join(tmp, "registry")
         os.makedirs(reg)
-        srv = Server(tmp, a.model, a.tokenizer, reg, {"max_step_tokens": 512})
+        srv = Server(tmp, a.model, a.tokenizer, reg, {"max_step_tokens": a.step_tokens})
         try:
             base_id = json.loads(srv.req("GET", "/v1/models")[1])["data"][0]["id"]
             prompt = token_ids(srv, "Once upon a time there was a little girl who liked to "
@@ -799,6 +808,8 @@ def main():
         p.add_argument("--params", type=float, default=0.26e6)
         p.add_argument("--prompt-tokens", type=int, default=800)
         p.add_argument("--slots", type=int, default=16)
+        p.add_argument("--step-tokens", type=int, default=512,
+                       help="table: the server's max_step_tokens")
         p.add_argument("--repeat", type=int, default=1,
                        help="table: alternated runs, the median reported")
         p.add_argument("--llama-server", metavar="BIN",
