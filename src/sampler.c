@@ -8,8 +8,10 @@
  * code's, not the compiler's, so a result never depends on how the loop was
  * vectorised). The probabilities are left unnormalised: the coin is scaled
  * by their sum instead of dividing every entry. A multinomial draw walks the
- * block sums first, then one block. The log-probability at temperature 1 is
- * one more pass (exp and a sum in double), only when it is asked for.
+ * block sums first, then one block; the top-p nucleus pops a heap only as
+ * far as the nucleus goes instead of sorting every candidate. The
+ * log-probability at temperature 1 is one more pass (exp and a sum in
+ * double), only when it is asked for.
  *
  * Determinism. Nothing depends on other sequences or on the batch: a seeded
  * request draws the same tokens alone and batched, through any route. */
@@ -199,6 +201,53 @@ static void heap_sift(int32_t *h, int n, int i, const float *p)
     }
 }
 
+/* Max-heap order of candidates: more probable first, then the lower id
+ * (the order by_prob_desc sorts in). */
+static int before(int32_t a, int32_t b, const float *p)
+{
+    return p[a] > p[b] || (p[a] == p[b] && a < b);
+}
+
+static void max_heap_sift(int32_t *h, int n, int i, const float *p)
+{
+    for (;;) {
+        int l = 2 * i + 1, r = l + 1, m = i;
+        if (l < n && before(h[l], h[m], p)) m = l;
+        if (r < n && before(h[r], h[m], p)) m = r;
+        if (m == i) return;
+        int32_t t = h[i]; h[i] = h[m]; h[m] = t;
+        i = m;
+    }
+}
+
+/* Leaves in idx[0..k) the k most probable of the n candidates idx[0..n),
+ * in by_prob_desc order, for the smallest k whose mass (summed in that
+ * order) exceeds nucleus, or all n; returns k. A heap popped k times:
+ * O(n + k log n), where a full sort was O(n log n) for a k that is
+ * usually small. */
+static int nucleus_head(int32_t *idx, int n, const float *p, float nucleus)
+{
+    for (int i = n / 2 - 1; i >= 0; i--) max_heap_sift(idx, n, i, p);
+    float mass = 0.0f;
+    int k = 0;
+    while (k < n) { /* pop the root to idx[n - 1 - k] */
+        const int last = n - 1 - k;
+        int32_t top = idx[0];
+        idx[0] = idx[last];
+        idx[last] = top;
+        max_heap_sift(idx, last, 0, p);
+        k++;
+        mass += p[top];
+        if (mass > nucleus) break;
+    }
+    /* idx[n-k..n) holds them least probable first: reverse into the front */
+    for (int a = n - k, b = n - 1; a < b; a++, b--) {
+        int32_t t = idx[a]; idx[a] = idx[b]; idx[b] = t;
+    }
+    memmove(idx, idx + (n - k), (size_t)k * sizeof *idx);
+    return k;
+}
+
 /* A draw from the unnormalised p[0..n) with block sums (total = their sum
  * in order) for r = coin * total: the block where the running block sum
  * passes r, then the entry in it; rounding that leaves r past a block's
@@ -256,10 +305,10 @@ int pd_sampler_sample(pd_sampler *s, const float *logits, float *logprob)
             /* keep only tokens that can be in the nucleus, as llama2.c */
             const float cutoff =
                 (1.0f - s->p.top_p) / (float)(V - 1 > 0 ? V - 1 : 1) * total;
-            n = 0;
+            int m = 0;
             for (int i = 0; i < V; i++)
-                if (p[i] >= cutoff) idx[n++] = i;
-            qsort_r(idx, (size_t)n, sizeof *idx, by_prob_desc, p);
+                if (p[i] >= cutoff) idx[m++] = i;
+            n = nucleus_head(idx, m, p, s->p.top_p * total);
         } else {
             n = 0;
         }
