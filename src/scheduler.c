@@ -418,7 +418,9 @@ static void engine_iteration(pd_sched *s)
         }
         pd_token_out o;
         memset(&o, 0, sizeof o);
-        o.id = pd_sampler_sample(&sl->sampler, lg, &o.logprob);
+        const int want_logprob = rq->logprobs || rq->top_logprobs > 0;
+        o.id = pd_sampler_sample(&sl->sampler, lg, want_logprob ? &o.logprob : NULL);
+        if (!want_logprob) o.logprob = NAN;
         if (rq->top_logprobs > 0) top_logprobs(lg, V, rq->top_logprobs, &o);
         int finish = PD_FINISH_REASON_NONE;
         if (pd_tokenizer_is_eog(s->m->tok, o.id) || o.id == bos) {
