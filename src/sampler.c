@@ -30,11 +30,13 @@ pd_sampler_params pd_sampler_default_params(void)
     return p;
 }
 
-int pd_sampler_init(pd_sampler *s, int vocab_size, const pd_sampler_params *p, pd_err *err)
+/* Checks p and sets everything but the scratch. */
+static int init_params(pd_sampler *s, int vocab_size, const pd_sampler_params *p, pd_err *err)
 {
     s->probs = NULL;
     s->index = NULL;
     s->block_sums = NULL;
+    s->borrowed = 0;
     if (!(p->temperature >= 0.0f) || !isfinite(p->temperature))
         return pd_err_set(err, PD_EINVAL, "temperature %g must be a finite number >= 0",
                           (double)p->temperature);
@@ -46,6 +48,13 @@ int pd_sampler_init(pd_sampler *s, int vocab_size, const pd_sampler_params *p, p
     s->p = *p;
     s->rng = p->seed ? p->seed : 0x2545F4914F6CDD1DULL; /* xorshift needs a non-zero state */
     s->vocab_size = vocab_size;
+    return PD_OK;
+}
+
+int pd_sampler_init(pd_sampler *s, int vocab_size, const pd_sampler_params *p, pd_err *err)
+{
+    int rc = init_params(s, vocab_size, p, err);
+    if (rc < 0) return rc;
     s->probs = malloc((size_t)vocab_size * sizeof *s->probs);
     s->index = malloc((size_t)vocab_size * sizeof *s->index);
     s->block_sums = malloc((size_t)((vocab_size + BLOCK - 1) / BLOCK) * sizeof *s->block_sums);
@@ -56,11 +65,26 @@ int pd_sampler_init(pd_sampler *s, int vocab_size, const pd_sampler_params *p, p
     return PD_OK;
 }
 
+int pd_sampler_init_borrowing(pd_sampler *s, const pd_sampler *from,
+                              const pd_sampler_params *p, pd_err *err)
+{
+    PD_ASSERT(from->probs && !from->borrowed);
+    int rc = init_params(s, from->vocab_size, p, err);
+    if (rc < 0) return rc;
+    s->probs = from->probs;
+    s->index = from->index;
+    s->block_sums = from->block_sums;
+    s->borrowed = 1;
+    return PD_OK;
+}
+
 void pd_sampler_release(pd_sampler *s)
 {
-    free(s->probs);
-    free(s->index);
-    free(s->block_sums);
+    if (!s->borrowed) {
+        free(s->probs);
+        free(s->index);
+        free(s->block_sums);
+    }
     s->probs = NULL;
     s->index = NULL;
     s->block_sums = NULL;

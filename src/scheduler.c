@@ -161,6 +161,8 @@ struct pd_sched {
     uint8_t *b_want;
     int *b_slot;             /* slot index of each logits row */
     int *b_ppos;             /* (max_step_tokens) prompt position a logits row scores, or -1 */
+    pd_sampler scratch;      /* the scratch every slot's sampler borrows (the engine
+                                thread samples one sequence at a time) */
     int32_t *hit;            /* (max_hit) blocks of a prompt found in the prompt cache */
     int max_hit;             /* blocks of the model's context */
 };
@@ -243,7 +245,7 @@ static void admit_locked(pd_sched *s)
                               P ? rq->prefix->values : NULL);
             sl->prefilled = pd_seq_use_shared(sl->seq);
             sl->published = n_hit;
-            rc = pd_sampler_init(&sl->sampler, s->m->cfg.vocab_size, &rq->sampling, &err);
+            rc = pd_sampler_init_borrowing(&sl->sampler, &s->scratch, &rq->sampling, &err);
             if (rc < 0) pd_seq_free(sl->seq);
         }
         if (rc < 0) {
@@ -506,6 +508,7 @@ static void release_memory(pd_sched *s)
     free(s->b_slot);
     free(s->b_ppos);
     free(s->hit);
+    pd_sampler_release(&s->scratch);
     free(s);
 }
 
@@ -540,6 +543,8 @@ int pd_sched_create(const pd_model *m, const pd_sched_params *p, pd_sched **out,
     if (!s->queue || !s->slots || !s->b_tokens || !s->b_pos || !s->b_seqs || !s->b_want ||
         !s->b_slot || !s->b_ppos || !s->hit)
         rc = pd_err_set(err, PD_ENOMEM, "out of memory for the scheduler");
+    const pd_sampler_params sdp = pd_sampler_default_params();
+    if (rc == PD_OK) rc = pd_sampler_init(&s->scratch, m->cfg.vocab_size, &sdp, err);
     pd_engine_params ep = pd_engine_default_params();
     ep.max_tokens = T;
     ep.n_threads = p->n_threads;

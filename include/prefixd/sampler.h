@@ -33,12 +33,20 @@ typedef struct pd_sampler {
     float *probs;    /* (vocab_size) scratch (owned) */
     int32_t *index;  /* (vocab_size) scratch (owned) */
     float *block_sums; /* (ceil(vocab_size / 64)) scratch (owned) */
+    int borrowed;    /* 1: the three scratch arrays belong to another sampler */
 } pd_sampler;
 
 /* Validates params (temperature >= 0 and finite, top_p in (0,1], top_k >= 0)
  * and allocates scratch. Returns PD_OK, PD_EINVAL or PD_ENOMEM. */
 int pd_sampler_init(pd_sampler *s, int vocab_size, const pd_sampler_params *p,
                     pd_err *err);
+/* As pd_sampler_init, but borrows the scratch of `from` (initialised with
+ * pd_sampler_init for the same vocab_size; it must outlive s): samplers
+ * used by one thread one at a time need one scratch between them, and this
+ * allocates nothing. Returns PD_OK or PD_EINVAL. */
+int pd_sampler_init_borrowing(pd_sampler *s, const pd_sampler *from,
+                              const pd_sampler_params *p, pd_err *err);
+/* Frees the scratch if s owns it. */
 void pd_sampler_release(pd_sampler *s);
 
 /* Returns the next token id for logits (vocab_size floats, not modified).

@@ -5,7 +5,8 @@
  * softmax + sort + cumulative sum picks for the same coin (a twin sampler
  * with the same seed gives the coin), except where the coin lies within
  * 1e-6 of a boundary (float rounding). Also: the same seed gives the same stream,
- * and tokens at -inf are never drawn. */
+ * tokens at -inf are never drawn, and samplers borrowing one scratch draw
+ * what owning ones draw. */
 #include <math.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -247,6 +248,38 @@ static void test_seeded_stream_and_masked_tokens(void **state)
     pd_sampler_release(&b);
 }
 
+/* Two samplers borrowing one scratch, used in turn, draw what owning ones
+ * draw; releasing them leaves the lender's scratch alone. */
+static void test_borrowed_scratch(void **state)
+{
+    (void)state;
+    enum { N = 5000 };
+    static float x[N], y[N];
+    make_logits(x, N, 21, 6.0f);
+    make_logits(y, N, 22, 6.0f);
+    pd_sampler_params p = pd_sampler_default_params();
+    p.temperature = 0.9f;
+    p.top_p = 0.95f;
+    pd_sampler lender, a, b, ra, rb;
+    assert_int_equal(pd_sampler_init(&lender, N, &p, NULL), PD_OK);
+    p.seed = 5;
+    assert_int_equal(pd_sampler_init_borrowing(&a, &lender, &p, NULL), PD_OK);
+    assert_int_equal(pd_sampler_init(&ra, N, &p, NULL), PD_OK);
+    p.seed = 6;
+    assert_int_equal(pd_sampler_init_borrowing(&b, &lender, &p, NULL), PD_OK);
+    assert_int_equal(pd_sampler_init(&rb, N, &p, NULL), PD_OK);
+    for (int d = 0; d < 200; d++) {
+        assert_int_equal(pd_sampler_sample(&a, x, NULL), pd_sampler_sample(&ra, x, NULL));
+        assert_int_equal(pd_sampler_sample(&b, y, NULL), pd_sampler_sample(&rb, y, NULL));
+    }
+    pd_sampler_release(&a);
+    pd_sampler_release(&b);
+    assert_int_equal(pd_sampler_sample(&lender, x, NULL) >= 0, 1); /* still usable */
+    pd_sampler_release(&ra);
+    pd_sampler_release(&rb);
+    pd_sampler_release(&lender);
+}
+
 static void test_bad_params(void **state)
 {
     (void)state;
@@ -273,6 +306,7 @@ int main(void)
         cmocka_unit_test(test_draws_match_double_reference),
         cmocka_unit_test(test_greedy_first_maximum),
         cmocka_unit_test(test_seeded_stream_and_masked_tokens),
+        cmocka_unit_test(test_borrowed_scratch),
         cmocka_unit_test(test_bad_params),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
