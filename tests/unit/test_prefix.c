@@ -38,7 +38,7 @@ static int setup(void **state)
     model = test_model_load();
     if (!model) return -1;
     pd_err err;
-    if (pd_engine_create(model, &(pd_engine_params){256, 0}, &engine, &err) < 0) {
+    if (pd_engine_create(model, &(pd_engine_params){256, 0, PD_KV_F32}, &engine, &err) < 0) {
         fprintf(stderr, "%s\n", err.msg);
         return -1;
     }
