@@ -189,6 +189,7 @@ bench: deps
 	$(PYTHON) tests/bench/load.py table --model $(SYNTH)
 	$(PYTHON) tests/bench/load.py shared --model $(SYNTH)
 	$(PYTHON) tests/bench/load.py capacity --model $(SYNTH)
+	$(PYTHON) tests/bench/load.py kvdtype --model $(SYNTH)
 	$(PYTHON) tests/bench/load.py prefix --model $(SYNTH)
 	$(PYTHON) tests/bench/load.py distill --model $(SYNTH)
 	$(PYTHON) tests/bench/load.py hotload --model $(MODEL) --tokenizer $(TOKENIZER)
