@@ -283,3 +283,27 @@ def test_put_from_prompt_dtype_f16(tmp_path):
                 for t in ("cli16", "h16", "h32")}
         assert outs["h16"] == outs["cli16"]
         assert outs["h16"]["text"]  # and it serves
+
+
+def test_put_from_prompt_under_f16_kv(tmp_path):
+    """Under kv_dtype f16 a prompt-built prefix is the prompt's F16 cache, so its
+    values are halves already: the F32 and the F16 file of it serve the same
+    bits (the registry holds both as halves: resident bytes half the F32 file's)."""
+    reg = tmp_path / "reg"
+    reg.mkdir()
+    text = "Lily and Ben were friends."
+    with Server(tmp_path, str(reg), config={"kv_dtype": "f16"}) as s:
+        r32 = s.request("PUT", "/v1/prefixes/h32", {"from_prompt": text})
+        r16 = s.request("PUT", "/v1/prefixes/h16", {"from_prompt": text, "dtype": "f16"})
+        assert r32.status == 201 and r16.status == 201, (r32.body, r16.body)
+        assert r16.json()["bytes"] < 0.7 * r32.json()["bytes"]
+        outs = {t: s.complete(model=t, prompt=" One day", max_tokens=40, temperature=0,
+                              logprobs=2)["choices"][0]
+                for t in ("h16", "h32")}
+        assert outs["h16"] == outs["h32"]
+        assert outs["h16"]["text"]
+        m = s.metrics()
+        assert m["prefixd_registry_resident_prefixes"] == 2
+        # stories260K: 5 layers x 2 x kv_dim 32 halves per slot, plus bookkeeping
+        n_slots = r32.json()["num_virtual_tokens"]
+        assert m["prefixd_registry_resident_bytes"] < 2 * (n_slots * 5 * 2 * 32 * 2 + 4096)
