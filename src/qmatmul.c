@@ -175,7 +175,9 @@ static void run_block(int isa, float *out, const float *in, const void *xq, cons
 {
     if (W->type == PD_Q_F32) {
         /* pd_matmul's kernels: an F32 view keeps pd_matmul's bits */
-        if (isa >= PD_ISA_AVX2)
+        if (isa >= PD_ISA_AVX512)
+            pd__matmul_block_avx512(out, in, W->data, W->cols, W->rows, t0, t1, n0, n1);
+        else if (isa >= PD_ISA_AVX2)
             pd__matmul_block_avx2(out, in, W->data, W->cols, W->rows, t0, t1, n0, n1);
         else
             pd__matmul_block_portable(out, in, W->data, W->cols, W->rows, t0, t1, n0, n1);
