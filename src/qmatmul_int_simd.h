@@ -51,12 +51,24 @@ QI_INLINE __m256i qi_s_q4_0(const pd_block_q4_0 *w, __m256i x)
 }
 
 /* rows[0..7] of W (of type, a constant after inlining) for input row x */
+/* Prefetches into L2 the bytes [p, p + n) up to end (exclusive): the
+ * weights QI_PFB bytes ahead of 8 rows' block b (matmul_simd.h's overlap of
+ * memory and arithmetic). p NULL: nothing. */
+#define QI_PFB 24576
+QI_INLINE void qi_prefetch(const char *p, size_t n, const char *end)
+{
+    if (!p) return;
+    for (size_t o = 0; o < n && p + o < end; o += 64) _mm_prefetch(p + o, _MM_HINT_T1);
+}
+
 QI_INLINE __m256 qi_rows_q8_0(const pd_wmat *W, const int *rows, const pd_block_q8_0 *x,
-                              const int type)
+                              const char *pf, const char *pf_end, const int type)
 {
     const int nb = W->cols / 32;
+    const size_t bb = type == PD_Q_Q8_0 ? sizeof(pd_block_q8_0) : sizeof(pd_block_q4_0);
     __m256 acc = _mm256_setzero_ps();
     for (int b = 0; b < nb; b++) {
+        qi_prefetch(pf ? pf + 8 * bb * (size_t)b : NULL, 8 * bb, pf_end);
         const __m256i xv = _mm256_loadu_si256((const __m256i *)x[b].qs);
         const float dx = _cvtsh_ss(x[b].d);
         __m256i s[8];
@@ -168,11 +180,15 @@ QI_INLINE __m256i qi_s_q6_K(const pd_block_q6_K *w, const pd_block_q8_K *x)
 }
 
 QI_INLINE __m256 qi_rows_k(const pd_wmat *W, const int *rows, const pd_block_q8_K *x,
-                           const int type)
+                           const char *pf, const char *pf_end, const int type)
 {
     const int nb = W->cols / 256;
+    const size_t bb = type == PD_Q_Q4_K   ? sizeof(pd_block_q4_K)
+                      : type == PD_Q_Q5_K ? sizeof(pd_block_q5_K)
+                                          : sizeof(pd_block_q6_K);
     __m256 acc = _mm256_setzero_ps();
     for (int b = 0; b < nb; b++) {
+        qi_prefetch(pf ? pf + 8 * bb * (size_t)b : NULL, 8 * bb, pf_end);
         __m256i s[8];
         int32_t m[8];
         float dw[8], dm[8];
@@ -213,14 +229,19 @@ QI_INLINE void qi_block_t(float *out, const void *xq, const pd_wmat *W, int t0, 
 {
     const int N = W->rows, act = pd__qint_act(type);
     const size_t xb = pd__qint_row_bytes(act, W->cols);
+    const char *pf_end = (const char *)W->data + (size_t)n1 * W->row_bytes;
     for (int n = n0; n < n1; n += 8) {
         int rows[8];
         for (int j = 0; j < 8; j++) rows[j] = n + j < n1 ? n + j : n1 - 1;
         const int nr = n1 - n < 8 ? n1 - n : 8;
+        /* the first token prefetches the weights QI_PFB bytes ahead */
+        const char *pf = (const char *)W->data + (size_t)n * W->row_bytes + QI_PFB;
+        if (pf >= pf_end) pf = NULL;
         for (int t = t0; t < t1; t++) {
             const void *x = (const char *)xq + (size_t)t * xb;
-            __m256 r = act == PD_Q_Q8_0 ? qi_rows_q8_0(W, rows, x, type)
-                                        : qi_rows_k(W, rows, x, type);
+            const char *p = t == t0 ? pf : NULL;
+            __m256 r = act == PD_Q_Q8_0 ? qi_rows_q8_0(W, rows, x, p, pf_end, type)
+                                        : qi_rows_k(W, rows, x, p, pf_end, type);
             float o[8];
             _mm256_storeu_ps(o, r);
             memcpy(out + (size_t)t * N + n, o, (size_t)nr * sizeof(float));
