@@ -133,6 +133,8 @@ $(BUILD)/src/qmatmul_avx2.o: CFLAGS += -mavx2 -mfma -mf16c $(QMM_FLAGS)
 $(BUILD)/src/qmatmul_avx512.o: CFLAGS += -mavx2 -mfma -mf16c -mavx512f -mavx512bw -mavx512vl \
                                          -mavx512dq $(QMM_FLAGS)
 $(BUILD)/src/qmatmul.o: CFLAGS += $(QMM_FLAGS)
+$(BUILD)/src/matmul_avx2.o: CFLAGS += -mavx2 -mfma $(QMM_FLAGS)
+$(BUILD)/src/matmul_avx512.o: CFLAGS += -mavx2 -mfma -mavx512f -mavx512vl $(QMM_FLAGS)
 
 # Installs only what is missing; works as root on a fresh Debian 12 (sudo otherwise).
 deps:
