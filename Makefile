@@ -133,6 +133,8 @@ $(BUILD)/src/qmatmul_avx2.o: CFLAGS += -mavx2 -mfma -mf16c $(QMM_FLAGS)
 $(BUILD)/src/qmatmul_avx512.o: CFLAGS += -mavx2 -mfma -mf16c -mavx512f -mavx512bw -mavx512vl \
                                          -mavx512dq $(QMM_FLAGS)
 $(BUILD)/src/qmatmul.o: CFLAGS += $(QMM_FLAGS)
+$(BUILD)/src/matmul_avx2.o: CFLAGS += -mavx2 -mfma $(QMM_FLAGS)
+$(BUILD)/src/matmul_avx512.o: CFLAGS += -mavx2 -mfma -mavx512f -mavx512vl $(QMM_FLAGS)
 # The sampler's passes over the vocabulary (its float exp) vectorise only
 # without trapping math; the values are the same (no contraction, no
 # reassociation), only FP exceptions are not preserved.
@@ -193,6 +195,7 @@ bench: deps
 	$(PYTHON) tests/bench/load.py table --model $(SYNTH)
 	$(PYTHON) tests/bench/load.py shared --model $(SYNTH)
 	$(PYTHON) tests/bench/load.py capacity --model $(SYNTH)
+	$(PYTHON) tests/bench/load.py kvdtype --model $(SYNTH)
 	$(PYTHON) tests/bench/load.py prefix --model $(SYNTH)
 	$(PYTHON) tests/bench/load.py distill --model $(SYNTH)
 	$(PYTHON) tests/bench/load.py hotload --model $(MODEL) --tokenizer $(TOKENIZER)

@@ -37,6 +37,7 @@ int cmd_generate(int argc, char **argv)
     double temperature = 1.0, top_p = 1.0;
     uint64_t seed = (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32);
     out_state o = {0, 0};
+    pd_kv_dtype kv_dtype = PD_KV_F32;
     for (int i = 1; i < argc; i++) {
         int r;
         if ((r = cli_opt(argc, argv, &i, "--model", &model))) {
@@ -60,6 +61,8 @@ int cmd_generate(int argc, char **argv)
         } else if ((r = cli_opt(argc, argv, &i, "--task", &task))) {
         } else if (!strcmp(argv[i], "--ids")) {
             o.ids = 1;
+        } else if (!strcmp(argv[i], "--kv-f16")) {
+            kv_dtype = PD_KV_F16;
         } else {
             return cli_fail("generate: unknown option '%s'", argv[i]) + 1;
         }
@@ -88,6 +91,7 @@ int cmd_generate(int argc, char **argv)
     if (task) {
         pd_registry_params rp = pd_registry_default_params();
         rp.dir = registry_dir;
+        rp.kv_dtype = kv_dtype;
         if (pd_registry_create(&rp, m, &reg, &err) < 0 ||
             pd_registry_acquire(reg, task, &prefix, &err) < 0) {
             cli_fail("%s", err.msg);
@@ -127,12 +131,14 @@ int cmd_generate(int argc, char **argv)
         goto done;
     }
     out = malloc(((size_t)max_tokens + 1) * sizeof *out);
-    if (!out || pd_engine_create(m, NULL, &e, &err) < 0 ||
-        pd_seq_create(m, n + (int)max_tokens, &seq, &err) < 0) {
+    pd_engine_params ep = pd_engine_default_params();
+    ep.kv_dtype = kv_dtype;
+    if (!out || pd_engine_create(m, &ep, &e, &err) < 0 ||
+        pd_seq_create_as(m, n + (int)max_tokens, kv_dtype, &seq, &err) < 0 ||
+        pd_prefix_attach(seq, prefix, &err) < 0) {
         cli_fail("%s", out ? err.msg : "out of memory");
         goto done;
     }
-    if (prefix) pd_seq_set_prefix(seq, P, prefix->keys, prefix->values);
     pd_gen_params gp = {0};
     gp.max_tokens = (int)max_tokens;
     gp.sampling = pd_sampler_default_params();

@@ -46,6 +46,7 @@ static const key_def keys[] = {
     {"max_step_tokens", K_INT, OFF(max_step_tokens), 1, 65536, NULL, 256},
     {"queue_limit", K_INT, OFF(queue_limit), 1, 1L << 20, NULL, 1024},
     {"kv_budget_mb", K_INT, OFF(kv_budget_mb), 0, 1L << 24, NULL, 0},
+    {"kv_dtype", K_STR, OFF(kv_dtype), 0, 0, "f32", 0},
     {"context", K_INT, OFF(context), 0, 1L << 24, NULL, 0},
     {"max_choices", K_INT, OFF(max_choices), 1, 1024, NULL, 16},
     {"max_body_bytes", K_INT, OFF(max_body_bytes), 1024, 1L << 30, NULL, 1 * MIB},
@@ -358,6 +359,9 @@ int config_check(const srv_config *c, char *err, size_t cap)
     if (c->max_url_bytes > c->max_header_bytes)
         return fail(err, cap, "max_url_bytes (%ld) must not exceed max_header_bytes (%ld)",
                     c->max_url_bytes, c->max_header_bytes);
+    if (!c->kv_dtype || (strcmp(c->kv_dtype, "f32") && strcmp(c->kv_dtype, "f16")))
+        return fail(err, cap, "kv_dtype: '%.64s' is not one of f32, f16",
+                    c->kv_dtype ? c->kv_dtype : "");
     if (!c->log_level || pd_log_level_parse(c->log_level) < 0)
         return fail(err, cap, "log_level: '%s' is not one of debug, info, warn, error, off",
                     c->log_level ? c->log_level : "");

@@ -26,6 +26,7 @@ typedef struct srv_config {
     long max_step_tokens;     /* tokens per engine step at most */
     long queue_limit;         /* waiting requests at most */
     long kv_budget_mb;        /* KV cache pool, MiB; 0: derived from free memory */
+    char *kv_dtype;           /* "f32" | "f16": KV cache and resident prefix storage */
     long context;             /* tokens per request at most, 0: the model's */
     long max_choices;         /* prompts × n per request at most */
     long max_body_bytes;      /* JSON request bodies */

@@ -290,6 +290,10 @@ void metrics_render(metrics *m, const pd_sched_stats *ss, const pd_registry_stat
                (uint64_t)ss->kv_blocks_reserved);
         scalar(out, "prefixd_kv_block_bytes", "gauge",
                "Bytes per KV block (16 tokens of every layer).", (uint64_t)ss->kv_block_bytes);
+        hbuf_printf(out,
+                    "# HELP prefixd_kv_dtype KV cache (and resident prefix) storage type.\n"
+                    "# TYPE prefixd_kv_dtype gauge\nprefixd_kv_dtype{dtype=\"%s\"} 1\n",
+                    pd_kv_dtype_name(ss->kv_dtype));
         scalar(out, "prefixd_kv_blocks_cached", "gauge",
                "Free KV blocks that still hold prompt-cache content (reused on a hit, evicted "
                "when needed).",

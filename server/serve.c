@@ -337,6 +337,8 @@ int cmd_serve(int argc, char **argv)
     rp.dir = cfg.registry;
     rp.budget_bytes = (size_t)cfg.registry_budget_mb << 20;
     rp.rescan_ms = (int)cfg.registry_rescan_ms;
+    const pd_kv_dtype kv_dtype = strcmp(cfg.kv_dtype, "f16") ? PD_KV_F32 : PD_KV_F16;
+    rp.kv_dtype = kv_dtype;
     if (pd_registry_create(&rp, s->model, &s->reg, &err) < 0) {
         PD_LOGE("registry: %s", err.msg);
         goto done;
@@ -378,6 +380,7 @@ int cmd_serve(int argc, char **argv)
     sp.queue_limit = (int)cfg.queue_limit;
     sp.n_threads = (int)cfg.threads;
     sp.kv_budget = (size_t)cfg.kv_budget_mb << 20;
+    sp.kv_dtype = kv_dtype;
     if (pd_sched_create(s->model, &sp, &s->sched, &err) < 0) {
         PD_LOGE("scheduler: %s", err.msg);
         goto done;
@@ -386,10 +389,12 @@ int cmd_serve(int argc, char **argv)
     pd_registry_stats_get(s->reg, &rs);
     signal_serving = 1;
     atomic_store(&s->ready, 1);
+    pd_sched_stats kvs;
+    pd_sched_stats_get(s->sched, &kvs);
     PD_LOGI("ready: model %s (fingerprint %s), %d task(s) in %s, context %d tokens, "
-            "%d API key(s)",
+            "KV cache %s: %d blocks of %zu bytes, %d API key(s)",
             s->model->id, s->model->fingerprint_hex, rs.n_tasks, cfg.registry, s->context,
-            cfg.n_keys);
+            pd_kv_dtype_name(kv_dtype), kvs.kv_blocks_total, kvs.kv_block_bytes, cfg.n_keys);
     worker_kick(s->wk);
 
     unsigned char sig = 0;

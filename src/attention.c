@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "prefixd/common.h"
+#include "prefixd/half.h"
 
 float pd__attn_exp(float x)
 {
@@ -38,22 +39,31 @@ float pd__attn_exp(float x)
     return y;
 }
 
-/* Logical key j's row in the prefix slots or the cache (base: keys or values). */
-static const float *key_row(const pd_attn *a, const float *prefix, const float *cache, int j)
+/* Logical key j's row in the prefix slots or the cache (prefix, cache:
+ * the keys' or the values'), floats or halves as a->f16 says. */
+static const void *key_row(const pd_attn *a, const void *prefix, const void *cache, int j)
 {
-    return j < a->P ? prefix + (size_t)j * a->hd : pd__attn_entry(a, cache, j - a->P);
+    const size_t es = a->f16 ? sizeof(uint16_t) : sizeof(float);
+    if (j < a->P) return (const char *)prefix + (size_t)j * a->hd * es;
+    return (const char *)cache + pd__attn_entry_at(a, j - a->P) * es;
+}
+
+/* Element i of a row: a float, or a half widened. */
+static inline float elem(const void *row, int i, int f16)
+{
+    return f16 ? pd_f16_to_f32(((const uint16_t *)row)[i]) : ((const float *)row)[i];
 }
 
 /* q·k in the 8-lane order of attention.h. */
-static float dot8(const float *q, const float *k, int hd)
+static float dot8(const float *q, const void *k, int hd, int f16)
 {
     float l[8] = {0};
     int i = 0;
     for (; i + 8 <= hd; i += 8)
-        for (int j = 0; j < 8; j++) l[j] = fmaf(q[i + j], k[i + j], l[j]);
+        for (int j = 0; j < 8; j++) l[j] = fmaf(q[i + j], elem(k, i + j, f16), l[j]);
     if (i < hd)
         for (int j = 0; j < 8; j++)
-            l[j] = i + j < hd ? fmaf(q[i + j], k[i + j], l[j]) : fmaf(0.0f, 0.0f, l[j]);
+            l[j] = i + j < hd ? fmaf(q[i + j], elem(k, i + j, f16), l[j]) : fmaf(0.0f, 0.0f, l[j]);
     float s0 = l[0] + l[4], s1 = l[1] + l[5], s2 = l[2] + l[6], s3 = l[3] + l[7];
     return (s0 + s2) + (s1 + s3);
 }
@@ -84,12 +94,13 @@ void pd__attend_portable(const pd_attn *a)
         const float *q = a->q + (size_t)i * a->q_stride + (size_t)h * hd;
         float *o = a->o + (size_t)i * a->o_stride + (size_t)h * hd;
         float *p = a->probs + (size_t)r * a->p_stride;
-        for (int j = 0; j < n; j++) p[j] = dot8(q, key_row(a, a->pk, a->k, j), hd) * scale;
+        for (int j = 0; j < n; j++)
+            p[j] = dot8(q, key_row(a, a->pk, a->k, j), hd, a->f16) * scale;
         softmax_row(p, n);
         for (int x = 0; x < hd; x++) o[x] = 0.0f;
         for (int j = 0; j < n; j++) {
-            const float *v = key_row(a, a->pv, a->v, j);
-            for (int x = 0; x < hd; x++) o[x] = fmaf(p[j], v[x], o[x]);
+            const void *v = key_row(a, a->pv, a->v, j);
+            for (int x = 0; x < hd; x++) o[x] = fmaf(p[j], elem(v, x, a->f16), o[x]);
         }
     }
 }
@@ -99,9 +110,12 @@ int pd__attn_isa_available(pd_attn_isa isa)
     __builtin_cpu_init();
     switch (isa) {
     case PD_ATTN_PORTABLE: return 1;
-    case PD_ATTN_AVX2: return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    case PD_ATTN_AVX2:
+        return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+               __builtin_cpu_supports("f16c");
     case PD_ATTN_AVX512:
         return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+               __builtin_cpu_supports("f16c") &&
                __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl");
     }
     return 0;
@@ -122,8 +136,8 @@ static void run(const pd_attn *a, pd_attn_isa isa)
     PD_ASSERT(a->hd > 0 && a->n_keys0 >= 1 && a->n_tok >= 0 && a->n_heads >= 1);
     PD_ASSERT(a->p_stride >= (size_t)(a->n_keys0 + a->n_tok - 1));
     switch (isa) {
-    case PD_ATTN_AVX512: pd__attend_avx512(a); break;
-    case PD_ATTN_AVX2: pd__attend_avx2(a); break;
+    case PD_ATTN_AVX512: (a->f16 ? pd__attend_avx512_f16 : pd__attend_avx512)(a); break;
+    case PD_ATTN_AVX2: (a->f16 ? pd__attend_avx2_f16 : pd__attend_avx2)(a); break;
     default: pd__attend_portable(a); break;
     }
 }

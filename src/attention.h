@@ -11,6 +11,14 @@
  * cache gives the same bits as the prompt, a paged cache the same bits as a
  * contiguous one.
  *
+ * Storage: f16 = 0, every prefix and cache row is floats; f16 = 1, every
+ * one is IEEE halves (uint16_t, the F16 KV cache: config kv_dtype), each
+ * widened exactly to a float as it is loaded (vcvtph2ps in the vector
+ * kernels, pd_f16_to_f32 in the portable one), so the float operations
+ * below run on the widened values and every kernel still gives the same
+ * bits. Strides and offsets count elements (floats or halves). Training
+ * (backprop.c) always attends over floats.
+ *
  * Rows: n_tok tokens x n_heads query heads that share these keys (the heads
  * of one kv group, or some of them). Row r = i * n_heads + h reads its query
  * at q + i * q_stride + h * hd, writes its output at o + i * o_stride + h * hd
@@ -41,11 +49,12 @@
 typedef struct pd_attn {
     int hd;                 /* head dimension */
     int P;                  /* prefix slots */
-    const float *pk, *pv;   /* (P, hd) the group's prefix keys and values; NULL when P == 0 */
-    const float *k, *v;     /* the group's first cache entry; entry e at k + e * kv_stride */
-    size_t kv_stride;
+    int f16;                /* 1: pk, pv, k, v point at halves; 0: at floats */
+    const void *pk, *pv;    /* (P, hd) the group's prefix keys and values; NULL when P == 0 */
+    const void *k, *v;      /* the group's first cache entry; entry e at k + e * kv_stride */
+    size_t kv_stride;       /* elements */
     const int32_t *blk;     /* paged: block of entry e is blk[e / PD_KV_BLOCK]; NULL: contiguous */
-    size_t blk_stride;      /* paged: floats between consecutive blocks of the pool */
+    size_t blk_stride;      /* paged: elements between consecutive blocks of the pool */
     const float *q;         /* row (i, h) at q + i * q_stride + h * hd */
     size_t q_stride;
     float *o;               /* row (i, h) at o + i * o_stride + h * hd */
@@ -92,16 +101,19 @@ float pd__attn_exp(float x);
 #define PD__ATTN_C1 1.6666665459e-1f
 #define PD__ATTN_C0 5.0000001201e-1f
 
-/* The kernels (attention.c, attention_avx2.c, attention_avx512.c). */
+/* The kernels (attention.c; attention_avx2.c, attention_avx512.c over
+ * floats; attention_avx2_f16.c, attention_avx512_f16.c over halves). */
 void pd__attend_portable(const pd_attn *a);
 void pd__attend_avx2(const pd_attn *a);
 void pd__attend_avx512(const pd_attn *a);
+void pd__attend_avx2_f16(const pd_attn *a);
+void pd__attend_avx512_f16(const pd_attn *a);
 
-/* Cache entry e's row from base (a->k or a->v). */
-static inline const float *pd__attn_entry(const pd_attn *a, const float *base, int e)
+/* Elements from a cache base (a->k or a->v) to cache entry e's row. */
+static inline size_t pd__attn_entry_at(const pd_attn *a, int e)
 {
-    if (!a->blk) return base + (size_t)e * a->kv_stride;
-    return base + (size_t)a->blk[e >> PD_KV_BLOCK_SHIFT] * a->blk_stride +
+    if (!a->blk) return (size_t)e * a->kv_stride;
+    return (size_t)a->blk[e >> PD_KV_BLOCK_SHIFT] * a->blk_stride +
            (size_t)(e & (PD_KV_BLOCK - 1)) * a->kv_stride;
 }
 

@@ -6,5 +6,6 @@
 #define SIMD_AV_MR 3
 #define SIMD_SLAB 4
 #define SIMD_CHUNK 6
+#define SIMD_F16 0
 #define SIMD_ENTRY pd__attend_avx2
 #include "attention_simd.h"

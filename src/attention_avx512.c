@@ -8,5 +8,6 @@
 #define SIMD_AV_MR 3
 #define SIMD_SLAB 8
 #define SIMD_CHUNK 12
+#define SIMD_F16 0
 #define SIMD_ENTRY pd__attend_avx512
 #include "attention_simd.h"

@@ -6,7 +6,9 @@
  *   SIMD_AV_MR   rows per weighted-sum tile (2 or 3), over
  *   SIMD_SLAB    8-float chunks of hd at once,
  *   SIMD_CHUNK   rows scored, normalised and summed together,
- *   SIMD_ENTRY   the name of the kernel's entry point.
+ *   SIMD_ENTRY   the name of the kernel's entry point,
+ *   SIMD_F16     1: the prefix and cache rows are halves (a->f16), each
+ *                load of 8 widened with vcvtph2ps (F16C); 0: floats.
  * The float operations are those of the portable kernel (attention.c) in
  * the order attention.h states; only which of them run side by side
  * differs, so every variant returns the same bits.
@@ -25,6 +27,35 @@
 #include "attention.h"
 
 #define INLINE __attribute__((always_inline)) inline
+
+#if SIMD_F16
+typedef uint16_t kv_t; /* a prefix or cache element */
+#else
+typedef float kv_t;
+#endif
+
+/* 8 elements of a prefix or cache row, as floats. */
+SIMD_TARGET static INLINE __m256 load_kv(const kv_t *p)
+{
+#if SIMD_F16
+    return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));
+#else
+    return _mm256_loadu_ps(p);
+#endif
+}
+
+/* The lanes of tail (the first hd % 8) of a row's last chunk; the others 0. */
+SIMD_TARGET static INLINE __m256 load_kv_tail(const kv_t *p, __m256i tail)
+{
+#if SIMD_F16
+    uint16_t h[8] = {0}; /* never reads past the row */
+    const int n = __builtin_popcount((unsigned)_mm256_movemask_ps(_mm256_castsi256_ps(tail)));
+    for (int i = 0; i < n; i++) h[i] = p[i];
+    return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)h));
+#else
+    return _mm256_maskload_ps(p, tail);
+#endif
+}
 
 /* Lanes [0, n) set. */
 SIMD_TARGET static INLINE __m256i lanes_below(int n)
@@ -81,15 +112,15 @@ SIMD_TARGET static INLINE __m128 reduce4(__m256 a0, __m256 a1, __m256 a2, __m256
                           _MM_SHUFFLE(1, 0, 1, 0));
 }
 
-static INLINE const float *key_at(const pd_attn *a, const float *prefix, const float *cache,
-                                  int j)
+static INLINE const kv_t *key_at(const pd_attn *a, const void *prefix, const void *cache, int j)
 {
-    return j < a->P ? prefix + (size_t)j * a->hd : pd__attn_entry(a, cache, j - a->P);
+    return j < a->P ? (const kv_t *)prefix + (size_t)j * a->hd
+                    : (const kv_t *)cache + pd__attn_entry_at(a, j - a->P);
 }
 
 /* Scores of MR rows (queries q[m]) against the NR keys k[0..NR) (NR 4 or
  * 8) into s[m][0..NR), each dot8 * scale. */
-SIMD_TARGET static INLINE void score_tile(const float *const *q, const float *const *k, int hd,
+SIMD_TARGET static INLINE void score_tile(const float *const *q, const kv_t *const *k, int hd,
                                           __m256i tail, float scale, float s[][8], const int MR,
                                           const int NR)
 {
@@ -105,7 +136,7 @@ SIMD_TARGET static INLINE void score_tile(const float *const *q, const float *co
         for (int m = 0; m < MR; m++) qv[m] = _mm256_loadu_ps(q[m] + c);
         _Pragma("GCC unroll 8")
         for (int j = 0; j < NR; j++) {
-            const __m256 kv = _mm256_loadu_ps(k[j] + c);
+            const __m256 kv = load_kv(k[j] + c);
             _Pragma("GCC unroll 8")
             for (int m = 0; m < MR; m++) acc[m][j] = _mm256_fmadd_ps(qv[m], kv, acc[m][j]);
         }
@@ -116,7 +147,7 @@ SIMD_TARGET static INLINE void score_tile(const float *const *q, const float *co
         for (int m = 0; m < MR; m++) qv[m] = _mm256_maskload_ps(q[m] + c, tail);
         _Pragma("GCC unroll 8")
         for (int j = 0; j < NR; j++) {
-            const __m256 kv = _mm256_maskload_ps(k[j] + c, tail);
+            const __m256 kv = load_kv_tail(k[j] + c, tail);
             _Pragma("GCC unroll 8")
             for (int m = 0; m < MR; m++) acc[m][j] = _mm256_fmadd_ps(qv[m], kv, acc[m][j]);
         }
@@ -148,7 +179,7 @@ SIMD_TARGET static INLINE void score_rows(const pd_attn *a, int r0, float scale,
     }
     const int n_max = n[MR - 1]; /* rows are in token order: the last sees the most */
     for (int j0 = 0; j0 < n_max; j0 += NR) {
-        const float *k[8];
+        const kv_t *k[8];
         _Pragma("GCC unroll 8")
         for (int j = 0; j < NR; j++)
             k[j] = key_at(a, a->pk, a->k, j0 + j < n_max ? j0 + j : n_max - 1);
@@ -200,16 +231,16 @@ SIMD_TARGET static void softmax_row(float *p, int n)
 
 /* o[x0, x0 + 8 NC (+ the tail when TAIL)) = sum_j p_j v_j over the keys
  * [j0, j1) of one segment (rows at base + j * stride), continuing acc. */
-SIMD_TARGET static INLINE void av_segment(__m256 *acc, const float *p, const float *base,
+SIMD_TARGET static INLINE void av_segment(__m256 *acc, const float *p, const kv_t *base,
                                           size_t stride, int j0, int j1, int x0, __m256i tail,
                                           const int NC, const int TAIL)
 {
     for (int j = j0; j < j1; j++) {
-        const float *v = base + (size_t)(j - j0) * stride + x0;
+        const kv_t *v = base + (size_t)(j - j0) * stride + x0;
         const __m256 pj = _mm256_broadcast_ss(p + j);
         _Pragma("GCC unroll 8")
-        for (int c = 0; c < NC; c++) acc[c] = _mm256_fmadd_ps(pj, _mm256_loadu_ps(v + 8 * c), acc[c]);
-        if (TAIL) acc[NC] = _mm256_fmadd_ps(pj, _mm256_maskload_ps(v + 8 * NC, tail), acc[NC]);
+        for (int c = 0; c < NC; c++) acc[c] = _mm256_fmadd_ps(pj, load_kv(v + 8 * c), acc[c]);
+        if (TAIL) acc[NC] = _mm256_fmadd_ps(pj, load_kv_tail(v + 8 * NC, tail), acc[NC]);
     }
 }
 
@@ -221,13 +252,14 @@ SIMD_TARGET static INLINE void av_slab(const pd_attn *a, const float *p, int n, 
     _Pragma("GCC unroll 9")
     for (int c = 0; c < NC + TAIL; c++) acc[c] = _mm256_setzero_ps();
     const int np = n < a->P ? n : a->P;
-    if (np > 0) av_segment(acc, p, a->pv, (size_t)a->hd, 0, np, x0, tail, NC, TAIL);
-    if (n > a->P && !a->blk) av_segment(acc, p, a->v, a->kv_stride, a->P, n, x0, tail, NC, TAIL);
+    if (np > 0) av_segment(acc, p, (const kv_t *)a->pv, (size_t)a->hd, 0, np, x0, tail, NC, TAIL);
+    if (n > a->P && !a->blk)
+        av_segment(acc, p, (const kv_t *)a->v, a->kv_stride, a->P, n, x0, tail, NC, TAIL);
     if (n > a->P && a->blk) /* paged: one segment per block, in key order */
         for (int j0 = a->P; j0 < n; j0 += PD_KV_BLOCK) {
             const int j1 = n - j0 < PD_KV_BLOCK ? n : j0 + PD_KV_BLOCK;
-            av_segment(acc, p, pd__attn_entry(a, a->v, j0 - a->P), a->kv_stride, j0, j1, x0, tail,
-                       NC, TAIL);
+            av_segment(acc, p, (const kv_t *)a->v + pd__attn_entry_at(a, j0 - a->P), a->kv_stride,
+                       j0, j1, x0, tail, NC, TAIL);
         }
     _Pragma("GCC unroll 8")
     for (int c = 0; c < NC; c++) _mm256_storeu_ps(o + x0 + 8 * c, acc[c]);
@@ -257,11 +289,11 @@ SIMD_TARGET static void av_row(const pd_attn *a, const float *p, int n, float *o
 }
 
 /* acc[c] = fma(pj, v[8c..], acc[c]) for the SIMD_SLAB chunks of one row. */
-SIMD_TARGET static INLINE void av_key(__m256 *acc, float pj, const float *v)
+SIMD_TARGET static INLINE void av_key(__m256 *acc, float pj, const kv_t *v)
 {
     const __m256 pb = _mm256_set1_ps(pj);
     _Pragma("GCC unroll 8")
-    for (int c = 0; c < SIMD_SLAB; c++) acc[c] = _mm256_fmadd_ps(pb, _mm256_loadu_ps(v + 8 * c), acc[c]);
+    for (int c = 0; c < SIMD_SLAB; c++) acc[c] = _mm256_fmadd_ps(pb, load_kv(v + 8 * c), acc[c]);
 }
 
 /* MR rows at once over o[x0, x0 + 8 SIMD_SLAB): every value row loaded from
@@ -279,7 +311,7 @@ SIMD_TARGET static INLINE void av_tile(const pd_attn *a, float *const *p, const 
         for (int c = 0; c < SIMD_SLAB; c++) acc[m][c] = _mm256_setzero_ps();
     const int n_min = n[0];
     for (int j = 0; j < n_min; j++) {
-        const float *v = key_at(a, a->pv, a->v, j) + x0;
+        const kv_t *v = key_at(a, a->pv, a->v, j) + x0;
         _Pragma("GCC unroll 8")
         for (int m = 0; m < MR; m++) av_key(acc[m], p[m][j], v);
     }

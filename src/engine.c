@@ -14,6 +14,7 @@
  * greedy output matches it token for token. */
 #include "prefixd/engine.h"
 
+#include "prefixd/half.h"
 #include "prefixd/kvpool.h"
 #include "prefixd/matmul.h"
 #include "prefixd/threadpool.h"
@@ -54,20 +55,27 @@ struct pd_engine {
     int n_threads;
     float *xl;      /* (T, C) rows whose logits are wanted */
     float *logits;  /* (T, V) */
+    pd_kv_dtype kv_dtype; /* of the sequences made for this engine (pd_engine_kv_dtype) */
     void *block;    /* the one allocation the slices above point into */
 };
 
 int pd_seq_create(const pd_model *m, int cap, pd_seq **out, pd_err *err)
 {
+    return pd_seq_create_as(m, cap, PD_KV_F32, out, err);
+}
+
+int pd_seq_create_as(const pd_model *m, int cap, pd_kv_dtype dtype, pd_seq **out, pd_err *err)
+{
     *out = NULL;
+    PD_ASSERT(dtype == PD_KV_F32 || dtype == PD_KV_F16);
     if (cap < 1 || cap > m->cfg.seq_len)
         return pd_err_set(err, PD_EINVAL, "sequence capacity %d outside [1, %d]", cap,
                           m->cfg.seq_len);
     pd_seq *s = calloc(1, sizeof *s);
     size_t n = (size_t)m->cfg.n_layers * (size_t)cap * (size_t)m->cfg.kv_dim;
     if (s) {
-        s->k_cache = malloc(n * sizeof(float));
-        s->v_cache = malloc(n * sizeof(float));
+        s->k_cache = malloc(n * pd_kv_dtype_size(dtype));
+        s->v_cache = malloc(n * pd_kv_dtype_size(dtype));
     }
     if (!s || !s->k_cache || !s->v_cache) {
         pd_seq_free(s);
@@ -75,6 +83,8 @@ int pd_seq_create(const pd_model *m, int cap, pd_seq **out, pd_err *err)
     }
     s->cap = cap;
     s->kv_dim = m->cfg.kv_dim;
+    s->n_layers = m->cfg.n_layers;
+    s->dtype = dtype;
     *out = s;
     return PD_OK;
 }
@@ -86,7 +96,8 @@ int pd_seq_create_paged(const pd_model *m, pd_kvpool *pool, int cap, const int32
     if (cap < 1 || cap > m->cfg.seq_len)
         return pd_err_set(err, PD_EINVAL, "sequence capacity %d outside [1, %d]", cap,
                           m->cfg.seq_len);
-    PD_ASSERT(pool->block_floats == pd_kvpool_block_bytes(m) / sizeof(float));
+    PD_ASSERT(pool->block_elems * pd_kv_dtype_size(pool->dtype) ==
+              pd_kvpool_block_bytes_as(m, pool->dtype));
     const int nb = pd_kvpool_blocks_for(cap);
     if (nb > pool->n_blocks)
         return pd_err_set(err, PD_EINVAL,
@@ -116,6 +127,8 @@ int pd_seq_create_paged(const pd_model *m, pd_kvpool *pool, int cap, const int32
     s->n_reserved = nb - n_shared;
     s->cap = cap;
     s->kv_dim = m->cfg.kv_dim;
+    s->n_layers = m->cfg.n_layers;
+    s->dtype = pool->dtype;
     *out = s;
     return PD_OK;
 }
@@ -147,26 +160,46 @@ static int seq_room(const pd_seq *s)
     return r < s->cap ? r : s->cap;
 }
 
-/* Offset in floats of cache entry pos of layer l: from k_cache/v_cache, or
- * from the pool's data (keys; values at + v_offset). */
+/* Offset in elements of cache entry pos of layer l: from k_cache/v_cache,
+ * or from the pool's data (keys; values at + v_offset). */
 static size_t seq_at(const pd_seq *s, int l, int pos, int kv_dim)
 {
     if (!s->pool) return ((size_t)l * s->cap + (size_t)pos) * (size_t)kv_dim;
-    return (size_t)s->blocks[pos >> PD_KV_BLOCK_SHIFT] * s->pool->block_floats +
+    return (size_t)s->blocks[pos >> PD_KV_BLOCK_SHIFT] * s->pool->block_elems +
            ((size_t)l * PD_KV_BLOCK + (size_t)(pos & (PD_KV_BLOCK - 1))) * (size_t)kv_dim;
 }
 
-/* Writable key (values: 1) row of cache entry pos of layer l. */
-static float *seq_row(const pd_seq *s, int l, int pos, int values)
+/* Writable key (values: 1) row of cache entry pos of layer l: kv_dim
+ * elements of s->dtype. */
+static void *seq_row(const pd_seq *s, int l, int pos, int values)
 {
     PD_ASSERT(pos >= 0 && pos < seq_room(s));
-    const size_t at = seq_at(s, l, pos, s->kv_dim);
-    if (s->pool) return s->pool->data + (values ? s->pool->v_offset : 0) + at;
-    return (values ? s->v_cache : s->k_cache) + at;
+    size_t at = seq_at(s, l, pos, s->kv_dim);
+    const void *base = values ? s->v_cache : s->k_cache;
+    if (s->pool) {
+        base = s->pool->data;
+        at += values ? s->pool->v_offset : 0;
+    }
+    return (char *)base + at * pd_kv_dtype_size(s->dtype);
 }
 
-const float *pd_seq_key(const pd_seq *s, int l, int pos) { return seq_row(s, l, pos, 0); }
-const float *pd_seq_value(const pd_seq *s, int l, int pos) { return seq_row(s, l, pos, 1); }
+/* Stores n floats of src as row dst of dtype (halves: rounded to nearest even). */
+static void store_row(void *dst, const float *src, int n, pd_kv_dtype dtype)
+{
+    if (dtype == PD_KV_F32) {
+        memcpy(dst, src, (size_t)n * sizeof(float));
+        return;
+    }
+    uint16_t *h = dst;
+    for (int i = 0; i < n; i++) h[i] = pd_f32_to_f16(src[i]);
+}
+
+void pd_seq_read(const pd_seq *s, int l, int pos, int values, float *out)
+{
+    const void *row = seq_row(s, l, pos, values);
+    if (s->dtype == PD_KV_F32) memcpy(out, row, (size_t)s->kv_dim * sizeof(float));
+    else pd_f16_to_f32_n(row, out, (size_t)s->kv_dim);
+}
 
 void pd_seq_free(pd_seq *s)
 {
@@ -179,23 +212,67 @@ void pd_seq_free(pd_seq *s)
     }
     free(s->k_cache);
     free(s->v_cache);
+    free(s->prefix_own);
     free(s);
 }
 
-void pd_seq_set_prefix(pd_seq *s, int n_prefix, const float *prefix_k, const float *prefix_v)
+/* Points s at a prefix of n elements per tensor stored as src_dtype:
+ * borrowed when that is the cache's dtype, else converted into the
+ * sequence's own copy (rounded to halves, or widened). */
+static int seq_prefix(pd_seq *s, int n_prefix, const void *k, const void *v,
+                      pd_kv_dtype src_dtype, size_t n, pd_err *err)
 {
-    PD_ASSERT(n_prefix >= 0 && (n_prefix == 0 || (prefix_k && prefix_v)));
-    s->n_prefix = n_prefix;
-    s->prefix_k = n_prefix ? prefix_k : NULL;
-    s->prefix_v = n_prefix ? prefix_v : NULL;
+    PD_ASSERT(n_prefix >= 0 && (n_prefix == 0 || (k && v)));
+    free(s->prefix_own);
+    s->prefix_own = NULL;
+    s->n_prefix = 0;
+    s->prefix_k = s->prefix_v = NULL;
     s->len = 0;
+    if (n_prefix && src_dtype != s->dtype) {
+        void *own = malloc(2 * n * pd_kv_dtype_size(s->dtype));
+        if (!own)
+            return pd_err_set(err, PD_ENOMEM, "out of memory converting a prefix of %d slots to %s",
+                              n_prefix, pd_kv_dtype_name(s->dtype));
+        if (s->dtype == PD_KV_F16) {
+            uint16_t *h = own;
+            for (size_t i = 0; i < n; i++) h[i] = pd_f32_to_f16(((const float *)k)[i]);
+            for (size_t i = 0; i < n; i++) h[n + i] = pd_f32_to_f16(((const float *)v)[i]);
+            k = h;
+            v = h + n;
+        } else {
+            float *f = own;
+            pd_f16_to_f32_n(k, f, n);
+            pd_f16_to_f32_n(v, f + n, n);
+            k = f;
+            v = f + n;
+        }
+        s->prefix_own = own;
+    }
+    s->n_prefix = n_prefix;
+    s->prefix_k = n_prefix ? k : NULL;
+    s->prefix_v = n_prefix ? v : NULL;
+    return PD_OK;
+}
+
+/* Elements per prefix tensor of P slots. */
+static size_t prefix_elems(const pd_seq *s, int P) { return (size_t)s->n_layers * P * s->kv_dim; }
+
+int pd_seq_set_prefix(pd_seq *s, int n_prefix, const float *prefix_k, const float *prefix_v)
+{
+    return seq_prefix(s, n_prefix, prefix_k, prefix_v, PD_KV_F32, prefix_elems(s, n_prefix), NULL);
+}
+
+int pd_seq_set_prefix_f16(pd_seq *s, int n_prefix, const uint16_t *prefix_k,
+                          const uint16_t *prefix_v, pd_err *err)
+{
+    return seq_prefix(s, n_prefix, prefix_k, prefix_v, PD_KV_F16, prefix_elems(s, n_prefix), err);
 }
 
 void pd_seq_reset(pd_seq *s) { s->len = 0; }
 
 pd_engine_params pd_engine_default_params(void)
 {
-    pd_engine_params p = {256, 0};
+    pd_engine_params p = {256, 0, PD_KV_F32};
     return p;
 }
 
@@ -251,6 +328,7 @@ int pd_engine_create(const pd_model *m, const pd_engine_params *params, pd_engin
     }
     e->m = m;
     e->max_tokens = max_tokens;
+    e->kv_dtype = params->kv_dtype;
     *out = e;
     return PD_OK;
 }
@@ -266,6 +344,8 @@ void pd_engine_free(pd_engine *e)
 }
 
 int pd_engine_max_tokens(const pd_engine *e) { return e->max_tokens; }
+
+pd_kv_dtype pd_engine_kv_dtype(const pd_engine *e) { return e->kv_dtype; }
 
 typedef struct attn_job {
     pd_engine *e;
@@ -285,24 +365,27 @@ static void attend_task(void *ctx, int task, int thread)
     const int h = tk->g * (c->n_heads / c->n_kv_heads) + tk->h0;
     const pd_seq *s = j->b->seqs[tk->t0];
     const int P = s->n_prefix;
-    const size_t pg = (((size_t)l * c->n_kv_heads + tk->g) * P) * hd;
+    const size_t es = pd_kv_dtype_size(s->dtype); /* prefix and cache: elements of s->dtype */
+    const size_t pg = (((size_t)l * c->n_kv_heads + tk->g) * P) * hd * es;
     /* contiguous: entry e at cache + at + e * KV; paged: at block
-     * blocks[e / B] + at + (e % B) * KV (attention.h) */
+     * blocks[e / B] + at + (e % B) * KV (attention.h); in elements */
     const size_t at = (s->pool ? (size_t)l * PD_KV_BLOCK : (size_t)l * s->cap) * KV +
                       (size_t)tk->g * hd;
-    const float *kbase = s->pool ? s->pool->data : s->k_cache;
-    const float *vbase = s->pool ? s->pool->data + s->pool->v_offset : s->v_cache;
+    const char *kbase = s->pool ? s->pool->data : s->k_cache;
+    const char *vbase = s->pool ? (const char *)s->pool->data + s->pool->v_offset * es
+                                : (const char *)s->v_cache;
     const size_t row = (size_t)tk->t0 * QD + (size_t)h * hd;
     const pd_attn a = {
         .hd = hd,
         .P = P,
-        .pk = P ? s->prefix_k + pg : NULL,
-        .pv = P ? s->prefix_v + pg : NULL,
-        .k = kbase + at,
-        .v = vbase + at,
+        .f16 = s->dtype == PD_KV_F16,
+        .pk = P ? (const char *)s->prefix_k + pg : NULL,
+        .pv = P ? (const char *)s->prefix_v + pg : NULL,
+        .k = kbase + at * es,
+        .v = vbase + at * es,
         .kv_stride = (size_t)KV,
         .blk = s->pool ? s->blocks : NULL,
-        .blk_stride = s->pool ? s->pool->block_floats : 0,
+        .blk_stride = s->pool ? s->pool->block_elems : 0,
         .q = e->q + row,
         .q_stride = (size_t)QD,
         .o = e->xb + row,
@@ -417,10 +500,8 @@ int pd_engine_step(pd_engine *e, const pd_batch *b, const float **logits, pd_err
         pd__qkv_finish(m, l, e->q, e->k, e->v, T, e->rope, NULL);
         for (int t = 0; t < T; t++) {
             pd_seq *s = b->seqs[t];
-            memcpy(seq_row(s, l, b->pos[t], 0), e->k + (size_t)t * KV,
-                   (size_t)KV * sizeof(float));
-            memcpy(seq_row(s, l, b->pos[t], 1), e->v + (size_t)t * KV,
-                   (size_t)KV * sizeof(float));
+            store_row(seq_row(s, l, b->pos[t], 0), e->k + (size_t)t * KV, KV, s->dtype);
+            store_row(seq_row(s, l, b->pos[t], 1), e->v + (size_t)t * KV, KV, s->dtype);
         }
         attend_layer(e, b, l);
         pd_wmatmul(e->pool, e->xb2, e->xb, &w->wo, T);

@@ -5,10 +5,13 @@
 #include <stdlib.h>
 #include <string.h>
 
-size_t pd_kvpool_block_bytes(const pd_model *m)
+size_t pd_kvpool_block_bytes_as(const pd_model *m, pd_kv_dtype dtype)
 {
-    return 2 * (size_t)m->cfg.n_layers * PD_KV_BLOCK * (size_t)m->cfg.kv_dim * sizeof(float);
+    return 2 * (size_t)m->cfg.n_layers * PD_KV_BLOCK * (size_t)m->cfg.kv_dim *
+           pd_kv_dtype_size(dtype);
 }
+
+size_t pd_kvpool_block_bytes(const pd_model *m) { return pd_kvpool_block_bytes_as(m, PD_KV_F32); }
 
 uint64_t pd_kvpool_hash(uint64_t h, const void *data, size_t n)
 {
@@ -29,25 +32,33 @@ uint64_t pd_kvpool_hash(uint64_t h, const void *data, size_t n)
 
 int pd_kvpool_create(const pd_model *m, size_t budget_bytes, pd_kvpool **out, pd_err *err)
 {
+    return pd_kvpool_create_as(m, PD_KV_F32, budget_bytes, out, err);
+}
+
+int pd_kvpool_create_as(const pd_model *m, pd_kv_dtype dtype, size_t budget_bytes,
+                        pd_kvpool **out, pd_err *err)
+{
     *out = NULL;
-    const size_t bb = pd_kvpool_block_bytes(m);
+    PD_ASSERT(dtype == PD_KV_F32 || dtype == PD_KV_F16);
+    const size_t bb = pd_kvpool_block_bytes_as(m, dtype);
     const size_t n = budget_bytes / bb;
     if (n < 1)
         return pd_err_set(err, PD_EINVAL,
                           "KV budget of %zu bytes holds no block (a block of %d tokens is %zu "
-                          "bytes for this model)",
-                          budget_bytes, PD_KV_BLOCK, bb);
+                          "bytes for this model in %s)",
+                          budget_bytes, PD_KV_BLOCK, bb, pd_kv_dtype_name(dtype));
     if (n > (1u << 28))
         return pd_err_set(err, PD_EINVAL, "KV budget of %zu bytes is %zu blocks, too many",
                           budget_bytes, n);
     pd_kvpool *p = calloc(1, sizeof *p);
     if (!p) return pd_err_set(err, PD_ENOMEM, "out of memory for the KV pool");
-    p->block_floats = bb / sizeof(float);
-    p->v_offset = p->block_floats / 2;
+    p->dtype = dtype;
+    p->block_elems = bb / pd_kv_dtype_size(dtype);
+    p->v_offset = p->block_elems / 2;
     p->n_blocks = (int)n;
     p->n_buckets = 1;
     while ((size_t)p->n_buckets < 2 * n) p->n_buckets *= 2;
-    p->data = aligned_alloc(64, n * bb); /* bb is a multiple of 64 (PD_KV_BLOCK * 4 * 2) */
+    p->data = aligned_alloc(64, n * bb); /* bb is a multiple of 64 (PD_KV_BLOCK * 2 * 2) */
     p->free_list = malloc(n * sizeof *p->free_list);
     p->refs = calloc(n, sizeof *p->refs);
     p->cached = calloc(n, 1);

@@ -1,6 +1,6 @@
 /* matmul.c — pd_matmul: splits the outputs into blocks that fit in cache,
- * spreads the blocks over the pool, and runs the AVX2 kernel where the CPU
- * has it, else the portable one (same bits, see matmul.h). */
+ * spreads the blocks over the pool, and runs the best kernel the CPU has
+ * (AVX-512, AVX2, else the portable one: the same bits, see matmul.h). */
 #include "prefixd/matmul.h"
 
 #include <math.h>
@@ -34,7 +34,7 @@ typedef struct job {
     const float *in, *W;
     int T, K, N;
     int rows_per_task; /* outputs per task */
-    int avx2;
+    int isa; /* pd_wmatmul_isa() */
 } job;
 
 /* Outputs per block: about 256 KB of weights, a multiple of 4. */
@@ -56,7 +56,9 @@ static void run_task(void *ctx, int task, int thread)
     const int TB = 48;
     for (int t0 = 0; t0 < j->T; t0 += TB) {
         int t1 = t0 + TB < j->T ? t0 + TB : j->T;
-        if (j->avx2)
+        if (j->isa >= PD_ISA_AVX512)
+            pd__matmul_block_avx512(j->out, j->in, j->W, j->K, j->N, t0, t1, n0, n1);
+        else if (j->isa >= PD_ISA_AVX2)
             pd__matmul_block_avx2(j->out, j->in, j->W, j->K, j->N, t0, t1, n0, n1);
         else
             pd__matmul_block_portable(j->out, j->in, j->W, j->K, j->N, t0, t1, n0, n1);
@@ -65,7 +67,7 @@ static void run_task(void *ctx, int task, int thread)
 
 void pd_matmul(pd_pool *pool, float *out, const float *in, const float *W, int T, int K, int N)
 {
-    job j = {out, in, W, T, K, N, block_rows(K, N), pd_matmul_uses_avx2()};
+    job j = {out, in, W, T, K, N, block_rows(K, N), pd_wmatmul_isa()};
     int n_tasks = (N + j.rows_per_task - 1) / j.rows_per_task;
     int threads = pd_pool_threads(pool);
     /* small products: not worth waking the workers */

@@ -242,6 +242,14 @@ int pd_prefix_export_peft(const pd_prefix *p, const pd_model *m, char **config,
     PD_ASSERT(p && m && config && config_size && tensors && tensors_size);
     *config = NULL;
     *tensors = NULL;
+    if (p->keys16) { /* a resident F16 prefix: exported from its exact widening */
+        pd_prefix *wide;
+        int rc = pd_prefix_widen(p, &wide, err);
+        if (rc == PD_OK)
+            rc = pd_prefix_export_peft(wide, m, config, config_size, tensors, tensors_size, err);
+        pd_prefix_release(wide);
+        return rc;
+    }
     const pd_config *c = &m->cfg;
     if (p->n_layers != c->n_layers || p->n_kv_heads != c->n_kv_heads || p->head_dim != c->head_dim)
         return pd_err_set(err, PD_EMISMATCH, "prefix '%s' is not shaped for this model",

@@ -8,7 +8,8 @@
  * same dtype and the model's shape, 1 <= P <= seq_len - 1,
  * num_virtual_tokens == P, has_bos "true"/"false", a known source, finite
  * values. The first failing check is reported, its message starting with the
- * file name. Keys and values live in one allocation, keys first.
+ * file name. Keys and values live in one allocation, keys first (floats, or
+ * halves after pd_prefix_to_f16).
  */
 #include "prefixd/prefix.h"
 
@@ -20,6 +21,7 @@
 #include <time.h>
 
 #include "prefix_internal.h"
+#include "prefixd/half.h"
 #include "prefixd/safetensors.h"
 
 /* The smallest magnitude that rounds to infinity in F16. */
@@ -172,7 +174,75 @@ void pd_prefix_release(pd_prefix *p)
     }
     free(p->meta);
     free(p->keys); /* values share this block */
+    free(p->keys16); /* values16 share this block */
     free(p);
+}
+
+int pd_prefix_to_f16(pd_prefix *p, pd_err *err)
+{
+    PD_ASSERT(p);
+    if (p->keys16) return PD_OK;
+    const size_t n = tensor_floats(p);
+    uint16_t *h = malloc(2 * n * sizeof *h);
+    if (!h)
+        return pd_err_set(err, PD_ENOMEM, "task '%s': out of memory for %zu prefix halves", p->task,
+                          2 * n);
+    for (size_t i = 0; i < 2 * n; i++) h[i] = pd_f32_to_f16(p->keys[i]); /* values follow keys */
+    free(p->keys);
+    p->keys = p->values = NULL;
+    p->keys16 = h;
+    p->values16 = h + n;
+    p->bytes -= 2 * n * (sizeof(float) - sizeof *h);
+    return PD_OK;
+}
+
+int pd_prefix_widen(const pd_prefix *p, pd_prefix **out, pd_err *err)
+{
+    PD_ASSERT(p && out);
+    *out = NULL;
+    if (p->keys) {
+        *out = pd_prefix_retain((pd_prefix *)p);
+        return PD_OK;
+    }
+    const size_t n = tensor_floats(p);
+    pd_prefix *w = calloc(1, sizeof *w);
+    float *kv = malloc(2 * n * sizeof *kv);
+    if (!w || !kv) {
+        free(w);
+        free(kv);
+        return pd_err_set(err, PD_ENOMEM, "task '%s': out of memory widening the prefix", p->task);
+    }
+    atomic_init(&w->refs, 1);
+    memcpy(w->task, p->task, sizeof w->task);
+    w->n_layers = p->n_layers;
+    w->n_kv_heads = p->n_kv_heads;
+    w->head_dim = p->head_dim;
+    w->n_tokens = p->n_tokens;
+    w->has_bos = p->has_bos;
+    w->content_id = p->content_id;
+    pd_f16_to_f32_n(p->keys16, kv, 2 * n); /* values16 follow keys16 */
+    w->keys = kv;
+    w->values = kv + n;
+    w->bytes = sizeof *w + 2 * n * sizeof *kv;
+    for (int i = 0; i < p->n_meta; i++) {
+        int rc = pd_prefix_meta_set(w, p->meta[i].key, p->meta[i].value, err);
+        if (rc < 0) {
+            pd_prefix_release(w);
+            return rc;
+        }
+    }
+    *out = w;
+    return PD_OK;
+}
+
+int pd_prefix_attach(pd_seq *s, const pd_prefix *p, pd_err *err)
+{
+    if (!p) return pd_seq_set_prefix_f16(s, 0, NULL, NULL, err);
+    if (p->keys16) return pd_seq_set_prefix_f16(s, p->n_tokens, p->keys16, p->values16, err);
+    int rc = pd_seq_set_prefix(s, p->n_tokens, p->keys, p->values);
+    return rc < 0 ? pd_err_set(err, rc, "task '%s': out of memory converting the prefix to F16",
+                               p->task)
+                  : PD_OK;
 }
 
 const char *pd_prefix_meta_get(const pd_prefix *p, const char *key)
@@ -494,6 +564,13 @@ int pd_prefix_save(const pd_prefix *p, const pd_model *m, const char *path, int 
                    pd_err *err)
 {
     PD_ASSERT(p && m && path);
+    if (p->keys16) { /* held as halves: written from their exact widening */
+        pd_prefix *wide;
+        int rc = pd_prefix_widen(p, &wide, err);
+        if (rc == PD_OK) rc = pd_prefix_save(wide, m, path, f16, err);
+        pd_prefix_release(wide);
+        return rc;
+    }
     pd_st_writer *w;
     int rc = build_writer(p, m, f16, path, &w, err);
     if (rc < 0) return rc;
@@ -508,6 +585,13 @@ int pd_prefix_serialize(const pd_prefix *p, const pd_model *m, int f16, void **d
     PD_ASSERT(p && m && data && size);
     *data = NULL;
     *size = 0;
+    if (p->keys16) { /* held as halves: written from their exact widening */
+        pd_prefix *wide;
+        int rc = pd_prefix_widen(p, &wide, err);
+        if (rc == PD_OK) rc = pd_prefix_serialize(wide, m, f16, data, size, err);
+        pd_prefix_release(wide);
+        return rc;
+    }
     char name[PD_TASK_NAME_MAX + 16];
     snprintf(name, sizeof name, "%s.safetensors", p->task);
     pd_st_writer *w;

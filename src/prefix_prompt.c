@@ -38,7 +38,9 @@ int pd_prefix_from_tokens(pd_engine *e, const pd_model *m, const char *task,
                               task, i, tokens[i], c->vocab_size);
 
     pd_seq *s;
-    int rc = pd_seq_create(m, n, &s, err);
+    /* the engine's KV dtype: the prefix is the prompt's cache as a request
+     * on this engine would hold it (rounded to halves under F16) */
+    int rc = pd_seq_create_as(m, n, pd_engine_kv_dtype(e), &s, err);
     if (rc < 0) return rc;
     pd_seq_set_prefix(s, 0, NULL, NULL);
     rc = pd_prefill(e, m, s, tokens, n, NULL, err);
@@ -62,17 +64,22 @@ int pd_prefix_from_cache(const pd_model *m, const char *task, const pd_seq *s, i
     int rc = pd_prefix_create(m, task, n, &p, err);
     if (rc == PD_OK) {
         const int L = c->n_layers, KVH = c->n_kv_heads, hd = c->head_dim;
-        for (int l = 0; l < L; l++)
-            for (int h = 0; h < KVH; h++)
-                for (int pos = 0; pos < n; pos++) { /* contiguous or paged cache */
+        float *row = malloc(2 * (size_t)c->kv_dim * sizeof *row);
+        if (!row) rc = pd_err_set(err, PD_ENOMEM, "task '%s': out of memory", task);
+        for (int l = 0; row && l < L; l++)
+            for (int pos = 0; pos < n; pos++) { /* contiguous or paged, F32 or F16 (widened) */
+                pd_seq_read(s, l, pos, 0, row);
+                pd_seq_read(s, l, pos, 1, row + c->kv_dim);
+                for (int h = 0; h < KVH; h++) {
                     const size_t src = (size_t)h * hd;
                     size_t dst = (((size_t)l * KVH + h) * n + pos) * hd;
-                    memcpy(p->keys + dst, pd_seq_key(s, l, pos) + src, (size_t)hd * sizeof(float));
-                    memcpy(p->values + dst, pd_seq_value(s, l, pos) + src,
-                           (size_t)hd * sizeof(float));
+                    memcpy(p->keys + dst, row + src, (size_t)hd * sizeof(float));
+                    memcpy(p->values + dst, row + c->kv_dim + src, (size_t)hd * sizeof(float));
                 }
+            }
+        free(row);
         p->has_bos = has_bos;
-        rc = pd__prefix_stamp(p, "prompt", err);
+        if (rc == PD_OK) rc = pd__prefix_stamp(p, "prompt", err);
     }
     if (rc < 0) {
         pd_prefix_release(p);

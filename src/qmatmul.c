@@ -9,6 +9,7 @@
  * multiply-adds in increasing k — then the same reduction tree. The chunks
  * only decide when the weights are converted, never the order of the sums. */
 #include <cblas.h>
+#include <cpuid.h>
 #include <math.h>
 #include <pthread.h>
 #include <stddef.h>
@@ -160,8 +161,10 @@ int pd_wmatmul_isa(void)
     static int cached = -1; /* benign race: every thread computes the same value */
     if (cached < 0) {
         __builtin_cpu_init();
-        int avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-                   __builtin_cpu_supports("f16c");
+        /* F16C from CPUID leaf 1 (clang's __builtin_cpu_supports has no "f16c") */
+        unsigned a, b, c, d;
+        int f16c = __get_cpuid(1, &a, &b, &c, &d) && (c & bit_F16C);
+        int avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && f16c;
         int avx512 = avx2 && __builtin_cpu_supports("avx512f") &&
                      __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
                      __builtin_cpu_supports("avx512dq");
@@ -175,7 +178,9 @@ static void run_block(int isa, float *out, const float *in, const void *xq, cons
 {
     if (W->type == PD_Q_F32) {
         /* pd_matmul's kernels: an F32 view keeps pd_matmul's bits */
-        if (isa >= PD_ISA_AVX2)
+        if (isa >= PD_ISA_AVX512)
+            pd__matmul_block_avx512(out, in, W->data, W->cols, W->rows, t0, t1, n0, n1);
+        else if (isa >= PD_ISA_AVX2)
             pd__matmul_block_avx2(out, in, W->data, W->cols, W->rows, t0, t1, n0, n1);
         else
             pd__matmul_block_portable(out, in, W->data, W->cols, W->rows, t0, t1, n0, n1);

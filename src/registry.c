@@ -101,6 +101,7 @@ struct pd_registry {
     char dir[DIR_MAX];
     const pd_model *model;      /* borrowed */
     size_t budget;              /* 0: unbounded */
+    pd_kv_dtype kv_dtype;       /* resident prefixes' storage (F16: rounded once at load) */
     uint64_t max_file;          /* bytes a prefix file for the model can have */
     int rescan_ms;
     int quiet;                  /* initial scan: per-file logs at debug */
@@ -119,6 +120,7 @@ pd_registry_params pd_registry_default_params(void)
     p.dir = "registry";
     p.budget_bytes = (size_t)1 << 30;
     p.rescan_ms = 2000;
+    p.kv_dtype = PD_KV_F32;
     return p;
 }
 
@@ -225,6 +227,11 @@ static uint64_t content_id(const pd_prefix *p)
     const size_t n = (size_t)p->n_layers * p->n_kv_heads * p->n_tokens * p->head_dim;
     const int shape[4] = {p->n_layers, p->n_kv_heads, p->n_tokens, p->head_dim};
     uint64_t h = pd_kvpool_hash(UINT64_C(0x70726566697864), shape, sizeof shape);
+    if (p->keys16) { /* resident as halves: the values the cache sees */
+        h = pd_kvpool_hash(h, p->keys16, n * sizeof(uint16_t));
+        h = pd_kvpool_hash(h, p->values16, n * sizeof(uint16_t));
+        return h == 0 || h == PD_KV_OWNER_BASE ? h + 2 : h;
+    }
     h = pd_kvpool_hash(h, p->keys, n * sizeof(float));
     h = pd_kvpool_hash(h, p->values, n * sizeof(float));
     return h == 0 || h == PD_KV_OWNER_BASE ? h + 2 : h;
@@ -279,6 +286,10 @@ static int load_file(const pd_registry *r, const char *task, file_id *id, pd_pre
             rc = pd_err_set(err, PD_EFORMAT,
                             "%s: metadata task \"%s\" does not match the file name", path,
                             p->task);
+            pd_prefix_release(p);
+            return rc;
+        }
+        if (r->kv_dtype == PD_KV_F16 && (rc = pd_prefix_to_f16(p, err)) < 0) {
             pd_prefix_release(p);
             return rc;
         }
@@ -718,6 +729,7 @@ int pd_registry_create(const pd_registry_params *p, const pd_model *m, pd_regist
     r->dir[len] = 0;
     r->model = m;
     r->budget = p->budget_bytes;
+    r->kv_dtype = p->kv_dtype;
     const pd_config *c = &m->cfg;
     r->max_file = 8 + (uint64_t)PD_ST_MAX_HEADER + 2 * sizeof(float) * (uint64_t)c->n_layers *
                   (uint64_t)c->n_kv_heads * (uint64_t)(c->seq_len - 1) * (uint64_t)c->head_dim;

@@ -169,7 +169,7 @@ struct pd_sched {
 
 pd_sched_params pd_sched_default_params(void)
 {
-    pd_sched_params p = {64, 256, 1024, 0, 0};
+    pd_sched_params p = {64, 256, 1024, 0, 0, PD_KV_F32};
     return p;
 }
 
@@ -239,10 +239,9 @@ static void admit_locked(pd_sched *s)
         sl->rq = rq;
         sl->seq = seq;
         sl->owner = owner;
-        int P = rq->prefix ? rq->prefix->n_tokens : 0;
+        if (rc == PD_OK && (rc = pd_prefix_attach(sl->seq, rq->prefix, &err)) < 0)
+            pd_seq_free(sl->seq);
         if (rc == PD_OK) {
-            pd_seq_set_prefix(sl->seq, P, P ? rq->prefix->keys : NULL,
-                              P ? rq->prefix->values : NULL);
             sl->prefilled = pd_seq_use_shared(sl->seq);
             sl->published = n_hit;
             rc = pd_sampler_init_borrowing(&sl->sampler, &s->scratch, &rq->sampling, &err);
@@ -548,12 +547,13 @@ int pd_sched_create(const pd_model *m, const pd_sched_params *p, pd_sched **out,
     pd_engine_params ep = pd_engine_default_params();
     ep.max_tokens = T;
     ep.n_threads = p->n_threads;
+    ep.kv_dtype = p->kv_dtype;
     if (rc == PD_OK) rc = pd_engine_create(m, &ep, &s->e, err);
     if (rc == PD_OK) {
         size_t budget = p->kv_budget;
         if (budget == 0) { /* derived: see pd_sched_params */
             const size_t one = (size_t)pd_kvpool_blocks_for(m->cfg.seq_len) *
-                               pd_kvpool_block_bytes(m);
+                               pd_kvpool_block_bytes_as(m, p->kv_dtype);
             budget = (size_t)s->p.max_seqs * one;
             long pages = sysconf(_SC_AVPHYS_PAGES), psz = sysconf(_SC_PAGESIZE);
             if (pages > 0 && psz > 0 && budget > (size_t)pages * (size_t)psz / 4)
@@ -561,11 +561,12 @@ int pd_sched_create(const pd_model *m, const pd_sched_params *p, pd_sched **out,
             if (budget > ((size_t)1 << 30)) budget = (size_t)1 << 30;
             if (budget < one) budget = one;
         }
-        rc = pd_kvpool_create(m, budget, &s->pool, err);
+        rc = pd_kvpool_create_as(m, p->kv_dtype, budget, &s->pool, err);
     }
     if (rc == PD_OK) {
         s->stats.kv_blocks_total = s->pool->n_blocks;
-        s->stats.kv_block_bytes = pd_kvpool_block_bytes(m);
+        s->stats.kv_block_bytes = pd_kvpool_block_bytes_as(m, p->kv_dtype);
+        s->stats.kv_dtype = p->kv_dtype;
     }
     if (rc == PD_OK) {
         pthread_mutex_init(&s->mu, NULL);

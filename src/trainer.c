@@ -1002,6 +1002,11 @@ int pd_train_run(const pd_model *m, const pd_train_params *p, const pd_train_hoo
     p = &resolved;
     int rc = check_params(m, p, err);
     if (rc < 0) return rc;
+    pd_prefix *init_wide = NULL; /* training is F32: an F16-resident init_prefix widened */
+    if (p->init_prefix && !p->init_prefix->keys) {
+        if ((rc = pd_prefix_widen(p->init_prefix, &init_wide, err)) < 0) return rc;
+        resolved.init_prefix = init_wide;
+    }
     trainer t = {.m = m, .p = p, .proj = p->prefix_projection != 0, .valid_loss = NAN,
                  .best_valid_loss = NAN, .best_step = -1, .valid_accuracy = NAN,
                  .base_loss = NAN, .base_accuracy = NAN};
@@ -1154,6 +1159,7 @@ int pd_train_run(const pd_model *m, const pd_train_params *p, const pd_train_hoo
 done:
     free(batch);
     trainer_free(&t);
+    pd_prefix_release(init_wide);
     return rc;
 }
 

@@ -8,6 +8,13 @@
  * batch-invariant (prefixd/matmul.h): a sequence's logits are the same bits
  * whatever else shares its step.
  *
+ * KV storage: a sequence's cache entries and the prefix it attends to are
+ * floats (PD_KV_F32) or IEEE halves (PD_KV_F16, kvpool.h): keys and values
+ * are rounded to nearest even when the step writes them and widened
+ * exactly when attention reads them; everything else stays F32. Every
+ * exactness property (batch invariance, paged == contiguous, prompt-built
+ * prefix == prompt, prompt cache hit == miss) holds within one dtype.
+ *
  * Sequences (pd_seq) own their KV cache and are owned by one thread (the
  * scheduler's). A sequence may carry a prefix: per layer, P key and P value
  * vectors per kv head ([n_layers][n_kv_heads][P][head_dim], borrowed, shared
@@ -27,6 +34,7 @@
 #include <stdint.h>
 
 #include "prefixd/common.h"
+#include "prefixd/kvpool.h"
 #include "prefixd/model.h"
 
 #ifdef __cplusplus
@@ -34,9 +42,10 @@ extern "C" {
 #endif
 
 typedef struct pd_seq {
+    pd_kv_dtype dtype; /* of the cache entries and of prefix_k/prefix_v */
     /* contiguous storage (pd_seq_create), NULL when paged: */
-    float *k_cache;  /* (n_layers, cap, kv_dim), rotary applied (owned) */
-    float *v_cache;  /* (n_layers, cap, kv_dim) (owned) */
+    void *k_cache;   /* (n_layers, cap, kv_dim) elements of dtype, rotary applied (owned) */
+    void *v_cache;   /* (n_layers, cap, kv_dim) (owned) */
     /* paged storage (pd_seq_create_paged), NULL when contiguous: */
     struct pd_kvpool *pool; /* borrowed; outlives the sequence */
     int32_t *blocks; /* (blocks_for(cap)) block ids, the first n_blocks taken (owned) */
@@ -44,17 +53,21 @@ typedef struct pd_seq {
     int n_shared;    /* blocks found in the prompt cache at creation */
     int n_reserved;  /* blocks still promised to this sequence by the pool */
     int cap;         /* capacity in tokens */
-    int kv_dim;      /* the model's kv_dim (floats per cache entry and layer) */
+    int kv_dim;      /* the model's kv_dim (elements per cache entry and layer) */
+    int n_layers;    /* the model's */
     int len;         /* tokens in the cache (real tokens, not prefix slots) */
     int n_prefix;    /* P, 0 when none */
-    const float *prefix_k; /* (n_layers, n_kv_heads, P, head_dim), borrowed */
-    const float *prefix_v; /* (n_layers, n_kv_heads, P, head_dim), borrowed */
+    const void *prefix_k; /* (n_layers, n_kv_heads, P, head_dim) of dtype: borrowed or prefix_own */
+    const void *prefix_v; /* (n_layers, n_kv_heads, P, head_dim) */
+    void *prefix_own;      /* a prefix converted to dtype (owned), NULL */
 } pd_seq;
 
-/* Allocates a sequence whose cache holds cap tokens. Returns PD_OK, or
- * PD_ENOMEM / PD_EINVAL (cap < 1 or cap + P later exceeding the model's
- * context is checked at pd_seq_set_prefix time). Free with pd_seq_free. */
+/* Allocates a sequence whose cache holds cap tokens, F32 (pd_seq_create)
+ * or dtype. Returns PD_OK, or PD_ENOMEM / PD_EINVAL (cap < 1 or cap + P
+ * later exceeding the model's context is checked at pd_engine_step time).
+ * Free with pd_seq_free. */
 int pd_seq_create(const pd_model *m, int cap, pd_seq **out, pd_err *err);
+int pd_seq_create_as(const pd_model *m, int cap, pd_kv_dtype dtype, pd_seq **out, pd_err *err);
 void pd_seq_free(pd_seq *s);
 
 /* Allocates a paged sequence of capacity cap whose cache lives in blocks of
@@ -67,7 +80,8 @@ void pd_seq_free(pd_seq *s);
  * pd_seq_free. PD_EBUSY when the pool cannot promise them (nothing
  * allocated or held), PD_EINVAL, PD_ENOMEM. The engine reads and writes a
  * paged sequence with the same float operations, in the same order, as a
- * contiguous one: the logits are the same bits. */
+ * contiguous one: the logits are the same bits. The cache's dtype is the
+ * pool's. */
 int pd_seq_create_paged(const pd_model *m, struct pd_kvpool *pool, int cap,
                         const int32_t *shared, int n_shared, pd_seq **out, pd_err *err);
 
@@ -80,15 +94,21 @@ int pd_seq_use_shared(pd_seq *s);
  * have room. Never fails (the blocks were reserved). */
 void pd_seq_grow(pd_seq *s, int n_tokens);
 
-/* Cache entry pos (< the room made) of layer l: kv_dim keys, rotary applied. */
-const float *pd_seq_key(const pd_seq *s, int l, int pos);
-const float *pd_seq_value(const pd_seq *s, int l, int pos);
+/* Cache entry pos (< the room made) of layer l as kv_dim floats into out:
+ * the keys (values = 0, rotary applied) or the values; halves widened. */
+void pd_seq_read(const pd_seq *s, int l, int pos, int values, float *out);
 
-/* Points the sequence at a prefix (borrowed: the caller keeps it alive while
- * the sequence uses it; NULL keys/values with P = 0 clears it) and empties
- * the cache. */
-void pd_seq_set_prefix(pd_seq *s, int n_prefix, const float *prefix_k,
-                       const float *prefix_v);
+/* Points the sequence at a prefix of floats (pd_seq_set_prefix) or halves
+ * (pd_seq_set_prefix_f16) and empties the cache; NULL keys/values with
+ * P = 0 clears it. A prefix of the cache's dtype is borrowed (the caller
+ * keeps it alive while the sequence uses it); another is converted once
+ * into the sequence's own copy (floats rounded to halves as the cache
+ * rounds its entries, or halves widened), which can fail with PD_ENOMEM
+ * (the sequence is then left without a prefix). */
+int pd_seq_set_prefix(pd_seq *s, int n_prefix, const float *prefix_k,
+                      const float *prefix_v);
+int pd_seq_set_prefix_f16(pd_seq *s, int n_prefix, const uint16_t *prefix_k,
+                          const uint16_t *prefix_v, pd_err *err);
 
 /* Empties the cache (keeps the prefix and any blocks taken). */
 void pd_seq_reset(pd_seq *s);
@@ -98,6 +118,7 @@ typedef struct pd_engine pd_engine;
 typedef struct pd_engine_params {
     int max_tokens; /* tokens per step at most (default 256) */
     int n_threads;  /* threads for the step's loops; <= 0: online CPUs (default) */
+    pd_kv_dtype kv_dtype; /* of the sequences built for it (pd_engine_kv_dtype; default F32) */
 } pd_engine_params;
 
 pd_engine_params pd_engine_default_params(void);
@@ -109,6 +130,11 @@ int pd_engine_create(const pd_model *m, const pd_engine_params *params,
                      pd_engine **out, pd_err *err);
 void pd_engine_free(pd_engine *e);
 int pd_engine_max_tokens(const pd_engine *e);
+
+/* The KV dtype of its params: the one pd_prefix_from_tokens and the
+ * scheduler give the sequences they make for it. The step itself runs
+ * sequences of either dtype. */
+pd_kv_dtype pd_engine_kv_dtype(const pd_engine *e);
 
 typedef struct pd_batch {
     int n;                 /* tokens in this step, 1..max_tokens */

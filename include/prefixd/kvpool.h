@@ -29,6 +29,12 @@
  * the token ids up to it (the engine's batch invariance), so a shared block
  * holds the very bits the sequence would have computed.
  *
+ * Storage type: a pool holds floats (PD_KV_F32) or IEEE halves (PD_KV_F16,
+ * as llama.cpp's default cache type): keys and values rounded to nearest
+ * even as the engine writes them, widened exactly as attention reads them
+ * (attention.h). Halves are half the bytes per block, so a budget holds
+ * twice the tokens. Everything above is the same for both.
+ *
  * Threads: a pool is used by one thread at a time (the scheduler's engine
  * thread). */
 #ifndef PREFIXD_KVPOOL_H
@@ -52,10 +58,23 @@ extern "C" {
  * content hashes, never this value). */
 #define PD_KV_OWNER_BASE UINT64_C(0x62617365)
 
+/* How KV cache entries (and resident prefixes, registry.h) are stored. */
+typedef enum pd_kv_dtype {
+    PD_KV_F32 = 0, /* floats */
+    PD_KV_F16 = 1, /* IEEE halves (uint16_t), rounded to nearest even */
+} pd_kv_dtype;
+
+/* Bytes of one element of dtype. */
+static inline size_t pd_kv_dtype_size(pd_kv_dtype dt) { return dt == PD_KV_F16 ? 2 : 4; }
+
+/* "f32" or "f16". */
+static inline const char *pd_kv_dtype_name(pd_kv_dtype dt) { return dt == PD_KV_F16 ? "f16" : "f32"; }
+
 typedef struct pd_kvpool {
-    float *data;         /* (n_blocks, 2, n_layers, PD_KV_BLOCK, kv_dim) (owned) */
-    size_t block_floats; /* 2 * n_layers * PD_KV_BLOCK * kv_dim */
-    size_t v_offset;     /* floats from a block's keys to its values */
+    void *data;          /* (n_blocks, 2, n_layers, PD_KV_BLOCK, kv_dim) elements of dtype (owned) */
+    pd_kv_dtype dtype;
+    size_t block_elems;  /* 2 * n_layers * PD_KV_BLOCK * kv_dim */
+    size_t v_offset;     /* elements from a block's keys to its values */
     int n_blocks;        /* blocks in the pool */
     int32_t *free_list;  /* (n_blocks) blocks held by nobody and cached by nobody */
     int n_free;
@@ -77,13 +96,17 @@ typedef struct pd_kvpool {
     uint64_t evictions;  /* published blocks reused for other content */
 } pd_kvpool;
 
-/* Bytes of one block for model m. */
+/* Bytes of one block for model m: F32 (pd_kvpool_block_bytes_as: dtype). */
 size_t pd_kvpool_block_bytes(const pd_model *m);
+size_t pd_kvpool_block_bytes_as(const pd_model *m, pd_kv_dtype dtype);
 
-/* Creates a pool of floor(budget_bytes / block bytes) blocks for model m.
- * PD_EINVAL when that is fewer than one block (err names the budget and
- * the block size); PD_ENOMEM. Free with pd_kvpool_free. */
+/* Creates a pool of floor(budget_bytes / block bytes) blocks of dtype for
+ * model m (pd_kvpool_create: F32). PD_EINVAL when that is fewer than one
+ * block (err names the budget and the block size); PD_ENOMEM. Free with
+ * pd_kvpool_free. */
 int pd_kvpool_create(const pd_model *m, size_t budget_bytes, pd_kvpool **out, pd_err *err);
+int pd_kvpool_create_as(const pd_model *m, pd_kv_dtype dtype, size_t budget_bytes,
+                        pd_kvpool **out, pd_err *err);
 void pd_kvpool_free(pd_kvpool *p);
 
 /* Blocks that a sequence of n tokens needs. */
@@ -142,10 +165,11 @@ int pd_kvpool_publish(pd_kvpool *p, int32_t id, int32_t parent, uint64_t owner,
 /* 64-bit FNV-1a-style hash of n bytes, continuing h (content identities). */
 uint64_t pd_kvpool_hash(uint64_t h, const void *data, size_t n);
 
-/* Keys of block id (layer 0, row 0); the values follow at + v_offset. */
-static inline float *pd_kvpool_block(const pd_kvpool *p, int32_t id)
+/* Keys of block id (layer 0, row 0), elements of p->dtype; the values
+ * follow v_offset elements later. */
+static inline void *pd_kvpool_block(const pd_kvpool *p, int32_t id)
 {
-    return p->data + (size_t)id * p->block_floats;
+    return (char *)p->data + (size_t)id * p->block_elems * pd_kv_dtype_size(p->dtype);
 }
 
 #ifdef __cplusplus

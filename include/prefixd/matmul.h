@@ -8,8 +8,8 @@
  * other tokens share the step, on its row in the batch, on the tiling or on
  * the thread count: a sequence gives the same logits alone or in any batch,
  * bit for bit. (BLAS sgemm does not promise this: its edge kernels sum in
- * another order than its main kernel.) The AVX2 kernel and the portable one
- * compute the same bits.
+ * another order than its main kernel.) The AVX-512, AVX2 and portable
+ * kernels compute the same bits.
  *
  * Typed weights (pd_wmatmul, any GGUF weight type as stored) keep the same
  * property with one fixed order per type: the 8-lane order above over the
@@ -107,10 +107,12 @@ void pd__qmatmul_block_avx2(float *out, const float *in, const void *xq, const p
 void pd__qmatmul_block_avx512(float *out, const float *in, const void *xq, const pd_wmat *W,
                               int t0, int t1, int n0, int n1);
 
-/* Internal: the kernels (matmul_avx2.c, matmul.c). They compute the rows
+/* Internal: the kernels (matmul_avx512.c, matmul_avx2.c, matmul.c). They compute the rows
  * [t0, t1) x columns [n0, n1) of out. */
 void pd__matmul_block_avx2(float *out, const float *in, const float *W, int K, int N, int t0,
                            int t1, int n0, int n1);
+void pd__matmul_block_avx512(float *out, const float *in, const float *W, int K, int N, int t0,
+                             int t1, int n0, int n1);
 void pd__matmul_block_portable(float *out, const float *in, const float *W, int K, int N,
                                int t0, int t1, int n0, int n1);
 

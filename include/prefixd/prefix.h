@@ -52,8 +52,11 @@ typedef struct pd_prefix {
     int n_layers, n_kv_heads, head_dim;
     int n_tokens;          /* P */
     int has_bos;           /* 1: slot 0 already holds BOS (prompt-built) */
-    float *keys;           /* (n_layers, n_kv_heads, P, head_dim), owned */
-    float *values;         /* (n_layers, n_kv_heads, P, head_dim), owned */
+    float *keys;           /* (n_layers, n_kv_heads, P, head_dim), owned; NULL when held as halves */
+    float *values;         /* (n_layers, n_kv_heads, P, head_dim), owned; NULL when held as halves */
+    uint16_t *keys16;      /* the same as IEEE halves (pd_prefix_to_f16: a registry under an F16
+                              KV cache), owned; NULL when held as floats */
+    uint16_t *values16;
     pd_prefix_meta *meta;  /* n_meta entries (owned), the file's __metadata__ */
     int n_meta;
     size_t bytes;          /* resident bytes (tensors + bookkeeping) */
@@ -69,6 +72,20 @@ int pd_prefix_create(const pd_model *m, const char *task, int n_tokens, pd_prefi
 
 pd_prefix *pd_prefix_retain(pd_prefix *p);  /* returns p */
 void pd_prefix_release(pd_prefix *p);       /* NULL is a no-op */
+
+/* Rounds p's keys and values to halves (nearest even, as the F16 KV cache
+ * rounds its entries) and drops the floats: half the bytes (p->bytes
+ * follows). Only before publication; a no-op when already halves. PD_ENOMEM. */
+int pd_prefix_to_f16(pd_prefix *p, pd_err *err);
+
+/* p as floats: a new reference to p when it holds floats, else a new
+ * prefix (one reference, same metadata) of its halves widened exactly.
+ * For the F32-only consumers (files, PEFT export, training). */
+int pd_prefix_widen(const pd_prefix *p, pd_prefix **out, pd_err *err);
+
+/* Points sequence s at prefix p (NULL: none) whatever either dtype
+ * (pd_seq_set_prefix / pd_seq_set_prefix_f16); p must outlive s's use. */
+int pd_prefix_attach(pd_seq *s, const pd_prefix *p, pd_err *err);
 
 /* Metadata value of key (borrowed) or NULL. */
 const char *pd_prefix_meta_get(const pd_prefix *p, const char *key);

@@ -21,6 +21,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "prefixd/kvpool.h"
 #include "prefixd/model.h"
 #include "prefixd/prefix.h"
 
@@ -34,6 +35,10 @@ typedef struct pd_registry_params {
     const char *dir;        /* the registry directory (created if missing) */
     size_t budget_bytes;    /* resident prefix bytes at most; 0: unbounded */
     int rescan_ms;          /* periodic rescan interval (default 2000) */
+    pd_kv_dtype kv_dtype;   /* resident prefixes' storage: the serving KV cache's (default
+                               F32). F16: every loaded prefix is rounded once to halves
+                               (pd_prefix_to_f16), half the bytes against budget_bytes; the
+                               files on disk are unchanged */
 } pd_registry_params;
 
 pd_registry_params pd_registry_default_params(void);
@@ -70,7 +75,8 @@ int pd_registry_put_prefix(pd_registry *r, const pd_prefix *p, pd_err *err);
 
 /* The same, the file's tensors as F16 when f16 (as `prefix ... --f16`):
  * half the disk bytes; the served prefix is what the file holds (its
- * values rounded to F16, widened to F32 in memory). */
+ * values rounded to F16; kept as halves under an F16 registry, else
+ * widened to F32 in memory). */
 int pd_registry_put_prefix_as(pd_registry *r, const pd_prefix *p, int f16, pd_err *err);
 
 /* Removes <dir>/<task>.safetensors and the entry; PD_ENOTFOUND if none. */

@@ -144,6 +144,8 @@ typedef struct pd_sched_params {
     size_t kv_budget;     /* bytes of KV blocks; 0: max_seqs full-context sequences, at
                              most a quarter of the free memory and 1 GiB, at least one
                              full-context sequence */
+    pd_kv_dtype kv_dtype; /* the KV cache's storage (kvpool.h; default F32): F16 halves
+                             every block, so the budget holds twice the tokens */
 } pd_sched_params;
 
 pd_sched_params pd_sched_default_params(void);
@@ -177,6 +179,7 @@ typedef struct pd_sched_stats {
     int kv_blocks_used;         /* blocks held by sequences now */
     int kv_blocks_reserved;     /* blocks promised to running sequences, not yet taken */
     size_t kv_block_bytes;      /* bytes per block (PD_KV_BLOCK tokens, all layers) */
+    pd_kv_dtype kv_dtype;       /* the blocks' storage */
     int kv_blocks_cached;       /* published blocks nobody holds (the prompt cache's LRU) */
     uint64_t cache_hits;        /* requests that started from cached blocks */
     uint64_t cache_tokens;      /* prompt tokens those requests did not prefill */

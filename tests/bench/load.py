@@ -40,6 +40,12 @@ loopback, figures and same-run ratios, no assertions.
                                              the same with llama-server's cache_prompt
   load.py capacity --model M                 concurrent 1,000-token sequences
                                              admitted under a 1 GiB KV budget
+  load.py kvdtype --model M                  kv_dtype f32 vs f16: 16 tasks that are
+                                             prompt-built prefixes of a 500-token
+                                             system prompt served round-robin under
+                                             the default registry budget (resident,
+                                             reloads, latency evicted vs resident),
+                                             and capacity for both
 
 Only 127.0.0.1; every loop is bounded in count and time. llama.cpp is used
 only when --llama-server names its binary (never by `make bench`), started
@@ -558,23 +564,24 @@ def metrics(srv):
     return out
 
 
-def cmd_capacity(a):
+def capacity(a, extra=None):
     """Admission is by reservation (prompt + max_tokens), so the number of
     sequences admitted at once under the budget is what fits: requests of a
     1-token prompt and 999 tokens to generate are sent until some wait, then
-    all are cancelled by closing their connections."""
+    all are cancelled by closing their connections. Returns (blocks, block
+    bytes, peak)."""
     tmp = tempfile.mkdtemp(prefix="prefixd-bench-")
     try:
         reg = os.path.join(tmp, "registry")
         os.makedirs(reg)
-        srv = Server(tmp, a.model, a.tokenizer, reg, {"kv_budget_mb": 1024})
+        srv = Server(tmp, a.model, a.tokenizer, reg, dict({"kv_budget_mb": 1024}, **(extra or {})))
         try:
             base_id = json.loads(srv.req("GET", "/v1/models")[1])["data"][0]["id"]
             m = metrics(srv)
             blocks, bb = m["prefixd_kv_blocks_total"], m["prefixd_kv_block_bytes"]
             socks, peak = [], 0
-            for i in range(200):
-                body = json.dumps({"model": base_id, "prompt": [i + 10], "max_tokens": 999,
+            for i in range(400):
+                body = json.dumps({"model": base_id, "prompt": [i % 200 + 10], "max_tokens": 999,
                                    "stream": True}).encode()
                 c = socket.create_connection(("127.0.0.1", srv.port))
                 c.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: "
@@ -591,6 +598,8 @@ def cmd_capacity(a):
                 peak = max(peak, m["prefixd_running_sequences"])
                 if m["prefixd_queue_depth"] > 0:
                     break
+                if m["prefixd_running_sequences"] < len(socks):  # refused (context < 1,000)
+                    break
             for c in socks:
                 c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
                 c.close()
@@ -598,8 +607,102 @@ def cmd_capacity(a):
             srv.stop()
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    return blocks, bb, peak
+
+
+def cmd_capacity(a):
+    blocks, bb, peak = capacity(a)
     print(f"1 GiB KV budget, {os.path.basename(a.model)}: {blocks:.0f} blocks of {bb / 2**20:.2f} MiB; "
           f"{peak:.0f} concurrent 1,000-token sequences admitted (the next one waits)")
+
+
+def system_prompt(srv, i, n):
+    """Text of task i's system prompt that encodes to at most n tokens (BOS
+    added by the prefix build), as close to n as whole words allow."""
+    words = (f"Task {i}: you are a careful assistant for team {i}. Answer briefly and "
+             "politely, cite what you were told, never make things up, and say so when "
+             "you do not know. ").split() * 200
+    count = lambda k: len(json.loads(srv.req("POST", "/tokenize", {
+        "content": " ".join(words[:k]), "add_special": False})[1])["tokens"])
+    lo, hi = 1, len(words)
+    while lo < hi:  # the most words whose tokens stay within n - 1
+        mid = (lo + hi + 1) // 2
+        if count(mid) <= n - 1:
+            lo = mid
+        else:
+            hi = mid - 1
+    return " ".join(words[:lo]), count(lo) + 1
+
+
+def cmd_kvdtype(a):
+    """Issue 13's prefix memory: 16 prompt-built prefixes of a 500-token system
+    prompt, requests round-robin over them (sequential, 8 tokens each, 3
+    rounds), under the default registry budget (512 MiB), with the KV (and so
+    the resident prefixes) in F32 and in F16. A request whose task was not
+    resident reloads it from disk (prefixd_registry_loads_total grows during
+    it): its latency against a resident task's is the reload cost (each of 4
+    tasks is then asked twice in a row, the second time resident, so both
+    latencies are measured under each dtype)."""
+    rows = {}
+    for dt in ("f32", "f16"):
+        tmp = tempfile.mkdtemp(prefix="prefixd-bench-")
+        try:
+            reg = os.path.join(tmp, "registry")
+            os.makedirs(reg)
+            srv = Server(tmp, a.model, a.tokenizer, reg, {"kv_dtype": dt, "max_step_tokens": 512})
+            try:
+                names, n_tok = [], 0
+                for i in range(16):
+                    text, n_tok = system_prompt(srv, i, 500)
+                    st, body = srv.req("PUT", f"/v1/prefixes/sys{i:02d}", {"from_prompt": text})
+                    if st not in (200, 201):
+                        raise SystemExit(f"PUT sys{i:02d}: {st} {body[:200]}")
+                    names.append(f"sys{i:02d}")
+                m0 = metrics(srv)
+                warm, cold = [], []
+
+                def one(t):
+                    before = metrics(srv)["prefixd_registry_loads_total"]
+                    r = srv.stream({"model": t, "prompt": " Hello", "max_tokens": 8,
+                                    "temperature": 0})
+                    if r is None:
+                        raise SystemExit(f"completion on {t} failed")
+                    (cold if metrics(srv)["prefixd_registry_loads_total"] > before
+                     else warm).append(r[0])
+
+                for rnd in range(3):
+                    for t in names:
+                        one(t)
+                m1 = metrics(srv)
+                for t in names[:4]:  # twice in a row: the second is resident (the reference)
+                    one(t)
+                    one(t)
+            finally:
+                srv.stop()
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        rows[dt] = dict(n_tok=n_tok, resident=m1["prefixd_registry_resident_prefixes"],
+                        bytes=m1["prefixd_registry_resident_bytes"],
+                        reloads=m1["prefixd_registry_loads_total"] - m0["prefixd_registry_loads_total"],
+                        evictions=m1["prefixd_registry_evictions_total"] - m0["prefixd_registry_evictions_total"],
+                        warm=statistics.median(warm) if warm else float("nan"),
+                        cold=statistics.median(cold) if cold else float("nan"),
+                        n_warm=len(warm), n_cold=len(cold))
+    print(f"prefix memory, {os.path.basename(a.model)}: 16 tasks, each a prompt-built prefix of a "
+          f"{rows['f32']['n_tok']}-token system prompt; 48 requests round-robin (8 tokens each), "
+          f"default registry budget 512 MiB")
+    print(f"  {'kv_dtype':8} {'resident':>8} {'MiB/prefix':>10} {'reloads':>7} {'evictions':>9} "
+          f"{'resident p50 s':>14} {'evicted p50 s':>13}")
+    for dt, r in rows.items():
+        per = r["bytes"] / max(r["resident"], 1) / 2**20
+        print(f"  {dt:8} {r['resident']:8.0f} {per:10.1f} {r['reloads']:7.0f} {r['evictions']:9.0f} "
+              f"{r['warm']:14.3f} {r['cold']:13.3f}   ({r['n_warm']} resident, {r['n_cold']} reloaded)")
+    print("  (reloads and evictions: over the 48 round-robin requests; latencies: 8 tokens "
+          "after the prefix, median)")
+    for dt in ("f32", "f16"):
+        blocks, bb, peak = capacity(a, {"kv_dtype": dt})
+        print(f"  capacity, kv_dtype {dt}: 1 GiB = {blocks:.0f} blocks of {bb / 2**20:.2f} MiB; "
+              f"{peak:.0f} concurrent 1,000-token sequences")
 
 
 def rss_kb(pid):
@@ -795,7 +898,7 @@ def main():
     ap = argparse.ArgumentParser()
     sub = ap.add_subparsers(dest="cmd", required=True)
     for name in ("serve", "train", "hotload", "prefix", "registry", "trainspeed", "distill",
-                 "table", "shared", "capacity"):
+                 "table", "shared", "capacity", "kvdtype"):
         p = sub.add_parser(name)
         p.add_argument("--model", required=True)
         p.add_argument("--tokenizer")
@@ -818,7 +921,8 @@ def main():
     a = ap.parse_args()
     {"serve": cmd_serve, "train": cmd_train, "hotload": cmd_hotload, "prefix": cmd_prefix,
      "registry": cmd_registry, "trainspeed": cmd_trainspeed, "distill": cmd_distill,
-     "table": cmd_table, "shared": cmd_shared, "capacity": cmd_capacity}[a.cmd](a)
+     "table": cmd_table, "shared": cmd_shared, "capacity": cmd_capacity,
+     "kvdtype": cmd_kvdtype}[a.cmd](a)
 
 
 if __name__ == "__main__":

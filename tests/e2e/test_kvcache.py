@@ -2,7 +2,8 @@
 the waiting requests serves them all in turn with the same answers as alone,
 and every block comes back to the pool (asserted through /metrics) after
 cancels, client disconnects, stop strings, scoring, prefix builds and
-refused requests."""
+refused requests. The prompt-cache tests run with the KV cache in F32 and in
+F16 (kv_dtype): a hit gives the same bits as a miss under either."""
 import json
 import socket
 import threading
@@ -147,10 +148,21 @@ def answer(resp):
     return [(c["text"], c["logprobs"]) for c in sorted(resp["choices"], key=lambda c: c["index"])]
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory, registry):
-    with Server(tmp_path_factory.mktemp("server"), registry) as s:
+@pytest.fixture(scope="module", params=["f32", "f16"])
+def server(request, tmp_path_factory, registry):
+    with Server(tmp_path_factory.mktemp("server"), registry,
+                config={"kv_dtype": request.param}) as s:
+        s.kv_dtype = request.param
         yield s
+
+
+def test_kv_dtype_in_metrics(server):
+    """/metrics names the KV dtype; a block is 16 tokens x every layer x keys and
+    values x the dtype's bytes (stories260K: 5 layers, kv_dim 32)."""
+    m = server.metrics()
+    assert m['prefixd_kv_dtype{dtype="%s"}' % server.kv_dtype] == 1
+    size = 2 if server.kv_dtype == "f16" else 4
+    assert m["prefixd_kv_block_bytes"] == 16 * 5 * 2 * 32 * size
 
 
 @pytest.mark.parametrize("sampling", [dict(temperature=0),
@@ -178,12 +190,14 @@ def test_hit_gives_the_same_answer(server, sampling, model):
 
 
 def test_hit_equals_the_command_line(server):
-    """The greedy answer with a hit is the command line's (an independent run)."""
+    """The greedy answer with a hit is the command line's (an independent run,
+    with its KV cache in the same dtype)."""
     from server_util import generate
     server.complete(model="stories260K", prompt=LONG2, max_tokens=30, temperature=0)
     r = server.complete(model="stories260K", prompt=LONG2, max_tokens=30, temperature=0)
     assert cached(r) > 0
-    assert r["choices"][0]["text"] == generate(LONG2, 30)
+    extra = ("--kv-f16",) if server.kv_dtype == "f16" else ()
+    assert r["choices"][0]["text"] == generate(LONG2, 30, *extra)
 
 
 def test_entries_never_cross_tasks(server, tmp_path):
@@ -228,12 +242,13 @@ def test_chat_reports_cached_tokens(server):
     assert a["choices"][0]["message"] == b["choices"][0]["message"]
 
 
-def test_eviction_pressure_keeps_answers(tmp_path, registry):
-    """A 1 MiB pool (51 blocks) and many distinct long prompts: cached blocks are
-    evicted and reused; every answer stays the one the prompt gets on a fresh
-    server, hit or not."""
-    prompts = [f"{i} " + LONG for i in range(8)]
-    with Server(tmp_path, registry, config={"kv_budget_mb": 1}) as s:
+@pytest.mark.parametrize("kv_dtype", ["f32", "f16"])
+def test_eviction_pressure_keeps_answers(tmp_path, registry, kv_dtype):
+    """A 1 MiB pool (51 blocks in F32, 102 in F16) and many distinct long
+    prompts: cached blocks are evicted and reused; every answer stays the one
+    the prompt gets on a fresh server, hit or not."""
+    prompts = [f"{i} " + LONG for i in range(8 if kv_dtype == "f32" else 16)]
+    with Server(tmp_path, registry, config={"kv_budget_mb": 1, "kv_dtype": kv_dtype}) as s:
         first = [s.complete(model="story", prompt=p, max_tokens=30, temperature=0, logprobs=2)
                  for p in prompts]
         again = [s.complete(model="story", prompt=p, max_tokens=30, temperature=0, logprobs=2)
@@ -268,3 +283,27 @@ def test_put_from_prompt_dtype_f16(tmp_path):
                 for t in ("cli16", "h16", "h32")}
         assert outs["h16"] == outs["cli16"]
         assert outs["h16"]["text"]  # and it serves
+
+
+def test_put_from_prompt_under_f16_kv(tmp_path):
+    """Under kv_dtype f16 a prompt-built prefix is the prompt's F16 cache, so its
+    values are halves already: the F32 and the F16 file of it serve the same
+    bits (the registry holds both as halves: resident bytes half the F32 file's)."""
+    reg = tmp_path / "reg"
+    reg.mkdir()
+    text = "Lily and Ben were friends."
+    with Server(tmp_path, str(reg), config={"kv_dtype": "f16"}) as s:
+        r32 = s.request("PUT", "/v1/prefixes/h32", {"from_prompt": text})
+        r16 = s.request("PUT", "/v1/prefixes/h16", {"from_prompt": text, "dtype": "f16"})
+        assert r32.status == 201 and r16.status == 201, (r32.body, r16.body)
+        assert r16.json()["bytes"] < 0.7 * r32.json()["bytes"]
+        outs = {t: s.complete(model=t, prompt=" One day", max_tokens=40, temperature=0,
+                              logprobs=2)["choices"][0]
+                for t in ("h16", "h32")}
+        assert outs["h16"] == outs["h32"]
+        assert outs["h16"]["text"]
+        m = s.metrics()
+        assert m["prefixd_registry_resident_prefixes"] == 2
+        # stories260K: 5 layers x 2 x kv_dim 32 halves per slot, plus bookkeeping
+        n_slots = r32.json()["num_virtual_tokens"]
+        assert m["prefixd_registry_resident_bytes"] < 2 * (n_slots * 5 * 2 * 32 * 2 + 4096)

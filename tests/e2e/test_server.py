@@ -671,6 +671,9 @@ def test_config_errors(tmp_path):
     bad.write_text('{"max_seqs": "many"}')
     p = run("serve", "--config", str(bad), check=False)
     assert p.returncode == 1 and "max_seqs" in p.stderr
+    bad.write_text('{"model": "m", "kv_dtype": "f8"}')
+    p = run("serve", "--config", str(bad), check=False)
+    assert p.returncode == 1 and "kv_dtype: 'f8' is not one of f32, f16" in p.stderr, p.stderr
     p = run("serve", "--config", str(bad), "--no-such-flag", "1", check=False)
     assert p.returncode == 2 and "--no-such-flag" in p.stderr
     p = run("serve", "--help", check=False)

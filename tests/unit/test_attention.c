@@ -2,7 +2,10 @@
  * exponential against exp(), every kernel against a double-precision
  * softmax attention written here, every kernel bit for bit equal to the
  * portable one, a block of queries equal to one query at a time, and a
- * prefix made of the first keys equal to those keys in the cache. */
+ * prefix made of the first keys equal to those keys in the cache. The
+ * reference test also runs over an F16 cache and prefix (halves widened on
+ * load): against the reference computed on the same widened values, every
+ * kernel the portable one's bits. */
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -14,6 +17,7 @@
 #include <string.h>
 
 #include "../../src/attention.h"
+#include "prefixd/half.h"
 
 static uint64_t rng = 0x9E3779B97F4A7C15ull;
 
@@ -37,6 +41,7 @@ typedef struct problem {
     int hd, P, cap, kv_dim, g, n_tok, n_heads, n_keys0;
     float *pk, *pv, *k, *v, *q, *o, *probs;
     size_t p_stride;
+    uint16_t *hpk, *hpv, *hk, *hv; /* problem_f16: pk, pv, k, v as halves (the kernel's input) */
 } problem;
 
 #define SENTINEL 12345.0f
@@ -76,8 +81,34 @@ static void problem_make(problem *pb, int hd, int P, int n_keys0, int n_tok, int
     fill(pb->q, rows * hd, amp);
 }
 
+/* Halves of n floats of x, and x rounded through them in place. */
+static uint16_t *halves(float *x, size_t n)
+{
+    uint16_t *h = malloc(n * sizeof *h);
+    assert_non_null(h);
+    for (size_t i = 0; i < n; i++) {
+        h[i] = pd_f32_to_f16(x[i]);
+        x[i] = pd_f16_to_f32(h[i]);
+    }
+    return h;
+}
+
+/* Makes the kernel read keys and values as halves (the floats become their
+ * rounded values, so check_reference stays exact). */
+static void problem_f16(problem *pb)
+{
+    pb->hpk = halves(pb->pk, (size_t)(pb->P + 1) * pb->hd);
+    pb->hpv = halves(pb->pv, (size_t)(pb->P + 1) * pb->hd);
+    pb->hk = halves(pb->k, (size_t)pb->cap * pb->kv_dim);
+    pb->hv = halves(pb->v, (size_t)pb->cap * pb->kv_dim);
+}
+
 static void problem_free(problem *pb)
 {
+    free(pb->hpk);
+    free(pb->hpv);
+    free(pb->hk);
+    free(pb->hv);
     free(pb->pk);
     free(pb->pv);
     free(pb->k);
@@ -100,6 +131,7 @@ static pd_attn problem_attn(const problem *pb)
         .kv_stride = (size_t)pb->kv_dim,
         .q = pb->q,
         .q_stride = (size_t)pb->n_heads * pb->hd,
+        .f16 = pb->hk != NULL,
         .o = pb->o,
         .o_stride = (size_t)pb->n_heads * pb->hd,
         .probs = pb->probs,
@@ -108,6 +140,12 @@ static pd_attn problem_attn(const problem *pb)
         .n_heads = pb->n_heads,
         .n_keys0 = pb->n_keys0,
     };
+    if (a.f16) {
+        a.pk = pb->P ? pb->hpk : NULL;
+        a.pv = pb->P ? pb->hpv : NULL;
+        a.k = pb->hk + (size_t)pb->g * pb->hd;
+        a.v = pb->hv + (size_t)pb->g * pb->hd;
+    }
     return a;
 }
 
@@ -181,12 +219,15 @@ static void test_exp(void **state)
     assert_true(pd__attn_exp(-INFINITY) == pd__attn_exp(-87.0f));
 }
 
+static int kv_f32 = 0, kv_f16 = 1;
+
 static const int head_dims[] = {8, 12, 64, 72, 128, 136};
 
-/* Every kernel against the double reference, and the same bits as portable. */
+/* Every kernel against the double reference, and the same bits as
+ * portable; the state says whether keys and values are halves. */
 static void test_reference_and_kernels(void **state)
 {
-    (void)state;
+    const int f16 = *(const int *)*state;
     for (size_t d = 0; d < sizeof head_dims / sizeof *head_dims; d++)
         for (int P = 0; P <= 9; P += 3)
             for (int n_tok = 1; n_tok <= 7; n_tok += 2)
@@ -195,6 +236,7 @@ static void test_reference_and_kernels(void **state)
                     problem pb;
                     problem_make(&pb, hd, P, P + 1 + (n_tok * 5 + n_heads) % 13, n_tok, n_heads,
                                  3.0f);
+                    if (f16) problem_f16(&pb);
                     const size_t rows = (size_t)n_tok * n_heads;
                     run_isa(&pb, PD_ATTN_PORTABLE);
                     check_reference(&pb, 2e-6);
@@ -306,7 +348,8 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_exp),
-        cmocka_unit_test(test_reference_and_kernels),
+        {"test_reference_and_kernels_f32", test_reference_and_kernels, NULL, NULL, &kv_f32},
+        {"test_reference_and_kernels_f16", test_reference_and_kernels, NULL, NULL, &kv_f16},
         cmocka_unit_test(test_long_rows),
         cmocka_unit_test(test_blocked_equals_single),
         cmocka_unit_test(test_prefix_boundary),

@@ -1,6 +1,9 @@
 /* test_engine.c — the forward step on the shipped model: the reference
  * greedy generation of llama2.c run.c, batched steps equal to single steps,
- * chunked prefill equal to token-by-token, and bad batches refused. */
+ * chunked prefill equal to token-by-token, paged equal to contiguous, and
+ * bad batches refused. The exactness tests run with the KV cache in F32
+ * and in F16 (the test's state names the dtype); the F16 cache's accuracy
+ * against F32 is measured on the same model and prompt. */
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -14,6 +17,7 @@
 
 #include "prefixd/engine.h"
 #include "prefixd/generate.h"
+#include "prefixd/half.h"
 #include "prefixd/kvpool.h"
 
 #include "testutil.h"
@@ -37,6 +41,14 @@ static const int32_t ref_out[196] = {
     310, 279, 292, 416, 439, 413, 391, 267, 281, 421, 427, 311, 357, 432, 384, 358};
 
 static pd_model *model;
+
+static pd_kv_dtype kv_f32 = PD_KV_F32, kv_f16 = PD_KV_F16;
+
+/* The KV dtype a parametrised test runs with. */
+static pd_kv_dtype dtype_of(void **state) { return *(const pd_kv_dtype *)*state; }
+
+/* Test f with the KV cache in dtype d (f32, f16). */
+#define DTYPE_TEST(f, d) {#f "_" #d, f, NULL, NULL, &kv_##d}
 
 static int setup(void **state)
 {
@@ -72,7 +84,7 @@ static void test_reference_greedy(void **state)
     assert_memory_equal(toks, ref_prompt, sizeof ref_prompt);
     pd_engine *e;
     pd_seq *s;
-    assert_int_equal(pd_engine_create(model, &(pd_engine_params){64, 0}, &e, NULL), PD_OK);
+    assert_int_equal(pd_engine_create(model, &(pd_engine_params){64, 0, PD_KV_F32}, &e, NULL), PD_OK);
     assert_int_equal(pd_seq_create(model, 5 + 196, &s, NULL), PD_OK);
     pd_gen_params gp = {0};
     gp.max_tokens = 196;
@@ -87,14 +99,15 @@ static void test_reference_greedy(void **state)
     pd_engine_free(e);
 }
 
-/* Runs tokens one at a time through a fresh sequence; logits (n, V) out. */
-static void run_single(const int32_t *toks, int n, float *logits)
+/* Runs tokens one at a time through a fresh sequence with a cache of dt;
+ * logits (n, V) out. */
+static void run_single(const int32_t *toks, int n, pd_kv_dtype dt, float *logits)
 {
     const int V = model->cfg.vocab_size;
     pd_engine *e;
     pd_seq *s;
-    assert_int_equal(pd_engine_create(model, &(pd_engine_params){1, 0}, &e, NULL), PD_OK);
-    assert_int_equal(pd_seq_create(model, n, &s, NULL), PD_OK);
+    assert_int_equal(pd_engine_create(model, &(pd_engine_params){1, 0, dt}, &e, NULL), PD_OK);
+    assert_int_equal(pd_seq_create_as(model, n, dt, &s, NULL), PD_OK);
     for (int i = 0; i < n; i++) {
         pd_seq *seqs[1] = {s};
         int32_t pos[1] = {i};
@@ -115,7 +128,7 @@ static void run_single(const int32_t *toks, int n, float *logits)
  * equal the sequence run alone, token by token. */
 static void test_batched_equals_single(void **state)
 {
-    (void)state;
+    const pd_kv_dtype dt = dtype_of(state);
     const int V = model->cfg.vocab_size;
     int32_t toks[NSEQ][NTOK];
     uint64_t r = 12345;
@@ -128,12 +141,14 @@ static void test_batched_equals_single(void **state)
     float *mixed = malloc((size_t)NSEQ * NTOK * V * sizeof(float));
     assert_non_null(alone);
     assert_non_null(mixed);
-    for (int s = 0; s < NSEQ; s++) run_single(toks[s], NTOK, alone + (size_t)s * NTOK * V);
+    for (int s = 0; s < NSEQ; s++) run_single(toks[s], NTOK, dt, alone + (size_t)s * NTOK * V);
 
     pd_engine *e;
     pd_seq *seqs[NSEQ];
-    assert_int_equal(pd_engine_create(model, &(pd_engine_params){NSEQ * NTOK, 0}, &e, NULL), PD_OK);
-    for (int s = 0; s < NSEQ; s++) assert_int_equal(pd_seq_create(model, NTOK, &seqs[s], NULL), PD_OK);
+    assert_int_equal(pd_engine_create(model, &(pd_engine_params){NSEQ * NTOK, 0, dt}, &e, NULL),
+                     PD_OK);
+    for (int s = 0; s < NSEQ; s++)
+        assert_int_equal(pd_seq_create_as(model, NTOK, dt, &seqs[s], NULL), PD_OK);
     /* sequence s advances by chunk[s][step] tokens per step */
     static const int chunk[NSEQ][4] = {{NTOK, 0, 0, 0}, {1, 7, 16, 0}, {10, 1, 1, 12}, {3, 3, 3, 15}};
     assert_int_equal(test_mixed_steps(e, NSEQ, seqs, &toks[0][0], NTOK, &chunk[0][0], 4, V, mixed),
@@ -158,10 +173,10 @@ static void test_want_logits_rows(void **state)
     int32_t toks[6] = {1, 403, 407, 261, 378, 432};
     float *alone = malloc(6 * (size_t)V * sizeof(float));
     assert_non_null(alone);
-    run_single(toks, 6, alone);
+    run_single(toks, 6, PD_KV_F32, alone);
     pd_engine *e;
     pd_seq *s;
-    assert_int_equal(pd_engine_create(model, &(pd_engine_params){6, 0}, &e, NULL), PD_OK);
+    assert_int_equal(pd_engine_create(model, &(pd_engine_params){6, 0, PD_KV_F32}, &e, NULL), PD_OK);
     assert_int_equal(pd_seq_create(model, 6, &s, NULL), PD_OK);
     pd_seq *ss[6] = {s, s, s, s, s, s};
     int32_t pos[6] = {0, 1, 2, 3, 4, 5};
@@ -181,7 +196,7 @@ static void test_bad_batches(void **state)
     (void)state;
     pd_engine *e;
     pd_seq *s;
-    assert_int_equal(pd_engine_create(model, &(pd_engine_params){4, 0}, &e, NULL), PD_OK);
+    assert_int_equal(pd_engine_create(model, &(pd_engine_params){4, 0, PD_KV_F32}, &e, NULL), PD_OK);
     assert_int_equal(pd_seq_create(model, 4, &s, NULL), PD_OK);
     pd_seq *ss[4] = {s, s, s, s};
     const float *lg;
@@ -220,10 +235,12 @@ static void test_bad_batches(void **state)
  * 0..PG_PMAX, three sequences share each step: a contiguous one and a
  * paged one with the same tokens (whose blocks are interleaved in the pool
  * with a third paged sequence's), advanced in chunks that start and end
- * inside and across blocks. */
+ * inside and across blocks. Under F16 the contiguous sequence is given the
+ * prefix as floats (rounded into its own copy) and the paged ones as
+ * halves (borrowed): the same bits. */
 static void test_paged_equals_contiguous(void **state)
 {
-    (void)state;
+    const pd_kv_dtype dt = dtype_of(state);
     const pd_config *c = &model->cfg;
     const int V = c->vocab_size;
     int32_t toks[3][PG_TOK];
@@ -237,17 +254,21 @@ static void test_paged_equals_contiguous(void **state)
     const size_t pn = (size_t)c->n_layers * c->n_kv_heads * PG_PMAX * c->head_dim;
     float *pk = malloc(pn * sizeof(float)), *pv = malloc(pn * sizeof(float));
     float *out = malloc((size_t)3 * PG_TOK * V * sizeof(float));
+    uint16_t *hk = malloc(pn * sizeof *hk), *hv = malloc(pn * sizeof *hv);
+    assert_non_null(hk);
+    assert_non_null(hv);
     assert_non_null(pk);
     assert_non_null(pv);
     assert_non_null(out);
     pd_engine *e;
     pd_kvpool *pool;
     pd_err err;
-    assert_int_equal(pd_engine_create(model, &(pd_engine_params){3 * PG_TOK, 0}, &e, NULL), PD_OK);
+    assert_int_equal(pd_engine_create(model, &(pd_engine_params){3 * PG_TOK, 0, dt}, &e, NULL),
+                     PD_OK);
     /* room for the two paged sequences and nothing more */
     const int nb = pd_kvpool_blocks_for(PG_TOK);
-    assert_int_equal(pd_kvpool_create(model, 2 * (size_t)nb * pd_kvpool_block_bytes(model), &pool,
-                                      &err),
+    assert_int_equal(pd_kvpool_create_as(model, dt, 2 * (size_t)nb * pd_kvpool_block_bytes_as(model, dt),
+                                         &pool, &err),
                      PD_OK);
     assert_int_equal(pool->n_blocks, 2 * nb);
     static const int chunk[3][4] = {{17, 1, 14, 9}, {17, 1, 14, 9}, {5, 27, 1, 8}};
@@ -260,13 +281,24 @@ static void test_paged_equals_contiguous(void **state)
             pv[i] = (float)((double)(r & 0xffffff) / (double)(1 << 24) - 0.5);
         }
         pd_seq *seqs[3];
-        assert_int_equal(pd_seq_create(model, PG_TOK, &seqs[0], NULL), PD_OK);
+        assert_int_equal(pd_seq_create_as(model, PG_TOK, dt, &seqs[0], NULL), PD_OK);
         assert_int_equal(pd_seq_create_paged(model, pool, PG_TOK, NULL, 0, &seqs[1], NULL), PD_OK);
         assert_int_equal(pd_seq_create_paged(model, pool, PG_TOK, NULL, 0, &seqs[2], NULL), PD_OK);
         pd_seq *extra;
         assert_int_equal(pd_seq_create_paged(model, pool, 1, NULL, 0, &extra, &err), PD_EBUSY);
         assert_int_equal(pd_kvpool_available(pool), 0);
-        for (int s = 0; s < 3; s++) pd_seq_set_prefix(seqs[s], P, P ? pk : NULL, P ? pv : NULL);
+        for (size_t i = 0; i < n; i++) {
+            hk[i] = pd_f32_to_f16(pk[i]);
+            hv[i] = pd_f32_to_f16(pv[i]);
+        }
+        for (int s = 0; s < 3; s++) {
+            if (dt == PD_KV_F16 && s > 0)
+                assert_int_equal(pd_seq_set_prefix_f16(seqs[s], P, P ? hk : NULL, P ? hv : NULL,
+                                                       NULL),
+                                 PD_OK);
+            else
+                assert_int_equal(pd_seq_set_prefix(seqs[s], P, P ? pk : NULL, P ? pv : NULL), PD_OK);
+        }
         /* alternate the two paged sequences' blocks in the pool */
         for (int b = 1; b <= nb; b++) {
             int t = b * PD_KV_BLOCK < PG_TOK ? b * PD_KV_BLOCK : PG_TOK;
@@ -286,17 +318,93 @@ static void test_paged_equals_contiguous(void **state)
     pd_engine_free(e);
     free(pk);
     free(pv);
+    free(hk);
+    free(hv);
     free(out);
+}
+
+#define ACC_TOK 201 /* prompt + generated tokens compared (test_reference_greedy's) */
+#define ACC_BOUND 0.005 /* max |F16 - F32| / (max - min of the F32 row), stated in config/README.md */
+
+/* The F16 cache's accuracy: the logits of the same tokens with the KV in
+ * F16 and in F32 (teacher-forced on the F32 greedy continuation of "Once
+ * upon a time"), per row as a fraction of the F32 row's range, and the
+ * greedy agreement of the two over ACC_TOK tokens, printed. The halves
+ * keep 11 significant bits: every row stays within ACC_BOUND of its
+ * range. */
+static void test_f16_accuracy(void **state)
+{
+    (void)state;
+    const int V = model->cfg.vocab_size;
+    int32_t toks[ACC_TOK];
+    memcpy(toks, ref_prompt, sizeof ref_prompt);
+    memcpy(toks + 5, ref_out, (ACC_TOK - 5) * sizeof *toks);
+    float *l32 = malloc((size_t)ACC_TOK * V * sizeof(float));
+    float *l16 = malloc((size_t)ACC_TOK * V * sizeof(float));
+    assert_non_null(l32);
+    assert_non_null(l16);
+    run_single(toks, ACC_TOK, PD_KV_F32, l32);
+    run_single(toks, ACC_TOK, PD_KV_F16, l16);
+    double worst = 0.0;
+    int agree = 0, differ = 0;
+    for (int i = 0; i < ACC_TOK; i++) {
+        const float *a = l32 + (size_t)i * V, *b = l16 + (size_t)i * V;
+        double lo = a[0], hi = a[0], d = 0.0;
+        int am = 0, bm = 0;
+        for (int j = 0; j < V; j++) {
+            lo = a[j] < lo ? a[j] : lo;
+            hi = a[j] > hi ? a[j] : hi;
+            const double x = fabs((double)a[j] - (double)b[j]);
+            d = x > d || x != x ? x : d;
+            if (a[j] > a[am]) am = j;
+            if (b[j] > b[bm]) bm = j;
+            differ |= a[j] != b[j];
+        }
+        const double frac = d / (hi - lo);
+        worst = frac > worst || frac != frac ? frac : worst;
+        agree += am == bm;
+    }
+    /* greedy generation of ACC_TOK - 5 tokens with each cache */
+    int32_t g[2][ACC_TOK - 5];
+    for (int k = 0; k < 2; k++) {
+        const pd_kv_dtype dt = k ? PD_KV_F16 : PD_KV_F32;
+        pd_engine *e;
+        pd_seq *s;
+        assert_int_equal(pd_engine_create(model, &(pd_engine_params){64, 0, dt}, &e, NULL), PD_OK);
+        assert_int_equal(pd_seq_create_as(model, ACC_TOK, dt, &s, NULL), PD_OK);
+        pd_gen_params gp = {0};
+        gp.max_tokens = ACC_TOK - 5;
+        gp.sampling = pd_sampler_default_params();
+        int n_out;
+        assert_int_equal(pd_generate(e, model, s, ref_prompt, 5, &gp, g[k], ACC_TOK - 5, &n_out, NULL),
+                         PD_FINISH_LENGTH);
+        pd_seq_free(s);
+        pd_engine_free(e);
+    }
+    int same = 0;
+    while (same < ACC_TOK - 5 && g[0][same] == g[1][same]) same++;
+    print_message("F16 KV vs F32 KV on stories260K: worst logit error %.5f of the row's range "
+                  "(bound %.3f), argmax equal on %d/%d teacher-forced rows, greedy equal for "
+                  "the first %d/%d tokens\n",
+                  worst, ACC_BOUND, agree, ACC_TOK, same, ACC_TOK - 5);
+    assert_true(differ); /* the cache really was F16 */
+    assert_true(worst <= ACC_BOUND);
+    assert_true(worst > 0.0);
+    free(l32);
+    free(l16);
 }
 
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_reference_greedy),
-        cmocka_unit_test(test_batched_equals_single),
+        DTYPE_TEST(test_batched_equals_single, f32),
+        DTYPE_TEST(test_batched_equals_single, f16),
         cmocka_unit_test(test_want_logits_rows),
         cmocka_unit_test(test_bad_batches),
-        cmocka_unit_test(test_paged_equals_contiguous),
+        DTYPE_TEST(test_paged_equals_contiguous, f32),
+        DTYPE_TEST(test_paged_equals_contiguous, f16),
+        cmocka_unit_test(test_f16_accuracy),
     };
     return cmocka_run_group_tests_name("engine", tests, setup, teardown);
 }

@@ -85,7 +85,7 @@ static void test_shared_blocks_give_the_same_bits(void **state)
     assert_non_null(hit);
     pd_engine *e;
     pd_kvpool *p;
-    assert_int_equal(pd_engine_create(model, &(pd_engine_params){NTOK, 0}, &e, NULL), PD_OK);
+    assert_int_equal(pd_engine_create(model, &(pd_engine_params){NTOK, 0, PD_KV_F32}, &e, NULL), PD_OK);
     assert_int_equal(pd_kvpool_create(model, 2 * (size_t)nb * pd_kvpool_block_bytes(model), &p,
                                       NULL),
                      PD_OK);

@@ -29,8 +29,30 @@
 #define TOKENIZER TEST_TOKENIZER
 
 static pd_model *model;
-static pd_engine *engine;
+static pd_engine *engine;      /* the engine of the test's KV dtype (engines[kv]) */
+static pd_engine *engines[2];  /* by pd_kv_dtype: F32, F16 */
+static pd_kv_dtype kv;         /* the running test's KV dtype (F32 unless DTYPE_TEST) */
+static pd_kv_dtype kv_f32 = PD_KV_F32, kv_f16 = PD_KV_F16;
 static char tmpdir[64];
+
+/* Per-test setup of DTYPE_TEST: the KV dtype its state names. */
+static int use_dtype(void **state)
+{
+    kv = *(const pd_kv_dtype *)*state;
+    engine = engines[kv];
+    return 0;
+}
+
+static int back_to_f32(void **state)
+{
+    (void)state;
+    kv = PD_KV_F32;
+    engine = engines[PD_KV_F32];
+    return 0;
+}
+
+/* Test f with the KV cache (and prefixes) in dtype d (f32, f16). */
+#define DTYPE_TEST(f, d) {#f "_" #d, f, use_dtype, back_to_f32, &kv_##d}
 
 static int setup(void **state)
 {
@@ -38,10 +60,13 @@ static int setup(void **state)
     model = test_model_load();
     if (!model) return -1;
     pd_err err;
-    if (pd_engine_create(model, &(pd_engine_params){256, 0}, &engine, &err) < 0) {
-        fprintf(stderr, "%s\n", err.msg);
-        return -1;
-    }
+    for (int d = 0; d < 2; d++)
+        if (pd_engine_create(model, &(pd_engine_params){256, 0, (pd_kv_dtype)d}, &engines[d],
+                             &err) < 0) {
+            fprintf(stderr, "%s\n", err.msg);
+            return -1;
+        }
+    engine = engines[PD_KV_F32];
     snprintf(tmpdir, sizeof tmpdir, "/tmp/test_prefix.XXXXXX");
     if (!mkdtemp(tmpdir)) return -1;
     return 0;
@@ -53,7 +78,8 @@ static int teardown(void **state)
     char cmd[128];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);
     if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", tmpdir);
-    pd_engine_free(engine);
+    pd_engine_free(engines[0]);
+    pd_engine_free(engines[1]);
     pd_model_free(model);
     return 0;
 }
@@ -176,14 +202,18 @@ static void check_equivalence(const int32_t *prompt, int np, const int32_t *req,
     assert_non_null(with);
     assert_non_null(plain);
     pd_seq *sp, *sf;
-    assert_int_equal(pd_seq_create(model, nr + GEN, &sp, NULL), PD_OK);
-    assert_int_equal(pd_seq_create(model, np + nr + GEN, &sf, NULL), PD_OK);
-    pd_seq_set_prefix(sp, p->n_tokens, p->keys, p->values);
+    assert_int_equal(pd_seq_create_as(model, nr + GEN, kv, &sp, NULL), PD_OK);
+    assert_int_equal(pd_seq_create_as(model, np + nr + GEN, kv, &sf, NULL), PD_OK);
+    /* under F16 the prefix is held as halves, as the registry holds it */
+    if (kv == PD_KV_F16) assert_int_equal(pd_prefix_to_f16(p, &err), PD_OK);
+    assert_int_equal(pd_prefix_attach(sp, p, &err), PD_OK);
     step_all(sp, req, nr, with);
     step_all(sf, full, np + nr, plain);
     float d = max_abs_diff(with, plain + (size_t)np * V, (size_t)nr * V);
-    if (!(d <= 1e-4f))
-        fail_msg("prompt of %d + request of %d tokens: max abs diff %g > 1e-4", np, nr, (double)d);
+    if (d != 0.0f)
+        fail_msg("%s KV, prompt of %d + request of %d tokens: max abs diff %g, expected the "
+                 "same bits",
+                 pd_kv_dtype_name(kv), np, nr, (double)d);
 
     /* greedy generations, token for token */
     pd_gen_params gp = {0};
@@ -209,7 +239,7 @@ static void check_equivalence(const int32_t *prompt, int np, const int32_t *req,
 
 static void test_prompt_equivalence(void **state)
 {
-    (void)state;
+    (void)state; /* the KV dtype: use_dtype */
     static const char *const prompts[] = {
         "Once upon a time, there was a little girl",
         "The cat sat",
@@ -288,7 +318,7 @@ static void test_from_text(void **state)
 
 static void test_batch_mixing(void **state)
 {
-    (void)state;
+    (void)state; /* the KV dtype: use_dtype */
     const int V = model->cfg.vocab_size;
     pd_err err;
     pd_prefix *pre[NSEQ] = {0};
@@ -299,6 +329,9 @@ static void test_batch_mixing(void **state)
     assert_int_equal(pd_prefix_from_tokens(engine, model, "p7", pt, 7, &pre[1], &err), PD_OK);
     pre[2] = random_prefix("r12", 12, 0.5f);
     pre[3] = NULL; /* no prefix */
+    /* under F16: one prefix held as halves (borrowed by its sequence), the
+     * others floats (rounded into each sequence's own copy) */
+    if (kv == PD_KV_F16) assert_int_equal(pd_prefix_to_f16(pre[2], &err), PD_OK);
 
     /* BOS first except after the prompt prefix, which holds it already */
     int32_t toks[NSEQ][NTOK];
@@ -313,8 +346,8 @@ static void test_batch_mixing(void **state)
     assert_non_null(mixed);
     pd_seq *seqs[NSEQ];
     for (int s = 0; s < NSEQ; s++) {
-        assert_int_equal(pd_seq_create(model, NTOK, &seqs[s], NULL), PD_OK);
-        if (pre[s]) pd_seq_set_prefix(seqs[s], pre[s]->n_tokens, pre[s]->keys, pre[s]->values);
+        assert_int_equal(pd_seq_create_as(model, NTOK, kv, &seqs[s], NULL), PD_OK);
+        assert_int_equal(pd_prefix_attach(seqs[s], pre[s], &err), PD_OK);
         for (int i = 0; i < NTOK; i++) {
             pd_seq *ss[1] = {seqs[s]};
             int32_t pos[1] = {i};
@@ -363,7 +396,9 @@ static void test_batch_mixing(void **state)
         assert_int_equal(done[s], NTOK);
         float d = max_abs_diff(alone + (size_t)s * NTOK * V, mixed + (size_t)s * NTOK * V,
                                (size_t)NTOK * V);
-        if (!(d <= 1e-5f)) fail_msg("sequence %d: max abs diff %g > 1e-5", s, (double)d);
+        if (d != 0.0f)
+            fail_msg("%s KV, sequence %d: max abs diff %g, expected the same bits",
+                     pd_kv_dtype_name(kv), s, (double)d);
         pd_seq_free(seqs[s]);
         pd_prefix_release(pre[s]);
     }
@@ -1166,9 +1201,11 @@ static void test_peft_semantics(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_prompt_equivalence),
+        DTYPE_TEST(test_prompt_equivalence, f32),
+        DTYPE_TEST(test_prompt_equivalence, f16),
         cmocka_unit_test(test_from_text),
-        cmocka_unit_test(test_batch_mixing),
+        DTYPE_TEST(test_batch_mixing, f32),
+        DTYPE_TEST(test_batch_mixing, f16),
         cmocka_unit_test(test_semantics_reference),
         cmocka_unit_test(test_task_names),
         cmocka_unit_test(test_object),

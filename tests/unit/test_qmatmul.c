@@ -300,7 +300,7 @@ static void run_alone(const pd_model *m, pd_seq *s, const int32_t *toks, float *
 {
     const int V = m->cfg.vocab_size;
     pd_engine *e;
-    assert_int_equal(pd_engine_create(m, &(pd_engine_params){1, 1}, &e, NULL), PD_OK);
+    assert_int_equal(pd_engine_create(m, &(pd_engine_params){1, 1, PD_KV_F32}, &e, NULL), PD_OK);
     for (int i = 0; i < NTOK; i++) {
         pd_seq *ss[1] = {s};
         int32_t pos[1] = {i};
@@ -338,7 +338,7 @@ static void test_engine_batch_invariance(void **state)
             pd_seq_reset(seqs[s]);
         }
         pd_engine *e;
-        assert_int_equal(pd_engine_create(m, &(pd_engine_params){NSEQ * NTOK, 2}, &e, NULL),
+        assert_int_equal(pd_engine_create(m, &(pd_engine_params){NSEQ * NTOK, 2, PD_KV_F32}, &e, NULL),
                          PD_OK);
         static const int chunk[NSEQ][3] = {{NTOK, 0, 0}, {1, 6, 3}, {4, 1, 5}};
         assert_int_equal(test_mixed_steps(e, NSEQ, seqs, &toks[0][0], NTOK, &chunk[0][0], 3, V,

@@ -106,7 +106,7 @@ static void run_all(const pd_model *m, const int32_t *toks, int n, float *out)
 {
     pd_engine *e;
     pd_seq *s;
-    assert_int_equal(pd_engine_create(m, &(pd_engine_params){n, 1}, &e, NULL), PD_OK);
+    assert_int_equal(pd_engine_create(m, &(pd_engine_params){n, 1, PD_KV_F32}, &e, NULL), PD_OK);
     assert_int_equal(pd_seq_create(m, n, &s, NULL), PD_OK);
     int32_t pos[128];
     pd_seq *seqs[128];
@@ -151,7 +151,7 @@ static void greedy(const pd_model *m, int32_t *toks, int n_prompt, int n_gen)
     pd_engine *e;
     pd_seq *s;
     const int V = m->cfg.vocab_size;
-    assert_int_equal(pd_engine_create(m, &(pd_engine_params){64, 1}, &e, NULL), PD_OK);
+    assert_int_equal(pd_engine_create(m, &(pd_engine_params){64, 1, PD_KV_F32}, &e, NULL), PD_OK);
     assert_int_equal(pd_seq_create(m, n_prompt + n_gen, &s, NULL), PD_OK);
     int32_t pos[64];
     pd_seq *seqs[64];

@@ -28,6 +28,7 @@
 
 #include "prefixd/fsutil.h"
 #include "prefixd/prefix.h"
+#include "prefixd/half.h"
 #include "prefixd/registry.h"
 
 #include "testutil.h"
@@ -903,6 +904,66 @@ static void test_concurrent(void **state)
     remove_tree(stage);
 }
 
+/* An F16 registry (the serving KV cache in F16) holds each prefix as
+ * halves: the file's floats rounded once at load, about half the resident
+ * bytes, so the same budget keeps twice the prefixes; files, PEFT-free
+ * serialization and widening give back the rounded values exactly. */
+static void test_f16_residency(void **state)
+{
+    (void)state;
+    char dir[64];
+    make_dir(dir, sizeof dir);
+    const char *tasks[4] = {"h0", "h1", "h2", "h3"};
+    for (int i = 0; i < 4; i++) write_task(dir, tasks[i], 8, 40 + (uint32_t)i);
+    pd_prefix *probe;
+    pd_err err;
+    char path[PATH_MAX];
+    path_of(path, dir, "h0.safetensors");
+    assert_int_equal(pd_prefix_load(path, model, &probe, &err), PD_OK);
+    const size_t one32 = probe->bytes, n = n_floats(probe);
+    pd_prefix_release(probe);
+
+    pd_registry_params rp = pd_registry_default_params();
+    rp.dir = dir;
+    rp.budget_bytes = 2 * one32 + one32 / 2; /* two F32 prefixes, four F16 ones */
+    rp.kv_dtype = PD_KV_F16;
+    pd_registry *r;
+    assert_int_equal(pd_registry_create(&rp, model, &r, &err), PD_OK);
+    for (int i = 0; i < 4; i++) {
+        pd_prefix *got;
+        assert_int_equal(pd_registry_acquire(r, tasks[i], &got, &err), PD_OK);
+        assert_null(got->keys);
+        assert_non_null(got->keys16);
+        assert_true(got->bytes < one32 / 2 + 4096);
+        pd_prefix *want = make_prefix(tasks[i], 8, 40 + (uint32_t)i);
+        for (size_t j = 0; j < n; j++) {
+            assert_int_equal(got->keys16[j], pd_f32_to_f16(want->keys[j]));
+            assert_int_equal(got->values16[j], pd_f32_to_f16(want->values[j]));
+        }
+        pd_prefix *wide;
+        assert_int_equal(pd_prefix_widen(got, &wide, &err), PD_OK);
+        for (size_t j = 0; j < n; j++) assert_true(wide->keys[j] == pd_f16_to_f32(got->keys16[j]));
+        assert_string_equal(pd_prefix_meta_get(wide, "source"), "trained");
+        void *data;
+        size_t size;
+        pd_prefix *back;
+        assert_int_equal(pd_prefix_serialize(got, model, 0, &data, &size, &err), PD_OK);
+        assert_int_equal(pd_prefix_parse(data, size, "back", model, &back, &err), PD_OK);
+        assert_memory_equal(back->keys, wide->keys, n * sizeof(float));
+        assert_memory_equal(back->values, wide->values, n * sizeof(float));
+        free(data);
+        pd_prefix_release(back);
+        pd_prefix_release(wide);
+        pd_prefix_release(want);
+        pd_prefix_release(got);
+    }
+    pd_registry_stats st = stats(r);
+    assert_int_equal(st.n_resident, 4); /* an F32 registry keeps 2 under this budget */
+    assert_int_equal(st.evictions, 0);
+    pd_registry_free(r);
+    remove_tree(dir);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -915,6 +976,7 @@ int main(void)
         cmocka_unit_test(test_put),
         cmocka_unit_test(test_many),
         cmocka_unit_test(test_concurrent),
+        cmocka_unit_test(test_f16_residency),
     };
     return cmocka_run_group_tests_name("registry", tests, setup, teardown);
 }
