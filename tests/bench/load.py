@@ -382,11 +382,12 @@ def run_prompts(srv, bodies, concurrency, sample_rss=None):
 
 
 def table_bodies(models, prompt, uniq, first=0):
-    """The issue's 64 requests: 37-token prompts whose first two tokens are
+    """The issue's 64 requests: 37-token prompts whose first three tokens are
     distinct per request (warm-ups use another `first`), so nothing comes
     from a prompt cache and every request prefills its whole prompt."""
+    n = len(uniq)
     return [{"model": models[i % len(models)],
-             "prompt": [uniq[j % len(uniq)], uniq[j // len(uniq) % len(uniq)]] + prompt[2:],
+             "prompt": [uniq[j % n], uniq[j // n % n], uniq[j // (n * n) % n]] + prompt[3:],
              "max_tokens": 64, "temperature": 0.8, "seed": i}
             for i, j in ((i, first + i) for i in range(64))]
 
@@ -413,7 +414,7 @@ def cmd_table(a):
             prompt = token_ids(srv, "Once upon a time there was a little girl who liked to "
                                     "play in the garden with her dog. ", 37)
             uniq = list(dict.fromkeys(prompt))  # distinct ids (the text repeats)
-            if len(uniq) ** 2 < 64 * (a.repeat + 2):
+            if len(uniq) ** 3 < 64 * (a.repeat + 2):
                 raise SystemExit("the prompt text has too few distinct tokens")
             tasks = []
             for i in range(64):
@@ -430,14 +431,16 @@ def cmd_table(a):
                 # the same requests each repeat would hit the prompt cache
                 # (prefixd's is exact and always on): another first token
                 first = 128 + 64 * k if k else 0
-                m0 = metrics(srv)
-                bases.append(run_prompts(srv, table_bodies([base_id], prompt, uniq, first), 8,
-                                         srv.proc.pid))
-                m1 = metrics(srv)
-                spreads.append(run_prompts(srv, table_bodies(tasks, prompt, uniq, first), 8,
-                                           srv.proc.pid))
-                m2 = metrics(srv)
-                engine.append((m0, m1, m2))
+                # odd repeats run the tasks first: a drift in the machine's
+                # load does not always favour the same one
+                order = (("base", [base_id], bases), ("tasks", tasks, spreads))
+                figures = {}
+                for name, models, runs in (order if k % 2 == 0 else order[::-1]):
+                    m0 = metrics(srv)
+                    runs.append(run_prompts(srv, table_bodies(models, prompt, uniq, first), 8,
+                                            srv.proc.pid))
+                    figures[name] = (m0, metrics(srv))
+                engine.append(figures)
         finally:
             srv.stop()
         llamas = []
@@ -475,8 +478,8 @@ def cmd_table(a):
         print(f"  prefixd base / llama-server: tok/s {base['tokens_per_s'] / ll['tokens_per_s']:.2f}x "
               f"(target >= 1.2x), p99 {base['p99'] / ll['p99']:.2f}x (target <= 0.8x), "
               f"TTFT p50 {base['ttft_p50'] / ll['ttft_p50']:.2f}x")
-    for k, (m0, m1, m2) in enumerate(engine):
-        for label, a0, a1 in (("base model", m0, m1), ("64 tasks", m1, m2)):
+    for k, figures in enumerate(engine):
+        for label, (a0, a1) in (("base model", figures["base"]), ("64 tasks", figures["tasks"])):
             d = {key: a1.get(key, 0) - a0.get(key, 0) for key in (
                 "prefixd_prompt_cache_hits_total", "prefixd_engine_steps_total",
                 "prefixd_batch_size_sum", "prefixd_registry_loads_total")}
