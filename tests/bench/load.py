@@ -171,10 +171,11 @@ class LlamaServer(HttpServer):
     """llama.cpp's llama-server (only with --llama-server BIN): 8 slots, 2
     threads, on the same model file, as the issue's comparison."""
 
-    def __init__(self, tmp, binary, model, cache_prompt):
+    def __init__(self, tmp, binary, model, cache_prompt, slot_ctx=512):
         self.port = free_port()
         self.body_extra = {"cache_prompt": cache_prompt}
-        self.launch(tmp, [binary, "-m", model, "-np", "8", "-t", "2", "-c", "4096",
+        # -c is split among the 8 slots: each gets slot_ctx tokens
+        self.launch(tmp, [binary, "-m", model, "-np", "8", "-t", "2", "-c", str(8 * slot_ctx),
                           "--host", "127.0.0.1", "--port", str(self.port), "--no-webui"],
                     "llama-server")
 
@@ -532,7 +533,7 @@ def cmd_shared(a):
             srv.stop()
         ll = None
         if a.llama_server:  # after prefixd has stopped: never two servers at once
-            ls = LlamaServer(tmp, a.llama_server, a.model, False)
+            ls = LlamaServer(tmp, a.llama_server, a.model, False, slot_ctx=1024)
             try:
                 ll = both(ls)
             finally:
