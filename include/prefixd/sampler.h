@@ -4,7 +4,11 @@
  * temperature sampling restricted by top-k (k most likely) and top-p (the
  * smallest set whose probability reaches p). The random stream is
  * xorshift64* from a seed, so a seed makes a run reproducible. A sampler is
- * owned by one sequence; its scratch is allocated once at init.
+ * owned by one sequence; its scratch is allocated once at init, or borrowed
+ * from a sampler whose thread samples one sequence at a time (the scheduler
+ * lends one to every running sequence). A seeded draw depends only on the
+ * sampler and the logits, never on the batch or the route (completions and
+ * chat share it).
  */
 #ifndef PREFIXD_SAMPLER_H
 #define PREFIXD_SAMPLER_H
@@ -30,10 +34,10 @@ typedef struct pd_sampler {
     pd_sampler_params p;
     uint64_t rng;
     int vocab_size;
-    float *probs;    /* (vocab_size) scratch (owned) */
-    int32_t *index;  /* (vocab_size) scratch (owned) */
-    float *block_sums; /* (ceil(vocab_size / 64)) scratch (owned) */
-    int borrowed;    /* 1: the three scratch arrays belong to another sampler */
+    float *probs;      /* (vocab_size) scratch (owned unless borrowed) */
+    int32_t *index;    /* (vocab_size) scratch (owned unless borrowed) */
+    float *block_sums; /* (ceil(vocab_size / 64)) scratch (owned unless borrowed) */
+    int borrowed;      /* 1: the three scratch arrays belong to another sampler */
 } pd_sampler;
 
 /* Validates params (temperature >= 0 and finite, top_p in (0,1], top_k >= 0)
