@@ -175,6 +175,7 @@ static int make_choices(completion *c)
         rq->max_tokens = c->q.max_tokens;
         rq->sampling = c->q.sampling;
         rq->sampling.seed = c->q.sampling.seed + (uint64_t)k; /* choices differ, runs repeat */
+        rq->logprobs = c->q.logprobs >= 0;
         rq->top_logprobs = c->q.logprobs > 0 ? c->q.logprobs : 0;
         rq->prompt_logprobs = c->q.echo && (c->q.logprobs >= 0 || c->q.max_tokens == 0);
         copy_str(rq->task, sizeof rq->task, c->is_task ? c->task : "");

@@ -161,6 +161,8 @@ struct pd_sched {
     uint8_t *b_want;
     int *b_slot;             /* slot index of each logits row */
     int *b_ppos;             /* (max_step_tokens) prompt position a logits row scores, or -1 */
+    pd_sampler scratch;      /* the scratch every slot's sampler borrows (the engine
+                                thread samples one sequence at a time) */
     int32_t *hit;            /* (max_hit) blocks of a prompt found in the prompt cache */
     int max_hit;             /* blocks of the model's context */
 };
@@ -242,7 +244,7 @@ static void admit_locked(pd_sched *s)
         if (rc == PD_OK) {
             sl->prefilled = pd_seq_use_shared(sl->seq);
             sl->published = n_hit;
-            rc = pd_sampler_init(&sl->sampler, s->m->cfg.vocab_size, &rq->sampling, &err);
+            rc = pd_sampler_init_borrowing(&sl->sampler, &s->scratch, &rq->sampling, &err);
             if (rc < 0) pd_seq_free(sl->seq);
         }
         if (rc < 0) {
@@ -266,22 +268,11 @@ static void admit_locked(pd_sched *s)
     pool_stats_locked(s);
 }
 
-/* log sum_i exp(logits[i]), in double. */
-static double log_sum_exp(const float *logits, int V)
-{
-    float max = logits[0];
-    for (int i = 1; i < V; i++)
-        if (logits[i] > max) max = logits[i];
-    double sum = 0.0;
-    for (int i = 0; i < V; i++) sum += exp((double)(logits[i] - max));
-    return (double)max + log(sum);
-}
-
 /* Top-n log-probabilities of logits into o (n <= PD_TOP_LOGPROBS_MAX),
  * most likely first. */
 static void top_logprobs(const float *logits, int V, int n, pd_token_out *o)
 {
-    double lse = log_sum_exp(logits, V);
+    double lse = pd_sampler_log_sum_exp(logits, V);
     int c = 0;
     for (int i = 0; i < V; i++) {
         int k;
@@ -415,7 +406,7 @@ static void engine_iteration(pd_sched *s)
         if (s->b_ppos[r] >= 0) { /* scoring: log p(next prompt token) */
             pd_token_out *po = &rq->prompt_out[s->b_ppos[r] + 1];
             po->id = rq->prompt[s->b_ppos[r] + 1];
-            po->logprob = (float)((double)lg[po->id] - log_sum_exp(lg, V));
+            po->logprob = (float)((double)lg[po->id] - pd_sampler_log_sum_exp(lg, V));
             if (rq->top_logprobs > 0) top_logprobs(lg, V, rq->top_logprobs, po);
             continue;
         }
@@ -428,7 +419,9 @@ static void engine_iteration(pd_sched *s)
         }
         pd_token_out o;
         memset(&o, 0, sizeof o);
-        o.id = pd_sampler_sample(&sl->sampler, lg, &o.logprob);
+        const int want_logprob = rq->logprobs || rq->top_logprobs > 0;
+        o.id = pd_sampler_sample(&sl->sampler, lg, want_logprob ? &o.logprob : NULL);
+        if (!want_logprob) o.logprob = NAN;
         if (rq->top_logprobs > 0) top_logprobs(lg, V, rq->top_logprobs, &o);
         int finish = PD_FINISH_REASON_NONE;
         if (pd_tokenizer_is_eog(s->m->tok, o.id) || o.id == bos) {
@@ -514,6 +507,7 @@ static void release_memory(pd_sched *s)
     free(s->b_slot);
     free(s->b_ppos);
     free(s->hit);
+    pd_sampler_release(&s->scratch);
     free(s);
 }
 
@@ -548,6 +542,8 @@ int pd_sched_create(const pd_model *m, const pd_sched_params *p, pd_sched **out,
     if (!s->queue || !s->slots || !s->b_tokens || !s->b_pos || !s->b_seqs || !s->b_want ||
         !s->b_slot || !s->b_ppos || !s->hit)
         rc = pd_err_set(err, PD_ENOMEM, "out of memory for the scheduler");
+    const pd_sampler_params sdp = pd_sampler_default_params();
+    if (rc == PD_OK) rc = pd_sampler_init(&s->scratch, m->cfg.vocab_size, &sdp, err);
     pd_engine_params ep = pd_engine_default_params();
     ep.max_tokens = T;
     ep.n_threads = p->n_threads;

@@ -84,6 +84,9 @@ typedef struct pd_request {
     pd_prefix *prefix;            /* a reference owned by the request, or NULL */
     int max_tokens;               /* >= 1; 0 allowed with prompt_logprobs (scoring only) */
     pd_sampler_params sampling;
+    int logprobs;                 /* 1: out[i].logprob is filled (one more pass over the
+                                     vocabulary per token); 0: it is NAN unless
+                                     top_logprobs > 0 */
     int top_logprobs;             /* 0..PD_TOP_LOGPROBS_MAX */
     int prompt_logprobs;          /* 1: score the prompt: prompt_out[i] (i >= 1) gets
                                      log p(prompt[i] | prompt[0..i)) and its top

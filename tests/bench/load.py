@@ -24,13 +24,20 @@ loopback, figures and same-run ratios, no assertions.
                                              prefix (`prefixd train --distill-prompt`,
                                              a small job: speed only): time to
                                              first token, prefill and decode tok/s
-  load.py table --model M                    issue 13's table: 64 streamed
+  load.py table --model M [--repeat N] [--step-tokens T] [--llama-server BIN]
+                                             issue 13's table: 64 streamed
                                              completions, 8 concurrent, 37-token
-                                             prompts, 64 tokens; base model and
-                                             each request on its own task (P = 20)
-  load.py shared --model M                   16 requests sharing a 500-token system
+                                             prompts (no prompt-cache hits), 64
+                                             tokens; base model and each request
+                                             on its own task (P = 20); N
+                                             alternated runs, medians; BIN: the
+                                             same load on llama-server -np 8 -t 2
+                                             and the target ratios
+  load.py shared --model M [--llama-server BIN]
+                                             16 requests sharing a 500-token system
                                              prompt, 4 concurrent, with and without
-                                             the prompt cache (TTFT, tokens/s)
+                                             the prompt cache (TTFT, tokens/s); BIN:
+                                             the same with llama-server's cache_prompt
   load.py capacity --model M                 concurrent 1,000-token sequences
                                              admitted under a 1 GiB KV budget
   load.py kvdtype --model M                  kv_dtype f32 vs f16: 16 tasks that are
@@ -40,7 +47,9 @@ loopback, figures and same-run ratios, no assertions.
                                              reloads, latency evicted vs resident),
                                              and capacity for both
 
-Only 127.0.0.1; every loop is bounded in count and time."""
+Only 127.0.0.1; every loop is bounded in count and time. llama.cpp is used
+only when --llama-server names its binary (never by `make bench`), started
+after prefixd has stopped so the two never share the CPU."""
 import argparse
 import http.client
 import json
@@ -65,21 +74,14 @@ def free_port():
         return s.getsockname()[1]
 
 
-class Server:
-    def __init__(self, tmp, model, tokenizer, registry, extra=None):
-        self.port = free_port()
-        cfg = {"model": model, "registry": registry, "data": os.path.join(tmp, "data"),
-               "listen": f"127.0.0.1:{self.port}", "log_level": "warn",
-               "max_seqs": 128, "queue_limit": 4096, "registry_rescan_ms": 1000}
-        if tokenizer:
-            cfg["tokenizer"] = tokenizer
-        cfg.update(extra or {})
-        path = os.path.join(tmp, f"cfg-{self.port}.json")
-        with open(path, "w") as f:
-            json.dump(cfg, f)
+class HttpServer:
+    """A server process on 127.0.0.1:port; body_extra is merged into every
+    streamed completion body."""
+    body_extra = {}
+
+    def launch(self, tmp, argv, what):
         self.log = open(os.path.join(tmp, f"server-{self.port}.log"), "w")
-        self.proc = subprocess.Popen([BIN, "serve", "--config", path], stdout=self.log,
-                                     stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.time() + 120
         while time.time() < deadline:
             try:
@@ -90,7 +92,8 @@ class Server:
             if self.proc.poll() is not None:
                 break
             time.sleep(0.1)
-        raise SystemExit("prefixd serve did not become ready; see " + self.log.name)
+        self.stop()
+        raise SystemExit(f"{what} did not become ready; see " + self.log.name)
 
     def req(self, method, path, body=None, timeout=600):
         c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
@@ -107,7 +110,7 @@ class Server:
 
     def stream(self, body, timeout=600):
         """Streams one completion; returns (latency s, ttft s, completion tokens)."""
-        body = dict(body, stream=True, stream_options={"include_usage": True})
+        body = dict(body, stream=True, stream_options={"include_usage": True}, **self.body_extra)
         t0 = time.perf_counter()
         c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
         try:
@@ -143,7 +146,38 @@ class Server:
             self.proc.wait(timeout=60)
         except subprocess.TimeoutExpired:
             self.proc.kill()
+            self.proc.wait()
         self.log.close()
+
+
+class Server(HttpServer):
+    """prefixd serve with a generated config (extra overrides keys)."""
+
+    def __init__(self, tmp, model, tokenizer, registry, extra=None):
+        self.port = free_port()
+        cfg = {"model": model, "registry": registry, "data": os.path.join(tmp, "data"),
+               "listen": f"127.0.0.1:{self.port}", "log_level": "warn",
+               "max_seqs": 128, "queue_limit": 4096, "registry_rescan_ms": 1000}
+        if tokenizer:
+            cfg["tokenizer"] = tokenizer
+        cfg.update(extra or {})
+        path = os.path.join(tmp, f"cfg-{self.port}.json")
+        with open(path, "w") as f:
+            json.dump(cfg, f)
+        self.launch(tmp, [BIN, "serve", "--config", path], "prefixd serve")
+
+
+class LlamaServer(HttpServer):
+    """llama.cpp's llama-server (only with --llama-server BIN): 8 slots, 2
+    threads, on the same model file, as the issue's comparison."""
+
+    def __init__(self, tmp, binary, model, cache_prompt, slot_ctx=512):
+        self.port = free_port()
+        self.body_extra = {"cache_prompt": cache_prompt}
+        # -c is split among the 8 slots: each gets slot_ctx tokens
+        self.launch(tmp, [binary, "-m", model, "-np", "8", "-t", "2", "-c", str(8 * slot_ctx),
+                          "--host", "127.0.0.1", "--port", str(self.port), "--no-webui"],
+                    "llama-server")
 
 
 def pct(xs, p):
@@ -348,16 +382,41 @@ def run_prompts(srv, bodies, concurrency, sample_rss=None):
             "failed": fails[0], "rss_mib": peak[0] / 1024}
 
 
+def table_bodies(models, prompt, uniq, first=0):
+    """The issue's 64 requests: 37-token prompts whose first three tokens are
+    distinct per request (warm-ups use another `first`), so nothing comes
+    from a prompt cache and every request prefills its whole prompt."""
+    n = len(uniq)
+    return [{"model": models[i % len(models)],
+             "prompt": [uniq[j % n], uniq[j // n % n], uniq[j // (n * n) % n]] + prompt[3:],
+             "max_tokens": 64, "temperature": 0.8, "seed": i}
+            for i, j in ((i, first + i) for i in range(64))]
+
+
+def median_run(runs):
+    """The run of median tokens/s (its own latencies, not a mix of runs)."""
+    return sorted(runs, key=lambda r: r["tokens_per_s"])[len(runs) // 2]
+
+
+def span(runs, key="tokens_per_s", fmt="{:.1f}"):
+    v = [r[key] for r in runs]
+    return fmt.format(min(v)) + ("" if len(v) == 1 else "-" + fmt.format(max(v)))
+
+
 def cmd_table(a):
     tmp = tempfile.mkdtemp(prefix="prefixd-bench-")
+    engine = []
     try:
         reg = os.path.join(tmp, "registry")
         os.makedirs(reg)
-        srv = Server(tmp, a.model, a.tokenizer, reg, {"max_step_tokens": 512})
+        srv = Server(tmp, a.model, a.tokenizer, reg, {"max_step_tokens": a.step_tokens})
         try:
             base_id = json.loads(srv.req("GET", "/v1/models")[1])["data"][0]["id"]
             prompt = token_ids(srv, "Once upon a time there was a little girl who liked to "
                                     "play in the garden with her dog. ", 37)
+            uniq = list(dict.fromkeys(prompt))  # distinct ids (the text repeats)
+            if len(uniq) ** 3 < 64 * (a.repeat + 2):
+                raise SystemExit("the prompt text has too few distinct tokens")
             tasks = []
             for i in range(64):
                 st, body = srv.req("PUT", f"/v1/prefixes/t{i:02d}",
@@ -367,26 +426,68 @@ def cmd_table(a):
                 tasks.append(f"t{i:02d}")
             P = json.loads(srv.req("GET", "/v1/prefixes/t00")[1])["num_virtual_tokens"]
 
-            def bodies(models):
-                # a distinct first token per request: no prompt-cache hits
-                return [{"model": models[i % len(models)],
-                         "prompt": [prompt[(i % 30) + 1]] + prompt[1:], "max_tokens": 64,
-                         "temperature": 0.8, "seed": i} for i in range(64)]
-
-            run_prompts(srv, bodies([base_id])[:8], 8)  # warm-up
-            base = run_prompts(srv, bodies([base_id]), 8, srv.proc.pid)
-            spread = run_prompts(srv, bodies(tasks), 8, srv.proc.pid)
+            run_prompts(srv, table_bodies([base_id], prompt, uniq, 64)[:8], 8)  # warm-up
+            bases, spreads = [], []
+            for k in range(a.repeat):  # alternated: a slow spell hits both
+                # the same requests each repeat would hit the prompt cache
+                # (prefixd's is exact and always on): another first token
+                first = 128 + 64 * k if k else 0
+                # odd repeats run the tasks first: a drift in the machine's
+                # load does not always favour the same one
+                order = (("base", [base_id], bases), ("tasks", tasks, spreads))
+                figures = {}
+                for name, models, runs in (order if k % 2 == 0 else order[::-1]):
+                    m0 = metrics(srv)
+                    runs.append(run_prompts(srv, table_bodies(models, prompt, uniq, first), 8,
+                                            srv.proc.pid))
+                    figures[name] = (m0, metrics(srv))
+                engine.append(figures)
         finally:
             srv.stop()
+        llamas = []
+        if a.llama_server:  # after prefixd has stopped: never two servers at once
+            ls = LlamaServer(tmp, a.llama_server, a.model, False)
+            try:
+                run_prompts(ls, table_bodies([base_id], prompt, uniq, 64)[:8], 8)
+                for k in range(a.repeat):
+                    first = 128 + 64 * k if k else 0
+                    llamas.append(run_prompts(ls, table_bodies([base_id], prompt, uniq, first),
+                                              8, ls.proc.pid))
+            finally:
+                ls.stop()
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    base, spread = median_run(bases), median_run(spreads)
     print(f"issue 13 load, {os.path.basename(a.model)}: 64 streamed completions, 8 concurrent, "
-          f"37-token prompts, 64 tokens each")
-    print(f"  {'':22} {'tok/s':>7} {'p50 s':>7} {'p99 s':>7} {'ttft p50':>9} {'peak RSS':>9} {'fail':>5}")
-    for label, r in (("base model", base), (f"64 tasks (P = {P})", spread)):
-        print(f"  {label:22} {r['tokens_per_s']:7.1f} {r['p50']:7.2f} {r['p99']:7.2f} "
+          f"37-token prompts, 64 tokens each, no prompt-cache hits"
+          + (f"; the median of {a.repeat} alternated runs" if a.repeat > 1 else ""))
+    print(f"  {'':28} {'tok/s':>7} {'p50 s':>7} {'p99 s':>7} {'ttft p50':>9} {'peak RSS':>9} {'fail':>5}")
+    rows = [("prefixd, base model", base), (f"prefixd, 64 tasks (P = {P})", spread)]
+    if llamas:
+        rows.append(("llama-server -np 8 -t 2", median_run(llamas)))
+    for label, r in rows:
+        print(f"  {label:28} {r['tokens_per_s']:7.1f} {r['p50']:7.2f} {r['p99']:7.2f} "
               f"{r['ttft_p50']:9.3f} {r['rss_mib']:7.0f} M {r['failed']:5d}")
+    if a.repeat > 1:
+        pairs = [dict(tokens_per_s=t["tokens_per_s"] / b["tokens_per_s"]) for b, t in zip(bases, spreads)]
+        print(f"  tok/s over the runs: base {span(bases)}, 64 tasks {span(spreads)}"
+              + (f", llama-server {span(llamas)}" if llamas else "")
+              + f"; 64 tasks / base per pair {span(pairs, fmt='{:.3f}')}")
     print(f"  64 tasks / base = {spread['tokens_per_s'] / base['tokens_per_s']:.3f} (target >= 0.98)")
+    if llamas:
+        ll = median_run(llamas)
+        print(f"  prefixd base / llama-server: tok/s {base['tokens_per_s'] / ll['tokens_per_s']:.2f}x "
+              f"(target >= 1.2x), p99 {base['p99'] / ll['p99']:.2f}x (target <= 0.8x), "
+              f"TTFT p50 {base['ttft_p50'] / ll['ttft_p50']:.2f}x")
+    for k, figures in enumerate(engine):
+        for label, (a0, a1) in (("base model", figures["base"]), ("64 tasks", figures["tasks"])):
+            d = {key: a1.get(key, 0) - a0.get(key, 0) for key in (
+                "prefixd_prompt_cache_hits_total", "prefixd_engine_steps_total",
+                "prefixd_batch_size_sum", "prefixd_registry_loads_total")}
+            print(f"  run {k + 1}, {label}: {d['prefixd_engine_steps_total']:.0f} engine steps, "
+                  f"{d['prefixd_batch_size_sum'] / max(d['prefixd_engine_steps_total'], 1):.1f} "
+                  f"tokens/step, {d['prefixd_prompt_cache_hits_total']:.0f} prompt-cache hits, "
+                  f"{d['prefixd_registry_loads_total']:.0f} prefix loads")
 
 
 def token_text(i):
@@ -405,33 +506,57 @@ def cmd_shared(a):
             system = token_ids(srv, "You are a helpful assistant who answers briefly and "
                                     "politely, and never makes things up. ", 500)
             question = token_ids(srv, "What is the capital of France? ", 10)
+            uniq = list(dict.fromkeys(system))  # distinct ids (the text repeats)
 
             def bodies(shared):
-                # without: the first token differs per request, so nothing is shared
+                # without: the first two tokens differ per request, so nothing is shared
+                head = [system[0], system[1]]
                 return [{"model": base_id,
-                         "prompt": ([system[0]] if shared else [system[(i % 50) + 1]]) +
-                                   system[1:] + question[:9] + [question[i % 10]],
+                         "prompt": (head if shared else
+                                    [uniq[i % len(uniq)], uniq[i // len(uniq) % len(uniq)]]) +
+                                   system[2:] + question[:9] + [question[i % 10]],
                          "max_tokens": 32, "temperature": 0.8, "seed": i}
                         for i in range(16)]
 
-            without = run_prompts(srv, bodies(False), 4)
-            srv.stream(bodies(True)[0])  # fills the cache
-            m0 = metrics(srv)
-            with_cache = run_prompts(srv, bodies(True), 4)
-            m1 = metrics(srv)
+            def both(server):
+                without = run_prompts(server, bodies(False), 4)
+                if server is not srv:  # prefixd's prompt cache is always on
+                    server.body_extra = dict(server.body_extra, cache_prompt=True)
+                server.stream(bodies(True)[0])  # fills the cache
+                m0 = metrics(server) if server is srv else {}
+                with_cache = run_prompts(server, bodies(True), 4)
+                m1 = metrics(server) if server is srv else {}
+                return without, with_cache, m0, m1
+
+            without, with_cache, m0, m1 = both(srv)
         finally:
             srv.stop()
+        ll = None
+        if a.llama_server:  # after prefixd has stopped: never two servers at once
+            ls = LlamaServer(tmp, a.llama_server, a.model, False, slot_ctx=1024)
+            try:
+                ll = both(ls)
+            finally:
+                ls.stop()
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     saved = m1.get("prefixd_prompt_cache_tokens_total", 0) - m0.get("prefixd_prompt_cache_tokens_total", 0)
     print(f"shared 500-token system prompt, {os.path.basename(a.model)}: 16 requests, 4 concurrent, "
           f"32 tokens each")
-    print(f"  {'':16} {'tok/s':>7} {'ttft p50':>9} {'ttft p99':>9} {'p50 s':>7}")
-    for label, r in (("without cache", without), ("with cache", with_cache)):
-        print(f"  {label:16} {r['tokens_per_s']:7.1f} {r['ttft_p50']:9.3f} {r['ttft_p99']:9.3f} "
+    print(f"  {'':30} {'tok/s':>7} {'ttft p50':>9} {'ttft p99':>9} {'p50 s':>7}")
+    rows = [("prefixd, without cache", without), ("prefixd, with cache", with_cache)]
+    if ll:
+        rows += [("llama-server, cache_prompt off", ll[0]), ("llama-server, cache_prompt on", ll[1])]
+    for label, r in rows:
+        print(f"  {label:30} {r['tokens_per_s']:7.1f} {r['ttft_p50']:9.3f} {r['ttft_p99']:9.3f} "
               f"{r['p50']:7.2f}")
     print(f"  TTFT p50 without / with = {without['ttft_p50'] / max(with_cache['ttft_p50'], 1e-9):.1f}x "
           f"(target >= 5x); {saved:.0f} prompt tokens served from the cache")
+    if ll:
+        for label, ours, theirs in (("without cache", without, ll[0]), ("with cache", with_cache, ll[1])):
+            print(f"  prefixd / llama-server, {label}: tok/s "
+                  f"{ours['tokens_per_s'] / theirs['tokens_per_s']:.2f}x, TTFT p50 "
+                  f"{ours['ttft_p50'] / max(theirs['ttft_p50'], 1e-9):.2f}x")
 
 
 def metrics(srv):
@@ -790,6 +915,13 @@ def main():
         p.add_argument("--params", type=float, default=0.26e6)
         p.add_argument("--prompt-tokens", type=int, default=800)
         p.add_argument("--slots", type=int, default=16)
+        p.add_argument("--step-tokens", type=int, default=512,
+                       help="table: the server's max_step_tokens")
+        p.add_argument("--repeat", type=int, default=1,
+                       help="table: alternated runs, the median reported")
+        p.add_argument("--llama-server", metavar="BIN",
+                       help="table, shared: the same load against llama.cpp's llama-server "
+                            "-np 8 -t 2 on the same model file, with ratios")
     a = ap.parse_args()
     {"serve": cmd_serve, "train": cmd_train, "hotload": cmd_hotload, "prefix": cmd_prefix,
      "registry": cmd_registry, "trainspeed": cmd_trainspeed, "distill": cmd_distill,

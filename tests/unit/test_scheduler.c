@@ -111,18 +111,29 @@ static void test_cancel_frees_sequence(void **state)
     assert_int_equal(pd_request_create(toks, n, 400, &rq, NULL), PD_OK);
     rq->sampling.temperature = 1.0f; /* keep going past story ends less often */
     rq->top_logprobs = 3;
+    pd_request *quiet; /* no logprobs asked: none computed */
+    assert_int_equal(pd_request_create(toks, n, 1, &quiet, NULL), PD_OK);
+    assert_int_equal(pd_sched_submit(s, quiet, NULL), PD_OK);
     assert_int_equal(pd_sched_submit(s, rq, NULL), PD_OK);
     assert_true(pd_request_wait(rq, 0, 5000) >= 1);
-    /* top logprobs are sorted and the sampled token's logprob is finite */
+    /* top logprobs are sorted and the sampled token's logprob is finite, and
+     * the same number as its entry in the top list when it is there */
     assert_int_equal(rq->out[0].n_top, 3);
     assert_true(rq->out[0].top_logprobs[0] >= rq->out[0].top_logprobs[1]);
     assert_true(rq->out[0].top_logprobs[0] <= 0.0f);
+    assert_true(isfinite(rq->out[0].logprob) && rq->out[0].logprob <= 0.0f);
+    for (int k = 0; k < 3; k++)
+        if (rq->out[0].top_ids[k] == rq->out[0].id)
+            assert_true(fabsf(rq->out[0].top_logprobs[k] - rq->out[0].logprob) < 1e-6f);
+    while (quiet->state != PD_REQ_DONE) pd_request_wait(quiet, 1 << 30, 100);
+    assert_true(quiet->n_out == 0 || isnan(quiet->out[0].logprob));
+    pd_request_release(quiet);
     pd_request_cancel(rq);
     while (rq->state != PD_REQ_DONE) pd_request_wait(rq, 1 << 30, 100);
     assert_true(rq->finish == PD_FINISH_REASON_CANCELLED || rq->finish == PD_FINISH_REASON_STOP);
     pd_sched_stats st;
     pd_sched_stats_get(s, &st);
-    assert_int_equal(st.seqs_freed, 1);
+    assert_int_equal(st.seqs_freed, 2);
     assert_int_equal(st.running, 0);
     pd_request_release(rq);
     pd_sched_free(s, 0);
