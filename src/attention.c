@@ -112,10 +112,10 @@ int pd__attn_isa_available(pd_attn_isa isa)
     case PD_ATTN_PORTABLE: return 1;
     case PD_ATTN_AVX2:
         return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-               __builtin_cpu_supports("f16c");
+               pd_cpu_has_f16c();
     case PD_ATTN_AVX512:
         return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-               __builtin_cpu_supports("f16c") &&
+               pd_cpu_has_f16c() &&
                __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl");
     }
     return 0;

@@ -2,6 +2,9 @@
 #include "prefixd/half.h"
 
 #include <string.h>
+#if defined(__x86_64__) || defined(__i386__)
+#include <cpuid.h>
+#endif
 
 static uint32_t f32_bits(float f) { uint32_t u; memcpy(&u, &f, 4); return u; }
 static float bits_f32(uint32_t u) { float f; memcpy(&f, &u, 4); return f; }
@@ -72,4 +75,14 @@ void pd_bf16_to_f32_n(const void *src, float *dst, size_t n)
         uint16_t h = (uint16_t)(p[2 * i] | (p[2 * i + 1] << 8));
         dst[i] = pd_bf16_to_f32(h);
     }
+}
+
+int pd_cpu_has_f16c(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    unsigned a, b, c, d;
+    return __get_cpuid(1, &a, &b, &c, &d) && (c & bit_F16C) != 0;
+#else
+    return 0;
+#endif
 }

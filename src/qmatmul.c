@@ -9,13 +9,13 @@
  * multiply-adds in increasing k — then the same reduction tree. The chunks
  * only decide when the weights are converted, never the order of the sums. */
 #include <cblas.h>
-#include <cpuid.h>
 #include <math.h>
 #include <pthread.h>
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "prefixd/half.h"
 #include "prefixd/matmul.h"
 #include "qmatmul_deq.h"
 #include "qmatmul_int.h"
@@ -161,10 +161,8 @@ int pd_wmatmul_isa(void)
     static int cached = -1; /* benign race: every thread computes the same value */
     if (cached < 0) {
         __builtin_cpu_init();
-        /* F16C from CPUID leaf 1 (clang's __builtin_cpu_supports has no "f16c") */
-        unsigned a, b, c, d;
-        int f16c = __get_cpuid(1, &a, &b, &c, &d) && (c & bit_F16C);
-        int avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && f16c;
+        int avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+                   pd_cpu_has_f16c();
         int avx512 = avx2 && __builtin_cpu_supports("avx512f") &&
                      __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
                      __builtin_cpu_supports("avx512dq");

@@ -18,6 +18,11 @@ uint16_t pd_f32_to_bf16(float f);  /* round to nearest even; NaN stays NaN */
 void pd_f16_to_f32_n(const void *src, float *dst, size_t n);
 void pd_bf16_to_f32_n(const void *src, float *dst, size_t n);
 
+/* 1 when this x86-64 CPU converts halves in hardware (F16C, CPUID leaf 1),
+ * for the kernels' run-time choice (clang's __builtin_cpu_supports has no
+ * "f16c"); 0 elsewhere. */
+int pd_cpu_has_f16c(void);
+
 #ifdef __cplusplus
 }
 #endif
