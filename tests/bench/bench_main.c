@@ -113,7 +113,9 @@ static void print_machine(const bench_machine *mc)
     printf("machine: %s, %d online CPUs, L3 %zu MiB (getconf), OpenBLAS core %s, "
            "pd_matmul kernel %s\n\n",
            cpu, mc->n_cpus, mc->l3_bytes >> 20, mc->blas_core,
-           pd_matmul_uses_avx2() ? "AVX2+FMA" : "portable");
+           pd_wmatmul_isa() == PD_ISA_AVX512 ? "AVX-512"
+           : pd_wmatmul_isa() == PD_ISA_AVX2 ? "AVX2+FMA"
+                                             : "portable");
     printf("== machine references (best of a few after a warm-up; the per-model ratios use "
            "these, the summary the higher of these and the end-of-run ones) ==\n");
     printf("  sgemm peak      cblas_sgemm %d^3, %d threads      %8.1f GFLOP/s\n", mc->sgemm_n,
