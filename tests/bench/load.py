@@ -24,7 +24,7 @@ loopback, figures and same-run ratios, no assertions.
                                              prefix (`prefixd train --distill-prompt`,
                                              a small job: speed only): time to
                                              first token, prefill and decode tok/s
-  load.py table --model M [--repeat N] [--step-tokens T] [--llama-server BIN]
+  load.py table --model M [--repeat N] [--step-tokens T] [--kv-dtype f16] [--llama-server BIN]
                                              issue 13's table: 64 streamed
                                              completions, 8 concurrent, 37-token
                                              prompts (no prompt-cache hits), 64
@@ -409,7 +409,8 @@ def cmd_table(a):
     try:
         reg = os.path.join(tmp, "registry")
         os.makedirs(reg)
-        srv = Server(tmp, a.model, a.tokenizer, reg, {"max_step_tokens": a.step_tokens})
+        srv = Server(tmp, a.model, a.tokenizer, reg,
+                     {"max_step_tokens": a.step_tokens, "kv_dtype": a.kv_dtype})
         try:
             base_id = json.loads(srv.req("GET", "/v1/models")[1])["data"][0]["id"]
             prompt = token_ids(srv, "Once upon a time there was a little girl who liked to "
@@ -459,7 +460,7 @@ def cmd_table(a):
         shutil.rmtree(tmp, ignore_errors=True)
     base, spread = median_run(bases), median_run(spreads)
     print(f"issue 13 load, {os.path.basename(a.model)}: 64 streamed completions, 8 concurrent, "
-          f"37-token prompts, 64 tokens each, no prompt-cache hits"
+          f"37-token prompts, 64 tokens each, no prompt-cache hits, KV {a.kv_dtype}"
           + (f"; the median of {a.repeat} alternated runs" if a.repeat > 1 else ""))
     print(f"  {'':28} {'tok/s':>7} {'p50 s':>7} {'p99 s':>7} {'ttft p50':>9} {'peak RSS':>9} {'fail':>5}")
     rows = [("prefixd, base model", base), (f"prefixd, 64 tasks (P = {P})", spread)]
@@ -917,6 +918,8 @@ def main():
         p.add_argument("--slots", type=int, default=16)
         p.add_argument("--step-tokens", type=int, default=512,
                        help="table: the server's max_step_tokens")
+        p.add_argument("--kv-dtype", default="f32", choices=("f32", "f16"),
+                       help="table: the server's kv_dtype")
         p.add_argument("--repeat", type=int, default=1,
                        help="table: alternated runs, the median reported")
         p.add_argument("--llama-server", metavar="BIN",
