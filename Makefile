@@ -133,8 +133,6 @@ $(BUILD)/src/qmatmul_avx2.o: CFLAGS += -mavx2 -mfma -mf16c $(QMM_FLAGS)
 $(BUILD)/src/qmatmul_avx512.o: CFLAGS += -mavx2 -mfma -mf16c -mavx512f -mavx512bw -mavx512vl \
                                          -mavx512dq $(QMM_FLAGS)
 $(BUILD)/src/qmatmul.o: CFLAGS += $(QMM_FLAGS)
-$(BUILD)/src/matmul_avx2.o: CFLAGS += -mavx2 -mfma $(QMM_FLAGS)
-$(BUILD)/src/matmul_avx512.o: CFLAGS += -mavx2 -mfma -mavx512f -mavx512vl $(QMM_FLAGS)
 # The sampler's passes over the vocabulary (its float exp) vectorise only
 # without trapping math; the values are the same (no contraction, no
 # reassociation), only FP exceptions are not preserved.

@@ -1,6 +1,7 @@
 /* matmul.c — pd_matmul: splits the outputs into blocks that fit in cache,
  * spreads the blocks over the pool, and runs the best kernel the CPU has
- * (AVX-512, AVX2, else the portable one: the same bits, see matmul.h). */
+ * (the typed kernels' AVX-512 or AVX2 F32 tiles, qmatmul_simd.h, else the
+ * portable one: the same bits, see matmul.h). */
 #include "prefixd/matmul.h"
 
 #include <math.h>
@@ -31,7 +32,8 @@ int pd_matmul_uses_avx2(void)
 
 typedef struct job {
     float *out;
-    const float *in, *W;
+    const float *in;
+    pd_wmat W; /* an F32 view: the typed kernels keep pd_matmul's order */
     int T, K, N;
     int rows_per_task; /* outputs per task */
     int isa; /* pd_wmatmul_isa() */
@@ -57,17 +59,17 @@ static void run_task(void *ctx, int task, int thread)
     for (int t0 = 0; t0 < j->T; t0 += TB) {
         int t1 = t0 + TB < j->T ? t0 + TB : j->T;
         if (j->isa >= PD_ISA_AVX512)
-            pd__matmul_block_avx512(j->out, j->in, j->W, j->K, j->N, t0, t1, n0, n1);
+            pd__qmatmul_block_avx512(j->out, j->in, NULL, &j->W, t0, t1, n0, n1);
         else if (j->isa >= PD_ISA_AVX2)
-            pd__matmul_block_avx2(j->out, j->in, j->W, j->K, j->N, t0, t1, n0, n1);
+            pd__qmatmul_block_avx2(j->out, j->in, NULL, &j->W, t0, t1, n0, n1);
         else
-            pd__matmul_block_portable(j->out, j->in, j->W, j->K, j->N, t0, t1, n0, n1);
+            pd__matmul_block_portable(j->out, j->in, j->W.data, j->K, j->N, t0, t1, n0, n1);
     }
 }
 
 void pd_matmul(pd_pool *pool, float *out, const float *in, const float *W, int T, int K, int N)
 {
-    job j = {out, in, W, T, K, N, block_rows(K, N), pd_wmatmul_isa()};
+    job j = {out, in, pd_wmat_f32(W, N, K), T, K, N, block_rows(K, N), pd_wmatmul_isa()};
     int n_tasks = (N + j.rows_per_task - 1) / j.rows_per_task;
     int threads = pd_pool_threads(pool);
     /* small products: not worth waking the workers */

@@ -174,16 +174,6 @@ int pd_wmatmul_isa(void)
 static void run_block(int isa, float *out, const float *in, const void *xq, const pd_wmat *W,
                       int t0, int t1, int n0, int n1)
 {
-    if (W->type == PD_Q_F32) {
-        /* pd_matmul's kernels: an F32 view keeps pd_matmul's bits */
-        if (isa >= PD_ISA_AVX512)
-            pd__matmul_block_avx512(out, in, W->data, W->cols, W->rows, t0, t1, n0, n1);
-        else if (isa >= PD_ISA_AVX2)
-            pd__matmul_block_avx2(out, in, W->data, W->cols, W->rows, t0, t1, n0, n1);
-        else
-            pd__matmul_block_portable(out, in, W->data, W->cols, W->rows, t0, t1, n0, n1);
-        return;
-    }
     switch (isa) {
     case PD_ISA_AVX512: pd__qmatmul_block_avx512(out, in, xq, W, t0, t1, n0, n1); break;
     case PD_ISA_AVX2: pd__qmatmul_block_avx2(out, in, xq, W, t0, t1, n0, n1); break;

@@ -33,7 +33,7 @@ QI_INLINE __m256i qi_dot(__m256i u, __m256i s, __m256i scale16)
 static const int16_t qi_ones16[16] = {1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1};
 
 /* Prefetches into L2 the bytes [p, p + n) up to end (exclusive): the
- * weights QI_PFB bytes ahead of 8 rows' block b (matmul_simd.h's overlap of
+ * weights QI_PFB bytes ahead of 8 rows' block b (qmatmul_simd.h's overlap of
  * memory and arithmetic). p NULL: nothing. */
 #define QI_PFB 24576
 QI_INLINE void qi_prefetch(const char *p, size_t n, const char *end)

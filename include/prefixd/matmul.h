@@ -98,7 +98,8 @@ void pd_wmatmul_isa_run(int isa, int float_path, float *out, const float *in, co
 /* Internal: the typed kernels (qmatmul*.c) compute rows [t0, t1) x outputs
  * [n0, n1) of out (T, W->rows) from in (T, W->cols), t1 - t0 <= PD__QMM_TB;
  * xq: the T input rows rounded to W's activation format (src/qmatmul_int.h),
- * NULL for the float path. F32 goes to pd__matmul_block_*. */
+ * NULL for the float path. They are pd_matmul's kernels too, on an F32 view
+ * (the portable one hands F32 to pd__matmul_block_portable). */
 #define PD__QMM_TB 48
 void pd__qmatmul_block_portable(float *out, const float *in, const void *xq, const pd_wmat *W,
                                 int t0, int t1, int n0, int n1);
@@ -107,12 +108,9 @@ void pd__qmatmul_block_avx2(float *out, const float *in, const void *xq, const p
 void pd__qmatmul_block_avx512(float *out, const float *in, const void *xq, const pd_wmat *W,
                               int t0, int t1, int n0, int n1);
 
-/* Internal: the kernels (matmul_avx512.c, matmul_avx2.c, matmul.c). They compute the rows
- * [t0, t1) x columns [n0, n1) of out. */
-void pd__matmul_block_avx2(float *out, const float *in, const float *W, int K, int N, int t0,
-                           int t1, int n0, int n1);
-void pd__matmul_block_avx512(float *out, const float *in, const float *W, int K, int N, int t0,
-                             int t1, int n0, int n1);
+/* Internal: the portable kernel (matmul.c; the SIMD ones are the typed
+ * kernels' on an F32 view). It computes the rows [t0, t1) x columns
+ * [n0, n1) of out. */
 void pd__matmul_block_portable(float *out, const float *in, const float *W, int K, int N,
                                int t0, int t1, int n0, int n1);
 
