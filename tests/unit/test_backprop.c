@@ -30,21 +30,7 @@
 #include "ref_model.h"
 #include "testutil.h"
 
-static pd_model *model;
-
-static int setup(void **state)
-{
-    (void)state;
-    model = test_model_load();
-    return model ? 0 : -1;
-}
-
-static int teardown(void **state)
-{
-    (void)state;
-    pd_model_free(model);
-    return 0;
-}
+TEST_GROUP_MODEL()
 
 /* ---- the reference: one example, double precision (ref_model.h) -------- */
 

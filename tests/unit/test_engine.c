@@ -40,7 +40,7 @@ static const int32_t ref_out[196] = {
     359, 279, 292, 416, 439, 413, 409, 416, 327, 263, 415, 294, 267, 400, 426, 436, 13,  438,
     310, 279, 292, 416, 439, 413, 391, 267, 281, 421, 427, 311, 357, 432, 384, 358};
 
-static pd_model *model;
+TEST_GROUP_MODEL()
 
 static pd_kv_dtype kv_f32 = PD_KV_F32, kv_f16 = PD_KV_F16;
 
@@ -49,21 +49,6 @@ static pd_kv_dtype dtype_of(void **state) { return *(const pd_kv_dtype *)*state;
 
 /* Test f with the KV cache in dtype d (f32, f16). */
 #define DTYPE_TEST(f, d) {#f "_" #d, f, NULL, NULL, &kv_##d}
-
-static int setup(void **state)
-{
-    (void)state;
-    model = test_model_load();
-    if (!model) return -1;
-    return 0;
-}
-
-static int teardown(void **state)
-{
-    (void)state;
-    pd_model_free(model);
-    return 0;
-}
 
 static float max_abs_diff(const float *a, const float *b, int n)
 {

@@ -17,21 +17,7 @@
 
 #include "testutil.h"
 
-static pd_model *model;
-
-static int setup(void **state)
-{
-    (void)state;
-    model = test_model_load();
-    return model ? 0 : -1;
-}
-
-static int teardown(void **state)
-{
-    (void)state;
-    pd_model_free(model);
-    return 0;
-}
+TEST_GROUP_MODEL()
 
 #define NTOK 40 /* two full blocks and a partial one */
 #define OWNER_A UINT64_C(0x1111)

@@ -37,22 +37,7 @@
 #define TOKENIZER TEST_TOKENIZER
 #define WAIT_MS 2000
 
-static pd_model *model;
-
-static int setup(void **state)
-{
-    (void)state;
-    model = test_model_load();
-    if (!model) return -1;
-    return 0;
-}
-
-static int teardown(void **state)
-{
-    (void)state;
-    pd_model_free(model);
-    return 0;
-}
+TEST_GROUP_MODEL()
 
 /* ---- helpers ---- */
 

@@ -19,21 +19,7 @@
 
 #include "testutil.h"
 
-static pd_model *model;
-
-static int setup(void **state)
-{
-    (void)state;
-    model = test_model_load();
-    return model ? 0 : -1;
-}
-
-static int teardown(void **state)
-{
-    (void)state;
-    pd_model_free(model);
-    return 0;
-}
+TEST_GROUP_MODEL()
 
 static const char *const prompts[] = {"Once upon a time", "The little dog", "Tom and Sue went",
                                       "One day", "A big red ball", "She was happy because",

@@ -32,6 +32,24 @@ static inline pd_model *test_model_load(void)
     return m;
 }
 
+/* The shipped model for a whole group of tests: declares `model` and the
+ * group's `setup` / `teardown` (for cmocka_run_group_tests) that load and
+ * free it. */
+#define TEST_GROUP_MODEL()                                                                      \
+    static pd_model *model;                                                                     \
+    static int setup(void **state)                                                              \
+    {                                                                                           \
+        (void)state;                                                                            \
+        model = test_model_load();                                                              \
+        return model ? 0 : -1;                                                                  \
+    }                                                                                           \
+    static int teardown(void **state)                                                           \
+    {                                                                                           \
+        (void)state;                                                                            \
+        pd_model_free(model);                                                                   \
+        return 0;                                                                               \
+    }
+
 /* Advances n_seq sequences together in n_steps mixed steps: sequence s
  * takes chunk[s * n_steps + step] tokens of toks + s * n_tok per step (in
  * reverse sequence order on odd steps), and the logits of each token land at
