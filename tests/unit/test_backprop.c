@@ -27,6 +27,7 @@
 #include "prefixd/prefix_mlp.h"
 
 #include "../tools/synth_model.h"
+#include "fdcheck.h"
 #include "ref_model.h"
 #include "testutil.h"
 
@@ -60,6 +61,24 @@ static float frand(uint64_t *s)
 /* pd_backprop's prefix gradient on model m for two examples against central
  * differences of the double reference, entries of every layer's keys and
  * values; the loss against the reference too. */
+/* The reference loss of two examples (ref_model.h) as fd_loss_fn. */
+typedef struct bp_loss_ctx {
+    const pd_model *m;
+    const int32_t *t1;
+    const uint8_t *m1;
+    int n1;
+    const int32_t *t2;
+    const uint8_t *m2;
+    int n2;
+} bp_loss_ctx;
+
+static double bp_loss(const double *kd, const double *vd, void *ctx)
+{
+    const bp_loss_ctx *c = ctx;
+    return ref_loss_of(c->m, kd, vd, P_SLOTS, c->t1, c->m1, c->n1) +
+           ref_loss_of(c->m, kd, vd, P_SLOTS, c->t2, c->m2, c->n2);
+}
+
 static void check_gradient(const pd_model *m, const char *what, const int32_t *t1,
                            const uint8_t *m1, int n1, const int32_t *t2, const uint8_t *m2,
                            int n2)
@@ -86,44 +105,11 @@ static void check_gradient(const pd_model *m, const char *what, const int32_t *t
     int nt;
     assert_int_equal(pd_backprop_run(b, keys, values, P_SLOTS, ex, 2, dk, dv, &loss, &nt, NULL), PD_OK);
     assert_int_equal(nt, want_targets);
-#define LOSS() (ref_loss_of(m, kd, vd, P_SLOTS, t1, m1, n1) + ref_loss_of(m, kd, vd, P_SLOTS, t2, m2, n2))
-    double ref = LOSS();
+    bp_loss_ctx lc = {m, t1, m1, n1, t2, m2, n2};
+    double ref = bp_loss(kd, vd, &lc);
     if (fabs(loss - ref) > 1e-4 * fabs(ref)) fail_msg("%s: loss %.9g vs reference %.9g", what, loss, ref);
-
     /* entries of keys and values in every layer */
-    const int per_layer = c->n_kv_heads * P_SLOTS * c->head_dim;
-    double num[2][64], ana[2][64];
-    int cnt = 0;
-    assert_true(c->n_layers * 4 <= 64);
-    for (int l = 0; l < c->n_layers; l++)
-        for (int r = 0; r < 4; r++) {
-            size_t i = (size_t)l * per_layer + (size_t)((r * 37 + l * 11) % per_layer);
-            for (int kv = 0; kv < 2; kv++) {
-                double *pd = kv ? vd : kd;
-                const double h = 1e-4, keep = pd[i];
-                pd[i] = keep + h;
-                double up = LOSS();
-                pd[i] = keep - h;
-                double dn = LOSS();
-                pd[i] = keep;
-                num[kv][cnt] = (up - dn) / (2 * h);
-                ana[kv][cnt] = kv ? dv[i] : dk[i];
-            }
-            cnt++;
-        }
-#undef LOSS
-    double rms = 0;
-    for (int kv = 0; kv < 2; kv++)
-        for (int i = 0; i < cnt; i++) rms += num[kv][i] * num[kv][i];
-    rms = sqrt(rms / (2 * cnt));
-    assert_true(rms > 1e-6); /* the check is not vacuous */
-    for (int kv = 0; kv < 2; kv++)
-        for (int i = 0; i < cnt; i++) {
-            double tol = 1e-3 * fmax(fabs(num[kv][i]), 0.05 * rms);
-            if (fabs(ana[kv][i] - num[kv][i]) > tol)
-                fail_msg("%s: %s entry %d (layer %d): gradient %.8g, finite difference %.8g",
-                         what, kv ? "values" : "keys", i, i / 4, ana[kv][i], num[kv][i]);
-        }
+    fd_check_prefix_gradient(c, P_SLOTS, kd, vd, dk, dv, bp_loss, &lc, what);
     pd_backprop_free(b);
     free(keys); free(values); free(dk); free(dv); free(kd); free(vd);
 }

@@ -33,6 +33,7 @@
 #include "prefixd/prefix.h"
 #include "prefixd/tokenizer.h"
 
+#include "fdcheck.h"
 #include "ref_model.h"
 #include "testutil.h"
 
@@ -107,6 +108,13 @@ static float *random_soft(int n, uint64_t *s)
 
 #define P_SLOTS 3
 
+/* The reference KL loss of the two examples at ctx (pd_example[2]). */
+static double kl_loss2(const double *kd, const double *vd, void *ctx)
+{
+    const pd_example *ex = ctx;
+    return ref_kl_loss(kd, vd, P_SLOTS, &ex[0]) + ref_kl_loss(kd, vd, P_SLOTS, &ex[1]);
+}
+
 static void test_kl_gradient_matches_finite_differences(void **state)
 {
     (void)state;
@@ -136,43 +144,9 @@ static void test_kl_gradient_matches_finite_differences(void **state)
     assert_int_equal(pd_backprop_run(b, keys, values, P_SLOTS, ex, 2, dk, dv, &loss, &nt, NULL),
                      PD_OK);
     assert_int_equal(nt, 10);
-#define LOSS() (ref_kl_loss(kd, vd, P_SLOTS, &ex[0]) + ref_kl_loss(kd, vd, P_SLOTS, &ex[1]))
-    const double ref = LOSS();
+    const double ref = kl_loss2(kd, vd, ex);
     if (fabs(loss - ref) > 1e-4 * fabs(ref)) fail_msg("KL loss %.9g vs reference %.9g", loss, ref);
-
-    const int per_layer = c->n_kv_heads * P_SLOTS * c->head_dim;
-    double num[2][64], ana[2][64];
-    int cnt = 0;
-    assert_true(c->n_layers * 4 <= 64);
-    for (int l = 0; l < c->n_layers; l++)
-        for (int r = 0; r < 4; r++) {
-            size_t i = (size_t)l * per_layer + (size_t)((r * 41 + l * 13) % per_layer);
-            for (int kv = 0; kv < 2; kv++) {
-                double *pp = kv ? vd : kd;
-                const double h = 1e-4, keep = pp[i];
-                pp[i] = keep + h;
-                double up = LOSS();
-                pp[i] = keep - h;
-                double dn = LOSS();
-                pp[i] = keep;
-                num[kv][cnt] = (up - dn) / (2 * h);
-                ana[kv][cnt] = kv ? dv[i] : dk[i];
-            }
-            cnt++;
-        }
-#undef LOSS
-    double rms = 0;
-    for (int kv = 0; kv < 2; kv++)
-        for (int i = 0; i < cnt; i++) rms += num[kv][i] * num[kv][i];
-    rms = sqrt(rms / (2 * cnt));
-    assert_true(rms > 1e-6); /* not vacuous */
-    for (int kv = 0; kv < 2; kv++)
-        for (int i = 0; i < cnt; i++) {
-            double tol = 1e-3 * fmax(fabs(num[kv][i]), 0.05 * rms);
-            if (fabs(ana[kv][i] - num[kv][i]) > tol)
-                fail_msg("KL: %s entry %d (layer %d): gradient %.8g, finite difference %.8g",
-                         kv ? "values" : "keys", i, i / 4, ana[kv][i], num[kv][i]);
-        }
+    fd_check_prefix_gradient(c, P_SLOTS, kd, vd, dk, dv, kl_loss2, ex, "KL");
     pd_backprop_free(b);
     free(keys); free(values); free(dk); free(dv); free(kd); free(vd); free(s1); free(s2);
 }
