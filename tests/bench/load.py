@@ -51,6 +51,7 @@ Only 127.0.0.1; every loop is bounded in count and time. llama.cpp is used
 only when --llama-server names its binary (never by `make bench`), started
 after prefixd has stopped so the two never share the CPU."""
 import argparse
+import contextlib
 import http.client
 import json
 import os
@@ -180,6 +181,28 @@ class LlamaServer(HttpServer):
                     "llama-server")
 
 
+@contextlib.contextmanager
+def bench_server(a, extra=None):
+    """A prefixd server on a's model with an empty registry in a fresh temp
+    dir, config extra; stopped and the dir removed afterwards."""
+    tmp = tempfile.mkdtemp(prefix="prefixd-bench-")
+    try:
+        reg = os.path.join(tmp, "registry")
+        os.makedirs(reg)
+        srv = Server(tmp, a.model, a.tokenizer, reg, extra)
+        try:
+            yield srv
+        finally:
+            srv.stop()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def base_model(srv):
+    """The base model's id (the first of /v1/models)."""
+    return json.loads(srv.req("GET", "/v1/models")[1])["data"][0]["id"]
+
+
 def pct(xs, p):
     xs = sorted(xs)
     return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))] if xs else float("nan")
@@ -226,20 +249,11 @@ def make_tasks(srv, n):
 
 
 def cmd_serve(a):
-    tmp = tempfile.mkdtemp(prefix="prefixd-bench-")
-    try:
-        reg = os.path.join(tmp, "registry")
-        os.makedirs(reg)
-        srv = Server(tmp, a.model, a.tokenizer, reg, {"max_step_tokens": 512})
-        try:
-            tasks = make_tasks(srv, 64)
-            alone = run_load(srv, tasks[:1], 1, 3, a.max_tokens)
-            one = run_load(srv, tasks[:1], a.concurrency, a.per_worker, a.max_tokens)
-            spread = run_load(srv, tasks, a.concurrency, a.per_worker, a.max_tokens)
-        finally:
-            srv.stop()
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    with bench_server(a, {"max_step_tokens": 512}) as srv:
+        tasks = make_tasks(srv, 64)
+        alone = run_load(srv, tasks[:1], 1, 3, a.max_tokens)
+        one = run_load(srv, tasks[:1], a.concurrency, a.per_worker, a.max_tokens)
+        spread = run_load(srv, tasks, a.concurrency, a.per_worker, a.max_tokens)
     print(f"server load, {os.path.basename(a.model)}: {a.concurrency} concurrent streamed "
           f"completions x {a.per_worker} each, {a.max_tokens} tokens")
     print(f"  {'':14} {'tok/s':>9} {'p50 s':>8} {'p99 s':>8} {'ttft p50':>9} {'ttft p99':>9} {'req':>5} {'fail':>5}")
@@ -251,45 +265,36 @@ def cmd_serve(a):
 
 
 def cmd_train(a):
-    tmp = tempfile.mkdtemp(prefix="prefixd-bench-")
-    try:
-        reg = os.path.join(tmp, "registry")
-        os.makedirs(reg)
-        srv = Server(tmp, a.model, a.tokenizer, reg, {"checkpoint_every": 50})
-        try:
-            base_id = json.loads(srv.req("GET", "/v1/models")[1])["data"][0]["id"]
-            idle = run_load(srv, [base_id], 4, 150, 32)
-            data = open(os.path.join(ROOT, "tests/data/train/dragon.train.jsonl"), "rb").read()
-            boundary = "benchboundary"
-            body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"purpose\"\r\n\r\nfine-tune\r\n"
-                    f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"d.jsonl\"\r\n"
-                    f"Content-Type: application/jsonl\r\n\r\n").encode() + data + f"\r\n--{boundary}--\r\n".encode()
-            c = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=60)
-            c.request("POST", "/v1/files", body=body,
-                      headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
-            r = c.getresponse()
-            fid = json.loads(r.read())["id"]
-            c.close()
-            st, job = srv.req("POST", "/v1/fine_tuning/jobs",
-                              {"training_file": fid, "suffix": "benchjob",
-                               "method": {"type": "prefix", "prefix": {"hyperparameters": {"n_epochs": 50}}}})
-            jid = json.loads(job)["id"]
-            deadline = time.time() + 60
-            while time.time() < deadline:
-                if json.loads(srv.req("GET", f"/v1/fine_tuning/jobs/{jid}")[1])["status"] == "running":
-                    break
-                time.sleep(0.1)
-            t0 = time.time()
-            busy = run_load(srv, [base_id], 4, 150, 32)
-            evs = json.loads(srv.req("GET", f"/v1/fine_tuning/jobs/{jid}/events?limit=1000")[1])["data"]
-            steps = [e["data"] for e in evs if e.get("type") == "metrics"]
-            status = json.loads(srv.req("GET", f"/v1/fine_tuning/jobs/{jid}")[1])["status"]
-            srv.req("POST", f"/v1/fine_tuning/jobs/{jid}/cancel")
-            busy_s = time.time() - t0
-        finally:
-            srv.stop()
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    with bench_server(a, {"checkpoint_every": 50}) as srv:
+        base_id = base_model(srv)
+        idle = run_load(srv, [base_id], 4, 150, 32)
+        data = open(os.path.join(ROOT, "tests/data/train/dragon.train.jsonl"), "rb").read()
+        boundary = "benchboundary"
+        body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"purpose\"\r\n\r\nfine-tune\r\n"
+                f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"d.jsonl\"\r\n"
+                f"Content-Type: application/jsonl\r\n\r\n").encode() + data + f"\r\n--{boundary}--\r\n".encode()
+        c = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=60)
+        c.request("POST", "/v1/files", body=body,
+                  headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+        r = c.getresponse()
+        fid = json.loads(r.read())["id"]
+        c.close()
+        st, job = srv.req("POST", "/v1/fine_tuning/jobs",
+                          {"training_file": fid, "suffix": "benchjob",
+                           "method": {"type": "prefix", "prefix": {"hyperparameters": {"n_epochs": 50}}}})
+        jid = json.loads(job)["id"]
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            if json.loads(srv.req("GET", f"/v1/fine_tuning/jobs/{jid}")[1])["status"] == "running":
+                break
+            time.sleep(0.1)
+        t0 = time.time()
+        busy = run_load(srv, [base_id], 4, 150, 32)
+        evs = json.loads(srv.req("GET", f"/v1/fine_tuning/jobs/{jid}/events?limit=1000")[1])["data"]
+        steps = [e["data"] for e in evs if e.get("type") == "metrics"]
+        status = json.loads(srv.req("GET", f"/v1/fine_tuning/jobs/{jid}")[1])["status"]
+        srv.req("POST", f"/v1/fine_tuning/jobs/{jid}/cancel")
+        busy_s = time.time() - t0
     print("completion latency with a training job running (4 concurrent, 32 tokens)")
     print(f"  idle:     p50 {idle['p50'] * 1000:7.1f} ms  p99 {idle['p99'] * 1000:7.1f} ms  {idle['tokens_per_s']:8.1f} tok/s")
     print(f"  training: p50 {busy['p50'] * 1000:7.1f} ms  p99 {busy['p99'] * 1000:7.1f} ms  {busy['tokens_per_s']:8.1f} tok/s"
@@ -412,7 +417,7 @@ def cmd_table(a):
         srv = Server(tmp, a.model, a.tokenizer, reg,
                      {"max_step_tokens": a.step_tokens, "kv_dtype": a.kv_dtype})
         try:
-            base_id = json.loads(srv.req("GET", "/v1/models")[1])["data"][0]["id"]
+            base_id = base_model(srv)
             prompt = token_ids(srv, "Once upon a time there was a little girl who liked to "
                                     "play in the garden with her dog. ", 37)
             uniq = list(dict.fromkeys(prompt))  # distinct ids (the text repeats)
@@ -503,7 +508,7 @@ def cmd_shared(a):
         os.makedirs(reg)
         srv = Server(tmp, a.model, a.tokenizer, reg, {"max_step_tokens": 512})
         try:
-            base_id = json.loads(srv.req("GET", "/v1/models")[1])["data"][0]["id"]
+            base_id = base_model(srv)
             system = token_ids(srv, "You are a helpful assistant who answers briefly and "
                                     "politely, and never makes things up. ", 500)
             question = token_ids(srv, "What is the capital of France? ", 10)
@@ -575,43 +580,34 @@ def capacity(a, extra=None):
     1-token prompt and 999 tokens to generate are sent until some wait, then
     all are cancelled by closing their connections. Returns (blocks, block
     bytes, peak)."""
-    tmp = tempfile.mkdtemp(prefix="prefixd-bench-")
-    try:
-        reg = os.path.join(tmp, "registry")
-        os.makedirs(reg)
-        srv = Server(tmp, a.model, a.tokenizer, reg, dict({"kv_budget_mb": 1024}, **(extra or {})))
-        try:
-            base_id = json.loads(srv.req("GET", "/v1/models")[1])["data"][0]["id"]
-            m = metrics(srv)
-            blocks, bb = m["prefixd_kv_blocks_total"], m["prefixd_kv_block_bytes"]
-            socks, peak = [], 0
-            for i in range(400):
-                body = json.dumps({"model": base_id, "prompt": [i % 200 + 10], "max_tokens": 999,
-                                   "stream": True}).encode()
-                c = socket.create_connection(("127.0.0.1", srv.port))
-                c.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: "
-                          b"application/json\r\nContent-Length: " + str(len(body)).encode() +
-                          b"\r\n\r\n" + body)
-                socks.append(c)
-                # admitted between engine steps: wait (bounded) for it to leave the queue
-                deadline = time.time() + 5
-                while time.time() < deadline:
-                    m = metrics(srv)
-                    if m["prefixd_running_sequences"] == len(socks):
-                        break
-                    time.sleep(0.02)
-                peak = max(peak, m["prefixd_running_sequences"])
-                if m["prefixd_queue_depth"] > 0:
+    with bench_server(a, dict({"kv_budget_mb": 1024}, **(extra or {}))) as srv:
+        base_id = base_model(srv)
+        m = metrics(srv)
+        blocks, bb = m["prefixd_kv_blocks_total"], m["prefixd_kv_block_bytes"]
+        socks, peak = [], 0
+        for i in range(400):
+            body = json.dumps({"model": base_id, "prompt": [i % 200 + 10], "max_tokens": 999,
+                               "stream": True}).encode()
+            c = socket.create_connection(("127.0.0.1", srv.port))
+            c.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: "
+                      b"application/json\r\nContent-Length: " + str(len(body)).encode() +
+                      b"\r\n\r\n" + body)
+            socks.append(c)
+            # admitted between engine steps: wait (bounded) for it to leave the queue
+            deadline = time.time() + 5
+            while time.time() < deadline:
+                m = metrics(srv)
+                if m["prefixd_running_sequences"] == len(socks):
                     break
-                if m["prefixd_running_sequences"] < len(socks):  # refused (context < 1,000)
-                    break
-            for c in socks:
-                c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
-                c.close()
-        finally:
-            srv.stop()
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+                time.sleep(0.02)
+            peak = max(peak, m["prefixd_running_sequences"])
+            if m["prefixd_queue_depth"] > 0:
+                break
+            if m["prefixd_running_sequences"] < len(socks):  # refused (context < 1,000)
+                break
+        for c in socks:
+            c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+            c.close()
     return blocks, bb, peak
 
 
@@ -650,42 +646,33 @@ def cmd_kvdtype(a):
     latencies are measured under each dtype)."""
     rows = {}
     for dt in ("f32", "f16"):
-        tmp = tempfile.mkdtemp(prefix="prefixd-bench-")
-        try:
-            reg = os.path.join(tmp, "registry")
-            os.makedirs(reg)
-            srv = Server(tmp, a.model, a.tokenizer, reg, {"kv_dtype": dt, "max_step_tokens": 512})
-            try:
-                names, n_tok = [], 0
-                for i in range(16):
-                    text, n_tok = system_prompt(srv, i, 500)
-                    st, body = srv.req("PUT", f"/v1/prefixes/sys{i:02d}", {"from_prompt": text})
-                    if st not in (200, 201):
-                        raise SystemExit(f"PUT sys{i:02d}: {st} {body[:200]}")
-                    names.append(f"sys{i:02d}")
-                m0 = metrics(srv)
-                warm, cold = [], []
+        with bench_server(a, {"kv_dtype": dt, "max_step_tokens": 512}) as srv:
+            names, n_tok = [], 0
+            for i in range(16):
+                text, n_tok = system_prompt(srv, i, 500)
+                st, body = srv.req("PUT", f"/v1/prefixes/sys{i:02d}", {"from_prompt": text})
+                if st not in (200, 201):
+                    raise SystemExit(f"PUT sys{i:02d}: {st} {body[:200]}")
+                names.append(f"sys{i:02d}")
+            m0 = metrics(srv)
+            warm, cold = [], []
 
-                def one(t):
-                    before = metrics(srv)["prefixd_registry_loads_total"]
-                    r = srv.stream({"model": t, "prompt": " Hello", "max_tokens": 8,
-                                    "temperature": 0})
-                    if r is None:
-                        raise SystemExit(f"completion on {t} failed")
-                    (cold if metrics(srv)["prefixd_registry_loads_total"] > before
-                     else warm).append(r[0])
+            def one(t):
+                before = metrics(srv)["prefixd_registry_loads_total"]
+                r = srv.stream({"model": t, "prompt": " Hello", "max_tokens": 8,
+                                "temperature": 0})
+                if r is None:
+                    raise SystemExit(f"completion on {t} failed")
+                (cold if metrics(srv)["prefixd_registry_loads_total"] > before
+                 else warm).append(r[0])
 
-                for rnd in range(3):
-                    for t in names:
-                        one(t)
-                m1 = metrics(srv)
-                for t in names[:4]:  # twice in a row: the second is resident (the reference)
+            for rnd in range(3):
+                for t in names:
                     one(t)
-                    one(t)
-            finally:
-                srv.stop()
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+            m1 = metrics(srv)
+            for t in names[:4]:  # twice in a row: the second is resident (the reference)
+                one(t)
+                one(t)
         rows[dt] = dict(n_tok=n_tok, resident=m1["prefixd_registry_resident_prefixes"],
                         bytes=m1["prefixd_registry_resident_bytes"],
                         reloads=m1["prefixd_registry_loads_total"] - m0["prefixd_registry_loads_total"],
@@ -718,29 +705,20 @@ def rss_kb(pid):
 
 
 def cmd_prefix(a):
-    tmp = tempfile.mkdtemp(prefix="prefixd-bench-")
-    try:
-        reg = os.path.join(tmp, "registry")
-        os.makedirs(reg)
-        srv = Server(tmp, a.model, a.tokenizer, reg)
-        try:
-            text = "abcdefghijklmnopqr"  # BOS + dummy space + 18 bytes: 20 slots on byte-level vocabularies
-            st, body = srv.req("PUT", "/v1/prefixes/p20", {"from_prompt": text})
-            P = json.loads(body).get("num_virtual_tokens")
-            base_id = json.loads(srv.req("GET", "/v1/models")[1])["data"][0]["id"]
-            res = {}
-            for model in (base_id, "p20"):
-                best = 0.0
-                for _ in range(3):
-                    r = srv.stream({"model": model, "prompt": "One day", "max_tokens": a.max_tokens,
-                                    "temperature": 0.8, "seed": 1})
-                    if r and r[0] > r[1]:
-                        best = max(best, (r[2] - 1) / (r[0] - r[1]))  # decode rate after the first token
-                res[model] = best
-        finally:
-            srv.stop()
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    with bench_server(a) as srv:
+        text = "abcdefghijklmnopqr"  # BOS + dummy space + 18 bytes: 20 slots on byte-level vocabularies
+        st, body = srv.req("PUT", "/v1/prefixes/p20", {"from_prompt": text})
+        P = json.loads(body).get("num_virtual_tokens")
+        base_id = base_model(srv)
+        res = {}
+        for model in (base_id, "p20"):
+            best = 0.0
+            for _ in range(3):
+                r = srv.stream({"model": model, "prompt": "One day", "max_tokens": a.max_tokens,
+                                "temperature": 0.8, "seed": 1})
+                if r and r[0] > r[1]:
+                    best = max(best, (r[2] - 1) / (r[0] - r[1]))  # decode rate after the first token
+            res[model] = best
     print(f"decode, one request, {os.path.basename(a.model)}: no prefix {res[base_id]:.1f} tok/s, "
           f"P={P} prefix {res['p20']:.1f} tok/s")
     print(f"  with prefix / without = {res['p20'] / res[base_id]:.3f} (target >= 0.95)")
@@ -868,7 +846,7 @@ def cmd_distill(a):
         n_prompt = int(re.search(r"distilling a prompt of (\d+) tokens", p.stderr).group(1))
         srv = Server(tmp, a.model, a.tokenizer, reg)
         try:
-            base_id = json.loads(srv.req("GET", "/v1/models")[1])["data"][0]["id"]
+            base_id = base_model(srv)
             res = {}
             for name, model, text in (("hard prompt", base_id, prompt + " One day"),
                                       ("distilled", "distilled", " One day")):
