@@ -190,8 +190,7 @@ static void store_row(void *dst, const float *src, int n, pd_kv_dtype dtype)
         memcpy(dst, src, (size_t)n * sizeof(float));
         return;
     }
-    uint16_t *h = dst;
-    for (int i = 0; i < n; i++) h[i] = pd_f32_to_f16(src[i]);
+    pd_f32_to_f16_n(src, dst, (size_t)n);
 }
 
 void pd_seq_read(const pd_seq *s, int l, int pos, int values, float *out)
@@ -235,8 +234,8 @@ static int seq_prefix(pd_seq *s, int n_prefix, const void *k, const void *v,
                               n_prefix, pd_kv_dtype_name(s->dtype));
         if (s->dtype == PD_KV_F16) {
             uint16_t *h = own;
-            for (size_t i = 0; i < n; i++) h[i] = pd_f32_to_f16(((const float *)k)[i]);
-            for (size_t i = 0; i < n; i++) h[n + i] = pd_f32_to_f16(((const float *)v)[i]);
+            pd_f32_to_f16_n(k, h, n);
+            pd_f32_to_f16_n(v, h + n, n);
             k = h;
             v = h + n;
         } else {

@@ -68,6 +68,16 @@ void pd_f16_to_f32_n(const void *src, float *dst, size_t n)
     }
 }
 
+void pd_f32_to_f16_n(const float *src, void *dst, size_t n)
+{
+    unsigned char *p = dst;
+    for (size_t i = 0; i < n; i++) {
+        uint16_t h = pd_f32_to_f16(src[i]);
+        p[2 * i] = (unsigned char)(h & 0xff);
+        p[2 * i + 1] = (unsigned char)(h >> 8);
+    }
+}
+
 void pd_bf16_to_f32_n(const void *src, float *dst, size_t n)
 {
     const unsigned char *p = src;

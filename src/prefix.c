@@ -187,7 +187,7 @@ int pd_prefix_to_f16(pd_prefix *p, pd_err *err)
     if (!h)
         return pd_err_set(err, PD_ENOMEM, "task '%s': out of memory for %zu prefix halves", p->task,
                           2 * n);
-    for (size_t i = 0; i < 2 * n; i++) h[i] = pd_f32_to_f16(p->keys[i]); /* values follow keys */
+    pd_f32_to_f16_n(p->keys, h, 2 * n); /* values follow keys */
     free(p->keys);
     p->keys = p->values = NULL;
     p->keys16 = h;
