@@ -15,6 +15,7 @@ import subprocess
 import pytest
 
 from conftest import BIN, ROOT, run
+from model_checks import PRE, REQ, check_prompt_built_task, check_training_lowers_loss
 from server_util import Server
 
 SYNTH = os.path.join(os.path.dirname(BIN), "tools", "prefixd-synth")
@@ -37,7 +38,6 @@ EXPECT = {
     "qwen3": ["architecture: qwen3", "rope_type: neox", "qk_norm: yes", "q_dim: 128"],
     "phi3": ["architecture: phi3", "rope_type: neox", "sliding_window: 128", "seq_len: 128"],
 }
-PRE, REQ = "Once upon a time", "there was a"
 # the real byte-level BPE vocabularies the Makefile builds from the npm
 # packages (make vocabs; $PD_VOCAB_DIR, default build/vocab)
 VOCAB_DIR = os.environ.get("PD_VOCAB_DIR") or os.path.join(ROOT, "build/vocab")
@@ -88,35 +88,11 @@ def test_inspect_names_the_architecture(model):
 
 def test_serve_and_prompt_built_task(model, tmp_path):
     name, path = model
-    reg = tmp_path / "registry"
-    reg.mkdir()
-    run("prefix", "from-prompt", "--model", path, "--task", "t", "--text", PRE, "--out",
-        str(reg))
-    with Server(tmp_path, str(reg), config={"model": path, "tokenizer": None}) as s:
-        base = s.complete(model=name, prompt=PRE + " " + REQ, max_tokens=12, temperature=0)
-        assert base["usage"]["completion_tokens"] == 12 or \
-            base["choices"][0]["finish_reason"] == "stop"
-        task = s.complete(model="t", prompt=REQ, max_tokens=12, temperature=0)
-        assert task["choices"][0]["text"] == base["choices"][0]["text"]
-        assert task["usage"]["completion_tokens"] == base["usage"]["completion_tokens"]
-        # and the command line agrees with the server
-        cli = run("generate", "--model", path, "--prompt", PRE + " " + REQ, "--max-tokens",
-                  "12", "--temperature", "0").stdout
-        assert base["choices"][0]["text"] in cli
+    check_prompt_built_task(path, name, tmp_path, name)
 
 
 def test_train_a_task(model, tmp_path):
     """A few steps of `prefixd train` through the architecture lower the
     validation loss below the base model's."""
-    import re
     name, path = model
-    data = tmp_path / "train.jsonl"
-    with open(os.path.join(ROOT, "tests/data/train/dragon.train.jsonl")) as f:
-        data.write_text("".join(f.readlines()[:5]))
-    out = run("train", "--model", path, "--data", str(data), "--task", "t", "--out",
-              str(tmp_path), "--virtual-tokens", "4", "--epochs", "3", "--batch-size", "2",
-              "--lr", "0.1").stdout
-    m = re.search(r"validation loss ([0-9.]+) \(base model ([0-9.]+)\)", out)
-    assert m, out
-    assert float(m.group(1)) < float(m.group(2)), out
-    assert (tmp_path / "t.safetensors").exists()
+    check_training_lowers_loss(path, tmp_path, name)

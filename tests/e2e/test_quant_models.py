@@ -15,11 +15,11 @@ import subprocess
 import pytest
 
 from conftest import BIN, ROOT, run
+from model_checks import check_prompt_built_task, check_training_lowers_loss
 from server_util import Server
 
 SYNTH = os.path.join(os.path.dirname(BIN), "tools", "prefixd-synth")
 VOCAB = os.path.join(ROOT, "tests/data/vocab/ggml-vocab-llama-spm.gguf")
-PRE, REQ = "Once upon a time", "there was a"
 
 # file type -> the type `inspect` must show for blk.0.attn_q.weight
 TYPES = {"F16": "F16", "BF16": "BF16", "Q8_0": "Q8_0", "Q6_K": "Q6_K", "Q5_K_M": "Q5_K",
@@ -54,36 +54,13 @@ def test_inspect_shows_the_types(qmodel):
 
 def test_serve_generate_and_task(qmodel, tmp_path):
     ftype, path = qmodel
-    reg = tmp_path / "registry"
-    reg.mkdir()
-    run("prefix", "from-prompt", "--model", path, "--task", "t", "--text", PRE, "--out",
-        str(reg))
-    with Server(tmp_path, str(reg), config={"model": path, "tokenizer": None}) as s:
-        base = s.complete(model=os.path.splitext(os.path.basename(path))[0],
-                          prompt=PRE + " " + REQ, max_tokens=12, temperature=0)
-        text = base["choices"][0]["text"]
-        cli = run("generate", "--model", path, "--prompt", PRE + " " + REQ, "--max-tokens",
-                  "12", "--temperature", "0").stdout
-        assert text and text in cli, (ftype, text, cli)
-        task = s.complete(model="t", prompt=REQ, max_tokens=12, temperature=0)
-        assert task["choices"][0]["text"] == text, ftype
-        assert task["usage"]["completion_tokens"] == base["usage"]["completion_tokens"]
+    check_prompt_built_task(path, os.path.splitext(os.path.basename(path))[0], tmp_path, ftype,
+                            nonempty=True)
 
 
 def test_train_a_task(qmodel, tmp_path):
     ftype, path = qmodel
-    data = tmp_path / "train.jsonl"
-    with open(os.path.join(ROOT, "tests/data/train/dragon.train.jsonl")) as f:
-        data.write_text("".join(f.readlines()[:5]))
-    reg = tmp_path / "registry"
-    reg.mkdir()
-    out = run("train", "--model", path, "--data", str(data), "--task", "t", "--out", str(reg),
-              "--virtual-tokens", "4", "--epochs", "3", "--batch-size", "2", "--lr", "0.1",
-              "--seed", "1").stdout
-    m = re.search(r"validation loss ([0-9.]+) \(base model ([0-9.]+)\)", out)
-    assert m, out
-    assert float(m.group(1)) < float(m.group(2)), (ftype, out)
-    assert (reg / "t.safetensors").exists()
+    reg = check_training_lowers_loss(path, tmp_path, ftype, ("--seed", "1"))
     with Server(tmp_path, str(reg), config={"model": path, "tokenizer": None}) as s:
         r = s.complete(model="t", prompt="Once", max_tokens=4, temperature=0)
         assert r["usage"]["completion_tokens"] >= 1
