@@ -214,7 +214,11 @@ try {
   await page.waitForFunction(() => [...document.querySelectorAll("#tasks-table tbody tr")].some((t) => t.dataset.task === "webtmp"));
   assert.equal((await api("GET", "/v1/prefixes")).data.some((p) => p.task === "webtmp"), true);
   const del = async () => {
-    await page.click("#tasks-table tr[data-task='webtmp'] button.delete");
+    // the table re-renders as the registry refreshes: find and click the
+    // button in one in-page step, so the node cannot go stale in between
+    const sel = "#tasks-table tr[data-task='webtmp'] button.delete";
+    await page.waitForSelector(sel);
+    await page.$eval(sel, (b) => b.click());
     await page.waitForFunction(() => /delete|deleted/.test(document.querySelector("#tasks-status").textContent));
     const s = await status();
     await page.evaluate(() => { document.querySelector("#tasks-status").textContent = ""; });
